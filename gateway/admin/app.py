@@ -1,0 +1,39 @@
+"""The FastAPI app for everything that is not ``/v1``: admin routes and the OpenAPI docs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from gateway.admin import keys
+from gateway.errors import GatewayError, InvalidRequest, error_body
+from gateway.runtime import Runtime
+
+
+def _error_response(error: GatewayError) -> Response:
+    return Response(error_body(error), status_code=error.status, media_type="application/json",
+                    headers=error.headers)
+
+
+def create_admin_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="LLM gateway admin API",
+        version="0.1.0",
+        description="Keys, prompts, policies, audit, cache and cost reports. "
+        "Applications call the OpenAI-compatible API under /v1.",
+    )
+    app.state.runtime = runtime
+    app.include_router(keys.router)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, error: GatewayError) -> Response:
+        return _error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> Response:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body")
+        return _error_response(InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param or None))
+
+    return app

@@ -1,0 +1,71 @@
+"""``/admin/keys``: create, list and revoke team API keys (admin role)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from gateway.admin.deps import get_runtime, require
+from gateway.auth import ROLES, KeyRecord, Principal
+from gateway.errors import InvalidRequest, NotFound
+from gateway.runtime import Runtime
+
+router = APIRouter(prefix="/admin/keys", tags=["keys"])
+
+
+class KeyCreate(BaseModel):
+    team: str = Field(..., min_length=1, description="The team the key spends for.")
+    roles: list[str] = Field(default_factory=lambda: ["app"], description=f"Any of {', '.join(ROLES)}.")
+    name: str = Field("", description="A label for humans.")
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    prefix: str
+    team: str
+    roles: list[str]
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> KeyOut:
+        return cls(
+            key_id=record.key_id, prefix=record.prefix, team=record.team, roles=list(record.roles),
+            name=record.name, created_at=record.created_at, revoked_at=record.revoked_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(..., description="The key itself. Shown once; only its hash is stored.")
+
+
+@router.post("", response_model=KeyCreated, status_code=201)
+async def create_key(
+    body: KeyCreate, runtime: Runtime = Depends(get_runtime), _: Principal = Depends(require("admin"))
+) -> KeyCreated:
+    try:
+        created = await runtime.keys.create(body.team, tuple(body.roles), body.name)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="roles") from None
+    return KeyCreated(**KeyOut.of(created.record).model_dump(), key=created.secret)
+
+
+@router.get("", response_model=list[KeyOut])
+async def list_keys(
+    team: str | None = None,
+    include_revoked: bool = False,
+    runtime: Runtime = Depends(get_runtime),
+    _: Principal = Depends(require("admin")),
+) -> list[KeyOut]:
+    return [KeyOut.of(record) for record in await runtime.keys.list(team, include_revoked)]
+
+
+@router.delete("/{key_id}", status_code=204)
+async def revoke_key(
+    key_id: str, runtime: Runtime = Depends(get_runtime), _: Principal = Depends(require("admin"))
+) -> None:
+    if not await runtime.keys.revoke(key_id):
+        raise NotFound(f"No active key {key_id!r}.", code="key_not_found")

@@ -1,0 +1,162 @@
+"""API keys: created once, shown once, stored only as a sha256 hash.
+
+Keys are 256-bit random tokens, so a plain (unsalted) sha256 is enough: there is no
+password to brute-force, and a fast hash keeps the lookup off the request's critical path.
+Looked-up keys are cached per replica for ``key_cache_ttl_s``, which bounds how long a
+revoked key keeps working on a replica that has not been told (the admin API tells its own
+replica at once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, update
+
+from gateway.storage import Database
+from gateway.storage.schema import api_keys
+
+ROLES = ("app", "author", "approver", "finance", "admin")
+KEY_PREFIX = "gw-"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    team: str
+    roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    def has_role(self, *roles: str) -> bool:
+        return self.is_admin or any(role in self.roles for role in roles)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    prefix: str
+    team: str
+    roles: tuple[str, ...]
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    record: KeyRecord
+    secret: str  # the only time the key itself exists outside the caller's hands
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _parse_roles(value: str) -> tuple[str, ...]:
+    return tuple(role for role in value.split(",") if role)
+
+
+class KeyStore:
+    def __init__(self, db: Database, *, admin_key: str = "", cache_ttl_s: float = 5.0) -> None:
+        self._db = db
+        self._admin_hash = hash_key(admin_key) if admin_key else None
+        self._ttl = cache_ttl_s
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    async def create(self, team: str, roles: tuple[str, ...] = ("app",), name: str = "") -> CreatedKey:
+        unknown = [role for role in roles if role not in ROLES]
+        if unknown:
+            raise ValueError(f"unknown role(s): {', '.join(unknown)}; known: {', '.join(ROLES)}")
+        if not team or not team.strip():
+            raise ValueError("a key needs a team")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            key_id="key_" + secrets.token_hex(6),
+            prefix=secret[:10],
+            team=team,
+            roles=tuple(dict.fromkeys(roles)),
+            name=name,
+            created_at=datetime.now(UTC),
+            revoked_at=None,
+        )
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys).values(
+                    key_id=record.key_id,
+                    key_hash=hash_key(secret),
+                    prefix=record.prefix,
+                    team=team,
+                    roles=",".join(record.roles),
+                    name=name,
+                    created_at=record.created_at,
+                    revoked=False,
+                )
+            )
+        return CreatedKey(record=record, secret=secret)
+
+    async def list(self, team: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        if team:
+            query = query.where(api_keys.c.team == team)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked.is_(False))
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            KeyRecord(
+                key_id=row["key_id"],
+                prefix=row["prefix"],
+                team=row["team"],
+                roles=_parse_roles(row["roles"]),
+                name=row["name"],
+                created_at=row["created_at"],
+                revoked_at=row["revoked_at"],
+            )
+            for row in rows
+        ]
+
+    async def revoke(self, key_id: str) -> bool:
+        async with self._db.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked.is_(False))
+                .values(revoked=True, revoked_at=datetime.now(UTC))
+            )
+        self._cache.clear()
+        return bool(result.rowcount)
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    async def authenticate(self, secret: str) -> Principal | None:
+        digest = hash_key(secret)
+        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
+            return Principal(key_id="admin", team="admin", roles=frozenset(ROLES))
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self._db.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)))
+                .mappings()
+                .first()
+            )
+        principal = None
+        if row is not None and not row["revoked"]:
+            principal = Principal(row["key_id"], row["team"], frozenset(_parse_roles(row["roles"])))
+        if len(self._cache) > 100_000:
+            # Bounded: a flood of random bad keys must not grow memory without limit.
+            self._cache.clear()
+        # Unknown keys are cached briefly too, so a client hammering with a bad key
+        # does not turn every request into a database query.
+        self._cache[digest] = (principal, now + (self._ttl if principal else min(self._ttl, 1.0)))
+        return principal

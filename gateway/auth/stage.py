@@ -1,0 +1,38 @@
+"""The authenticate stage: ``Authorization: Bearer <key>`` → ``ctx.principal``."""
+
+from __future__ import annotations
+
+from gateway.auth.keys import KeyStore
+from gateway.context import Reply, RequestContext
+from gateway.errors import AuthenticationFailed
+from gateway.pipeline_types import Handler
+
+
+def bearer_token(header: bytes | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return None
+    try:
+        return token.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+class Authenticate:
+    def __init__(self, keys: KeyStore) -> None:
+        self._keys = keys
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
+        token = bearer_token(ctx.authorization)
+        if token is None:
+            raise AuthenticationFailed(
+                "Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        principal = await self._keys.authenticate(token)
+        if principal is None:
+            # Never echo the key back, not even partly.
+            raise AuthenticationFailed("Invalid or revoked API key.")
+        ctx.principal = principal
+        return await call_next(ctx)

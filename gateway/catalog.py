@@ -1,0 +1,136 @@
+"""The runtime view of the policies: model aliases, their deployments, and teams.
+
+Built once per policy load from the validated files and swapped atomically on
+``gateway policies apply``; a request holds on to the catalog it started with, so a change
+never applies to half a request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.config.policies import DeploymentSpec, MockBehaviour, PolicyBundle, TeamSpec
+from gateway.config.yamlfile import ConfigError
+from gateway.pricing import FREE, Price, lookup
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream that can serve an alias."""
+
+    id: str  # "alias#index", stable across loads while the file does not reorder deployments
+    alias: str
+    provider: str
+    model: str
+    base_url: str
+    api_key: str = field(repr=False)  # never printed: repr, logs and errors leave it out
+    timeout_s: float
+    connect_timeout_s: float
+    retries: int
+    weight: float
+    price: Price
+    mock: MockBehaviour
+
+    @property
+    def label(self) -> str:
+        """A safe name for logs and metrics: provider and model, never URL credentials or keys."""
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAlias:
+    name: str
+    kind: Literal["chat", "embedding"]
+    description: str
+    deployments: tuple[Deployment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    spec: TeamSpec
+
+    def allows_model(self, alias: str) -> bool:
+        return self.spec.allows_model(alias)
+
+    def allows_prompt(self, name: str) -> bool:
+        return self.spec.allows_prompt(name)
+
+
+#: The team of the bootstrap admin key; it may call every alias.
+ADMIN_TEAM = Team("admin", TeamSpec(models=["*"], prompts=["*"]))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    aliases: dict[str, ModelAlias]
+    teams: dict[str, Team]
+    bundle: PolicyBundle
+
+    def team(self, name: str) -> Team | None:
+        if name == ADMIN_TEAM.name and name not in self.teams:
+            return ADMIN_TEAM
+        return self.teams.get(name)
+
+    def providers_in_use(self) -> set[str]:
+        return {d.provider for alias in self.aliases.values() for d in alias.deployments}
+
+
+def _price_for(alias: str, index: int, spec: DeploymentSpec) -> Price:
+    unpriced = spec.input_cost_per_token is None and spec.output_cost_per_token is None
+    if (spec.free or spec.provider == "mock") and unpriced:
+        return Price(0.0, 0.0, spec.max_output_tokens)
+    mapped = lookup(spec.price_model or spec.model, spec.provider)
+    input_cost = spec.input_cost_per_token
+    output_cost = spec.output_cost_per_token
+    if input_cost is None and mapped is not None:
+        input_cost = mapped.input_per_token
+    if output_cost is None and mapped is not None:
+        output_cost = mapped.output_per_token
+    if input_cost is None or output_cost is None:
+        if spec.free:
+            return FREE
+        raise ConfigError(
+            [
+                f"models.yaml: aliases.{alias}.deployments.{index}: no price for model {spec.model!r} "
+                "(not in litellm's price map); set input_cost_per_token and output_cost_per_token, "
+                "or free: true"
+            ]
+        )
+    max_out = spec.max_output_tokens or (mapped.max_output_tokens if mapped else None)
+    return Price(input_cost, output_cost, max_out)
+
+
+def build_catalog(bundle: PolicyBundle) -> Catalog:
+    problems: list[str] = []
+    aliases: dict[str, ModelAlias] = {}
+    for name, alias_spec in bundle.models.aliases.items():
+        deployments = []
+        for index, spec in enumerate(alias_spec.deployments):
+            try:
+                price = _price_for(name, index, spec)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            deployments.append(
+                Deployment(
+                    id=f"{name}#{index}",
+                    alias=name,
+                    provider=spec.provider,
+                    model=spec.model,
+                    base_url=spec.base_url.rstrip("/"),
+                    api_key=spec.api_key.get_secret_value(),
+                    timeout_s=spec.timeout_s,
+                    connect_timeout_s=spec.connect_timeout_s,
+                    retries=spec.retries,
+                    weight=spec.weight,
+                    price=price,
+                    mock=spec.mock,
+                )
+            )
+        aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments))
+    teams = {name: Team(name, spec) for name, spec in bundle.teams.teams.items()}
+    if problems:
+        raise ConfigError(problems)
+    return Catalog(aliases=aliases, teams=teams, bundle=bundle)

@@ -1,0 +1,85 @@
+"""``gateway keys create|list|revoke`` — straight against storage, like the admin API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gateway.auth import ROLES, KeyStore
+from gateway.cli.common import ConfigOption, console, fail, run, settings_or_exit
+from gateway.storage import open_database
+
+app = typer.Typer(help="Team API keys.", no_args_is_help=True)
+
+
+@app.command()
+def create(
+    team: Annotated[str, typer.Option(help="The team the key belongs to.")],
+    role: Annotated[list[str] | None, typer.Option(help=f"Role(s): {', '.join(ROLES)}. Repeatable.")] = None,
+    name: Annotated[str, typer.Option(help="A label for humans.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Create a key. The key itself is printed once, alone on the last line."""
+    settings = settings_or_exit(config)
+
+    async def create_key() -> tuple[str, str, str]:
+        db = await open_database(settings.database_url)
+        try:
+            created = await KeyStore(db).create(team, tuple(role or ["app"]), name)
+        finally:
+            await db.close()
+        return created.record.key_id, ",".join(created.record.roles), created.secret
+
+    try:
+        key_id, roles, secret = run(create_key)
+    except ValueError as exc:
+        fail(str(exc))
+        return
+    console.print(f"Created {key_id} for team {team} with roles {roles}. Store it now: it is not shown again.",
+                  highlight=False)
+    print(secret)
+
+
+@app.command("list")
+def list_keys(
+    team: Annotated[str | None, typer.Option(help="Only this team's keys.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List keys (ids and prefixes only; keys themselves are never stored)."""
+    settings = settings_or_exit(config)
+
+    async def fetch() -> list:  # type: ignore[type-arg]
+        db = await open_database(settings.database_url)
+        try:
+            return await KeyStore(db).list(team, all_keys)
+        finally:
+            await db.close()
+
+    table = Table("key id", "prefix", "team", "roles", "name", "created", "revoked")
+    for record in run(fetch):
+        table.add_row(
+            record.key_id, record.prefix + "…", record.team, ",".join(record.roles), record.name,
+            record.created_at.strftime("%Y-%m-%d %H:%M"),
+            record.revoked_at.strftime("%Y-%m-%d %H:%M") if record.revoked_at else "",
+        )
+    console.print(table)
+
+
+@app.command()
+def revoke(key_id: str, config: ConfigOption = None) -> None:
+    """Revoke a key by id; replicas stop accepting it within the key cache TTL."""
+    settings = settings_or_exit(config)
+
+    async def do_revoke() -> bool:
+        db = await open_database(settings.database_url)
+        try:
+            return await KeyStore(db).revoke(key_id)
+        finally:
+            await db.close()
+
+    if not run(do_revoke):
+        fail(f"no active key {key_id!r}")
+    console.print(f"Revoked {key_id}.")

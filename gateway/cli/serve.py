@@ -1,0 +1,79 @@
+"""``gateway serve`` and ``gateway fake-upstream``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.cli.common import ConfigOption, err_console, settings_or_exit
+from gateway.config.policies import load_policies
+from gateway.config.yamlfile import ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        config: ConfigOption = None,
+        host: Annotated[str | None, typer.Option(help="Listen address (default from config).")] = None,
+        port: Annotated[int | None, typer.Option(help="Port (default from config).")] = None,
+        workers: Annotated[int | None, typer.Option(help="Worker processes (default from config).")] = None,
+    ) -> None:
+        """Run the gateway (uvicorn, uvloop, httptools)."""
+        import uvicorn
+
+        settings = settings_or_exit(config)
+        try:
+            # Fail here, with file and line, rather than inside a worker.
+            from gateway.catalog import build_catalog
+
+            build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
+        except ConfigError as exc:
+            for problem in exc.problems:
+                err_console.print(f"[red]error:[/red] {problem}", highlight=False)
+            raise typer.Exit(1) from None
+        if config:
+            os.environ["GATEWAY_CONFIG"] = str(Path(config).resolve())
+        worker_count = workers or settings.server.workers
+        if worker_count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Each worker has its own counters; multiprocess mode lets /metrics sum them.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+        uvicorn.run(
+            "gateway.server.app:create_app",
+            factory=True,
+            host=host or settings.server.host,
+            port=port or settings.server.port,
+            workers=worker_count,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(settings.server.graceful_timeout_s) or None,
+            server_header=False,
+            date_header=False,
+        )
+
+    @app.command("fake-upstream")
+    def fake_upstream(
+        host: str = "127.0.0.1",
+        port: int = 9999,
+        latency_ms: Annotated[float, typer.Option(help="Delay before each answer.")] = 0.0,
+        stream_chunks: Annotated[int, typer.Option(help="Content chunks per streamed answer.")] = 8,
+        chunk_delay_ms: Annotated[float, typer.Option(help="Delay between streamed chunks.")] = 0.0,
+        require_key: Annotated[str | None, typer.Option(help="Only accept this bearer key.")] = None,
+    ) -> None:
+        """Run the fake OpenAI-compatible (and Anthropic) upstream used by tests and benchmarks."""
+        from gateway.fake_upstream import run
+
+        run(
+            host=host,
+            port=port,
+            latency_ms=latency_ms,
+            stream_chunks=stream_chunks,
+            chunk_delay_ms=chunk_delay_ms,
+            require_key=require_key,
+        )

@@ -1,0 +1,113 @@
+"""The one typed object a request carries through the pipeline, and the replies it ends in.
+
+Each stage reads what earlier stages set and fills in its own part; nothing is passed in
+an untyped dict. A reply is either a whole JSON body or a stream of SSE events; a stream
+outlives the pipeline call, so work that must wait for its end (committing spend, writing
+the ledger, tracing) registers a *finisher* on the context instead of running inline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.auth import Principal
+    from gateway.catalog import Catalog, Deployment, ModelAlias
+    from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.request")
+
+
+class Endpoint(StrEnum):
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class JsonReply:
+    """A whole JSON answer. ``body`` is sent as is; ``data`` is its parsed form, if known."""
+
+    status: int
+    body: bytes
+    data: dict[str, Any] | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """An SSE answer: ``events`` yields complete ``data: ...\\n\\n`` events, ending with [DONE]."""
+
+    events: AsyncIterator[bytes]
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    status: int = 200
+
+
+Reply = JsonReply | StreamReply
+Finisher = Callable[["RequestContext"], None]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: Endpoint
+    raw_body: bytes
+    authorization: bytes | None
+    catalog: Catalog
+    started: float = field(default_factory=time.perf_counter)
+    # Filled by the stages, in pipeline order.
+    principal: Principal | None = None
+    body: dict[str, Any] = field(default_factory=dict)  # the request as it will go upstream
+    requested_model: str = ""
+    stream: bool = False
+    include_usage: bool = False  # the caller asked for stream_options.include_usage
+    alias: ModelAlias | None = None
+    deployments: tuple[Deployment, ...] = ()
+    variant: str | None = None
+    cache_control: str | None = None
+    # Filled by the upstream call and the stream relay.
+    deployment: Deployment | None = None
+    upstream_seconds: float = 0.0  # time spent waiting on the upstream (to first byte when streaming)
+    overhead_seconds: float = 0.0  # gateway time until the answer's headers went out, upstream excluded
+    attempts: int = 0
+    usage: Usage | None = None
+    cost: float = 0.0
+    status: int = 200
+    error: GatewayError | None = None
+    finished: bool = False
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    finishers: list[Finisher] = field(default_factory=list)
+
+    @property
+    def team(self) -> str:
+        return self.principal.team if self.principal else "anonymous"
+
+    def on_finish(self, finisher: Finisher) -> None:
+        """Run ``finisher`` once the reply is fully delivered or abandoned (innermost first)."""
+        self.finishers.append(finisher)
+
+    def finish(self) -> None:
+        """Called exactly once by the server when the answer is done, failed or cancelled."""
+        if self.finished:
+            return
+        self.finished = True
+        for finisher in reversed(self.finishers):
+            try:
+                finisher(self)
+            except Exception:
+                # A broken finisher (a metric, a ledger hand-off) must not hide the others.
+                log.exception("finisher failed", extra={"request_id": self.request_id})

@@ -1,0 +1,154 @@
+"""The gateway's errors, and the one place they become OpenAI-shaped wire errors.
+
+Every failure a caller can see is a ``GatewayError``. Stages raise the specific subclass;
+only :func:`error_body` turns it into bytes, so the wire format lives in one place and no
+stack trace, upstream secret or internal detail can leak through an error message.
+
+    GatewayError                      status  type
+    ├── InvalidRequest                  400   invalid_request_error
+    │   └── RequestTooLarge             413   invalid_request_error
+    ├── AuthenticationFailed            401   authentication_error
+    ├── PermissionDenied                403   permission_error
+    ├── NotFound                        404   invalid_request_error
+    ├── RateLimited                     429   rate_limit_error   (budget_exceeded lives here too)
+    ├── ServiceUnavailable              503   service_unavailable
+    └── UpstreamError                   502   upstream_error
+        ├── UpstreamMalformed           502   upstream_error
+        ├── UpstreamRejected            4xx/5xx passed on as the upstream said (429 keeps retry-after)
+        ├── UpstreamUnavailable         503   upstream_error
+        └── UpstreamTimeout             504   upstream_error
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+        # Extra fields merged into the error object (e.g. a budget's limit and reset time).
+        self.extra = extra or {}
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    #: Whether the router may try the request again (same or next deployment).
+    retryable: bool = False
+
+
+class UpstreamMalformed(UpstreamError):
+    code = "upstream_malformed_response"
+    retryable = True
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered with an error status; 429 and 5xx may be retried elsewhere."""
+
+    def __init__(self, message: str, *, status: int, **kwargs: Any) -> None:
+        super().__init__(message, status=status, **kwargs)
+        self.retryable = status == 429 or status >= 500
+        if status == 429:
+            self.type = "rate_limit_error"
+            self.code = "upstream_rate_limited"
+        elif status >= 500:
+            # The caller did nothing wrong: a failing upstream is a bad gateway.
+            self.status = 502
+            self.code = f"upstream_status_{status}"
+        else:
+            self.type = "invalid_request_error"
+            self.code = f"upstream_status_{status}"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    retryable = True
+
+
+def error_body(error: GatewayError) -> bytes:
+    """The OpenAI wire shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    payload: dict[str, Any] = {
+        "message": error.message,
+        "type": error.type,
+        "param": error.param,
+        "code": error.code,
+    }
+    payload.update(error.extra)
+    return orjson.dumps({"error": payload})
+
+
+def internal_error() -> GatewayError:
+    """What a caller sees for a bug: nothing about the bug itself (that goes to the log)."""
+    return GatewayError("The gateway hit an internal error; the request id identifies it in the logs.")

@@ -1,0 +1,7 @@
+"""Stage 8, record: metrics, structured logs, and the hand-off to the ledger and tracing."""
+
+from gateway.observe.logs import configure_logging
+from gateway.observe.metrics import Metrics
+from gateway.observe.record import Record, RequestSink
+
+__all__ = ["Metrics", "Record", "RequestSink", "configure_logging"]

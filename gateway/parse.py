@@ -1,0 +1,108 @@
+"""Stage 2, parse: the OpenAI request body, validated only as far as the gateway needs.
+
+The body is parsed once (orjson). Fields the gateway acts on are checked with messages
+that name the field; every other field (tools, response_format, logprobs, provider
+extras...) passes through untouched, so new OpenAI parameters work without a gateway
+release. Full validation is the upstream's job and its 400s are passed on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.context import Endpoint, Reply, RequestContext
+from gateway.errors import InvalidRequest
+from gateway.pipeline_types import Handler
+
+_POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "top_logprobs")
+_NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def _require(condition: bool, message: str, param: str) -> None:
+    if not condition:
+        raise InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _check_chat(body: dict[str, Any], ctx: RequestContext) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        # A prompt from the repository brings its own messages; a plain model needs some.
+        _require(ctx.requested_model.startswith("prompt:"), "'messages' is required.", "messages")
+    else:
+        _require(isinstance(messages, list), "'messages' must be an array.", "messages")
+        for index, message in enumerate(messages):
+            _require(isinstance(message, dict), f"'messages[{index}]' must be an object.", f"messages[{index}]")
+            role = message.get("role")
+            _require(
+                isinstance(role, str) and bool(role),
+                f"'messages[{index}].role' must be a non-empty string.",
+                f"messages[{index}].role",
+            )
+        _require(
+            bool(messages) or ctx.requested_model.startswith("prompt:"),
+            "'messages' must not be empty.",
+            "messages",
+        )
+    stream = body.get("stream", False)
+    _require(stream is None or isinstance(stream, bool), "'stream' must be a boolean.", "stream")
+    ctx.stream = bool(stream)
+    options = body.get("stream_options")
+    if options is not None:
+        _require(isinstance(options, dict), "'stream_options' must be an object.", "stream_options")
+        include = options.get("include_usage", False)
+        _require(isinstance(include, bool), "'stream_options.include_usage' must be a boolean.", "stream_options")
+        ctx.include_usage = bool(include) and ctx.stream
+    for name in _POSITIVE_INTS:
+        value = body.get(name)
+        if value is not None:
+            lowest = 0 if name == "top_logprobs" else 1
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= lowest,
+                f"'{name}' must be a positive integer.",
+                name,
+            )
+    for name in _NUMBERS:
+        value = body.get(name)
+        if value is not None:
+            _require(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                f"'{name}' must be a number.",
+                name,
+            )
+
+
+def _check_embeddings(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    _require(value is not None, "'input' is required.", "input")
+    _require(
+        isinstance(value, str) or (isinstance(value, list) and len(value) > 0),
+        "'input' must be a string or a non-empty array.",
+        "input",
+    )
+
+
+def parse_body(ctx: RequestContext) -> None:
+    try:
+        body = orjson.loads(ctx.raw_body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model",
+                             code="invalid_value")
+    ctx.requested_model = model
+    if ctx.endpoint is Endpoint.CHAT:
+        _check_chat(body, ctx)
+    else:
+        _check_embeddings(body)
+    ctx.body = body
+
+
+class ParseRequest:
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
+        parse_body(ctx)
+        return await call_next(ctx)

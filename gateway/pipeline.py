@@ -1,0 +1,23 @@
+"""The request path, assembled in one place so its order can be read top to bottom.
+
+    record → authenticate → parse → resolve → route → [cache] → [budget] → call upstream
+
+Every stage has the same shape, ``async (ctx, call_next) -> Reply``; a stage may answer
+without calling the next (a cache hit, a rejection) or wrap it (spend is reserved before
+and committed after). Optional stages are left out when their feature is off, which costs
+nothing per request.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from gateway.pipeline_types import Handler, Stage
+
+
+def build_pipeline(stages: Sequence[Stage], terminal: Handler) -> Handler:
+    handler = terminal
+    for stage in reversed(stages):
+        handler = functools.partial(stage.__call__, call_next=handler)
+    return handler

@@ -1,0 +1,158 @@
+"""Every non-OpenAI provider (Anthropic, Bedrock, Vertex, ...) through ``litellm``.
+
+litellm is imported when this module is, and this module is imported only when the catalog
+has such a deployment: its import costs seconds and a few hundred MiB, which a gateway that
+only talks to OpenAI-compatible upstreams should never pay. litellm's answers are already in
+OpenAI's shape; they are serialised once with orjson. litellm's exceptions are translated
+into the gateway's here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+# litellm fetches a remote price map at import unless told otherwise; the gateway must start
+# offline, and it reads the bundled map itself (gateway.pricing).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+
+from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
+from gateway.errors import (
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.providers.base import usage_from
+from gateway.providers.sse import DONE_EVENT
+from gateway.redact import redact
+
+if TYPE_CHECKING:
+    from gateway.catalog import Deployment
+
+litellm.telemetry = False
+litellm.suppress_debug_info = True
+litellm.drop_params = True  # an OpenAI parameter the provider lacks is dropped, not an error
+
+# Request fields the gateway handles itself and must not hand to litellm as provider params.
+_GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input", "variables"})
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(exclude_none=False)
+    return dict(obj)
+
+
+class LiteLLMProvider:
+    def _params(self, deployment: Deployment, ctx: RequestContext) -> dict[str, Any]:
+        params = {key: value for key, value in ctx.body.items() if key not in _GATEWAY_FIELDS}
+        params["model"] = f"{deployment.provider}/{deployment.model}"
+        params["timeout"] = deployment.timeout_s
+        params["num_retries"] = 0  # retries and fallback are the gateway's, across deployments
+        if deployment.base_url:
+            params["api_base"] = deployment.base_url
+        if deployment.api_key:
+            params["api_key"] = deployment.api_key
+        return params
+
+    async def chat(self, deployment: Deployment, ctx: RequestContext) -> Reply:
+        params = self._params(deployment, ctx)
+        params["messages"] = ctx.body.get("messages", [])
+        if ctx.stream:
+            params["stream"] = True
+            params["stream_options"] = {"include_usage": True}
+            try:
+                stream = await litellm.acompletion(**params)
+                iterator = stream.__aiter__()
+                first = await anext(iterator)
+            except StopAsyncIteration:
+                raise UpstreamMalformed(f"Upstream {deployment.label} sent an empty stream.") from None
+            except Exception as exc:
+                raise _translate(exc, deployment) from None
+            return StreamReply(self._events(first, iterator, ctx, deployment))
+        try:
+            response = await litellm.acompletion(**params)
+        except Exception as exc:
+            raise _translate(exc, deployment) from None
+        data = _dump(response)
+        if not isinstance(data.get("choices"), list):
+            raise UpstreamMalformed(f"Upstream {deployment.label} returned no choices.")
+        ctx.usage = usage_from(data)
+        return JsonReply(200, orjson.dumps(data), data)
+
+    async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply:
+        params = self._params(deployment, ctx)
+        params["input"] = ctx.body.get("input")
+        try:
+            response = await litellm.aembedding(**params)
+        except Exception as exc:
+            raise _translate(exc, deployment) from None
+        data = _dump(response)
+        usage = data.get("usage") or {}
+        ctx.usage = Usage(int(usage.get("prompt_tokens") or 0), 0)
+        return JsonReply(200, orjson.dumps(data), data)
+
+    async def _events(
+        self, first: Any, rest: AsyncIterator[Any], ctx: RequestContext, deployment: Deployment
+    ) -> AsyncIterator[bytes]:
+        chunk: Any = first
+        try:
+            while True:
+                data = _dump(chunk)
+                usage = data.pop("usage", None)
+                if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
+                    ctx.usage = Usage(int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0))
+                if data.get("choices"):
+                    if ctx.include_usage:
+                        data["usage"] = None
+                    yield b"data: " + orjson.dumps(data) + b"\n\n"
+                try:
+                    chunk = await anext(rest)
+                except StopAsyncIteration:
+                    break
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, deployment) from None
+        if ctx.include_usage and ctx.usage is not None:
+            final = {
+                "id": data.get("id"),
+                "object": "chat.completion.chunk",
+                "created": data.get("created"),
+                "model": data.get("model"),
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": ctx.usage.prompt_tokens,
+                    "completion_tokens": ctx.usage.completion_tokens,
+                    "total_tokens": ctx.usage.total_tokens,
+                },
+            }
+            yield b"data: " + orjson.dumps(final) + b"\n\n"
+        yield DONE_EVENT
+
+    async def close(self) -> None:
+        return None
+
+
+def _translate(exc: BaseException, deployment: Deployment) -> UpstreamError:
+    if isinstance(exc, UpstreamError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    message = redact(str(getattr(exc, "message", "") or exc))[:500]
+    if isinstance(exc, asyncio.TimeoutError | litellm.exceptions.Timeout) or status == 408:
+        return UpstreamTimeout(f"Upstream {deployment.label} timed out.")
+    if isinstance(exc, litellm.exceptions.APIConnectionError) and not isinstance(status, int):
+        return UpstreamUnavailable(f"Cannot reach the upstream for {deployment.label}.")
+    if isinstance(status, int) and status >= 400:
+        if status in (401, 403):
+            message = "rejected the gateway's credentials"
+        return UpstreamRejected(f"Upstream {deployment.label} answered {status}: {message}", status=status)
+    return UpstreamUnavailable(f"Upstream {deployment.label} failed: {type(exc).__name__}.")

@@ -1,0 +1,76 @@
+"""The built-in ``mock`` provider: answers in-process, offline and deterministically.
+
+It exists so the quick start works with no key and no network, and so evaluations and
+tests have a model whose answer is known. Latency and failures are injected per deployment
+(``mock:`` in models.yaml), with the same generator the fake upstream server uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import orjson
+
+from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
+from gateway.errors import UpstreamRejected
+from gateway.providers import mock_responses
+from gateway.providers.base import usage_from
+from gateway.providers.sse import DONE_EVENT
+
+if TYPE_CHECKING:
+    from gateway.catalog import Deployment
+
+
+class MockProvider:
+    async def _behave(self, deployment: Deployment) -> None:
+        behaviour = deployment.mock
+        if behaviour.latency_ms:
+            await asyncio.sleep(behaviour.latency_ms / 1000)
+        if behaviour.error_rate and random.random() < behaviour.error_rate:
+            raise UpstreamRejected(
+                f"Upstream {deployment.label} answered {behaviour.error_status}: injected mock failure",
+                status=behaviour.error_status,
+            )
+
+    async def chat(self, deployment: Deployment, ctx: RequestContext) -> Reply:
+        await self._behave(deployment)
+        if ctx.stream:
+            chunks = mock_responses.chat_stream_chunks(
+                {**ctx.body, "stream_options": {"include_usage": True}},
+                model=deployment.model,
+                chunks=deployment.mock.stream_chunks,
+            )
+            return StreamReply(self._events(chunks, ctx, deployment))
+        data = mock_responses.chat_completion(ctx.body, model=deployment.model)
+        ctx.usage = usage_from(data)
+        return JsonReply(200, orjson.dumps(data), data)
+
+    async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply:
+        await self._behave(deployment)
+        data = mock_responses.embeddings(ctx.body, model=deployment.model)
+        usage = data.get("usage") or {}
+        ctx.usage = Usage(int(usage.get("prompt_tokens", 0)), 0)
+        return JsonReply(200, orjson.dumps(data), data)
+
+    async def _events(
+        self, chunks: list[dict[str, object]], ctx: RequestContext, deployment: Deployment
+    ) -> AsyncIterator[bytes]:
+        delay = deployment.mock.latency_ms / 10000 if deployment.mock.latency_ms else 0.0
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                ctx.usage = Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+                if not ctx.include_usage:
+                    continue
+            elif not ctx.include_usage:
+                chunk = {key: value for key, value in chunk.items() if key != "usage"}
+            if delay:
+                await asyncio.sleep(delay)
+            yield mock_responses.sse_event(chunk)
+        yield DONE_EVENT
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,820 @@
+"""Deterministic OpenAI (and Anthropic) wire-format answers, with no I/O.
+
+The gateway's in-process ``mock`` provider and the fake upstream server both build their answers
+here, so a test that talks to either sees byte-for-byte the same model behaviour. Everything is a
+pure function of the request body (plus ``created``), which is what makes cache, retry and
+evaluation tests reproducible: the same body always yields the same id, content and usage.
+
+The answer echoes the last user message (``"Mock answer: <text>"``) because evaluation suites
+assert ``contains`` on model output, and an echo lets them control the expected text from the
+prompt alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+__all__ = [
+    "SSE_DONE",
+    "anthropic_message",
+    "anthropic_sse_event",
+    "anthropic_stream_events",
+    "chat_completion",
+    "chat_stream_chunks",
+    "count_tokens",
+    "embeddings",
+    "prompt_tokens",
+    "sse_event",
+]
+
+SSE_DONE: Final = b"data: [DONE]\n\n"
+SYSTEM_FINGERPRINT: Final = "fp_mock"
+DEFAULT_MODEL: Final = "mock"
+DEFAULT_EMBEDDING_DIMENSIONS: Final = 16
+ANSWER_PREFIX: Final = "Mock answer"
+ECHO_CHARS: Final = 200
+
+# A "token" is a run of word characters or one punctuation mark. The piece pattern also swallows the
+# whitespace in front of a token (or trailing whitespace), so the pieces of a string concatenate
+# back to exactly that string: truncation, logprobs and stream deltas all cut on the same
+# boundaries and can never disagree with ``count_tokens``.
+_TOKEN_RE: Final = re.compile(r"\w+|[^\w\s]")
+_PIECE_RE: Final = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
+_MAX_SCHEMA_DEPTH: Final = 12
+
+JSON = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Token heuristics
+# ---------------------------------------------------------------------------------------------
+
+
+def count_tokens(text: str) -> int:
+    """Approximate a BPE token count without a tokenizer.
+
+    Budgets, usage and cost tests need a stable number, not an exact one, and loading tiktoken on
+    a benchmark hot path would cost more than the whole fake answer.
+    """
+    if not text:
+        return 0
+    return max(1, len(_TOKEN_RE.findall(text)))
+
+
+def _pieces(text: str) -> list[str]:
+    return _PIECE_RE.findall(text)
+
+
+def _content_text(content: Any) -> str:
+    """Flatten OpenAI content parts and Anthropic content blocks, which both carry ``text``."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        texts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, Mapping):
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+                elif part.get("type") == "tool_result":
+                    texts.append(_content_text(part.get("content")))
+        return " ".join(t for t in texts if t)
+    return ""
+
+
+def _dumps_str(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """Count prompt tokens the way a provider bills them: messages, system prompt and tool schemas.
+
+    Accepts both OpenAI chat bodies and Anthropic Messages bodies (top-level ``system``), so the two
+    wire formats report the same usage for the same conversation.
+    """
+    total = count_tokens(_content_text(body.get("system")))
+    messages = body.get("messages")
+    if isinstance(messages, Sequence) and not isinstance(messages, str):
+        for message in messages:
+            if not isinstance(message, Mapping):
+                continue
+            total += count_tokens(_content_text(message.get("content")))
+            tool_calls = message.get("tool_calls")
+            if isinstance(tool_calls, Sequence):
+                for call in tool_calls:
+                    function = call.get("function") if isinstance(call, Mapping) else None
+                    if isinstance(function, Mapping):
+                        total += count_tokens(str(function.get("name") or ""))
+                        total += count_tokens(str(function.get("arguments") or ""))
+    tools = body.get("tools")
+    if tools:
+        total += count_tokens(_dumps_str(tools))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _digest(value: Any, *, size: int = 12) -> str:
+    raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.blake2b(raw, digest_size=size).hexdigest()
+
+
+def _request_identity(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop transport-only fields so a streamed and a non-streamed request share one id."""
+    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+
+
+def _last_user_text(messages: Any) -> str:
+    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return _content_text(message.get("content"))
+    last = messages[-1]
+    return _content_text(last.get("content")) if isinstance(last, Mapping) else ""
+
+
+def _answer_text(messages: Any, index: int = 0) -> str:
+    """The echo answer; choices after the first get a numbered prefix so ``n`` > 1 differ."""
+    echo = _last_user_text(messages).strip()[:ECHO_CHARS]
+    prefix = ANSWER_PREFIX if index == 0 else f"{ANSWER_PREFIX} #{index + 1}"
+    return f"{prefix}: {echo}" if echo else f"{prefix}."
+
+
+def _stop_sequences(stop: Any) -> list[str]:
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, Sequence):
+        return [s for s in stop if isinstance(s, str) and s]
+    return []
+
+
+def _apply_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """Cut at the earliest stop sequence, returning the sequence that matched (or None)."""
+    best: tuple[int, str] | None = None
+    for seq in stops:
+        pos = text.find(seq)
+        if pos != -1 and (best is None or pos < best[0]):
+            best = (pos, seq)
+    if best is None:
+        return text, None
+    return text[: best[0]], best[1]
+
+
+def _apply_max_tokens(text: str, limit: Any) -> tuple[str, bool]:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        return text, False
+    if count_tokens(text) <= limit:
+        return text, False
+    return "".join(_pieces(text)[:limit]), True
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schema instances (tool arguments, structured outputs)
+# ---------------------------------------------------------------------------------------------
+
+
+def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not ref.startswith("#/"):
+        return {}
+    node: Any = root
+    for part in ref[2:].split("/"):
+        if not isinstance(node, Mapping):
+            return {}
+        node = node.get(part.replace("~1", "/").replace("~0", "~"))
+    return node if isinstance(node, Mapping) else {}
+
+
+def _string_value(schema: Mapping[str, Any], filler: str) -> str:
+    fmt = schema.get("format")
+    by_format = {
+        "date-time": "2024-01-01T00:00:00Z",
+        "date": "2024-01-01",
+        "time": "00:00:00",
+        "email": "mock@example.com",
+        "uri": "https://example.com/mock",
+        "url": "https://example.com/mock",
+        "uuid": "00000000-0000-4000-8000-000000000000",
+        "ipv4": "127.0.0.1",
+    }
+    value = by_format.get(fmt, filler) if isinstance(fmt, str) else filler
+    min_len = schema.get("minLength")
+    max_len = schema.get("maxLength")
+    if isinstance(min_len, int) and len(value) < min_len:
+        value = value + "x" * (min_len - len(value))
+    if isinstance(max_len, int) and len(value) > max_len:
+        value = value[:max_len]
+    return value
+
+
+def _bound(schema: Mapping[str, Any], key: str) -> float | None:
+    value = schema.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _number_value(schema: Mapping[str, Any], *, integer: bool) -> int | float:
+    """1 when allowed, otherwise the nearest value inside the (exclusive) bounds."""
+    minimum, maximum = _bound(schema, "minimum"), _bound(schema, "maximum")
+    ex_min, ex_max = _bound(schema, "exclusiveMinimum"), _bound(schema, "exclusiveMaximum")
+    if integer:
+        value = 1
+        if minimum is not None:
+            value = max(value, math.ceil(minimum))
+        if ex_min is not None:
+            value = max(value, math.floor(ex_min) + 1)
+        if maximum is not None:
+            value = min(value, math.floor(maximum))
+        if ex_max is not None:
+            value = min(value, math.ceil(ex_max) - 1)
+        return value
+    number = 1.0
+    if minimum is not None:
+        number = max(number, minimum)
+    if ex_min is not None and number <= ex_min:
+        number = ex_min + 1
+    if maximum is not None:
+        number = min(number, maximum)
+    if ex_max is not None and number >= ex_max:
+        lower = max((b for b in (minimum, ex_min) if b is not None), default=ex_max - 2)
+        number = (lower + ex_max) / 2
+    return number
+
+
+def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: int = 0) -> Any:
+    """Build a value valid for a simple JSON Schema.
+
+    Covers what tool definitions and ``json_schema`` response formats use in practice (objects,
+    scalars, arrays, enums, const, refs, unions); it is not a general schema solver.
+    """
+    if not isinstance(schema, Mapping) or depth > _MAX_SCHEMA_DEPTH:
+        return filler if depth <= _MAX_SCHEMA_DEPTH else None
+    if "$ref" in schema and isinstance(schema["$ref"], str):
+        return _schema_instance(_resolve_ref(schema["$ref"], root), root, filler, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, Sequence) and not isinstance(enum, str) and enum:
+        return enum[0]
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, Sequence) and options:
+            non_null = [o for o in options if not (isinstance(o, Mapping) and o.get("type") == "null")]
+            return _schema_instance((non_null or list(options))[0], root, filler, depth + 1)
+    all_of = schema.get("allOf")
+    if isinstance(all_of, Sequence) and all_of:
+        merged: dict[str, Any] = {}
+        for part in all_of:
+            if isinstance(part, Mapping):
+                part = _resolve_ref(part["$ref"], root) if isinstance(part.get("$ref"), str) else part
+                for k, v in part.items():
+                    if k == "properties" and isinstance(v, Mapping):
+                        merged.setdefault("properties", {}).update(v)
+                    elif k == "required" and isinstance(v, Sequence):
+                        merged.setdefault("required", []).extend(v)
+                    else:
+                        merged.setdefault(k, v)
+        return _schema_instance(merged, root, filler, depth + 1)
+
+    kind = schema.get("type")
+    if isinstance(kind, Sequence) and not isinstance(kind, str):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if kinds else "null"
+    if kind is None:
+        if "properties" in schema:
+            kind = "object"
+        elif "items" in schema:
+            kind = "array"
+        else:
+            kind = "string"
+
+    if kind == "object":
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, Mapping) else {}
+        required = schema.get("required")
+        names = (
+            [n for n in required if n in properties] if isinstance(required, Sequence) else list(properties)
+        )
+        return {name: _schema_instance(properties[name], root, filler, depth + 1) for name in names}
+    if kind == "array":
+        min_items = schema.get("minItems")
+        max_items = schema.get("maxItems")
+        count = min_items if isinstance(min_items, int) and min_items > 1 else 1
+        if isinstance(max_items, int):
+            count = min(count, max_items)
+        items = schema.get("items")
+        if isinstance(items, Sequence) and not isinstance(items, str | Mapping):  # tuple form
+            return [_schema_instance(item, root, filler, depth + 1) for item in items]
+        return [_schema_instance(items or {}, root, filler, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        return _number_value(schema, integer=True)
+    if kind == "number":
+        return _number_value(schema, integer=False)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return _string_value(schema, filler)
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI chat completions
+# ---------------------------------------------------------------------------------------------
+
+
+def _selected_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The function the model "decides" to call, or None when the answer should be text."""
+    tools = body.get("tools")
+    if not isinstance(tools, Sequence) or isinstance(tools, str) or not tools:
+        return None
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return None
+    functions = [
+        t["function"] for t in tools if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)
+    ]
+    if not functions:
+        return None
+    if isinstance(choice, Mapping):
+        wanted = (
+            choice.get("function", {}).get("name") if isinstance(choice.get("function"), Mapping) else None
+        )
+        wanted = wanted or choice.get("name")
+        for function in functions:
+            if function.get("name") == wanted:
+                return function
+    return functions[0]
+
+
+def _tool_arguments(parameters: Any, filler: str) -> dict[str, Any]:
+    if not isinstance(parameters, Mapping):
+        return {}
+    value = _schema_instance(parameters, parameters, filler)
+    return value if isinstance(value, dict) else {}
+
+
+def _structured_content(response_format: Any, answer: str) -> str | None:
+    """JSON content for ``response_format``; None means plain text.
+
+    Structured content is never cut by ``max_tokens``/``stop``: tests of the gateway's schema
+    validation must not fail because of a mock artefact.
+    """
+    if not isinstance(response_format, Mapping):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return _dumps_str({"answer": answer})
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        if not isinstance(schema, Mapping):
+            return _dumps_str({"answer": answer})
+        return _dumps_str(_schema_instance(schema, schema, answer))
+    return None
+
+
+def _logprob_entry(token: str, top: int) -> JSON:
+    seed = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=4).digest(), "little")
+    logprob = -round((seed % 1000) / 4000, 6)  # in (-0.25, 0]: the mock is always fairly sure
+    alternatives: list[JSON] = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+    for j in range(1, top):
+        alt = f"{token.strip() or token}_{j}"
+        alternatives.append(
+            {"token": alt, "logprob": round(logprob - 1.5 * j, 6), "bytes": list(alt.encode())}
+        )
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": alternatives[:top],
+    }
+
+
+def _logprobs(pieces: list[str], body: Mapping[str, Any]) -> JSON | None:
+    if body.get("logprobs") is not True:
+        return None
+    top = body.get("top_logprobs")
+    top = top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
+    return {"content": [_logprob_entry(p, top) for p in pieces], "refusal": None}
+
+
+def _build_choice(body: Mapping[str, Any], index: int, completion_id: str) -> tuple[JSON, int]:
+    """One choice and its completion token count."""
+    messages = body.get("messages")
+    function = _selected_tool(body)
+    if function is not None:
+        name = str(function.get("name") or "tool")
+        filler = _last_user_text(messages).strip()[:100] or "mock"
+        arguments = _dumps_str(_tool_arguments(function.get("parameters"), filler))
+        call_id = f"call_{hashlib.blake2b(f'{completion_id}:{index}'.encode(), digest_size=12).hexdigest()}"
+        message: JSON = {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "annotations": [],
+            "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            ],
+        }
+        choice: JSON = {"index": index, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        return choice, count_tokens(name) + count_tokens(arguments)
+
+    answer = _answer_text(messages, index)
+    finish = "stop"
+    content = _structured_content(body.get("response_format"), answer)
+    if content is None:
+        content, _ = _apply_stop(answer, _stop_sequences(body.get("stop")))
+        limit = body.get("max_completion_tokens")
+        if limit is None:
+            limit = body.get("max_tokens")
+        content, truncated = _apply_max_tokens(content, limit)
+        if truncated:
+            finish = "length"
+    message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    choice = {
+        "index": index,
+        "message": message,
+        "logprobs": _logprobs(_pieces(content), body),
+        "finish_reason": finish,
+    }
+    return choice, count_tokens(content)
+
+
+def _choice_count(body: Mapping[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def chat_completion(body: Mapping[str, Any], *, model: str | None = None, created: int | None = None) -> JSON:
+    """A complete ``CreateChatCompletionResponse`` for an OpenAI chat request body."""
+    completion_id = "chatcmpl-" + _digest(_request_identity(body))
+    choices: list[JSON] = []
+    completion_tokens = 0
+    for index in range(_choice_count(body)):
+        choice, tokens = _build_choice(body, index, completion_id)
+        choices.append(choice)
+        completion_tokens += tokens
+    prompt = prompt_tokens(body)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model or str(body.get("model") or DEFAULT_MODEL),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        },
+    }
+
+
+def _split_groups(pieces: list[str], groups: int) -> list[list[str]]:
+    """Split pieces into at most ``groups`` contiguous, non-empty, near-equal runs."""
+    if not pieces:
+        return []
+    groups = max(1, min(groups, len(pieces)))
+    size, extra = divmod(len(pieces), groups)
+    out: list[list[str]] = []
+    start = 0
+    for g in range(groups):
+        end = start + size + (1 if g < extra else 0)
+        out.append(pieces[start:end])
+        start = end
+    return out
+
+
+def _split_text(text: str, parts: int) -> list[str]:
+    if not text:
+        return []
+    parts = max(1, min(parts, len(text)))
+    size = -(-len(text) // parts)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def chat_stream_chunks(
+    body: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    created: int | None = None,
+    chunks: int = 8,
+) -> list[JSON]:
+    """The ``chat_completion`` answer as ``chat.completion.chunk`` objects, in send order.
+
+    Built from the non-streamed answer so that both paths agree exactly (same id, content, usage):
+    concatenating the content deltas of a choice reproduces its ``message.content``.
+    Choices are streamed one after another, each chunk carrying a single choice, as OpenAI does.
+    """
+    full = chat_completion(body, model=model, created=created)
+    options = body.get("stream_options")
+    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+    wants_logprobs = body.get("logprobs") is True
+    top = body.get("top_logprobs")
+    top = top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
+
+    def chunk(choice: JSON) -> JSON:
+        out: JSON = {
+            "id": full["id"],
+            "object": "chat.completion.chunk",
+            "created": full["created"],
+            "model": full["model"],
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice],
+        }
+        if include_usage:
+            out["usage"] = None
+        return out
+
+    result: list[JSON] = []
+    for choice in full["choices"]:
+        index = choice["index"]
+        message = choice["message"]
+        tool_calls = message.get("tool_calls")
+        if tool_calls:
+            result.append(
+                chunk(
+                    {
+                        "index": index,
+                        "delta": {"role": "assistant", "content": None, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
+            )
+            for call_index, call in enumerate(tool_calls):
+                fn = call["function"]
+                result.append(
+                    chunk(
+                        {
+                            "index": index,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": call_index,
+                                        "id": call["id"],
+                                        "type": "function",
+                                        "function": {"name": fn["name"], "arguments": ""},
+                                    }
+                                ]
+                            },
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    )
+                )
+                for part in _split_text(fn["arguments"], chunks):
+                    result.append(
+                        chunk(
+                            {
+                                "index": index,
+                                "delta": {
+                                    "tool_calls": [{"index": call_index, "function": {"arguments": part}}]
+                                },
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        )
+                    )
+        else:
+            result.append(
+                chunk(
+                    {
+                        "index": index,
+                        "delta": {"role": "assistant", "content": "", "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
+            )
+            for group in _split_groups(_pieces(message["content"] or ""), chunks):
+                logprobs = (
+                    {"content": [_logprob_entry(p, top) for p in group], "refusal": None}
+                    if wants_logprobs
+                    else None
+                )
+                result.append(
+                    chunk(
+                        {
+                            "index": index,
+                            "delta": {"content": "".join(group)},
+                            "logprobs": logprobs,
+                            "finish_reason": None,
+                        }
+                    )
+                )
+        result.append(
+            chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]})
+        )
+
+    if include_usage:
+        last = chunk({})
+        last["choices"] = []
+        last["usage"] = full["usage"]
+        result.append(last)
+    return result
+
+
+def sse_event(chunk: Mapping[str, Any]) -> bytes:
+    """One OpenAI server-sent event (``data:`` line only; OpenAI does not name its events)."""
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+def _embedding_inputs(raw: Any) -> list[str | list[int]]:
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, Sequence) and raw:
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
+            return [list(raw)]
+        if all(isinstance(x, str) for x in raw):
+            return list(raw)
+        if all(
+            isinstance(x, Sequence)
+            and not isinstance(x, str)
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+            for x in raw
+        ):
+            return [list(x) for x in raw]
+    raise ValueError("'input' must be a non-empty string, array of strings, or array of token arrays")
+
+
+def _unit_vector(item: str | list[int], dimensions: int) -> tuple[list[float], bytes]:
+    """A float32-exact unit vector derived from a hash, plus its little-endian float32 bytes.
+
+    Values are rounded through float32 first so the ``float`` and ``base64`` encodings decode to
+    identical numbers, the way the real API behaves.
+    """
+    key = item.encode() if isinstance(item, str) else b"tokens:" + ",".join(map(str, item)).encode()
+    raw = hashlib.shake_256(key).digest(4 * dimensions)
+    ints = struct.unpack(f"<{dimensions}I", raw)
+    values = [(v / 0xFFFFFFFF) * 2.0 - 1.0 for v in ints]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
+    return list(struct.unpack(f"<{dimensions}f", packed)), packed
+
+
+def embeddings(body: Mapping[str, Any], *, model: str | None = None) -> JSON:
+    """A ``CreateEmbeddingResponse``; raises ValueError for inputs the real API would reject."""
+    items = _embedding_inputs(body.get("input"))
+    dimensions = body.get("dimensions")
+    if dimensions is None:
+        dimensions = DEFAULT_EMBEDDING_DIMENSIONS
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+        raise ValueError("'dimensions' must be a positive integer")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise ValueError("'encoding_format' must be 'float' or 'base64'")
+    data: list[JSON] = []
+    tokens = 0
+    for index, item in enumerate(items):
+        vector, packed = _unit_vector(item, dimensions)
+        embedding: list[float] | str = vector if encoding == "float" else base64.b64encode(packed).decode()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens += count_tokens(item) if isinstance(item, str) else len(item)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model or str(body.get("model") or DEFAULT_MODEL),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic Messages API
+# ---------------------------------------------------------------------------------------------
+
+
+def _anthropic_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    tools = body.get("tools")
+    if not isinstance(tools, Sequence) or isinstance(tools, str) or not tools:
+        return None
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, Mapping) else None
+    if kind == "none":
+        return None
+    named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+    if not named:
+        return None
+    if kind == "tool" and isinstance(choice, Mapping):
+        for tool in named:
+            if tool["name"] == choice.get("name"):
+                return tool
+    return named[0]
+
+
+def _anthropic_answer(body: Mapping[str, Any]) -> tuple[list[JSON], str, str | None, int, int]:
+    """Content blocks, stop reason, matched stop sequence, input tokens and output tokens."""
+    messages = body.get("messages")
+    message_id = "msg_" + _digest(_request_identity(body))
+    tool = _anthropic_tool(body)
+    input_tokens = prompt_tokens(body)
+    if tool is not None:
+        filler = _last_user_text(messages).strip()[:100] or "mock"
+        arguments = _tool_arguments(tool.get("input_schema"), filler)
+        tool_id = "toolu_" + hashlib.blake2b(message_id.encode(), digest_size=12).hexdigest()
+        block: JSON = {"type": "tool_use", "id": tool_id, "name": tool["name"], "input": arguments}
+        output = count_tokens(str(tool["name"])) + count_tokens(_dumps_str(arguments))
+        return [block], "tool_use", None, input_tokens, output
+
+    text, matched = _apply_stop(_answer_text(messages), _stop_sequences(body.get("stop_sequences")))
+    stop_reason = "stop_sequence" if matched is not None else "end_turn"
+    text, truncated = _apply_max_tokens(text, body.get("max_tokens"))
+    if truncated:
+        stop_reason, matched = "max_tokens", None
+    return [{"type": "text", "text": text}], stop_reason, matched, input_tokens, count_tokens(text)
+
+
+def anthropic_message(body: Mapping[str, Any]) -> JSON:
+    """A Messages API response with the same text the OpenAI path gives for the same conversation."""
+    content, stop_reason, stop_sequence, input_tokens, output_tokens = _anthropic_answer(body)
+    return {
+        "id": "msg_" + _digest(_request_identity(body)),
+        "type": "message",
+        "role": "assistant",
+        "model": str(body.get("model") or DEFAULT_MODEL),
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def anthropic_stream_events(body: Mapping[str, Any], *, chunks: int = 8) -> list[tuple[str, JSON]]:
+    """The ``anthropic_message`` answer as (event name, data) pairs in Anthropic's streaming order."""
+    full = anthropic_message(body)
+    start_message = {
+        **full,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**full["usage"], "output_tokens": 1},
+    }
+    events: list[tuple[str, JSON]] = [("message_start", {"type": "message_start", "message": start_message})]
+    for index, block in enumerate(full["content"]):
+        if block["type"] == "tool_use":
+            start_block: JSON = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            deltas: list[JSON] = [
+                {"type": "input_json_delta", "partial_json": part}
+                for part in _split_text(_dumps_str(block["input"]), chunks)
+            ]
+        else:
+            start_block = {"type": "text", "text": ""}
+            deltas = [
+                {"type": "text_delta", "text": "".join(group)}
+                for group in _split_groups(_pieces(block["text"]), chunks)
+            ]
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start_block},
+            )
+        )
+        if index == 0:
+            events.append(("ping", {"type": "ping"}))
+        events.extend(
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            for delta in deltas
+        )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": full["stop_reason"], "stop_sequence": full["stop_sequence"]},
+                "usage": {"output_tokens": full["usage"]["output_tokens"]},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def anthropic_sse_event(event: str, data: Mapping[str, Any]) -> bytes:
+    """One Anthropic server-sent event: unlike OpenAI, Anthropic names every event."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

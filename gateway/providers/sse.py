@@ -1,0 +1,84 @@
+"""Relaying an upstream's SSE stream event by event, and reading usage out of it.
+
+Upstream bytes arrive in arbitrary pieces; the relay cuts them at event boundaries so the
+client (and the cache, which assembles whole answers) only ever sees complete events.
+Usage is taken from the stream itself. When the gateway asked the upstream for usage on the
+caller's behalf (``stream_options.include_usage``), the usage-only event is kept from the
+caller, who did not ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from gateway.context import RequestContext, Usage
+from gateway.errors import GatewayError, UpstreamMalformed, error_body
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def error_event(error: GatewayError) -> bytes:
+    """A mid-stream failure: the status line is gone, so the error travels as an event."""
+    return b"data: " + error_body(error) + b"\n\n"
+
+
+def _usage_of(payload: bytes) -> Usage | None:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+async def relay_events(
+    pieces: AsyncIterator[bytes],
+    ctx: RequestContext,
+    *,
+    drop_usage_event: bool,
+    max_event_bytes: int = 8 * 1024 * 1024,
+) -> AsyncIterator[bytes]:
+    """Yield complete events (batched per upstream read) until ``[DONE]``.
+
+    Raises ``UpstreamMalformed`` if the upstream ends without ``[DONE]`` or sends an event
+    larger than ``max_event_bytes``; the caller turns that into an error event.
+    """
+    buffer = b""
+    async for piece in pieces:
+        buffer = buffer + piece if buffer else piece
+        if b"\n\n" not in buffer:
+            if len(buffer) > max_event_bytes:
+                raise UpstreamMalformed("The upstream sent an oversized or unterminated stream event.")
+            continue
+        if b"\r\n" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        complete, _, buffer = buffer.rpartition(b"\n\n")
+        out: list[bytes] = []
+        done = False
+        for event in complete.split(b"\n\n"):
+            if not event:
+                continue
+            data = event[6:] if event.startswith(b"data: ") else event[5:] if event.startswith(b"data:") else None
+            if data is None:
+                continue  # comments (": keep-alive") and other SSE fields are not relayed
+            if data == b"[DONE]":
+                done = True
+                break
+            if b'"usage":{' in data or b'"usage": {' in data:
+                usage = _usage_of(data)
+                if usage is not None:
+                    ctx.usage = usage
+                    if drop_usage_event and (b'"choices":[]' in data or b'"choices": []' in data):
+                        continue
+            out.append(b"data: " + data + b"\n\n")
+        if done:
+            out.append(DONE_EVENT)
+            yield b"".join(out)
+            return
+        if out:
+            yield b"".join(out)
+    raise UpstreamMalformed("The upstream stream ended without [DONE].")

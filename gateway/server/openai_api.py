@@ -1,0 +1,272 @@
+"""The OpenAI wire format at the edge: ``/v1`` requests in, replies and errors out.
+
+This is raw ASGI on purpose. The ``/v1`` path is the gateway's reason to exist and must add
+well under a millisecond: no framework routing, no request/response objects, no validation
+beyond ``gateway.parse``, one JSON parse and no re-serialisation of upstream answers.
+Each request gets a watcher for the caller going away, which cancels the upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from gateway.auth import bearer_token
+from gateway.context import Endpoint, JsonReply, RequestContext, StreamReply
+from gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    RequestTooLarge,
+    UpstreamError,
+    error_body,
+    internal_error,
+)
+from gateway.providers.sse import error_event
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.server")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_ENDPOINTS = {"/v1/chat/completions": Endpoint.CHAT, "/v1/embeddings": Endpoint.EMBEDDINGS}
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,64}$")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+CLIENT_CLOSED = 499  # nginx's convention: the caller went away before the answer was done
+
+
+class _Watch:
+    """Cancels the request's task if the caller disconnects before the answer is complete."""
+
+    __slots__ = ("disconnected", "done", "task")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.disconnected = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def watch(self, receive: Receive, request_task: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.done:
+                    self.disconnected = True
+                    request_task.cancel()
+                return
+
+
+class OpenAIApi:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.max_body = runtime.settings.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        path = scope["path"].rstrip("/")
+        endpoint = _ENDPOINTS.get(path)
+        try:
+            if endpoint is None:
+                if path == "/v1/models":
+                    await self._models(scope, send, request_id, started)
+                    return
+                raise NotFound(f"Unknown endpoint {scope['method']} {scope['path']}.", code="unknown_url")
+            if scope["method"] != "POST":
+                raise InvalidRequest(f"{scope['path']} takes POST.", code="method_not_allowed", status=405)
+            body = await self._read_body(scope, receive)
+        except GatewayError as error:
+            await _send_error(send, error, request_id, started)
+            return
+        ctx = RequestContext(
+            request_id=request_id.decode(),
+            endpoint=endpoint,
+            raw_body=body,
+            authorization=_header(scope, b"authorization"),
+            catalog=self.runtime.catalog,
+            started=started,
+        )
+        ctx.cache_control = _header_str(scope, b"cache-control")
+        await self._serve(ctx, receive, send)
+
+    async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
+        watch = _Watch()
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.get_running_loop().create_task(watch.watch(receive, task))
+        assert self.runtime.handler is not None
+        try:
+            try:
+                reply = await self.runtime.handler(ctx)
+            except GatewayError as error:
+                watch.done = True
+                ctx.status = error.status
+                ctx.error = error
+                ctx.overhead_seconds = time.perf_counter() - ctx.started - ctx.upstream_seconds
+                await _send_error(send, error, ctx.request_id.encode(), ctx.started, ctx.extra_headers)
+                return
+            if isinstance(reply, JsonReply):
+                watch.done = True
+                await self._send_json(send, ctx, reply)
+            else:
+                await self._send_stream(send, ctx, reply, watch)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            task.uncancel()
+            ctx.status = CLIENT_CLOSED
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": ctx.request_id})
+            ctx.status = 500
+            ctx.error = internal_error()
+            if not watch.done:
+                watch.done = True
+                await _send_error(send, ctx.error, ctx.request_id.encode(), ctx.started)
+        finally:
+            watcher.cancel()
+            ctx.finish()
+
+    async def _send_json(self, send: Send, ctx: RequestContext, reply: JsonReply) -> None:
+        ctx.status = reply.status
+        ctx.overhead_seconds = time.perf_counter() - ctx.started - ctx.upstream_seconds
+        headers = [
+            *_JSON_HEADERS,
+            (b"content-length", str(len(reply.body)).encode()),
+            *_common_headers(ctx),
+            *reply.headers,
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _send_stream(self, send: Send, ctx: RequestContext, reply: StreamReply, watch: _Watch) -> None:
+        ctx.status = reply.status
+        ctx.overhead_seconds = time.perf_counter() - ctx.started - ctx.upstream_seconds
+        headers = [*_SSE_HEADERS, *_common_headers(ctx), *reply.headers]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        events = reply.events
+        try:
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as error:
+            # The status line is gone: tell the caller in-band, and record the failure.
+            ctx.status = error.status
+            ctx.error = error
+            await send({"type": "http.response.body", "body": error_event(error), "more_body": True})
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        watch.done = True
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _models(self, scope: Scope, send: Send, request_id: bytes, started: float) -> None:
+        token = bearer_token(_header(scope, b"authorization"))
+        principal = await self.runtime.keys.authenticate(token) if token else None
+        if principal is None:
+            raise AuthenticationFailed("Invalid or missing API key.")
+        catalog = self.runtime.catalog
+        team = catalog.team(principal.team)
+        created = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
+            for name in catalog.aliases
+            if team is not None and team.allows_model(name)
+        ]
+        if self.runtime.prompts is not None and team is not None:
+            lister = getattr(self.runtime.prompts, "list_models", None)
+            if lister is not None:
+                data.extend(await lister(team, created))
+        body = orjson.dumps({"object": "list", "data": data})
+        headers = [
+            *_JSON_HEADERS,
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id),
+            (b"x-gateway-overhead-ms", _ms(time.perf_counter() - started)),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise RequestTooLarge(f"The request body is larger than the limit of {self.max_body} bytes.")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("The client disconnected while sending the body.", code="client_closed")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.max_body:
+                    raise RequestTooLarge(f"The request body is larger than the limit of {self.max_body} bytes.")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _header_str(scope: Scope, name: bytes) -> str | None:
+    value = _header(scope, name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _request_id(scope: Scope) -> bytes:
+    given = _header(scope, b"x-request-id")
+    if given is not None and _REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex.encode()
+
+
+def _ms(seconds: float) -> bytes:
+    return f"{max(seconds, 0.0) * 1000:.3f}".encode()
+
+
+def _common_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-request-id", ctx.request_id.encode()),
+        (b"x-gateway-overhead-ms", _ms(ctx.overhead_seconds)),
+        *ctx.extra_headers,
+    ]
+
+
+async def _send_error(
+    send: Send,
+    error: GatewayError,
+    request_id: bytes,
+    started: float,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = error_body(error)
+    headers = [
+        *_JSON_HEADERS,
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id),
+        (b"x-gateway-overhead-ms", _ms(time.perf_counter() - started)),
+        *(extra or []),
+        *((key.encode(), value.encode()) for key, value in error.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

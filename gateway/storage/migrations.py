@@ -1,0 +1,58 @@
+"""Ordered, append-only schema migrations.
+
+Each migration runs once, in its own transaction, and is recorded in ``schema_migrations``.
+Never edit a released migration: append a new one. Replicas starting together serialise on
+a lock (PostgreSQL advisory lock; SQLite's own write lock) so a migration runs exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Table, insert, select, text
+
+from gateway.storage import schema
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def create_tables(*tables: Table) -> Callable[[Connection], None]:
+    def apply(conn: Connection) -> None:
+        for table in tables:
+            table.create(conn, checkfirst=True)
+
+    return apply
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "api keys", create_tables(schema.api_keys)),
+]
+
+_ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"
+
+
+def migrate(conn: Connection) -> list[int]:
+    """Apply pending migrations; returns the versions applied now."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
+    schema.schema_migrations.create(conn, checkfirst=True)
+    done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
+    applied = []
+    for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+        if migration.version in done:
+            continue
+        migration.apply(conn)
+        conn.execute(
+            insert(schema.schema_migrations).values(
+                version=migration.version, name=migration.name, applied_at=datetime.now(UTC)
+            )
+        )
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,94 @@
+"""The last stage: call the provider, retrying and falling back across deployments.
+
+Retries happen only before the caller has seen a byte: providers return a stream only once
+its first event has arrived, so every failure up to then can still go to the next attempt.
+Errors the caller caused (an upstream 400) are not retried; timeouts, connection errors,
+429 and 5xx are, with exponential backoff, first on the same deployment (``retries``) and
+then on the alias' next deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from gateway.catalog import Deployment
+from gateway.context import Endpoint, JsonReply, Reply, RequestContext
+from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.providers import ProviderRegistry
+
+log = logging.getLogger("gateway.upstream")
+
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_MAX_S = 2.0
+
+
+def price_usage(ctx: RequestContext) -> None:
+    """Turn the usage the upstream reported into money (runs first among the finishers)."""
+    if ctx.usage is not None and ctx.deployment is not None:
+        ctx.cost = ctx.deployment.price.cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
+
+
+class CallUpstream:
+    def __init__(
+        self,
+        providers: ProviderRegistry,
+        *,
+        on_attempt: Callable[[Deployment, float, str], None] | None = None,
+    ) -> None:
+        self._providers = providers
+        # Called after every attempt with (deployment, seconds, outcome) — metrics hook.
+        self._on_attempt = on_attempt
+
+    async def __call__(self, ctx: RequestContext) -> Reply:
+        last_error: UpstreamError | None = None
+        attempt = 0
+        for deployment in ctx.deployments:
+            provider = self._providers.for_deployment(deployment)
+            call = provider.chat if ctx.endpoint is Endpoint.CHAT else provider.embeddings
+            for retry in range(deployment.retries + 1):
+                if attempt:
+                    delay = min(_BACKOFF_BASE_S * (2 ** (attempt - 1)), _BACKOFF_MAX_S)
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                attempt += 1
+                ctx.attempts = attempt
+                ctx.deployment = deployment
+                started = time.perf_counter()
+                try:
+                    reply = await call(deployment, ctx)
+                except UpstreamError as error:
+                    elapsed = time.perf_counter() - started
+                    ctx.upstream_seconds += elapsed
+                    self._attempted(deployment, elapsed, error.code or "error")
+                    if not error.retryable:
+                        raise
+                    last_error = error
+                    log.warning(
+                        "upstream attempt failed",
+                        extra={
+                            "request_id": ctx.request_id,
+                            "deployment": deployment.label,
+                            "attempt": attempt,
+                            "retry": retry,
+                            "error": error.message,
+                        },
+                    )
+                    continue
+                elapsed = time.perf_counter() - started
+                ctx.upstream_seconds += elapsed
+                self._attempted(deployment, elapsed, "ok")
+                if isinstance(reply, JsonReply):
+                    price_usage(ctx)
+                else:
+                    ctx.on_finish(price_usage)
+                return reply
+        if last_error is None:
+            raise UpstreamUnavailable("The model has no deployment to send the request to.")
+        raise last_error
+
+    def _attempted(self, deployment: Deployment, seconds: float, outcome: str) -> None:
+        if self._on_attempt is not None:
+            self._on_attempt(deployment, seconds, outcome)
