@@ -75,10 +75,18 @@ class RequestContext:
     requested_model: str = ""
     stream: bool = False
     include_usage: bool = False  # the caller asked for stream_options.include_usage
+    user: str | None = None  # the caller's `user` field, for the ledger (never used as a key)
     alias: ModelAlias | None = None
+    prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
+    prompt_version: int | None = None
+    prompt_label: str | None = None
     deployments: tuple[Deployment, ...] = ()
-    variant: str | None = None
-    cache_control: str | None = None
+    variant: str | None = None  # routing variant (e.g. "canary"), for traces and the ledger
+    is_shadow: bool = False  # a shadow copy: never answers a caller
+    cache_control: str | None = None  # the caller's Cache-Control header
+    cache_status: str | None = None  # HIT, MISS or BYPASS once the cache stage ran
+    saved_cost: float = 0.0  # what a cache hit would have cost upstream (USD)
+    budget_status: str | None = None  # "rejected" when the budget stage refused the request
     # Filled by the upstream call and the stream relay.
     deployment: Deployment | None = None
     upstream_seconds: float = 0.0  # time spent waiting on the upstream (to first byte when streaming)

@@ -95,6 +95,8 @@ def parse_body(ctx: RequestContext) -> None:
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model",
                              code="invalid_value")
     ctx.requested_model = model
+    user = body.get("user")
+    ctx.user = user[:200] if isinstance(user, str) else None
     if ctx.endpoint is Endpoint.CHAT:
         _check_chat(body, ctx)
     else:

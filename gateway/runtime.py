@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.asyncio import Redis
+
+from gateway.audit import AuditLog
 from gateway.auth import Authenticate, KeyStore
 from gateway.catalog import Catalog, build_catalog
 from gateway.config.policies import load_policies
@@ -22,6 +25,7 @@ from gateway.parse import ParseRequest
 from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler, Stage
 from gateway.providers import ProviderRegistry
+from gateway.redis_conn import connect_redis
 from gateway.resolve import PromptResolver, Resolve
 from gateway.routing import Route
 from gateway.storage import Database, open_database
@@ -39,9 +43,12 @@ class Runtime:
     metrics: Metrics
     providers: ProviderRegistry
     record: Record
+    audit: AuditLog
+    redis: Redis | None = None
     prompts: PromptResolver | None = None
-    # Extra stages other features insert between route and the upstream call (cache, budget).
-    inner_stages: list[Stage] = field(default_factory=list)
+    # Optional stages, present when their feature is configured (see build()).
+    cache: Stage | None = None
+    budget: Stage | None = None
     handler: Handler | None = None
     # Named checks behind /health/ready beyond storage (e.g. "redis").
     readiness_checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
@@ -55,13 +62,16 @@ class Runtime:
     def build(self) -> Handler:
         terminal = CallUpstream(self.providers, on_attempt=self._upstream_attempt)
         stages: list[Stage] = [
-            self.record,
+            self.record,  # outermost: sees every outcome, records last
             Authenticate(self.keys),
             ParseRequest(),
             Resolve(self.prompts),
             Route(),
-            *self.inner_stages,
         ]
+        if self.cache is not None:
+            stages.append(self.cache)  # before the budget: a hit costs nothing
+        if self.budget is not None:
+            stages.append(self.budget)
         self.handler = build_pipeline(stages, terminal)
         return self.handler
 
@@ -100,7 +110,23 @@ async def create_runtime(settings: Settings) -> Runtime:
     providers.warm_up(catalog.providers_in_use())
     record = Record(metrics, [], access_log_enabled=settings.server.access_log)
     runtime = Runtime(
-        settings=settings, catalog=catalog, db=db, keys=keys, metrics=metrics, providers=providers, record=record
+        settings=settings,
+        catalog=catalog,
+        db=db,
+        keys=keys,
+        metrics=metrics,
+        providers=providers,
+        record=record,
+        audit=AuditLog(db),
+        redis=connect_redis(settings.redis),
     )
+    if runtime.redis is not None:
+        redis = runtime.redis
+
+        async def ping_redis() -> None:
+            await redis.ping()
+
+        runtime.readiness_checks["redis"] = ping_redis
+        runtime.closers.insert(0, redis.aclose)
     runtime.build()
     return runtime

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 
+from gateway.audit import Actor
 from gateway.auth import Principal, bearer_token
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.runtime import Runtime
@@ -37,3 +38,7 @@ def require(*roles: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
         return principal
 
     return check
+
+
+def actor_of(principal: Principal) -> Actor:
+    return Actor(key_id=principal.key_id, team=principal.team)

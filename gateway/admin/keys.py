@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from gateway.admin.deps import get_runtime, require
+from gateway.admin.deps import actor_of, get_runtime, require
 from gateway.auth import ROLES, KeyRecord, Principal
 from gateway.errors import InvalidRequest, NotFound
 from gateway.runtime import Runtime
@@ -44,10 +44,10 @@ class KeyCreated(KeyOut):
 
 @router.post("", response_model=KeyCreated, status_code=201)
 async def create_key(
-    body: KeyCreate, runtime: Runtime = Depends(get_runtime), _: Principal = Depends(require("admin"))
+    body: KeyCreate, runtime: Runtime = Depends(get_runtime), principal: Principal = Depends(require("admin"))
 ) -> KeyCreated:
     try:
-        created = await runtime.keys.create(body.team, tuple(body.roles), body.name)
+        created = await runtime.keys.create(body.team, tuple(body.roles), body.name, actor=actor_of(principal))
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="roles") from None
     return KeyCreated(**KeyOut.of(created.record).model_dump(), key=created.secret)
@@ -65,7 +65,7 @@ async def list_keys(
 
 @router.delete("/{key_id}", status_code=204)
 async def revoke_key(
-    key_id: str, runtime: Runtime = Depends(get_runtime), _: Principal = Depends(require("admin"))
+    key_id: str, runtime: Runtime = Depends(get_runtime), principal: Principal = Depends(require("admin"))
 ) -> None:
-    if not await runtime.keys.revoke(key_id):
+    if not await runtime.keys.revoke(key_id, actor=actor_of(principal)):
         raise NotFound(f"No active key {key_id!r}.", code="key_not_found")

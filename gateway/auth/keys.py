@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import insert, select, update
 
+from gateway.audit import Actor, AuditLog
 from gateway.storage import Database
 from gateway.storage.schema import api_keys
 
@@ -67,11 +68,14 @@ def _parse_roles(value: str) -> tuple[str, ...]:
 class KeyStore:
     def __init__(self, db: Database, *, admin_key: str = "", cache_ttl_s: float = 5.0) -> None:
         self._db = db
+        self._audit = AuditLog(db)
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[Principal | None, float]] = {}
 
-    async def create(self, team: str, roles: tuple[str, ...] = ("app",), name: str = "") -> CreatedKey:
+    async def create(
+        self, team: str, roles: tuple[str, ...] = ("app",), name: str = "", *, actor: Actor | None = None
+    ) -> CreatedKey:
         unknown = [role for role in roles if role not in ROLES]
         if unknown:
             raise ValueError(f"unknown role(s): {', '.join(unknown)}; known: {', '.join(ROLES)}")
@@ -100,6 +104,10 @@ class KeyStore:
                     revoked=False,
                 )
             )
+        await self._audit.append(
+            actor or Actor.cli(), "key.create", f"key:{record.key_id}",
+            after={"team": team, "roles": list(record.roles), "name": name, "prefix": record.prefix},
+        )
         return CreatedKey(record=record, secret=secret)
 
     async def list(self, team: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
@@ -123,7 +131,7 @@ class KeyStore:
             for row in rows
         ]
 
-    async def revoke(self, key_id: str) -> bool:
+    async def revoke(self, key_id: str, *, actor: Actor | None = None, reason: str | None = None) -> bool:
         async with self._db.engine.begin() as conn:
             result = await conn.execute(
                 update(api_keys)
@@ -131,6 +139,8 @@ class KeyStore:
                 .values(revoked=True, revoked_at=datetime.now(UTC))
             )
         self._cache.clear()
+        if result.rowcount:
+            await self._audit.append(actor or Actor.cli(), "key.revoke", f"key:{key_id}", reason=reason)
         return bool(result.rowcount)
 
     def invalidate(self) -> None:

@@ -31,8 +31,12 @@ def create_tables(*tables: Table) -> Callable[[Connection], None]:
     return apply
 
 
+# Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
+# ledger and budgets 20-29, audit 30-39, cache 40-49.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
+    Migration(20, "cost ledger", create_tables(schema.ledger)),
+    Migration(30, "audit log", create_tables(schema.audit_log)),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"
