@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from support.openai_schema import (
     convert_nullable,
     load_schemas,

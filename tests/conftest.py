@@ -1,0 +1,160 @@
+"""Shared fixtures: the fake upstream, real PostgreSQL and Redis, and running gateways.
+
+PostgreSQL and Redis are real. On a developer's machine without them the tests that need
+them are skipped with the reason; under CI (``CI=true``) a missing service is a failure,
+because CI must test both storage backends and the Redis paths.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.fake_upstream import FakeUpstream
+from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess
+from support.servers import start_uvicorn_in_thread
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _need_service(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(message + " (CI must test it)")
+    pytest.skip(message)
+
+
+@dataclass
+class FakeHandle:
+    """The fake upstream's URL and its control API."""
+
+    url: str
+    app: FakeUpstream
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_fake/reset").raise_for_status()
+
+    def faults(self, *faults: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_fake/faults", json=list(faults)).raise_for_status()
+
+    def configure(self, **options: Any) -> None:
+        httpx.post(f"{self.url}/_fake/config", json=options).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/_fake/stats")
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeHandle]:
+    app = FakeUpstream()
+    url, stop = start_uvicorn_in_thread(app)
+    yield FakeHandle(url, app)
+    stop()
+
+
+@pytest.fixture
+def fake(fake_upstream: FakeHandle) -> FakeHandle:
+    """The fake upstream, reset (no faults, zero counters) for this test."""
+    fake_upstream.reset()
+    fake_upstream.configure(latency_ms=0, chunk_delay_ms=0, stream_chunks=8)
+    return fake_upstream
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    _need_service("PostgreSQL", "127.0.0.1", 5432)
+    import asyncio
+
+    import asyncpg
+
+    name = "gw_test_" + secrets.token_hex(4)
+    admin_dsn = PG_ADMIN_URL
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    base = admin_dsn.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis (a dedicated logical database, flushed by the tests that use it)."""
+    _need_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each storage backend in turn: tests using this run once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'gateway.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def make_gateway(
+    root: Path, upstream: str, database_url: str, *, redis_url: str = "", workers: int = 1, **config: Any
+) -> GatewayProcess:
+    return GatewayProcess(
+        GatewayConfig(root=root, upstream=upstream, database_url=database_url, redis_url=redis_url, **config),
+        workers=workers,
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle) -> Iterator[GatewayProcess]:
+    """One gateway on SQLite with embedded defaults (no Redis), shared by the session."""
+    root = tmp_path_factory.mktemp("gateway")
+    proc = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def backend_gateway(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle, database_url: str
+) -> Iterator[GatewayProcess]:
+    """A gateway per storage backend (SQLite, PostgreSQL)."""
+    root = tmp_path_factory.mktemp("backend-gateway")
+    proc = make_gateway(root, fake_upstream.url, database_url).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def team_keys(gateway: GatewayProcess) -> dict[str, str]:
+    return {"alpha": gateway.create_key("alpha"), "beta": gateway.create_key("beta")}
+
+
+@pytest.fixture(scope="session")
+def admin_key() -> str:
+    return ADMIN_KEY
