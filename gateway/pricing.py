@@ -70,3 +70,16 @@ def lookup(model: str, provider: str | None = None) -> Price | None:
         max_out = entry.get("max_output_tokens") or entry.get("max_tokens")
         return Price(float(input_cost), float(output_cost or 0.0), int(max_out) if max_out else None)
     return None
+
+
+NANOS_PER_USD = 1_000_000_000
+
+
+def to_nanos(usd: float) -> int:
+    """USD as integer nano-dollars: the one rounding used by budgets, the ledger and reports,
+    so that their sums agree exactly."""
+    return round(usd * NANOS_PER_USD)
+
+
+def from_nanos(nanos: int) -> float:
+    return nanos / NANOS_PER_USD

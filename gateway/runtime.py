@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -34,6 +35,14 @@ from gateway.upstream import CallUpstream
 log = logging.getLogger("gateway.runtime")
 
 
+class BudgetReporter(Protocol):
+    """What the reports page and `gateway budgets status` need from the budget feature."""
+
+    async def statuses(self, team: str | None = None) -> list[dict[str, Any]]:
+        """Per team (and sub-budget): period, limit/spent/reserved/remaining/forecast in USD, resets_at."""
+        ...
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -49,6 +58,7 @@ class Runtime:
     # Optional stages, present when their feature is configured (see build()).
     cache: Stage | None = None
     budget: Stage | None = None
+    budget_reporter: BudgetReporter | None = None
     handler: Handler | None = None
     # Named checks behind /health/ready beyond storage (e.g. "redis").
     readiness_checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
