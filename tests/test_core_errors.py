@@ -4,6 +4,7 @@ gateway keeps serving afterwards."""
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import openai
@@ -109,7 +110,8 @@ def test_body_too_large_without_content_length(gateway: GatewayProcess, team_key
 
 
 def test_unknown_endpoint_and_method(gateway: GatewayProcess, team_keys: dict[str, str]) -> None:
-    response = httpx.get(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {team_keys['alpha']}"})
+    auth = {"Authorization": f"Bearer {team_keys['alpha']}"}
+    response = httpx.get(f"{gateway.url}/v1/chat/completions", headers=auth)
     assert_error(response, 405, "method_not_allowed")
     assert_error(post(gateway, team_keys["alpha"], CHAT, "/v1/nothing-here"), 404, "unknown_url")
 
@@ -192,8 +194,6 @@ def test_client_disconnect_cancels_the_upstream_stream(gateway: GatewayProcess, 
         sock.sendall(request)
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     # The gateway records the request as cancelled by the client (499) once it notices.
-    import time
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if '"status":499' in gateway.log():

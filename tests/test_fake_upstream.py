@@ -75,6 +75,13 @@ ANSWER_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One pooled client for control calls: a fresh ``httpx.post`` per call costs ~50 ms of TLS setup."""
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def fake_server() -> Iterator[tuple[str, FakeUpstream]]:
     app = FakeUpstream()
     base_url, stop = start_uvicorn_in_thread(app)
@@ -85,15 +92,15 @@ def fake_server() -> Iterator[tuple[str, FakeUpstream]]:
 
 
 @pytest.fixture
-def base_url(fake_server: tuple[str, FakeUpstream]) -> Iterator[str]:
+def base_url(fake_server: tuple[str, FakeUpstream], http: httpx.Client) -> Iterator[str]:
     """The fake's URL, with faults, counters and run-time config reset around each test."""
     url = fake_server[0]
     defaults = {"latency_ms": 0, "chunk_delay_ms": 0, "stream_chunks": 8, "require_key": None}
-    httpx.post(f"{url}/_fake/reset").raise_for_status()
-    httpx.post(f"{url}/_fake/config", json=defaults).raise_for_status()
+    http.post(f"{url}/_fake/reset").raise_for_status()
+    http.post(f"{url}/_fake/config", json=defaults).raise_for_status()
     yield url
-    httpx.post(f"{url}/_fake/reset").raise_for_status()
-    httpx.post(f"{url}/_fake/config", json=defaults).raise_for_status()
+    http.post(f"{url}/_fake/reset").raise_for_status()
+    http.post(f"{url}/_fake/config", json=defaults).raise_for_status()
 
 
 @pytest.fixture
@@ -102,14 +109,14 @@ def client(base_url: str) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
-def queue_faults(base_url: str, *faults: dict[str, Any]) -> None:
-    response = httpx.post(f"{base_url}/_fake/faults", json=list(faults))
+def queue_faults(http: httpx.Client, base_url: str, *faults: dict[str, Any]) -> None:
+    response = http.post(f"{base_url}/_fake/faults", json=list(faults))
     response.raise_for_status()
     assert response.json()["queued"] == len(faults)
 
 
-def stats(base_url: str) -> dict[str, Any]:
-    response = httpx.get(f"{base_url}/_fake/stats")
+def stats(http: httpx.Client, base_url: str) -> dict[str, Any]:
+    response = http.get(f"{base_url}/_fake/stats")
     response.raise_for_status()
     return response.json()
 
@@ -322,18 +329,18 @@ def test_anthropic_answers_match_openai() -> None:
 # --- the server through the openai SDK -----------------------------------------------------------
 
 
-def test_sdk_chat_completion(client: openai.OpenAI, base_url: str) -> None:
+def test_sdk_chat_completion(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
     answer = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, seed=7)  # type: ignore[arg-type]
     assert answer.choices[0].message.content == HELLO_ANSWER
     assert answer.choices[0].finish_reason == "stop"
     assert answer.model == "gpt-4o-mini" and answer.system_fingerprint == "fp_mock"
     assert answer.usage is not None and answer.usage.total_tokens > 0
 
-    raw = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HELLO})
+    raw = http.post(f"{base_url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HELLO})
     assert raw.headers["content-type"] == "application/json"
     validate_response("CreateChatCompletionResponse", raw.json())
     # The same routes answer without the /v1 prefix.
-    assert httpx.post(f"{base_url}/chat/completions", json={"model": "m", "messages": HELLO}).status_code == 200
+    assert http.post(f"{base_url}/chat/completions", json={"model": "m", "messages": HELLO}).status_code == 200
 
 
 def test_sdk_stream_with_usage(client: openai.OpenAI) -> None:
@@ -350,9 +357,9 @@ def test_sdk_stream_with_usage(client: openai.OpenAI) -> None:
     assert chunks[-2].choices[0].finish_reason == "stop"
 
 
-def test_raw_stream_framing(base_url: str) -> None:
+def test_raw_stream_framing(base_url: str, http: httpx.Client) -> None:
     body = {"model": "m", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+    with http.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = response.read()
     assert raw.endswith(b"data: [DONE]\n\n")
@@ -437,9 +444,9 @@ def test_sdk_n_and_logprobs(client: openai.OpenAI) -> None:
         assert all(len(t.top_logprobs) == 3 for t in choice.logprobs.content)
 
 
-def test_sdk_embeddings_base64_and_float(client: openai.OpenAI, base_url: str) -> None:
+def test_sdk_embeddings_base64_and_float(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
     default = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
-    assert stats(base_url)["last_request"]["body"]["encoding_format"] == "base64"  # the SDK's default
+    assert stats(http, base_url)["last_request"]["body"]["encoding_format"] == "base64"  # the SDK's default
     floats = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"], encoding_format="float")
     assert [d.embedding for d in default.data] == [d.embedding for d in floats.data]
     assert len(default.data[0].embedding) == 16
@@ -447,24 +454,24 @@ def test_sdk_embeddings_base64_and_float(client: openai.OpenAI, base_url: str) -
     assert default.usage.prompt_tokens == 2
     sized = client.embeddings.create(model="text-embedding-3-small", input="alpha", dimensions=64)
     assert len(sized.data[0].embedding) == 64
-    raw = httpx.post(f"{base_url}/v1/embeddings", json={"model": "e", "input": "alpha"})
+    raw = http.post(f"{base_url}/v1/embeddings", json={"model": "e", "input": "alpha"})
     validate_response("CreateEmbeddingResponse", raw.json())
-    bad = httpx.post(f"{base_url}/v1/embeddings", json={"model": "e", "input": 12})
+    bad = http.post(f"{base_url}/v1/embeddings", json={"model": "e", "input": 12})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_sdk_models(client: openai.OpenAI, base_url: str) -> None:
+def test_sdk_models(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
     ids = [m.id for m in client.models.list()]
     assert "gpt-4o-mini" in ids and "text-embedding-3-small" in ids
-    validate_response("ListModelsResponse", httpx.get(f"{base_url}/v1/models").json())
+    validate_response("ListModelsResponse", http.get(f"{base_url}/v1/models").json())
     assert client.models.retrieve("gpt-4o").id == "gpt-4o"
 
 
 # --- faults, stats, config, auth -----------------------------------------------------------------
 
 
-def test_fault_429_with_retry_after(client: openai.OpenAI, base_url: str) -> None:
-    queue_faults(base_url, {"status": 429, "retry_after": "7"})
+def test_fault_429_with_retry_after(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
+    queue_faults(http, base_url, {"status": 429, "retry_after": "7"})
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
     assert caught.value.response.headers["retry-after"] == "7"
@@ -473,15 +480,15 @@ def test_fault_429_with_retry_after(client: openai.OpenAI, base_url: str) -> Non
     assert client.chat.completions.create(model="m", messages=HELLO).choices  # type: ignore[arg-type]
 
     # the SDK's own retry honours the short retry-after and then succeeds
-    httpx.post(f"{base_url}/_fake/reset").raise_for_status()
-    queue_faults(base_url, {"status": 429, "retry_after": "0.05"})
+    http.post(f"{base_url}/_fake/reset").raise_for_status()
+    queue_faults(http, base_url, {"status": 429, "retry_after": "0.05"})
     retrying = client.with_options(max_retries=2)
     assert retrying.chat.completions.create(model="m", messages=HELLO).choices  # type: ignore[arg-type]
-    assert stats(base_url)["requests"] == 2
+    assert stats(http, base_url)["requests"] == 2
 
 
-def test_fault_500_and_times(client: openai.OpenAI, base_url: str) -> None:
-    queue_faults(base_url, {"status": 500, "times": 2})
+def test_fault_500_and_times(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
+    queue_faults(http, base_url, {"status": 500, "times": 2})
     for _ in range(2):
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
@@ -489,38 +496,38 @@ def test_fault_500_and_times(client: openai.OpenAI, base_url: str) -> None:
     assert client.chat.completions.create(model="m", messages=HELLO).choices  # type: ignore[arg-type]
 
 
-def test_fault_garbage(client: openai.OpenAI, base_url: str) -> None:
-    queue_faults(base_url, {"garbage": True}, {"garbage": True}, {"garbage": True})
-    raw = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "m", "messages": HELLO})
+def test_fault_garbage(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
+    queue_faults(http, base_url, {"garbage": True}, {"garbage": True}, {"garbage": True})
+    raw = http.post(f"{base_url}/v1/chat/completions", json={"model": "m", "messages": HELLO})
     assert raw.status_code == 200
     with pytest.raises(json.JSONDecodeError):
         raw.json()
     with pytest.raises((ValueError, openai.APIError)):
         client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
     body = {"model": "m", "messages": HELLO, "stream": True}
-    streamed = httpx.post(f"{base_url}/v1/chat/completions", json=body)
+    streamed = http.post(f"{base_url}/v1/chat/completions", json=body)
     assert streamed.status_code == 200 and sse_payloads(streamed.content) == []
 
 
-def test_fault_disconnect_after_chunks(client: openai.OpenAI, base_url: str) -> None:
-    queue_faults(base_url, {"disconnect_after_chunks": 2}, {"disconnect_after_chunks": 3})
+def test_fault_disconnect_after_chunks(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
+    queue_faults(http, base_url, {"disconnect_after_chunks": 2}, {"disconnect_after_chunks": 3})
     body = {"model": "m", "messages": HELLO, "stream": True}
-    raw = httpx.post(f"{base_url}/v1/chat/completions", json=body).content
+    raw = http.post(f"{base_url}/v1/chat/completions", json=body).content
     assert len(sse_payloads(raw)) == 2 and b"[DONE]" not in raw
     chunks = list(client.chat.completions.create(model="m", messages=HELLO, stream=True))  # type: ignore[arg-type]
     assert len(chunks) == 3 and all(c.choices[0].finish_reason is None for c in chunks)
 
 
-def test_fault_delay_and_path_filter(client: openai.OpenAI, base_url: str) -> None:
-    queue_faults(base_url, {"delay_ms": 300, "path": "/v1/embeddings"})
+def test_fault_delay_and_path_filter(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
+    queue_faults(http, base_url, {"delay_ms": 300, "path": "/v1/embeddings"})
     started = time.perf_counter()
     client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
     assert time.perf_counter() - started < 0.25  # the fault is only for embeddings
-    assert len(stats(base_url)["pending_faults"]) == 1
+    assert len(stats(http, base_url)["pending_faults"]) == 1
     started = time.perf_counter()
     client.embeddings.create(model="e", input="x")
     assert time.perf_counter() - started >= 0.3
-    assert stats(base_url)["pending_faults"] == []
+    assert stats(http, base_url)["pending_faults"] == []
 
 
 def test_slow_model_suffix(client: openai.OpenAI) -> None:
@@ -529,19 +536,19 @@ def test_slow_model_suffix(client: openai.OpenAI) -> None:
     assert time.perf_counter() - started >= 0.2
 
 
-def test_invalid_faults_are_rejected(base_url: str) -> None:
+def test_invalid_faults_are_rejected(base_url: str, http: httpx.Client) -> None:
     for bad in ([{"status": "oops"}], [{"times": 0}], [{"unknown": 1}], "nope"):
-        assert httpx.post(f"{base_url}/_fake/faults", json=bad).status_code == 400
-    assert stats(base_url)["pending_faults"] == []
+        assert http.post(f"{base_url}/_fake/faults", json=bad).status_code == 400
+    assert stats(http, base_url)["pending_faults"] == []
 
 
-def test_stats_counters(client: openai.OpenAI, base_url: str) -> None:
+def test_stats_counters(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
     client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
     client.chat.completions.create(model="gpt-4o", messages=HELLO)  # type: ignore[arg-type]
     client.embeddings.create(model="text-embedding-3-small", input="x")
-    httpx.get(f"{base_url}/_fake/stats")  # control calls are not counted
-    httpx.post(f"{base_url}/_fake/config", json={})
-    counters = stats(base_url)
+    http.get(f"{base_url}/_fake/stats")  # control calls are not counted
+    http.post(f"{base_url}/_fake/config", json={})
+    counters = stats(http, base_url)
     assert counters["requests"] == 3
     assert counters["by_path"] == {"/v1/chat/completions": 2, "/v1/embeddings": 1}
     assert counters["by_model"] == {"gpt-4o-mini": 1, "gpt-4o": 1, "text-embedding-3-small": 1}
@@ -549,8 +556,8 @@ def test_stats_counters(client: openai.OpenAI, base_url: str) -> None:
     assert last["path"] == "/v1/embeddings"
     assert last["headers"]["authorization"] == "Bearer sk-test"
     assert last["body"] == {"model": "text-embedding-3-small", "input": "x", "encoding_format": "base64"}
-    httpx.post(f"{base_url}/_fake/reset").raise_for_status()
-    assert stats(base_url) == {
+    http.post(f"{base_url}/_fake/reset").raise_for_status()
+    assert stats(http, base_url) == {
         "requests": 0,
         "by_path": {},
         "by_model": {},
@@ -559,21 +566,21 @@ def test_stats_counters(client: openai.OpenAI, base_url: str) -> None:
     }
 
 
-def test_unknown_route_and_bad_body(base_url: str) -> None:
-    missing = httpx.post(f"{base_url}/v1/nope", json={})
+def test_unknown_route_and_bad_body(base_url: str, http: httpx.Client) -> None:
+    missing = http.post(f"{base_url}/v1/nope", json={})
     assert missing.status_code == 404
     validate_response("ErrorResponse", missing.json())
-    assert httpx.get(f"{base_url}/v1/chat/completions").status_code == 405
-    bad = httpx.post(
+    assert http.get(f"{base_url}/v1/chat/completions").status_code == 405
+    bad = http.post(
         f"{base_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
-    assert httpx.post(f"{base_url}/v1/chat/completions", json={"model": "m"}).status_code == 400
-    assert stats(base_url)["requests"] == 4
+    assert http.post(f"{base_url}/v1/chat/completions", json={"model": "m"}).status_code == 400
+    assert stats(http, base_url)["requests"] == 4
 
 
-def test_require_key(base_url: str) -> None:
-    httpx.post(f"{base_url}/_fake/config", json={"require_key": "sk-right"}).raise_for_status()
+def test_require_key(base_url: str, http: httpx.Client) -> None:
+    http.post(f"{base_url}/_fake/config", json={"require_key": "sk-right"}).raise_for_status()
     with (
         openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-wrong", max_retries=0) as wrong,
         pytest.raises(openai.AuthenticationError) as caught,
@@ -583,19 +590,19 @@ def test_require_key(base_url: str) -> None:
     with openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-right", max_retries=0) as right:
         assert right.chat.completions.create(model="m", messages=HELLO).choices  # type: ignore[arg-type]
     body = {"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
-    assert httpx.post(f"{base_url}/v1/messages", json=body, headers={"x-api-key": "sk-right"}).status_code == 200
-    denied = httpx.post(f"{base_url}/v1/messages", json=body, headers={"x-api-key": "nope"})
+    assert http.post(f"{base_url}/v1/messages", json=body, headers={"x-api-key": "sk-right"}).status_code == 200
+    denied = http.post(f"{base_url}/v1/messages", json=body, headers={"x-api-key": "nope"})
     assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
 
 
-def test_require_key_constructor_option() -> None:
+def test_require_key_constructor_option(http: httpx.Client) -> None:
     base_url, stop = start_uvicorn_in_thread(FakeUpstream(require_key="k", latency_ms=1, stream_chunks=2))
     try:
         body = {"model": "m", "messages": HELLO}
-        assert httpx.post(f"{base_url}/v1/chat/completions", json=body).status_code == 401
-        ok = httpx.post(f"{base_url}/v1/chat/completions", json=body, headers={"authorization": "Bearer k"})
+        assert http.post(f"{base_url}/v1/chat/completions", json=body).status_code == 401
+        ok = http.post(f"{base_url}/v1/chat/completions", json=body, headers={"authorization": "Bearer k"})
         assert ok.status_code == 200
-        streamed = httpx.post(
+        streamed = http.post(
             f"{base_url}/v1/chat/completions", json={**body, "stream": True}, headers={"authorization": "Bearer k"}
         )
         assert len(sse_payloads(streamed.content)) == 1 + 2 + 1 + 1  # role, 2 deltas, finish, [DONE]
@@ -603,10 +610,10 @@ def test_require_key_constructor_option() -> None:
         stop()
 
 
-def test_runtime_config_stream_chunks_and_delay(client: openai.OpenAI, base_url: str) -> None:
-    config = httpx.post(f"{base_url}/_fake/config", json={"stream_chunks": 2, "chunk_delay_ms": 50}).json()
+def test_runtime_config_stream_chunks_and_delay(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
+    config = http.post(f"{base_url}/_fake/config", json={"stream_chunks": 2, "chunk_delay_ms": 50}).json()
     assert config["stream_chunks"] == 2 and config["chunk_delay_ms"] == 50
-    assert httpx.post(f"{base_url}/_fake/config", json={"stream_chunks": 0}).status_code == 400
+    assert http.post(f"{base_url}/_fake/config", json={"stream_chunks": 0}).status_code == 400
     started = time.perf_counter()
     chunks = list(client.chat.completions.create(model="m", messages=HELLO, stream=True))  # type: ignore[arg-type]
     assert len(chunks) == 1 + 2 + 1
@@ -616,23 +623,23 @@ def test_runtime_config_stream_chunks_and_delay(client: openai.OpenAI, base_url:
 # --- the Anthropic route, raw and through litellm ------------------------------------------------
 
 
-def test_anthropic_route_raw(base_url: str) -> None:
+def test_anthropic_route_raw(base_url: str, http: httpx.Client) -> None:
     body = {
         "model": "claude-3-5-haiku-20241022",
         "max_tokens": 100,
         "system": "You are terse.",
         "messages": [{"role": "user", "content": "Hello, fake world!"}],
     }
-    answer = httpx.post(f"{base_url}/v1/messages", json=body).json()
+    answer = http.post(f"{base_url}/v1/messages", json=body).json()
     assert answer["content"][0]["text"] == HELLO_ANSWER
-    with httpx.stream("POST", f"{base_url}/v1/messages", json={**body, "stream": True}) as response:
+    with http.stream("POST", f"{base_url}/v1/messages", json={**body, "stream": True}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = response.read().decode()
     events = [e for e in raw.split("\n\n") if e]
     assert events[0].startswith("event: message_start\ndata: ")
     assert events[-1] == 'event: message_stop\ndata: {"type":"message_stop"}'
-    queue_faults(base_url, {"status": 529})
-    overloaded = httpx.post(f"{base_url}/v1/messages", json=body)
+    queue_faults(http, base_url, {"status": 529})
+    overloaded = http.post(f"{base_url}/v1/messages", json=body)
     assert overloaded.status_code == 529 and overloaded.json()["error"]["type"] == "overloaded_error"
 
 
@@ -645,7 +652,7 @@ def litellm_module() -> Any:
     return litellm
 
 
-async def test_litellm_anthropic(litellm_module: Any, base_url: str) -> None:
+async def test_litellm_anthropic(litellm_module: Any, base_url: str, http: httpx.Client) -> None:
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello, fake world!"}]
     answer = await litellm_module.acompletion(
         model="anthropic/claude-3-5-haiku-20241022", api_base=base_url, api_key="x", messages=messages
@@ -653,7 +660,7 @@ async def test_litellm_anthropic(litellm_module: Any, base_url: str) -> None:
     assert answer.choices[0].message.content == HELLO_ANSWER
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage.completion_tokens == mock.count_tokens(HELLO_ANSWER)
-    last = stats(base_url)["last_request"]
+    last = stats(http, base_url)["last_request"]
     assert last["path"] == "/v1/messages" and last["headers"]["x-api-key"] == "x"
     assert last["body"]["system"]
 

@@ -182,7 +182,7 @@ class FakeUpstream:
         self.requests = 0
         self.by_path: dict[str, int] = {}
         self.by_model: dict[str, int] = {}
-        self.last_request: dict[str, Any] | None = None
+        self._last: tuple[str, str, Any, bytes, Any] | None = None
         self._api: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
             "/chat/completions": ("POST", self._chat),
             "/embeddings": ("POST", self._embeddings),
@@ -287,14 +287,23 @@ class FakeUpstream:
         model = payload.get("model") if isinstance(payload, dict) else None
         if isinstance(model, str):
             self.by_model[model] = self.by_model.get(model, 0) + 1
+        # Kept raw and only decoded when someone asks for stats: this runs on every benchmark request.
+        self._last = (scope["method"], raw_path, scope["headers"], body, payload)
+
+    @property
+    def last_request(self) -> dict[str, Any] | None:
+        """The most recent API request: method, path, headers (lowercased names) and parsed body."""
+        if self._last is None:
+            return None
+        method, path, raw_headers, body, payload = self._last
         headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
+        for name, value in raw_headers:
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        self.last_request = {
-            "method": scope["method"],
-            "path": raw_path,
+        return {
+            "method": method,
+            "path": path,
             "headers": headers,
             "body": payload if payload is not None else body.decode("utf-8", "replace"),
         }
@@ -325,7 +334,7 @@ class FakeUpstream:
         self.requests = 0
         self.by_path = {}
         self.by_model = {}
-        self.last_request = None
+        self._last = None
 
     def stats(self) -> dict[str, Any]:
         return {

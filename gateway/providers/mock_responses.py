@@ -18,7 +18,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
@@ -80,12 +80,12 @@ def _content_text(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, Sequence):
+    if isinstance(content, list | tuple):
         texts: list[str] = []
         for part in content:
             if isinstance(part, str):
                 texts.append(part)
-            elif isinstance(part, Mapping):
+            elif isinstance(part, dict):
                 text = part.get("text")
                 if isinstance(text, str):
                     texts.append(text)
@@ -107,16 +107,16 @@ def prompt_tokens(body: Mapping[str, Any]) -> int:
     """
     total = count_tokens(_content_text(body.get("system")))
     messages = body.get("messages")
-    if isinstance(messages, Sequence) and not isinstance(messages, str):
+    if isinstance(messages, list | tuple):
         for message in messages:
-            if not isinstance(message, Mapping):
+            if not isinstance(message, dict):
                 continue
             total += count_tokens(_content_text(message.get("content")))
             tool_calls = message.get("tool_calls")
-            if isinstance(tool_calls, Sequence):
+            if isinstance(tool_calls, list | tuple):
                 for call in tool_calls:
-                    function = call.get("function") if isinstance(call, Mapping) else None
-                    if isinstance(function, Mapping):
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict):
                         total += count_tokens(str(function.get("name") or ""))
                         total += count_tokens(str(function.get("arguments") or ""))
     tools = body.get("tools")
@@ -141,13 +141,13 @@ def _request_identity(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _last_user_text(messages: Any) -> str:
-    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+    if not isinstance(messages, list | tuple) or not messages:
         return ""
     for message in reversed(messages):
-        if isinstance(message, Mapping) and message.get("role") == "user":
+        if isinstance(message, dict) and message.get("role") == "user":
             return _content_text(message.get("content"))
     last = messages[-1]
-    return _content_text(last.get("content")) if isinstance(last, Mapping) else ""
+    return _content_text(last.get("content")) if isinstance(last, dict) else ""
 
 
 def _answer_text(messages: Any, index: int = 0) -> str:
@@ -160,7 +160,7 @@ def _answer_text(messages: Any, index: int = 0) -> str:
 def _stop_sequences(stop: Any) -> list[str]:
     if isinstance(stop, str):
         return [stop] if stop else []
-    if isinstance(stop, Sequence):
+    if isinstance(stop, list | tuple):
         return [s for s in stop if isinstance(s, str) and s]
     return []
 
@@ -195,10 +195,10 @@ def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
         return {}
     node: Any = root
     for part in ref[2:].split("/"):
-        if not isinstance(node, Mapping):
+        if not isinstance(node, dict):
             return {}
         node = node.get(part.replace("~1", "/").replace("~0", "~"))
-    return node if isinstance(node, Mapping) else {}
+    return node if isinstance(node, dict) else {}
 
 
 def _string_value(schema: Mapping[str, Any], filler: str) -> str:
@@ -262,37 +262,37 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
     Covers what tool definitions and ``json_schema`` response formats use in practice (objects,
     scalars, arrays, enums, const, refs, unions); it is not a general schema solver.
     """
-    if not isinstance(schema, Mapping) or depth > _MAX_SCHEMA_DEPTH:
+    if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
         return filler if depth <= _MAX_SCHEMA_DEPTH else None
     if "$ref" in schema and isinstance(schema["$ref"], str):
         return _schema_instance(_resolve_ref(schema["$ref"], root), root, filler, depth + 1)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
-    if isinstance(enum, Sequence) and not isinstance(enum, str) and enum:
+    if isinstance(enum, list | tuple) and enum:
         return enum[0]
     for key in ("anyOf", "oneOf"):
         options = schema.get(key)
-        if isinstance(options, Sequence) and options:
-            non_null = [o for o in options if not (isinstance(o, Mapping) and o.get("type") == "null")]
+        if isinstance(options, list | tuple) and options:
+            non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
             return _schema_instance((non_null or list(options))[0], root, filler, depth + 1)
     all_of = schema.get("allOf")
-    if isinstance(all_of, Sequence) and all_of:
+    if isinstance(all_of, list | tuple) and all_of:
         merged: dict[str, Any] = {}
         for part in all_of:
-            if isinstance(part, Mapping):
+            if isinstance(part, dict):
                 part = _resolve_ref(part["$ref"], root) if isinstance(part.get("$ref"), str) else part
                 for k, v in part.items():
-                    if k == "properties" and isinstance(v, Mapping):
+                    if k == "properties" and isinstance(v, dict):
                         merged.setdefault("properties", {}).update(v)
-                    elif k == "required" and isinstance(v, Sequence):
+                    elif k == "required" and isinstance(v, list | tuple):
                         merged.setdefault("required", []).extend(v)
                     else:
                         merged.setdefault(k, v)
         return _schema_instance(merged, root, filler, depth + 1)
 
     kind = schema.get("type")
-    if isinstance(kind, Sequence) and not isinstance(kind, str):
+    if isinstance(kind, list | tuple):
         kinds = [k for k in kind if k != "null"]
         kind = kinds[0] if kinds else "null"
     if kind is None:
@@ -305,11 +305,9 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
 
     if kind == "object":
         properties = schema.get("properties")
-        properties = properties if isinstance(properties, Mapping) else {}
+        properties = properties if isinstance(properties, dict) else {}
         required = schema.get("required")
-        names = (
-            [n for n in required if n in properties] if isinstance(required, Sequence) else list(properties)
-        )
+        names = [n for n in required if n in properties] if isinstance(required, list | tuple) else list(properties)
         return {name: _schema_instance(properties[name], root, filler, depth + 1) for name in names}
     if kind == "array":
         min_items = schema.get("minItems")
@@ -318,7 +316,7 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
         if isinstance(max_items, int):
             count = min(count, max_items)
         items = schema.get("items")
-        if isinstance(items, Sequence) and not isinstance(items, str | Mapping):  # tuple form
+        if isinstance(items, list | tuple):  # tuple form
             return [_schema_instance(item, root, filler, depth + 1) for item in items]
         return [_schema_instance(items or {}, root, filler, depth + 1) for _ in range(count)]
     if kind == "integer":
@@ -340,20 +338,16 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
 def _selected_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The function the model "decides" to call, or None when the answer should be text."""
     tools = body.get("tools")
-    if not isinstance(tools, Sequence) or isinstance(tools, str) or not tools:
+    if not isinstance(tools, list | tuple) or not tools:
         return None
     choice = body.get("tool_choice")
     if choice == "none":
         return None
-    functions = [
-        t["function"] for t in tools if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)
-    ]
+    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
     if not functions:
         return None
-    if isinstance(choice, Mapping):
-        wanted = (
-            choice.get("function", {}).get("name") if isinstance(choice.get("function"), Mapping) else None
-        )
+    if isinstance(choice, dict):
+        wanted = choice.get("function", {}).get("name") if isinstance(choice.get("function"), dict) else None
         wanted = wanted or choice.get("name")
         for function in functions:
             if function.get("name") == wanted:
@@ -362,7 +356,7 @@ def _selected_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def _tool_arguments(parameters: Any, filler: str) -> dict[str, Any]:
-    if not isinstance(parameters, Mapping):
+    if not isinstance(parameters, dict):
         return {}
     value = _schema_instance(parameters, parameters, filler)
     return value if isinstance(value, dict) else {}
@@ -374,15 +368,15 @@ def _structured_content(response_format: Any, answer: str) -> str | None:
     Structured content is never cut by ``max_tokens``/``stop``: tests of the gateway's schema
     validation must not fail because of a mock artefact.
     """
-    if not isinstance(response_format, Mapping):
+    if not isinstance(response_format, dict):
         return None
     kind = response_format.get("type")
     if kind == "json_object":
         return _dumps_str({"answer": answer})
     if kind == "json_schema":
         spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
             return _dumps_str({"answer": answer})
         return _dumps_str(_schema_instance(schema, schema, answer))
     return None
@@ -394,9 +388,7 @@ def _logprob_entry(token: str, top: int) -> JSON:
     alternatives: list[JSON] = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
     for j in range(1, top):
         alt = f"{token.strip() or token}_{j}"
-        alternatives.append(
-            {"token": alt, "logprob": round(logprob - 1.5 * j, 6), "bytes": list(alt.encode())}
-        )
+        alternatives.append({"token": alt, "logprob": round(logprob - 1.5 * j, 6), "bytes": list(alt.encode())})
     return {
         "token": token,
         "logprob": logprob,
@@ -427,9 +419,7 @@ def _build_choice(body: Mapping[str, Any], index: int, completion_id: str) -> tu
             "content": None,
             "refusal": None,
             "annotations": [],
-            "tool_calls": [
-                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-            ],
+            "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}],
         }
         choice: JSON = {"index": index, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
         return choice, count_tokens(name) + count_tokens(arguments)
@@ -523,7 +513,7 @@ def chat_stream_chunks(
     """
     full = chat_completion(body, model=model, created=created)
     options = body.get("stream_options")
-    include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
     wants_logprobs = body.get("logprobs") is True
     top = body.get("top_logprobs")
     top = top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
@@ -583,9 +573,7 @@ def chat_stream_chunks(
                         chunk(
                             {
                                 "index": index,
-                                "delta": {
-                                    "tool_calls": [{"index": call_index, "function": {"arguments": part}}]
-                                },
+                                "delta": {"tool_calls": [{"index": call_index, "function": {"arguments": part}}]},
                                 "logprobs": None,
                                 "finish_reason": None,
                             }
@@ -604,9 +592,7 @@ def chat_stream_chunks(
             )
             for group in _split_groups(_pieces(message["content"] or ""), chunks):
                 logprobs = (
-                    {"content": [_logprob_entry(p, top) for p in group], "refusal": None}
-                    if wants_logprobs
-                    else None
+                    {"content": [_logprob_entry(p, top) for p in group], "refusal": None} if wants_logprobs else None
                 )
                 result.append(
                     chunk(
@@ -618,9 +604,7 @@ def chat_stream_chunks(
                         }
                     )
                 )
-        result.append(
-            chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]})
-        )
+        result.append(chunk({"index": index, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}))
 
     if include_usage:
         last = chunk({})
@@ -643,16 +627,13 @@ def sse_event(chunk: Mapping[str, Any]) -> bytes:
 def _embedding_inputs(raw: Any) -> list[str | list[int]]:
     if isinstance(raw, str):
         return [raw]
-    if isinstance(raw, Sequence) and raw:
+    if isinstance(raw, list | tuple) and raw:
         if all(isinstance(x, int) and not isinstance(x, bool) for x in raw):
             return [list(raw)]
         if all(isinstance(x, str) for x in raw):
             return list(raw)
         if all(
-            isinstance(x, Sequence)
-            and not isinstance(x, str)
-            and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-            for x in raw
+            isinstance(x, list | tuple) and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in raw
         ):
             return [list(x) for x in raw]
     raise ValueError("'input' must be a non-empty string, array of strings, or array of token arrays")
@@ -706,16 +687,16 @@ def embeddings(body: Mapping[str, Any], *, model: str | None = None) -> JSON:
 
 def _anthropic_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     tools = body.get("tools")
-    if not isinstance(tools, Sequence) or isinstance(tools, str) or not tools:
+    if not isinstance(tools, list | tuple) or not tools:
         return None
     choice = body.get("tool_choice")
-    kind = choice.get("type") if isinstance(choice, Mapping) else None
+    kind = choice.get("type") if isinstance(choice, dict) else None
     if kind == "none":
         return None
-    named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+    named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     if not named:
         return None
-    if kind == "tool" and isinstance(choice, Mapping):
+    if kind == "tool" and isinstance(choice, dict):
         for tool in named:
             if tool["name"] == choice.get("name"):
                 return tool
@@ -797,8 +778,7 @@ def anthropic_stream_events(body: Mapping[str, Any], *, chunks: int = 8) -> list
         if index == 0:
             events.append(("ping", {"type": "ping"}))
         events.extend(
-            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-            for delta in deltas
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}) for delta in deltas
         )
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
     events.append(
