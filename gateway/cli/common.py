@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gateway.config.settings import Settings, load_settings
 from gateway.config.yamlfile import ConfigError
 
 T = TypeVar("T")
 
-console = Console()
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column squeeze.
+console = Console(width=None if sys.stdout.isatty() else 240)
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -24,17 +27,23 @@ ConfigOption = Annotated[
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    # soft_wrap: an error line must stay one line (file:line: field: problem) for tools to parse.
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def fail_config(error: ConfigError) -> None:
+    for problem in error.problems:
+        err_console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def settings_or_exit(config: str | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            err_console.print(f"[red]error:[/red] {problem}", highlight=False)
-        raise typer.Exit(1) from None
+        fail_config(exc)
+        raise  # unreachable: fail_config exits
 
 
 def run(factory: Callable[[], Awaitable[T]]) -> T:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from gateway.catalog import build_catalog
-from gateway.cli.common import ConfigOption, console, err_console, settings_or_exit
+from gateway.cli.common import ConfigOption, console, fail_config, settings_or_exit
 from gateway.config.policies import load_policies
 from gateway.config.yamlfile import ConfigError
 
@@ -20,9 +20,7 @@ def check(config: ConfigOption = None) -> None:
     try:
         catalog = build_catalog(load_policies(policies_dir))
     except ConfigError as exc:
-        for problem in exc.problems:
-            err_console.print(f"[red]error:[/red] {problem}", highlight=False)
-        raise typer.Exit(1) from None
+        fail_config(exc)
     console.print(
         f"ok: {len(catalog.aliases)} model aliases, {len(catalog.teams)} teams, policies in {policies_dir}",
         highlight=False,

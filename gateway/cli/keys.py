@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 import typer
 from rich.table import Table
 
@@ -46,6 +47,7 @@ def create(
 def list_keys(
     team: Annotated[str | None, typer.Option(help="Only this team's keys.")] = None,
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     config: ConfigOption = None,
 ) -> None:
     """List keys (ids and prefixes only; keys themselves are never stored)."""
@@ -58,8 +60,18 @@ def list_keys(
         finally:
             await db.close()
 
+    records = run(fetch)
+    if output == "json":
+        print(orjson.dumps([
+            {"key_id": r.key_id, "prefix": r.prefix, "team": r.team, "roles": list(r.roles), "name": r.name,
+             "created_at": r.created_at.isoformat(),
+             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
+            for r in records
+        ], option=orjson.OPT_INDENT_2).decode())
+        return
     table = Table("key id", "prefix", "team", "roles", "name", "created", "revoked")
-    for record in run(fetch):
+    table.columns[0].no_wrap = True
+    for record in records:
         table.add_row(
             record.key_id, record.prefix + "…", record.team, ",".join(record.roles), record.name,
             record.created_at.strftime("%Y-%m-%d %H:%M"),

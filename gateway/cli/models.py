@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from gateway.catalog import build_catalog
-from gateway.cli.common import ConfigOption, console, err_console, settings_or_exit
+from gateway.cli.common import ConfigOption, console, fail, fail_config, settings_or_exit
 from gateway.config.policies import load_policies
 from gateway.config.yamlfile import ConfigError
 
@@ -25,13 +25,10 @@ def list_models(
     try:
         catalog = build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
     except ConfigError as exc:
-        for problem in exc.problems:
-            err_console.print(f"[red]error:[/red] {problem}", highlight=False)
-        raise typer.Exit(1) from None
+        fail_config(exc)
     allowed = catalog.team(team) if team else None
     if team and allowed is None:
-        err_console.print(f"[red]error:[/red] unknown team {team!r}")
-        raise typer.Exit(1)
+        fail(f"unknown team {team!r}")
     table = Table("alias", "kind", "deployment", "upstream", "weight", "$/1M in", "$/1M out")
     for name, alias in catalog.aliases.items():
         if allowed is not None and not allowed.allows_model(name):

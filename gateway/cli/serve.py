@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli.common import ConfigOption, err_console, settings_or_exit
+from gateway.cli.common import ConfigOption, fail_config, settings_or_exit
 from gateway.config.policies import load_policies
 from gateway.config.yamlfile import ConfigError
 
@@ -32,9 +32,7 @@ def register(app: typer.Typer) -> None:
 
             build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
         except ConfigError as exc:
-            for problem in exc.problems:
-                err_console.print(f"[red]error:[/red] {problem}", highlight=False)
-            raise typer.Exit(1) from None
+            fail_config(exc)
         if config:
             os.environ["GATEWAY_CONFIG"] = str(Path(config).resolve())
         worker_count = workers or settings.server.workers

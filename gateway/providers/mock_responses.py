@@ -343,7 +343,9 @@ def _selected_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     choice = body.get("tool_choice")
     if choice == "none":
         return None
-    functions = [t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    functions: list[dict[str, Any]] = [
+        t["function"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
     if not functions:
         return None
     if isinstance(choice, dict):
