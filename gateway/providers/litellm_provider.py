@@ -45,10 +45,24 @@ litellm.drop_params = True  # an OpenAI parameter the provider lacks is dropped,
 _GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input", "variables"})
 
 
-def _dump(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(exclude_none=False)
-    return dict(obj)
+def _dump(obj: Any, *, chunk: bool = False) -> dict[str, Any]:
+    """litellm's object as OpenAI's wire shape.
+
+    litellm fills optional fields with ``None`` where OpenAI leaves them out (and OpenAI's
+    schema rejects those ``null``s), so ``None``s are dropped and the few fields OpenAI
+    requires even when empty are put back.
+    """
+    data: dict[str, Any] = obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
+    for choice in data.get("choices") or ():
+        if chunk:
+            choice.setdefault("finish_reason", None)
+            choice.setdefault("delta", {})
+        else:
+            choice.setdefault("logprobs", None)
+            message = choice.setdefault("message", {})
+            message.setdefault("content", None)
+            message.setdefault("refusal", None)
+    return data
 
 
 class LiteLLMProvider:
@@ -106,7 +120,7 @@ class LiteLLMProvider:
         chunk: Any = first
         try:
             while True:
-                data = _dump(chunk)
+                data = _dump(chunk, chunk=True)
                 usage = data.pop("usage", None)
                 if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
                     ctx.usage = Usage(int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0))
