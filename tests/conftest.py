@@ -7,6 +7,7 @@ because CI must test both storage backends and the Redis paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -82,28 +83,55 @@ def fake(fake_upstream: FakeHandle) -> FakeHandle:
     return fake_upstream
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
-    _need_service("PostgreSQL", "127.0.0.1", 5432)
+def _pg_admin(sql: str) -> None:
     import asyncio
 
     import asyncpg
 
-    name = "gw_test_" + secrets.token_hex(4)
-    admin_dsn = PG_ADMIN_URL
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin_dsn)
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    base = admin_dsn.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def _fresh_pg_database() -> Iterator[str]:
+    _need_service("PostgreSQL", "127.0.0.1", 5432)
+    name = "gw_test_" + secrets.token_hex(4)
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with _fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, for tests whose state must not leak
+    (applied policies, for one, are authoritative for every gateway on a database)."""
+    with _fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own, on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'own.db'}"
+    else:
+        with _fresh_pg_database() as url:
+            yield url
 
 
 @pytest.fixture(scope="session")
