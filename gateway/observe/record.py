@@ -14,10 +14,11 @@ from typing import Protocol
 
 from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError
+from gateway.observe.access import AccessLog
 from gateway.observe.metrics import Metrics
 from gateway.pipeline_types import Handler
 
-access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.record")
 
 
 class RequestSink(Protocol):
@@ -26,10 +27,10 @@ class RequestSink(Protocol):
 
 
 class Record:
-    def __init__(self, metrics: Metrics, sinks: list[RequestSink], *, access_log_enabled: bool = True) -> None:
+    def __init__(self, metrics: Metrics, sinks: list[RequestSink], *, access_log: AccessLog | None = None) -> None:
         self._metrics = metrics
         self._sinks = sinks
-        self._access_log = access_log_enabled
+        self._access_log = access_log
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         self._metrics.in_flight.inc()
@@ -62,11 +63,10 @@ class Record:
             try:
                 sink.record(ctx)
             except Exception:
-                access_log.exception("request sink failed", extra={"request_id": ctx.request_id})
-        if self._access_log:
-            access_log.info(
-                "request",
-                extra={
+                log.exception("request sink failed", extra={"request_id": ctx.request_id})
+        if self._access_log is not None:
+            self._access_log.write(
+                {
                     "request_id": ctx.request_id,
                     "team": team,
                     "key_id": ctx.principal.key_id if ctx.principal else None,
@@ -82,5 +82,5 @@ class Record:
                     "latency_ms": round(elapsed * 1000, 3),
                     "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
                     "error": ctx.error.code if ctx.error else None,
-                },
+                }
             )
