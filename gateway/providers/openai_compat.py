@@ -105,6 +105,10 @@ class OpenAICompatProvider:
             self._targets[deployment.id] = target
         return target
 
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
     async def chat(self, deployment: Deployment, ctx: RequestContext) -> Reply:
         target = self._target(deployment)
         body = dict(ctx.body)
