@@ -94,24 +94,26 @@ def test_audit_admin_api_filters_and_roles(own_gateway: GatewayProcess) -> None:
 def test_policies_apply_takes_effect_without_restart(own_gateway: GatewayProcess) -> None:
     beta = own_gateway.create_key("beta")
     assert call(own_gateway, beta) == 200
+    first = own_gateway.cli("policies", "apply", "-m", "adopt the files")
+    assert "+++ policies/teams.yaml" in first.stdout and "applied policy version 1" in first.stdout
     teams_path = own_gateway.config.root / "policies" / "teams.yaml"
     teams = yaml.safe_load(teams_path.read_text())
     teams["teams"]["beta"]["models"] = ["fake-chat"]
     teams_path.write_text(yaml.safe_dump(teams))
 
     dry = own_gateway.cli("policies", "apply", "--dry-run")
-    assert "dry run" in dry.stdout and "-  - mock" in dry.stdout
+    assert "dry run" in dry.stdout and "\n-    - mock\n" in dry.stdout
     assert call(own_gateway, beta) == 200
 
     applied = own_gateway.cli("policies", "apply", "-m", "beta loses mock", "--ticket", "OPS-7")
-    assert "applied policy version 1" in applied.stdout
+    assert "applied policy version 2" in applied.stdout
     wait_for(lambda: call(own_gateway, beta) == 403)
     assert "no changes" in own_gateway.cli("policies", "apply").stdout
 
-    entry = json.loads(own_gateway.cli("audit", "list", "--action", "policy.apply", "--format", "json").stdout)[0]
+    entry = json.loads(own_gateway.cli("audit", "list", "--action", "policy.apply", "--format", "json").stdout)[-1]
     assert entry["reason"] == "beta loses mock" and entry["ticket"] == "OPS-7"
-    assert "-  - mock" in entry["after"]["diff"]
-    assert "version 1" in own_gateway.cli("policies", "status").stdout
+    assert "\n-    - mock\n" in entry["after"]["diff"] and entry["before"]["version"] == 1
+    assert "version 2" in own_gateway.cli("policies", "status").stdout
 
 
 def test_invalid_policies_are_refused_and_change_nothing(own_gateway: GatewayProcess) -> None:
