@@ -2,7 +2,7 @@
 
 No module keeps a global registry: the server, the admin API and the CLI each get a
 ``Runtime`` and reach the services through it. Policies can be swapped at run time
-(``reload_policies``) without a restart; requests already running keep the catalog they
+(``use_catalog``, fed by the policy watcher) without a restart; requests already running keep the catalog they
 started with.
 """
 
@@ -18,13 +18,19 @@ from redis.asyncio import Redis
 
 from gateway.audit import AuditLog
 from gateway.auth import Authenticate, KeyStore
+from gateway.budgets import install_budgets
+from gateway.cache import build_cache
 from gateway.catalog import Catalog, build_catalog
+from gateway.config.applied import PolicyStore, PolicyWatcher, catalog_from_files, read_policy_files
 from gateway.config.policies import load_policies
 from gateway.config.settings import Settings
+from gateway.ledger import LedgerWriter, start_ledger
 from gateway.observe import Metrics, Record
+from gateway.observe.access import AccessLog
 from gateway.parse import ParseRequest
 from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler, Stage
+from gateway.prompts import build_prompts
 from gateway.providers import ProviderRegistry
 from gateway.redis_conn import connect_redis
 from gateway.resolve import PromptResolver, Resolve
@@ -59,7 +65,11 @@ class Runtime:
     cache: Stage | None = None
     budget: Stage | None = None
     budget_reporter: BudgetReporter | None = None
+    # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
+    ledger: LedgerWriter | None = None
     handler: Handler | None = None
+    # The applied policy snapshot being served (None: the files under policies_dir, never applied).
+    policy_version: int | None = None
     # Named checks behind /health/ready beyond storage (e.g. "redis").
     readiness_checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     # Run at shutdown in reverse order: flush queues before connections close.
@@ -89,13 +99,12 @@ class Runtime:
         label = getattr(deployment, "label", "unknown")
         self.metrics.child(self.metrics.upstream, label, outcome).observe(seconds)
 
-    def reload_policies(self) -> Catalog:
-        """Validate and swap in the policy files; on error the old catalog stays."""
-        catalog = build_catalog(load_policies(self.policies_dir))
-        self.catalog = catalog
+    def use_catalog(self, catalog: Catalog, version: int | None = None) -> None:
+        """Swap in newly applied policies; requests already running keep the old catalog."""
         self.providers.warm_up(catalog.providers_in_use())
+        self.catalog = catalog
+        self.policy_version = version
         self.keys.invalidate()
-        return catalog
 
     async def close(self) -> None:
         for closer in reversed(self.closers):
@@ -107,9 +116,25 @@ class Runtime:
         await self.db.close()
 
 
+async def _initial_catalog(settings: Settings, store: PolicyStore) -> tuple[Catalog, int | None]:
+    """The latest applied snapshot if there is one (it is what every replica serves), else the files."""
+    policies_dir = settings.resolve_path(settings.policies_dir)
+    snapshot = await store.latest()
+    if snapshot is None:
+        return build_catalog(load_policies(policies_dir)), None
+    if policies_dir.is_dir() and read_policy_files(policies_dir) != snapshot.files:
+        log.warning(
+            "the policy files differ from the applied policies; serving the applied ones "
+            "(run `gateway policies apply` to apply the files)",
+            extra={"applied_version": snapshot.version},
+        )
+    return catalog_from_files(snapshot.files), snapshot.version
+
+
 async def create_runtime(settings: Settings) -> Runtime:
-    catalog = build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
     db = await open_database(settings.database_url)
+    policy_store = PolicyStore(db)
+    catalog, policy_version = await _initial_catalog(settings, policy_store)
     keys = KeyStore(
         db,
         admin_key=settings.auth.admin_key.get_secret_value(),
@@ -118,7 +143,8 @@ async def create_runtime(settings: Settings) -> Runtime:
     metrics = Metrics()
     providers = ProviderRegistry()
     providers.warm_up(catalog.providers_in_use())
-    record = Record(metrics, [], access_log_enabled=settings.server.access_log)
+    access_log = AccessLog() if settings.server.access_log else None
+    record = Record(metrics, [], access_log=access_log)
     runtime = Runtime(
         settings=settings,
         catalog=catalog,
@@ -138,5 +164,19 @@ async def create_runtime(settings: Settings) -> Runtime:
 
         runtime.readiness_checks["redis"] = ping_redis
         runtime.closers.insert(0, redis.aclose)
+    if access_log is not None:
+
+        async def flush_access_log() -> None:
+            access_log.flush()
+
+        runtime.closers.insert(0, flush_access_log)  # closers run in reverse: this one last
+    runtime.ledger = start_ledger(runtime)
+    runtime.policy_version = policy_version
+    watcher = PolicyWatcher(policy_store, runtime.use_catalog, version=policy_version or 0)
+    watcher.start()
+    runtime.closers.append(watcher.stop)
+    runtime.cache = build_cache(runtime)
+    await install_budgets(runtime)  # sets runtime.budget and runtime.budget_reporter
+    await build_prompts(runtime)  # sets runtime.prompts, which build() hands to the resolve stage
     runtime.build()
     return runtime

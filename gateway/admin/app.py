@@ -6,7 +6,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from gateway.admin import keys
+from gateway.admin import audit, keys, prompts, reports
+from gateway.admin import budgets as budgets_admin
+from gateway.admin import cache as cache_admin
 from gateway.errors import GatewayError, InvalidRequest, error_body
 from gateway.runtime import Runtime
 
@@ -25,6 +27,12 @@ def create_admin_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     app.include_router(keys.router)
+    app.include_router(cache_admin.router)
+    app.include_router(prompts.router)
+    app.include_router(audit.router)
+    app.include_router(reports.router)
+    app.include_router(reports.page_router)
+    app.include_router(budgets_admin.router)
 
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, error: GatewayError) -> Response:

@@ -73,12 +73,87 @@ class ModelsFile(_Strict):
         return self
 
 
+class CacheOverrideSpec(_Strict):
+    """Per-alias changes to a team's cache policy; a field left unset keeps the team's value."""
+
+    enabled: bool | None = Field(None, description="Cache this alias for the team (or not).")
+    ttl_s: float | None = Field(None, gt=0, le=30 * 86400, description="Entry lifetime in seconds.")
+    cache_nondeterministic: bool | None = Field(
+        None, description="Also cache requests with temperature > 0 and no seed."
+    )
+    max_entry_bytes: int | None = Field(None, ge=1, description="Answers larger than this are not cached.")
+
+
+class TeamCacheSpec(_Strict):
+    """The response cache for one team. Off unless enabled: a cached answer is a product decision."""
+
+    enabled: bool = Field(False, description="Serve repeated identical requests from the cache.")
+    ttl_s: float = Field(3600.0, gt=0, le=30 * 86400, description="Entry lifetime in seconds.")
+    cache_nondeterministic: bool = Field(
+        False,
+        description="Also cache requests that sample (temperature > 0, or absent, without a seed); "
+        "off by default because such callers usually want a fresh answer each time.",
+    )
+    max_entry_bytes: int = Field(512 * 1024, ge=1, description="Answers larger than this are not cached.")
+    share_scope: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Teams naming the same share_scope read and write one shared set of entries; "
+        "without it a team only ever sees its own entries.",
+    )
+    aliases: dict[str, CacheOverrideSpec] = Field(
+        default_factory=dict,
+        description="Per-alias overrides, keyed by alias name or glob; the first matching key wins.",
+    )
+
+    def for_alias(self, alias: str) -> CacheOverrideSpec | None:
+        for pattern, override in self.aliases.items():
+            if fnmatch.fnmatchcase(alias, pattern):
+                return override
+        return None
+
+
+class SubBudgetSpec(_Strict):
+    """A tighter limit inside a team's budget, for one API key or one model alias (same period)."""
+
+    limit_usd: float = Field(..., ge=0, description="USD per period for this key or alias.")
+    hard: bool | None = Field(None, description="Refuse past the limit (true) or only alert; default: the team's.")
+
+
+class BudgetSpec(_Strict):
+    """What a team may spend per calendar period (UTC), enforced atomically across replicas."""
+
+    limit_usd: float = Field(..., ge=0, description="USD per period.")
+    period: Literal["daily", "weekly", "monthly"] = Field(
+        "monthly", description="Calendar period in UTC: days, ISO weeks (from Monday) or months."
+    )
+    hard: bool = Field(True, description="true: refuse requests past the limit (429). false: admit and alert.")
+    alert_thresholds: list[float] = Field(
+        default_factory=lambda: [50.0, 80.0, 95.0],
+        description="Percentages of the limit that raise one alert each per period (100 is always added).",
+    )
+    webhook_url: str = Field("", description="POSTed a JSON alert per threshold crossing; use ${ENV_VAR}.")
+    keys: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per API key id (key_...).")
+    aliases: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per model alias.")
+
+    @model_validator(mode="after")
+    def _sane(self) -> BudgetSpec:
+        for value in self.alert_thresholds:
+            if not 0 < value <= 100:
+                raise ValueError("alert_thresholds are percentages in (0, 100]")
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http(s) URL")
+        return self
+
+
 class TeamSpec(_Strict):
     description: str = ""
     models: list[str] = Field(
         default_factory=lambda: ["*"], description="Aliases the team may call; glob patterns allowed."
     )
     prompts: list[str] = Field(default_factory=lambda: ["*"], description="Prompts the team may call (globs).")
+    cache: TeamCacheSpec = Field(default_factory=TeamCacheSpec, description="The response cache policy.")
+    budget: BudgetSpec | None = Field(None, description="Spending limit per period; none: unlimited.")
 
     def allows_model(self, alias: str) -> bool:
         return any(fnmatch.fnmatchcase(alias, pattern) for pattern in self.models)
@@ -91,11 +166,43 @@ class TeamsFile(_Strict):
     teams: dict[str, TeamSpec] = Field(default_factory=dict)
 
 
+#: Chat parameters a prompt may fix; a caller may override those listed in ``caller_overrides``.
+PROMPT_PARAMETERS = (
+    "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty",
+    "response_format", "tools", "tool_choice",
+)
+
+
+class PromptsPolicy(_Strict):
+    """``policies/prompts.yaml``: who may move which prompt labels, and what callers may change."""
+
+    protected_labels: list[str] = Field(
+        default_factory=lambda: ["production"],
+        description="Labels that move only with the approver or admin role and only to a version whose latest "
+        "evaluation passed (unless forced with a reason, which is audited).",
+    )
+    caller_overrides: list[str] = Field(
+        default_factory=lambda: ["temperature", "top_p", "max_tokens", "stop", "seed"],
+        description="Parameters a caller may set to replace the prompt's own value; a caller setting any other "
+        "parameter the prompt fixes gets a 400. Parameters the prompt leaves unset are always the caller's.",
+    )
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> PromptsPolicy:
+        unknown = sorted(set(self.caller_overrides) - set(PROMPT_PARAMETERS))
+        if unknown:
+            raise ValueError(f"caller_overrides: unknown parameter(s) {unknown}; known: {list(PROMPT_PARAMETERS)}")
+        if "latest" in self.protected_labels:
+            raise ValueError("protected_labels: 'latest' is moved by pushes only and cannot be protected")
+        return self
+
+
 class PolicyBundle(_Strict):
     """Every policy file, validated together so that cross-file references can be checked."""
 
     models: ModelsFile
     teams: TeamsFile
+    prompts: PromptsPolicy = PromptsPolicy()
 
 
 def load_policies(policies_dir: Path) -> PolicyBundle:
@@ -114,6 +221,13 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             teams = validate(TeamsFile, load_yaml(teams_path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    prompts = PromptsPolicy()
+    prompts_path = policies_dir / "prompts.yaml"
+    if prompts_path.exists():
+        try:
+            prompts = validate(PromptsPolicy, load_yaml(prompts_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return PolicyBundle(models=models, teams=teams)
+    return PolicyBundle(models=models, teams=teams, prompts=prompts)

@@ -29,8 +29,10 @@ class ServerSettings(_Strict):
         4 * 1024 * 1024, ge=1024, description="Largest accepted request body; bigger bodies get 413."
     )
     access_log: bool = Field(True, description="One structured JSON log line per /v1 request.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line (for log shippers); text: for humans."
+    )
     graceful_timeout_s: float = Field(10.0, ge=0, description="How long shutdown waits for in-flight work.")
 
 
@@ -62,6 +64,119 @@ class AuthSettings(_Strict):
     )
 
 
+class CacheSettings(_Strict):
+    """The response cache's machinery. Which teams and aliases are cached is policy (teams.yaml).
+
+    Redis operations use ``redis.op_timeout_ms`` as their deadline; on errors the cache fails
+    open (requests go upstream as if it were off) and a circuit breaker stops trying for a while.
+    """
+
+    enabled: bool = Field(True, description="Run the cache stage at all (teams still opt in by policy).")
+    backend: Literal["auto", "redis", "memory"] = Field(
+        "auto", description="auto: Redis when redis.url is set, else an in-process LRU store."
+    )
+    memory_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Memory bound of the in-process store (per process)."
+    )
+    compress_min_bytes: int = Field(
+        4096, ge=0, description="Redis values at least this large are zlib-compressed; 0 turns compression off."
+    )
+    singleflight_wait_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long identical concurrent misses wait for the first one's answer before calling "
+        "upstream themselves; also the lifetime of the cross-replica Redis lock.",
+    )
+    breaker_failures: int = Field(3, ge=1, description="Consecutive Redis failures that open the breaker.")
+    breaker_retry_s: float = Field(
+        1.0, gt=0, le=300, description="While open, how often a background ping checks whether Redis is back."
+    )
+    max_pending_writes: int = Field(
+        1000, ge=1, description="Redis writes that may wait in the background; beyond it new entries are dropped."
+    )
+
+
+class LedgerSettings(_Strict):
+    """The cost ledger's write queue: rows are batched off the request path (see gateway.ledger)."""
+
+    queue_size: int = Field(
+        100_000, ge=1, description="Rows that may wait for the database; beyond it rows are dropped and counted."
+    )
+    batch_size: int = Field(500, ge=1, le=50_000, description="Most rows written by one INSERT.")
+    flush_interval_ms: float = Field(
+        100.0, gt=0, le=60_000, description="Longest a row waits for its batch to fill; bounds what a SIGKILL loses."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="How long a graceful stop keeps retrying to flush the queue to the database."
+    )
+
+
+class BudgetSettings(_Strict):
+    """How budget enforcement runs. What each team may spend is policy (``budget:`` in teams.yaml).
+
+    Reservations are kept alive by their replica's heartbeat (every third of the TTL); one whose
+    replica died expires after ``reservation_ttl_s`` and is charged at its reserved worst case.
+    """
+
+    reservation_ttl_s: float = Field(
+        30.0, ge=1, le=3600, description="A reservation not refreshed for this long is taken as dead and reconciled."
+    )
+    reconcile_interval_s: float = Field(
+        2.0, gt=0, le=300, description="How often every replica looks for expired reservations and retries commits."
+    )
+    rebuild_settle_s: float = Field(
+        1.0, ge=0, le=60, description="After Redis lost its counters, wait this long for in-flight ledger rows "
+        "to land before summing the ledger (keep it above ledger.flush_interval_ms).",
+    )
+    rebuild_wait_s: float = Field(
+        10.0, gt=0, le=120, description="How long a request waits for a counter rebuild before a 503."
+    )
+    timeout_ms: float = Field(
+        500.0, gt=0, le=30_000, description="Deadline of one budget Redis operation; past it hard budgets "
+        "answer 503 budget_unavailable and soft budgets admit.",
+    )
+    default_max_output_tokens: int = Field(
+        4096, ge=1, description="Worst-case output when neither the request nor the price map bounds it."
+    )
+    webhook_timeout_s: float = Field(3.0, gt=0, le=60, description="Timeout of one alert webhook POST.")
+
+
+class TokenSettings(_Strict):
+    """Where tiktoken's encodings are read from: the gateway never downloads them."""
+
+    encodings_dir: Path | None = Field(
+        None, description="A tiktoken cache directory (files named by the sha1 of the encoding URL). Default: "
+        "the copy bundled inside the installed litellm package.",
+    )
+
+
+class PromptSettings(_Strict):
+    """The prompt repository: how versions are signed and how fast label moves spread."""
+
+    signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 private key (base64 of the 32-byte seed, from GATEWAY_PROMPT_SIGNING_KEY) that "
+        "signs every pushed version. Empty: use signing_key_file. Every replica and the CLI need the same key.",
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Used when signing_key is empty: read, or generated (mode 0600) on first use. Default: "
+        "prompt-signing.key beside the SQLite database (so it lives on the same volume), or "
+        ".gateway/prompt-signing.key with PostgreSQL. Fine for one machine; several machines must share "
+        "signing_key instead.",
+    )
+    trusted_public_keys: list[str] = Field(
+        default_factory=list,
+        description="Extra Ed25519 public keys (base64) whose signatures still verify, for key rotation.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, le=60, description="How often a replica checks storage for label moves (fallback to Redis)."
+    )
+    eval_team: str = Field("admin", description="The team evaluation traffic is attributed to (ledger, budgets).")
+    eval_concurrency: int = Field(4, ge=1, le=64, description="Golden cases sent at once during an evaluation.")
+
+
 class Settings(_Strict):
     """Everything ``gateway.yaml`` may say. ``base_dir`` anchors the relative paths in it."""
 
@@ -70,8 +185,13 @@ class Settings(_Strict):
     storage: StorageSettings = StorageSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
+    cache: CacheSettings = CacheSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    budgets: BudgetSettings = BudgetSettings()
+    tokens: TokenSettings = TokenSettings()
     policies_dir: Path = Field(Path("policies"), description="Team, model, routing and budget policies.")
     prompts_dir: Path = Field(Path("prompts"), description="The prompt source repository.")
+    prompts: PromptSettings = PromptSettings()
 
     def resolve_path(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)

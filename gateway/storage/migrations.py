@@ -31,11 +31,24 @@ def create_tables(*tables: Table) -> Callable[[Connection], None]:
     return apply
 
 
+def _seed_prompt_state(conn: Connection) -> None:
+    """The prompt repository's single revision row (see ``schema.prompt_state``)."""
+    conn.execute(insert(schema.prompt_state).values(id=1, revision=0))
+
+
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
 # ledger and budgets 20-29, audit 30-39, cache 40-49.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
+    Migration(2, "applied policy snapshots", create_tables(schema.policy_snapshots)),
+    Migration(
+        10, "prompt repository",
+        create_tables(schema.prompt_versions, schema.prompt_labels, schema.prompt_label_history,
+                      schema.prompt_evals, schema.prompt_state),
+    ),
+    Migration(11, "prompt repository revision", _seed_prompt_state),
     Migration(20, "cost ledger", create_tables(schema.ledger)),
+    Migration(29, "finance page sessions", create_tables(schema.report_sessions)),
     Migration(30, "audit log", create_tables(schema.audit_log)),
 ]
 

@@ -72,6 +72,31 @@ ledger = Table(
     Index("ix_ledger_team_ts", "team", "ts"),
 )
 
+# Browser sessions of the finance page (/reports) and its one-time login links. Only the
+# sha256 of the cookie or link token is stored, with the hash of the API key it acts for, so
+# the key's revocation (or the admin key's rotation) ends the session at its next use.
+report_sessions = Table(
+    "report_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("kind", String(10), nullable=False),  # session | link
+    Column("key_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# Applied policy files, one row per `gateway policies apply`: the authoritative policies of
+# every replica. Raw file text, ${ENV} placeholders included (secrets are never stored).
+policy_snapshots = Table(
+    "policy_snapshots",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("files", Text, nullable=False),  # JSON {filename: text}
+    Column("digest", String(64), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+)
+
 # The audit log: append-only, each entry carrying the hash of the one before it.
 audit_log = Table(
     "audit_log",
@@ -89,4 +114,87 @@ audit_log = Table(
     # UNIQUE: two replicas appending at once cannot both extend the same entry; one retries.
     Column("prev_hash", String(64), nullable=False, unique=True),
     Column("hash", String(64), nullable=False, unique=True),
+)
+
+# The prompt repository (gateway.prompts). A version is immutable: its canonical content, the
+# sha256 of that content and an Ed25519 signature over (name, version, sha256). The unique
+# indexes make concurrent pushes from two replicas safe: one wins a number, the other retries,
+# and identical content can only ever be one version.
+prompt_versions = Table(
+    "prompt_versions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("content", Text, nullable=False),  # canonical JSON, exactly the bytes that were hashed
+    Column("signature", String(200), nullable=False),
+    Column("key_id", String(32), nullable=False),  # which signing key; lets keys rotate
+    Column("author", String(200), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("ticket", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("uq_prompt_versions_name_version", "name", "version", unique=True),
+    Index("uq_prompt_versions_name_sha256", "name", "sha256", unique=True),
+)
+
+# Where each label points now (`latest` is moved by pushes).
+prompt_labels = Table(
+    "prompt_labels",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("label", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(200), nullable=False),
+)
+
+# Every label move, so a rollback can step back exactly one move; `reverts` points at the
+# move a rollback undid, so rolling back twice walks further back instead of toggling.
+prompt_label_history = Table(
+    "prompt_label_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("label", String(100), nullable=False),
+    Column("from_version", Integer, nullable=True),
+    Column("to_version", Integer, nullable=False),
+    Column("action", String(20), nullable=False),  # push | set | promote | rollback
+    Column("forced", Boolean, nullable=False, default=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("ticket", String(200), nullable=True),
+    Column("reverts", BigInteger, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_prompt_label_history_name_label", "name", "label", "id"),
+)
+
+# Evaluation runs of a version's golden dataset; `results` holds the per-case JSON.
+prompt_evals = Table(
+    "prompt_evals",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("passed", Boolean, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("pass_rate", Float, nullable=False),
+    Column("cases", Integer, nullable=False),
+    Column("passed_cases", Integer, nullable=False),
+    Column("cost_nanos", BigInteger, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("results", Text, nullable=False),
+    Index("ix_prompt_evals_name_version", "name", "version", "id"),
+)
+
+# One row: a counter bumped in every transaction that moves a label. Replicas poll it (one
+# indexed row) to notice moves without Redis; bumping it first also serialises label moves.
+prompt_state = Table(
+    "prompt_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("revision", BigInteger, nullable=False),
 )

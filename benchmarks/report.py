@@ -1,0 +1,304 @@
+"""The results of one run as markdown tables, and the issue's performance targets as PASS/MISS.
+
+Overheads are differences of percentiles (gateway p50 - direct p50), each measured with the
+same client against the same fake upstream in the same run. A target measured on a phase that
+had errors is a MISS whatever the number says: a fast error is not a fast answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.load import LoadResult
+
+MIB = 1024 * 1024
+
+# (key, label, streaming). c1-stream is measured by time to first byte (loadgen.py).
+SCENARIOS: tuple[tuple[str, str, bool], ...] = (
+    ("c1", "c=1", False),
+    ("c1-stream", "c=1 stream, TTFB", True),
+    ("c64", "c=64", False),
+    ("c64-stream", "c=64 stream", True),
+)
+
+# The issue's targets (gateway core, "Performance targets").
+OVERHEAD_P50_MS = 0.6
+OVERHEAD_P99_MS = 1.5
+MIN_RPS = 3000.0
+MIN_STREAMS_PER_S = 2500.0
+MIN_VS_LITELLM = 30.0
+MAX_CPU_VS_PASSTHROUGH = 2.5
+MAX_STARTUP_S = 1.5
+MAX_RSS_MIB = 120.0
+# "No growth" between 25k and 50k requests, allowing for allocator noise (arena rounding).
+MAX_RSS_GROWTH_MIB = 1.0
+# Above this share of the machine's CPU used by other processes during a phase, its timings
+# say more about the other processes than about the server: verdicts are marked "(noisy)".
+NOISE_LIMIT_PCT = 15.0
+
+
+@dataclass
+class ServerRun:
+    """Everything measured for one server (``direct`` is the fake upstream itself)."""
+
+    name: str
+    cpu_key: str  # the name whose CPU counts as this server's in LoadResult.cpu_s
+    startup_s: float | None = None
+    startup_noise_pct: float = 0.0
+    first_answer_s: float | None = None  # from spawn to the first chat completion answered
+    rss_idle: int | None = None
+    rss_after: int | None = None
+    phases: dict[str, LoadResult] = field(default_factory=dict)
+    rss_marks: list[tuple[int, int]] = field(default_factory=list)  # (requests served so far, RSS bytes)
+    notes: list[str] = field(default_factory=list)
+
+    def latency(self, scenario: str, pct: str) -> float | None:
+        """The scenario's p50/p99 in µs: TTFB for the c=1 stream, whole response otherwise."""
+        result = self.phases.get(scenario)
+        if result is None:
+            return None
+        source = result.ttfb_us if scenario == "c1-stream" and result.ttfb_us else result.latency_us
+        return source.get(pct)
+
+    def rps(self, scenario: str) -> float | None:
+        result = self.phases.get(scenario)
+        return result.rps if result is not None else None
+
+    def cpu_us(self, scenario: str) -> float | None:
+        result = self.phases.get(scenario)
+        return result.cpu_us_per_request(self.cpu_key) if result is not None else None
+
+    def noise(self, scenario: str) -> float:
+        result = self.phases.get(scenario)
+        return result.noise_pct if result is not None else 0.0
+
+    def errors(self, scenario: str) -> int:
+        result = self.phases.get(scenario)
+        return result.errors if result is not None else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "startup_s": self.startup_s,
+            "first_answer_s": self.first_answer_s,
+            "rss_idle_mib": _mib(self.rss_idle),
+            "rss_after_load_mib": _mib(self.rss_after),
+            "rss_marks": [{"requests": n, "rss_mib": _mib(rss)} for n, rss in self.rss_marks],
+            "phases": {key: result.to_json() for key, result in self.phases.items()},
+            "cpu_us_per_request": {key: self.cpu_us(key) for key in self.phases},
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    goal: str
+    measured: str
+    ok: bool | None  # None: could not be measured in this run
+    noise_pct: float = 0.0  # the most CPU other processes used in a phase this check relies on
+
+    @property
+    def verdict(self) -> str:
+        if self.ok is None:
+            return "n/a"
+        verdict = "PASS" if self.ok else "MISS"
+        return f"{verdict} (noisy: {self.noise_pct:.0f}%)" if self.noise_pct > NOISE_LIMIT_PCT else verdict
+
+
+def _mib(value: int | None) -> float | None:
+    return round(value / MIB, 1) if value is not None else None
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def latency_table(runs: list[ServerRun]) -> str:
+    direct = next((run for run in runs if run.name == "direct"), None)
+    lines = [
+        "| scenario | server | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms | req/s | xdirect "
+        "| CPU µs/req | errors | noise |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key, label, _ in SCENARIOS:
+        for run in runs:
+            result = run.phases.get(key)
+            if result is None:
+                continue
+            p50, p99 = run.latency(key, "p50"), run.latency(key, "p99")
+            base50 = direct.latency(key, "p50") if direct and run is not direct else None
+            base99 = direct.latency(key, "p99") if direct and run is not direct else None
+            over50 = _diff(p50, base50)
+            over99 = _diff(p99, base99)
+            ratio = _ratio(run.rps(key), direct.rps(key) if direct else None)
+            lines.append(
+                f"| {label} | {run.name} | {_fmt(_ms(p50), 3)} | {_fmt(_ms(p99), 3)} | "
+                f"{_fmt(_ms(over50), 3)} | {_fmt(_ms(over99), 3)} | {_fmt(result.rps, 0)} | "
+                f"{_fmt(ratio, 2)} | {_fmt(run.cpu_us(key), 0)} | {result.errors} | {result.noise_pct:.0f}% |"
+            )
+    return "\n".join(lines)
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000
+
+
+def resource_table(runs: list[ServerRun]) -> str:
+    """Start-up, memory and CPU per request. "CPU-bound req/s" is 1 s divided by the CPU time per
+    request: what one core could serve if nothing else ran on it, which other processes on a
+    shared machine disturb far less than they disturb the measured throughput."""
+    passthrough = next((run for run in runs if run.name == "passthrough"), None)
+    lines = [
+        "| server | start-up s | first answer s | RSS idle MiB | RSS after load MiB | CPU µs/req c=64 | xpassthrough "
+        "| CPU-bound req/s | CPU µs/req c=64 stream | xpassthrough | CPU-bound streams/s | notes |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for run in runs:
+        cpu, cpu_stream = run.cpu_us("c64"), run.cpu_us("c64-stream")
+        base = passthrough.cpu_us("c64") if passthrough else None
+        base_stream = passthrough.cpu_us("c64-stream") if passthrough else None
+        lines.append(
+            f"| {run.name} | {_fmt(run.startup_s, 2)} | {_fmt(run.first_answer_s, 2)} | "
+            f"{_fmt(_mib(run.rss_idle), 1)} | {_fmt(_mib(run.rss_after), 1)} | "
+            f"{_fmt(cpu, 0)} | {_fmt(_ratio(cpu, base), 2)} | "
+            f"{_fmt(_ratio(1e6, cpu), 0)} | {_fmt(cpu_stream, 0)} | {_fmt(_ratio(cpu_stream, base_stream), 2)} | "
+            f"{_fmt(_ratio(1e6, cpu_stream), 0)} | {'; '.join(run.notes)} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_table(run: ServerRun) -> str:
+    lines = ["| requests served | RSS MiB |", "|--:|--:|"]
+    lines += [f"| {count:,} | {_fmt(_mib(rss), 1)} |" for count, rss in run.rss_marks]
+    return "\n".join(lines)
+
+
+def _rss_at(run: ServerRun, count: int) -> int | None:
+    for served, rss in run.rss_marks:
+        if served >= count:
+            return rss
+    return None
+
+
+def evaluate(runs: list[ServerRun], *, soak: int) -> list[Check]:
+    """The issue's targets, checked against this run."""
+    by_name = {run.name: run for run in runs}
+    direct, gateway = by_name.get("direct"), by_name.get("gateway")
+    passthrough, litellm = by_name.get("passthrough"), by_name.get("litellm")
+    checks: list[Check] = []
+    if gateway is None or direct is None:
+        return checks
+
+    def add(
+        name: str,
+        value: float | None,
+        unit: str,
+        limit: float,
+        *,
+        at_least: bool = False,
+        scenarios: tuple[str, ...] = (),
+        against: ServerRun | None = None,
+        detail: str = "",
+        noise: float | None = None,
+    ) -> None:
+        """One target: ``value`` against ``limit`` (≥ when ``at_least``, else ≤), in ``unit``
+        (a format spec, e.g. ``"{:.3f} ms"``). Errors in the gateway's ``scenarios`` make it a
+        MISS; noise in them (or in ``against``'s, the baseline it is compared with) marks it."""
+        goal = ("≥ " if at_least else "≤ ") + unit.format(limit)
+        if value is None:
+            checks.append(Check(name, goal, "not measured", None))
+            return
+        errors = sum(gateway.errors(scenario) for scenario in scenarios)
+        if noise is None:
+            runs = (gateway, against) if against is not None else (gateway,)
+            noise = max((run.noise(scenario) for run in runs for scenario in scenarios), default=0.0)
+        measured = unit.format(value) + detail + (f" ({errors} errors)" if errors else "")
+        ok = value >= limit if at_least else value <= limit
+        checks.append(Check(name, goal, measured, ok and errors == 0, noise))
+
+    for key, what in (("c1", "non-streaming"), ("c1-stream", "streaming TTFB")):
+        for pct, limit in (("p50", OVERHEAD_P50_MS), ("p99", OVERHEAD_P99_MS)):
+            over = _ms(_diff(gateway.latency(key, pct), direct.latency(key, pct)))
+            add(f"overhead c=1 {pct}, {what}", over, "{:.3f} ms", limit, scenarios=(key,), against=direct)
+    add("throughput c=64", gateway.rps("c64"), "{:,.0f} req/s", MIN_RPS, at_least=True, scenarios=("c64",))
+    add(
+        "streams c=64",
+        gateway.rps("c64-stream"),
+        "{:,.0f} streams/s",
+        MIN_STREAMS_PER_S,
+        at_least=True,
+        scenarios=("c64-stream",),
+    )
+    for key, what in (("c64", "req/s"), ("c64-stream", "streams/s")):
+        ratio = _ratio(gateway.rps(key), litellm.rps(key)) if litellm else None
+        add(
+            f"vs LiteLLM proxy, {what} c=64",
+            ratio,
+            "{:,.1f}x",
+            MIN_VS_LITELLM,
+            at_least=True,
+            scenarios=(key,),
+            against=litellm,
+        )
+    for key, what in (("c64", "non-streaming"), ("c64-stream", "streaming")):
+        mine, base = gateway.cpu_us(key), passthrough.cpu_us(key) if passthrough else None
+        detail = f" ({mine:.0f} vs {base:.0f} µs)" if mine is not None and base is not None else ""
+        add(
+            f"CPU/request vs bare passthrough, {what}",
+            _ratio(mine, base),
+            "{:.2f}x",
+            MAX_CPU_VS_PASSTHROUGH,
+            scenarios=(key,),
+            against=passthrough,
+            detail=detail,
+        )
+    add("start-up to ready", gateway.startup_s, "{:.2f} s", MAX_STARTUP_S, noise=gateway.startup_noise_pct)
+    full, half = _rss_at(gateway, soak), _rss_at(gateway, soak // 2)
+    add(f"RSS after {soak:,} requests", _mib(full), "{:.1f} MiB", MAX_RSS_MIB)
+    growth = None if full is None or half is None else (full - half) / MIB
+    add(f"RSS growth {soak // 2:,} → {soak:,} requests", growth, "{:+.2f} MiB", MAX_RSS_GROWTH_MIB)
+    return checks
+
+
+def targets_table(checks: list[Check]) -> str:
+    lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
+    lines += [f"| {c.name} | {c.goal} | {c.measured} | {c.verdict} |" for c in checks]
+    return "\n".join(lines)
+
+
+def render(runs: list[ServerRun], checks: list[Check], *, header: str) -> str:
+    parts = [
+        header,
+        "",
+        "### Latency and throughput",
+        "",
+        latency_table(runs),
+        "",
+        "### Start-up, memory and CPU",
+        "",
+        resource_table(runs),
+    ]
+    noisiest = max((result.noise_pct for run in runs for result in run.phases.values()), default=0.0)
+    if noisiest > NOISE_LIMIT_PCT:
+        parts[1:1] = [
+            "",
+            f"**Noisy run:** other processes used up to {noisiest:.0f}% of the machine's CPU during a phase "
+            f'(column "noise"). Latency, throughput and start-up figures from phases above {NOISE_LIMIT_PCT:.0f}% '
+            "measure the machine's load more than the servers; rerun on a quiet machine. Memory figures and the "
+            "CPU ratios between servers are the least affected.",
+        ]
+    gateway = next((run for run in runs if run.name == "gateway"), None)
+    if gateway is not None and gateway.rss_marks:
+        parts += ["", "### Gateway memory over the run", "", memory_table(gateway)]
+    if checks:
+        parts += ["", "### Targets", "", targets_table(checks)]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,501 @@
+"""The benchmark: ``python -m benchmarks.run`` (options: ``--help``; results: ``benchmarks/README.md``).
+
+One command measures, in one run, against one fake upstream:
+
+1. direct to the fake upstream (the baseline every overhead is computed from);
+2. the bare passthrough (``benchmarks/passthrough.py``), the CPU yardstick;
+3. the gateway (``gateway serve``, one worker), including start-up, a memory soak and,
+   with ``--profile``, a py-spy profile under load;
+4. the LiteLLM proxy, when installed in ``benchmarks/.venv-litellm`` (or ``--litellm PATH``).
+
+Placement on the 2-core machine: the fake upstream is pinned to core 1, each server under test
+to core 0, and the load generator to the core the measured server does not use (core 0 when
+going direct, core 1 otherwise), so the proxy under test has a core to itself.
+
+Each server sees the same phases: a warm-up, then concurrency 1 (latency; streams by time
+to first byte), then concurrency 64 (throughput), non-streaming and streaming. The tables go
+to stdout and, with the raw numbers, to ``benchmarks/results/latest.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from benchmarks import report
+from benchmarks.load import LoadResult, LoadSpec, Tool, measure
+from benchmarks.procs import Server, http_post_status, pinned, wait_idle
+from benchmarks.report import ServerRun
+from benchmarks.servers import (
+    BENCH_DIR,
+    CHAT_PATH,
+    REPO,
+    Endpoint,
+    find_litellm,
+    start_fake,
+    start_gateway,
+    start_litellm,
+    start_passthrough,
+    write_bodies,
+    wrk_path,
+)
+
+SERVER_CORE = 0
+UPSTREAM_CORE = 1
+
+
+@dataclass(frozen=True)
+class Options:
+    duration_s: float
+    warmup_s: float
+    c1_requests: int
+    soak: int
+    tool: Tool
+    access_log: bool
+    profile: bool
+    out_dir: Path
+    workdir: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Runs the phases against one endpoint and collects them into a ``ServerRun``."""
+
+    def __init__(self, options: Options, bodies: tuple[Path, Path], upstream: Server) -> None:
+        self.options = options
+        self.plain, self.stream = bodies
+        self.upstream = upstream
+
+    def phase(
+        self,
+        endpoint: Endpoint,
+        servers: Sequence[Server],
+        *,
+        concurrency: int,
+        stream: bool,
+        duration_s: float,
+        requests: int = 0,
+        tool: Tool | None = None,
+        load_core: int | None = None,
+    ) -> LoadResult:
+        spec = LoadSpec(
+            endpoint=endpoint,
+            body=self.stream if stream else self.plain,
+            concurrency=concurrency,
+            stream=stream,
+            duration_s=duration_s,
+            requests=requests,
+            tool=tool or self.options.tool,
+            core=load_core,
+        )
+        waited = wait_idle([server.pid for server in servers])
+        if waited > 2:
+            log(f"  waited {waited:.1f} s for {', '.join(s.name for s in servers)} to go idle")
+        result = measure(spec, servers)
+        log(
+            f"  {endpoint.name}: c={concurrency}{' stream' if stream else ''} {result.requests} req "
+            f"in {result.duration_s:.1f}s = {result.rps:,.0f}/s, p50 {result.latency_us['p50'] / 1000:.3f} ms, "
+            f"p99 {result.latency_us['p99'] / 1000:.3f} ms, errors {result.errors}, noise {result.noise_pct:.0f}%"
+        )
+        if result.error_samples:
+            log(f"    error samples: {result.error_samples[:3]}")
+        return result
+
+    def warm_up(self, endpoint: Endpoint, servers: Sequence[Server], load_core: int) -> int:
+        """Fill pools and caches before measuring; returns the requests it sent."""
+        if self.options.warmup_s <= 0:
+            return 0
+        served = 0
+        for stream in (False, True):
+            served += self.phase(
+                endpoint, servers, concurrency=64, stream=stream, duration_s=self.options.warmup_s, load_core=load_core
+            ).requests
+        return served
+
+    def measure_all(self, run: ServerRun, endpoint: Endpoint, servers: Sequence[Server], load_core: int) -> int:
+        """The four measured phases; returns the requests they sent."""
+        o = self.options
+        run.phases["c1"] = self.phase(
+            endpoint,
+            servers,
+            concurrency=1,
+            stream=False,
+            duration_s=o.duration_s,
+            requests=o.c1_requests if o.tool == "python" else 0,
+            load_core=load_core,
+        )
+        # Time to first byte needs a client that sees the first body byte: loadgen.py.
+        run.phases["c1-stream"] = self.phase(
+            endpoint,
+            servers,
+            concurrency=1,
+            stream=True,
+            duration_s=o.duration_s,
+            requests=o.c1_requests,
+            tool="python",
+            load_core=load_core,
+        )
+        run.phases["c64"] = self.phase(
+            endpoint, servers, concurrency=64, stream=False, duration_s=o.duration_s, load_core=load_core
+        )
+        run.phases["c64-stream"] = self.phase(
+            endpoint, servers, concurrency=64, stream=True, duration_s=o.duration_s, load_core=load_core
+        )
+        return sum(result.requests for result in run.phases.values())
+
+    def soak(self, run: ServerRun, endpoint: Endpoint, server: Server, served: int) -> int:
+        """Bring the server to half and then all of ``--soak`` requests, half of them streams,
+        recording RSS at each mark (the growth check)."""
+        for mark in (self.options.soak // 2, self.options.soak):
+            missing = mark - served
+            if missing <= 0:
+                continue
+            for stream, share in ((False, missing // 2), (True, missing - missing // 2)):
+                if share > 0:
+                    # The duration only bounds a stuck run (it assumes at least 100 req/s).
+                    served += self.phase(
+                        endpoint,
+                        [self.upstream, server],
+                        concurrency=64,
+                        stream=stream,
+                        duration_s=max(30.0, share / 100),
+                        requests=share,
+                        load_core=UPSTREAM_CORE,
+                    ).requests
+            run.rss_marks.append((served, server.rss_bytes()))
+        return served
+
+
+def bench_direct(bench: Bench) -> ServerRun:
+    log("direct to the fake upstream")
+    endpoint = Endpoint("direct", bench.upstream.base_url + CHAT_PATH)
+    run = ServerRun("direct", cpu_key=bench.upstream.name, notes=["fake upstream, CPU is the upstream's"])
+    bench.warm_up(endpoint, [bench.upstream], SERVER_CORE)
+    bench.measure_all(run, endpoint, [bench.upstream], SERVER_CORE)
+    return run
+
+
+def bench_proxy(bench: Bench, server: Server, endpoint: Endpoint, *, soak: bool = False) -> ServerRun:
+    servers = [bench.upstream, server]
+    run = ServerRun(
+        endpoint.name,
+        cpu_key=server.name,
+        startup_s=server.startup_s,
+        startup_noise_pct=server.startup_noise_pct,
+        notes=list(server.notes),
+    )
+    # Ready is not the same as able to answer: the first request may still wait for lazily
+    # built state (tokenizers, pools), so the time to the first answer is reported too.
+    asked = time.perf_counter()
+    headers = {"Content-Type": "application/json"}
+    if endpoint.authorization:
+        headers["Authorization"] = endpoint.authorization
+    status = http_post_status(endpoint.url, bench.plain.read_bytes(), headers)
+    run.first_answer_s = server.startup_s + (time.perf_counter() - asked)
+    log(
+        f"{endpoint.name}: ready in {server.startup_s:.2f} s, first answer ({status}) at "
+        f"{run.first_answer_s:.2f} s (pid {server.pid})"
+    )
+    time.sleep(0.5)  # let start-up work (imports, migrations, lazy caches) settle before the idle RSS
+    run.rss_idle = server.rss_bytes()
+    run.rss_marks.append((0, run.rss_idle))
+    served = bench.warm_up(endpoint, servers, UPSTREAM_CORE)
+    if soak:
+        run.rss_marks.append((served, server.rss_bytes()))
+        served = bench.soak(run, endpoint, server, served)
+    served += bench.measure_all(run, endpoint, servers, UPSTREAM_CORE)
+    run.rss_after = server.rss_bytes()
+    run.rss_marks.append((served, run.rss_after))
+    return run
+
+
+def profile(bench: Bench, server: Server, endpoint: Endpoint, out_dir: Path) -> str:
+    """py-spy under c=64 load (non-streaming, then streaming): where the server's CPU goes."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return "py-spy is not installed (pip install py-spy): no profile."
+    sections = []
+    for stream in (False, True):
+        name = "c64-stream" if stream else "c64"
+        raw = out_dir / f"profile-{endpoint.name}-{name}.txt"
+        seconds = max(2, round(bench.options.duration_s))
+        argv = [
+            py_spy,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--rate",
+            "250",
+            "--duration",
+            str(seconds),
+            "--format",
+            "raw",
+            "--function",
+            "--full-filenames",
+            # Only the thread holding the GIL: threads blocked in C (aiosqlite's workers waiting
+            # on their queue) would otherwise be sampled as busy.
+            "--gil",
+            "--output",
+            str(raw),
+        ]
+        spy = subprocess.Popen(pinned(argv, UPSTREAM_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        bench.phase(
+            endpoint,
+            [bench.upstream, server],
+            concurrency=64,
+            stream=stream,
+            duration_s=seconds - 0.5,
+            load_core=UPSTREAM_CORE,
+        )
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0 or not raw.exists():
+            sections.append(f"py-spy failed for {name}: {err.decode(errors='replace')[-500:]}")
+            continue
+        sections.append(summarise_profile(raw, title=f"{endpoint.name}, c=64{' stream' if stream else ''}"))
+    return "\n\n".join(sections)
+
+
+def summarise_profile(raw: Path, *, title: str, top: int = 15) -> str:
+    """Top functions by own time, own time by library, and the gateway's functions by inclusive
+    time, from py-spy's collapsed stacks (recorded with ``--full-filenames``)."""
+    own: Counter[str] = Counter()
+    by_package: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[_short(frames[-1])] += count
+        by_package[_package(frames[-1])] += count
+        for frame in set(frames):
+            path = _frame_path(frame)
+            # The CLI frames are on every stack (``gateway serve`` runs the server): not a cost.
+            if path.startswith(GATEWAY_SOURCE) and not path.startswith(GATEWAY_CLI):
+                inclusive[_short(frame)] += count
+    if total == 0:
+        return f"#### Profile: {title}\n\n(no samples)"
+    lines = [f"#### Profile: {title} ({total:,} samples)", "", "| own time | function |", "|--:|---|"]
+    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in own.most_common(top)]
+    lines += ["", "| own time | package |", "|--:|---|"]
+    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in by_package.most_common(top)]
+    lines += ["", "| incl. time | gateway function |", "|--:|---|"]
+    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+GATEWAY_SOURCE = str(REPO / "gateway") + os.sep
+GATEWAY_CLI = str(REPO / "gateway" / "cli") + os.sep
+
+
+def _frame_path(frame: str) -> str:
+    """``func (/path/to/file.py:12)`` → ``/path/to/file.py``."""
+    start = frame.rfind(" (")
+    return frame[start + 2 :].rstrip(")").rsplit(":", 1)[0] if start >= 0 else ""
+
+
+def _relative(path: str) -> str:
+    """A source path as a reader knows it: ``aiohttp/client.py``, ``gateway/parse.py``."""
+    for marker in ("/site-packages/", "/lib-dynload/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    if path.startswith(str(REPO) + os.sep):
+        return path[len(str(REPO)) + 1 :]
+    python_lib = f"/lib/python{sys.version_info.major}.{sys.version_info.minor}/"
+    return path.split(python_lib, 1)[1] if python_lib in path else path
+
+
+def _short(frame: str) -> str:
+    path = _frame_path(frame)
+    return frame.replace(path, _relative(path)) if path else frame
+
+
+def _package(frame: str) -> str:
+    """The top-level package (or standard-library module) a frame's code belongs to."""
+    relative = _relative(_frame_path(frame))
+    head = relative.split("/", 1)[0]
+    return head.removesuffix(".py") or "?"
+
+
+def machine_header(options: Options) -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load1, load5, _ = os.getloadavg()
+    return (
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({model}), Linux "
+        f"{platform.release()}, Python {platform.python_version()}; load average before the run {load1:.2f} / "
+        f"{load5:.2f}. Load generator: {options.tool}; {options.duration_s:g} s per phase; soak "
+        f"{options.soak:,} requests; gateway access log {'on' if options.access_log else 'off'}."
+    )
+
+
+def run(options: Options, litellm: Path | None) -> tuple[str, dict[str, object], list[report.Check]]:
+    bodies = write_bodies(options.workdir)
+    runs: list[ServerRun] = []
+    profile_text = ""
+    with ExitStack() as stack:
+        fake = start_fake(options.workdir, port=free_port(), core=UPSTREAM_CORE)
+        stack.callback(fake.stop)
+        bench = Bench(options, bodies, fake)
+        runs.append(bench_direct(bench))
+
+        server = start_passthrough(options.workdir, fake.base_url, port=free_port(), core=SERVER_CORE)
+        try:
+            runs.append(bench_proxy(bench, server, Endpoint("passthrough", server.base_url + CHAT_PATH)))
+        finally:
+            server.stop()
+
+        server, endpoint = start_gateway(
+            options.workdir, fake.base_url, port=free_port(), core=SERVER_CORE, access_log=options.access_log
+        )
+        try:
+            runs.append(bench_proxy(bench, server, endpoint, soak=True))
+            if options.profile:
+                profile_text = profile(bench, server, endpoint, options.out_dir)
+        finally:
+            server.stop()
+
+        if litellm is not None:
+            server, endpoint = start_litellm(
+                options.workdir, litellm, fake.base_url, port=free_port(), core=SERVER_CORE
+            )
+            try:
+                runs.append(bench_proxy(bench, server, endpoint))
+            finally:
+                server.stop()
+    checks = report.evaluate(runs, soak=options.soak)
+    text = report.render(runs, checks, header=machine_header(options))
+    if litellm is None:
+        text += "\nThe LiteLLM proxy was not measured: install it with `python3.11 -m venv benchmarks/.venv-litellm "
+        text += "&& benchmarks/.venv-litellm/bin/pip install 'litellm[proxy]==1.108.7'`.\n"
+    if profile_text:
+        text += "\n### Profile (py-spy)\n\n" + profile_text + "\n"
+    data: dict[str, object] = {
+        "header": machine_header(options),
+        "servers": {r.name: r.to_json() for r in runs},
+        "targets": [{"name": c.name, "goal": c.goal, "measured": c.measured, "result": c.verdict} for c in checks],
+    }
+    return text, data, checks
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark the gateway against direct calls, a bare passthrough and the LiteLLM proxy.",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured phase (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server (default 2)")
+    parser.add_argument(
+        "--c1-requests",
+        type=int,
+        default=3000,
+        help="requests at concurrency 1 with the Python client (capped by --duration)",
+    )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=50_000,
+        help="gateway requests for the memory check; RSS is read at half and at all of it",
+    )
+    parser.add_argument(
+        "--load", choices=("auto", "wrk", "python"), default="auto", help="load generator (auto: wrk when installed)"
+    )
+    parser.add_argument(
+        "--litellm",
+        default="auto",
+        help="'auto' (benchmarks/.venv-litellm), 'off', or a virtualenv path with litellm[proxy]",
+    )
+    parser.add_argument(
+        "--access-log", choices=("on", "off"), default="on", help="the gateway's access log (default on, as shipped)"
+    )
+    parser.add_argument("--profile", action="store_true", help="also profile the gateway with py-spy under load")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where latest.md/latest.json go")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, server logs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tool: Tool
+    if args.load == "auto":
+        tool = "wrk" if wrk_path() else "python"
+    elif args.load == "wrk" and not wrk_path():
+        print("wrk is not installed (apt-get install -y wrk); use --load python", file=sys.stderr)
+        return 2
+    else:
+        tool = args.load
+    if args.litellm == "off":
+        litellm = None
+    else:
+        litellm = find_litellm(None if args.litellm == "auto" else Path(args.litellm))
+        if litellm is None and args.litellm != "auto":
+            print(f"no litellm executable under {args.litellm}/bin", file=sys.stderr)
+            return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    options = Options(
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        c1_requests=args.c1_requests,
+        soak=args.soak,
+        tool=tool,
+        access_log=args.access_log == "on",
+        profile=args.profile,
+        out_dir=args.out,
+        workdir=workdir,
+    )
+    log(f"work directory {workdir}; load generator {tool}; LiteLLM {'at ' + str(litellm) if litellm else 'off'}")
+    ok = False
+    try:
+        text, data, _ = run(options, litellm)
+        ok = True
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"logs and configs kept in {workdir}")
+    (args.out / "latest.md").write_text(text)
+    (args.out / "latest.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""How each server in the comparison is configured and started.
+
+* ``fake``: the fake OpenAI upstream (``python -m gateway.fake_upstream``); "direct" is it.
+* ``passthrough``: ``benchmarks/passthrough.py``, the bare-Python yardstick.
+* ``gateway``: ``gateway serve`` with a temporary config (one alias pointing at the fake, a
+  temporary SQLite database, no Redis, the access log as shipped) and a real team key.
+* ``litellm``: the LiteLLM proxy from its own virtual environment, pointed at the same fake
+  with a master key, so both proxies authenticate every request.
+
+Every server gets the same request body and answers with the fake's answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import yaml
+
+from benchmarks.procs import Server, start_server
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_LITELLM_VENV = BENCH_DIR / ".venv-litellm"
+MODEL = "gpt-4o-mini"
+UPSTREAM_KEY = "sk-bench-upstream"
+LITELLM_MASTER_KEY = "sk-bench-litellm-master"
+CHAT_PATH = "/v1/chat/completions"
+
+# A small, typical chat request: the fake echoes the last user message back.
+REQUEST = {
+    "model": MODEL,
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Write one sentence about measuring a proxy's overhead."},
+    ],
+    "max_tokens": 64,
+    "temperature": 0.2,
+}
+
+
+def write_bodies(directory: Path) -> tuple[Path, Path]:
+    """The non-streaming and streaming request bodies, as files for the load generators."""
+    plain = directory / "body.json"
+    stream = directory / "body-stream.json"
+    plain.write_bytes(orjson.dumps(REQUEST))
+    stream.write_bytes(orjson.dumps({**REQUEST, "stream": True}))
+    return plain, stream
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a load generator sends chat completions, and with which key."""
+
+    name: str
+    url: str
+    authorization: str | None = None
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def _gateway_command() -> list[str]:
+    """The ``gateway`` console script next to this interpreter, else ``python -m gateway``."""
+    script = Path(sys.executable).parent / "gateway"
+    return [str(script)] if script.exists() else [_python(), "-m", "gateway"]
+
+
+def start_fake(workdir: Path, *, port: int, core: int | None) -> Server:
+    return start_server(
+        "fake upstream",
+        [_python(), "-m", "gateway.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        base_url=f"http://127.0.0.1:{port}",
+        ready_path="/health",
+        log_path=workdir / "fake.log",
+        core=core,
+        timeout=30,
+    )
+
+
+def start_passthrough(workdir: Path, upstream: str, *, port: int, core: int | None) -> Server:
+    return start_server(
+        "passthrough",
+        [_python(), "-m", "benchmarks.passthrough", "--upstream", upstream, "--port", str(port)],
+        base_url=f"http://127.0.0.1:{port}",
+        ready_path="/_health",
+        log_path=workdir / "passthrough.log",
+        core=core,
+        cwd=REPO,
+        timeout=30,
+    )
+
+
+def write_gateway_config(root: Path, upstream: str, *, access_log: bool) -> Path:
+    """A gateway config directory: one alias on the fake, one team, a fresh SQLite database."""
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "prompts").mkdir(parents=True, exist_ok=True)
+    config = {
+        "server": {
+            "host": "127.0.0.1",
+            "port": 8080,
+            "workers": 1,
+            "access_log": access_log,
+            "log_level": "info",
+            "log_format": "json",
+        },
+        "storage": {"database_url": f"sqlite:///{root / 'gateway.db'}"},
+        "redis": {"url": ""},
+        "auth": {"admin_key": ""},
+        "policies_dir": "policies",
+        "prompts_dir": "prompts",
+    }
+    deployment = {
+        "provider": "openai",
+        "base_url": f"{upstream}/v1",
+        "api_key": "${BENCH_UPSTREAM_KEY}",
+        "model": MODEL,
+        "timeout_s": 30,
+        "retries": 0,
+    }
+    models = {"aliases": {MODEL: {"deployments": [deployment]}}}
+    teams = {"teams": {"bench": {"models": ["*"], "prompts": ["*"]}}}
+    (root / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (root / "policies" / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
+    (root / "policies" / "teams.yaml").write_text(yaml.safe_dump(teams, sort_keys=False))
+    return root / "gateway.yaml"
+
+
+def start_gateway(
+    workdir: Path, upstream: str, *, port: int, core: int | None, access_log: bool = True
+) -> tuple[Server, Endpoint]:
+    """``gateway keys create`` then ``gateway serve``, as an operator would."""
+    root = workdir / "gateway"
+    config = write_gateway_config(root, upstream, access_log=access_log)
+    env = {**os.environ, "GATEWAY_CONFIG": str(config), "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
+    env.pop("GATEWAY_ADMIN_KEY", None)
+    created = subprocess.run(
+        [*_gateway_command(), "keys", "create", "--team", "bench", "--name", "benchmark"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"gateway keys create failed:\n{created.stdout}\n{created.stderr}")
+    key = created.stdout.strip().splitlines()[-1]
+    server = start_server(
+        "gateway",
+        [*_gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+        base_url=f"http://127.0.0.1:{port}",
+        ready_path="/health/ready",
+        log_path=root / "gateway.log",
+        core=core,
+        env=env,
+        cwd=root,
+        timeout=60,
+    )
+    server.notes.append(f"access log {'on' if access_log else 'off'}, SQLite, no Redis")
+    return server, Endpoint("gateway", server.base_url + CHAT_PATH, f"Bearer {key}")
+
+
+def find_litellm(venv: Path | None) -> Path | None:
+    """The ``litellm`` proxy executable in ``venv`` (default ``benchmarks/.venv-litellm``), if installed."""
+    candidate = (venv or DEFAULT_LITELLM_VENV) / "bin" / "litellm"
+    if candidate.exists():
+        return candidate
+    return None
+
+
+def start_litellm(
+    workdir: Path, executable: Path, upstream: str, *, port: int, core: int | None
+) -> tuple[Server, Endpoint]:
+    """The LiteLLM proxy with defaults, one worker, one model on the fake, a master key, no database."""
+    root = workdir / "litellm"
+    root.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_list": [
+            {
+                "model_name": MODEL,
+                "litellm_params": {"model": f"openai/{MODEL}", "api_base": f"{upstream}/v1", "api_key": UPSTREAM_KEY},
+            }
+        ],
+        "general_settings": {"master_key": LITELLM_MASTER_KEY},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "VIRTUAL_ENV")}
+    # Offline machine: use the bundled price map instead of fetching it at start-up (which would
+    # only add a network timeout to its start-up time), as an operator here would.
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    env["PATH"] = f"{executable.parent}{os.pathsep}{env.get('PATH', '')}"
+    server = start_server(
+        "litellm",
+        [str(executable), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        base_url=f"http://127.0.0.1:{port}",
+        ready_path="/health/readiness",
+        log_path=root / "litellm.log",
+        core=core,
+        env=env,
+        cwd=root,
+        timeout=180,
+    )
+    version = subprocess.run(
+        [str(executable.parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    server.notes.append(f"litellm {version or '?'}, master key, no database")
+    return server, Endpoint("litellm", server.base_url + CHAT_PATH, f"Bearer {LITELLM_MASTER_KEY}")
+
+
+def wrk_path() -> str | None:
+    return shutil.which("wrk")

@@ -1,0 +1,254 @@
+"""The ledger's background writer: a bounded queue drained in batches into SQLite or PostgreSQL.
+
+The request path only appends a dict to a deque (``submit``). One task per process takes up
+to ``batch_size`` rows at a time, waiting at most ``flush_interval_ms`` for a batch to fill,
+and writes each batch with one executemany ``INSERT`` in one transaction.
+
+Failure rules, in the order they matter to finance:
+
+* The database is down or locked: the batch in hand is retried with exponential backoff
+  (50 ms doubling to 5 s) and is never given up while the process runs. New rows keep
+  queueing meanwhile; only when ``queue_size`` rows are waiting are new ones dropped, each
+  drop counted (``gateway_ledger_rows_dropped_total``) and logged at most every 10 s.
+* The database refuses a row itself (a constraint or a value it cannot store): retrying
+  cannot help, so the batch is written row by row and only the refused rows are dropped
+  (counted and logged), so one bad row cannot block the ledger.
+* Graceful shutdown (``close``): everything queued is flushed, retrying for up to
+  ``shutdown_timeout_s``; whatever is still unwritten after that is counted and logged as lost.
+* SIGKILL or a crash: rows still queued (at most ``flush_interval_ms`` worth plus one batch
+  being written) and the rows of requests still in flight are lost. With Redis, the budget
+  feature reconciles those requests' expired reservations and writes ``reconciled`` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy import insert
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+
+from gateway.config.settings import LedgerSettings
+from gateway.storage import Database
+from gateway.storage.schema import ledger
+
+log = logging.getLogger("gateway.ledger")
+
+_BACKOFF_START_S: Final = 0.05
+_BACKOFF_MAX_S: Final = 5.0
+_LOG_EVERY_S: Final = 10.0
+
+# Errors about the rows themselves; anything else from the database is taken as transient.
+_REFUSED_ROWS: Final = (IntegrityError, DataError)
+
+
+class LedgerMetrics:
+    """The writer's Prometheus series, on the gateway's registry."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.queue_depth = Gauge(
+            "gateway_ledger_queue_depth", "Ledger rows waiting to be written.",
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self.written = Counter("gateway_ledger_rows_written_total", "Ledger rows written.", registry=registry)
+        self.dropped = Counter(
+            "gateway_ledger_rows_dropped_total",
+            "Ledger rows lost: queue full, refused by the database, or unwritten at shutdown.",
+            ("reason",), registry=registry,
+        )
+        self.failed_batches = Counter(
+            "gateway_ledger_batches_failed_total", "Ledger batch writes that failed and were retried.",
+            registry=registry,
+        )
+
+
+class _Throttled:
+    """A warning at most every ``_LOG_EVERY_S``, saying how many events it stands for."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warn(self, count: int = 1, **extra: Any) -> None:
+        self._suppressed += count
+        now = time.monotonic()
+        if now - self._last < _LOG_EVERY_S:
+            return
+        log.warning(self._message, extra={"count": self._suppressed, **extra})
+        self._last = now
+        self._suppressed = 0
+
+
+class LedgerWriter:
+    """Queue plus writer task. ``start`` inside the running loop; ``close`` flushes.
+
+    Usage::
+
+        writer = LedgerWriter(db, LedgerSettings(), metrics=LedgerMetrics(registry))
+        writer.start()
+        writer.submit(row)          # from the request path: never blocks
+        await writer.close()        # at shutdown: writes everything still queued
+    """
+
+    def __init__(self, db: Database, settings: LedgerSettings, *, metrics: LedgerMetrics) -> None:
+        self._db = db
+        self._queue_size = settings.queue_size
+        self._batch_size = settings.batch_size
+        self._interval_s = settings.flush_interval_ms / 1000
+        self._shutdown_timeout_s = settings.shutdown_timeout_s
+        self._metrics = metrics
+        self._pending: deque[dict[str, Any]] = deque()
+        self._in_hand = 0  # rows taken off the queue whose write has not finished
+        # Rows accepted and rows done with (written or refused), for flush(): rows leave in
+        # order, so "done >= accepted at the time of the call" means all of those are through.
+        self._accepted = 0
+        self._done = 0
+        self._flushers = 0  # flush() callers waiting: the writer skips the interval wait
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._drop_log = _Throttled("ledger queue full: rows dropped")
+        self._fail_log = _Throttled("ledger batch write failed; retrying")
+
+    @property
+    def depth(self) -> int:
+        """Rows not yet in the database (queued plus the batch being written)."""
+        return len(self._pending) + self._in_hand
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    def submit(self, row: dict[str, Any]) -> bool:
+        """Queue a row; ``False`` (and counted) when the queue is full. Never blocks."""
+        pending = self._pending
+        if len(pending) >= self._queue_size:
+            self._metrics.dropped.labels("queue_full").inc()
+            self._drop_log.warn()
+            return False
+        pending.append(row)
+        self._accepted += 1
+        size = len(pending)
+        if size == 1 or size >= self._batch_size:
+            # First row starts the flush-interval clock; a full batch cuts the wait short.
+            self._wake.set()
+        return True
+
+    async def flush(self) -> None:
+        """Wait until every row accepted before this call is written, without the interval wait.
+
+        For readers of the ledger that must see this process's own recent rows (the budget
+        feature rebuilding its counters). Rows submitted meanwhile do not delay it. While the
+        database is unreachable this waits with the writer: callers bound it with a timeout.
+        """
+        target = self._accepted
+        self._flushers += 1
+        try:
+            while self._done < target and self._task is not None and not self._task.done():
+                self._wake.set()
+                self._progress.clear()
+                await self._progress.wait()
+        finally:
+            self._flushers -= 1
+
+    async def close(self) -> None:
+        """Stop taking new work after writing what is queued, giving up after the shutdown timeout."""
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is None:
+            lost = len(self._pending)
+        else:
+            try:
+                await asyncio.wait_for(task, self._shutdown_timeout_s)
+                lost = 0
+            except TimeoutError:
+                lost = self.depth  # wait_for cancelled the task; the batch in hand was rolled back
+        self._pending.clear()
+        self._metrics.queue_depth.set(0)
+        if lost:
+            self._metrics.dropped.labels("shutdown").inc(lost)
+            log.error("ledger rows not written at shutdown", extra={"count": lost})
+
+    async def _run(self) -> None:
+        pending = self._pending
+        while True:
+            if not pending:
+                if self._closing:
+                    return
+                await self._sleep(None)
+                continue
+            if len(pending) < self._batch_size and not self._closing and not self._flushers:
+                await self._sleep(self._interval_s)
+            count = min(len(pending), self._batch_size)
+            batch = [pending.popleft() for _ in range(count)]
+            self._in_hand = count
+            self._metrics.queue_depth.set(len(pending) + count)
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise  # shutdown gave up: close() counts the batch in hand as lost
+            except Exception:
+                # Not a database error (those are handled in _write): a bug. The writer must
+                # outlive it, or every later row would silently pile up until dropped.
+                log.exception("ledger writer failed; dropping one batch", extra={"count": count})
+                self._metrics.dropped.labels("refused").inc(count)
+            self._in_hand = 0
+            self._done += count
+            self._progress.set()
+            self._metrics.queue_depth.set(len(pending))
+
+    async def _sleep(self, seconds: float | None) -> None:
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                await self._insert(batch)
+                self._metrics.written.inc(len(batch))
+                return
+            except _REFUSED_ROWS:
+                await self._write_one_by_one(batch)
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                self._metrics.failed_batches.inc()
+                self._fail_log.warn(error=type(exc).__name__, rows=len(batch), queued=len(self._pending))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(insert(ledger), rows)
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        """Keep every row the database accepts; drop (and report) only the ones it refuses."""
+        for row in batch:
+            delay = _BACKOFF_START_S
+            while True:
+                try:
+                    await self._insert([row])
+                    self._metrics.written.inc()
+                    break
+                except _REFUSED_ROWS as exc:
+                    self._metrics.dropped.labels("refused").inc()
+                    log.error(
+                        "ledger row refused by the database",
+                        extra={"request_id": row.get("request_id"), "error": type(exc).__name__},
+                    )
+                    break
+                except (SQLAlchemyError, OSError):
+                    self._metrics.failed_batches.inc()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _BACKOFF_MAX_S)

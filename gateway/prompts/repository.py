@@ -1,0 +1,139 @@
+"""Wiring the prompt repository into a server runtime, or into a CLI command.
+
+``build_prompts`` is what ``create_runtime`` calls: it loads the signing key, the label snapshot,
+starts the replica sync and returns the ``PromptRepository`` the runtime keeps as
+``runtime.prompts`` (the resolve stage calls it; the admin API reaches the service through it).
+``open_service`` gives the CLI the same service straight on storage, without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from gateway.audit import AuditLog
+from gateway.auth import Principal
+from gateway.catalog import Catalog, Team, build_catalog
+from gateway.config.applied import PolicyStore, catalog_from_files
+from gateway.config.policies import load_policies
+from gateway.config.settings import Settings
+from gateway.context import RequestContext
+from gateway.prompts.evals import EvalRunner, default_evaluators
+from gateway.prompts.resolver import CachedPromptResolver
+from gateway.prompts.service import PromptService
+from gateway.prompts.signing import load_signer
+from gateway.prompts.store import PromptStore
+from gateway.prompts.sync import LabelSync, publish_change
+from gateway.redis_conn import connect_redis
+from gateway.storage import open_database
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.prompts")
+
+
+class PromptRepository:
+    """What a server process holds: the resolver for ``/v1`` and the service for ``/admin``."""
+
+    def __init__(self, resolver: CachedPromptResolver, service: PromptService, sync: LabelSync) -> None:
+        self.resolver = resolver
+        self.service = service
+        self.sync = sync
+
+    async def resolve(self, ctx: RequestContext, reference: str) -> str:
+        return await self.resolver.resolve(ctx, reference)
+
+    async def list_models(self, team: Team, created: int) -> list[dict[str, Any]]:
+        return await self.resolver.list_models(team, created)
+
+
+async def build_prompts(runtime: Runtime) -> PromptRepository:
+    """Set up the prompt feature on ``runtime`` (call before ``runtime.build()``)."""
+    settings = runtime.settings
+    signer = load_signer(settings)
+    store = PromptStore(runtime.db)
+    refused = Counter(
+        "gateway_prompt_integrity_failures_total",
+        "Requests refused because the prompt version failed its signature check.",
+        ("prompt",),
+        registry=runtime.metrics.registry,
+    )
+    resolver = CachedPromptResolver(store, signer, on_integrity_failure=lambda name: refused.labels(name).inc())
+    await resolver.refresh()
+    sync = LabelSync(resolver.refresh, runtime.redis, settings.prompts.poll_interval_s)
+    sync.start()
+    runtime.closers.append(sync.close)
+    redis = runtime.redis
+
+    async def changed() -> None:
+        try:
+            await resolver.refresh()  # this replica at once: the admin API reads its own writes
+        except Exception as exc:
+            # The change is committed and audited; the refresh loop will pick it up.
+            log.warning("could not refresh prompt labels after a change", extra={"error": type(exc).__name__})
+            sync.wake()
+        await publish_change(redis)
+
+    evaluators = default_evaluators()
+    runner = EvalRunner(
+        lambda: runtime.handler,
+        lambda: runtime.catalog,
+        Principal(key_id="eval", team=settings.prompts.eval_team, roles=frozenset({"app"})),
+        evaluators,
+        concurrency=settings.prompts.eval_concurrency,
+    )
+    service = PromptService(
+        store, runtime.audit, signer,
+        policy=lambda: runtime.catalog.bundle.prompts,
+        catalog=lambda: runtime.catalog,
+        evaluators=evaluators,
+        on_change=changed,
+        runner=runner,
+    )
+    repository = PromptRepository(resolver, service, sync)
+    runtime.prompts = repository
+    return repository
+
+
+@asynccontextmanager
+async def open_service(settings: Settings) -> AsyncIterator[PromptService]:
+    """The service for one CLI command: storage, policies and the signing key, no server.
+
+    Label moves are announced on Redis when it is configured, so running replicas see them
+    in milliseconds; otherwise they notice at their next poll.
+    """
+    signer = load_signer(settings)
+    db = await open_database(settings.database_url)
+    try:
+        # The applied policies are what the servers enforce (protected labels included);
+        # the local files count only until a first `gateway policies apply`.
+        snapshot = await PolicyStore(db).latest()
+        catalog: Catalog = (
+            catalog_from_files(snapshot.files) if snapshot is not None
+            else build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
+        )
+    except BaseException:
+        await db.close()
+        raise
+    redis = connect_redis(settings.redis)
+
+    async def changed() -> None:
+        await publish_change(redis)
+
+    try:
+        yield PromptService(
+            PromptStore(db), AuditLog(db), signer,
+            policy=lambda: catalog.bundle.prompts,
+            catalog=lambda: catalog,
+            evaluators=default_evaluators(),
+            on_change=changed,
+        )
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await db.close()

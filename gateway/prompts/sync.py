@@ -1,0 +1,103 @@
+"""Keeping every replica's label snapshot current: Redis pub/sub, with polling underneath.
+
+A label move commits to storage and bumps ``prompt_state.revision``; then the mover publishes on
+``gateway:prompts:labels``. Each replica runs one loop that reloads its snapshot when the
+revision changed, woken either by a pub/sub message (milliseconds) or by its poll timer
+(``prompts.poll_interval_s``, default 0.5 s). Redis is only a doorbell: no state lives there,
+so a lost message, a Redis outage or no Redis at all costs at most one poll interval. If storage
+is unreachable the replica keeps serving its last snapshot and retries (fail-open: labels may
+be stale, versions never are, since they are immutable and verified).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("gateway.prompts")
+
+CHANNEL = b"gateway:prompts:labels"
+_WARN_EVERY_S = 30.0
+
+
+async def publish_change(redis: Redis | None) -> None:
+    """Ring the doorbell after a committed move; failures only delay others until their next poll."""
+    if redis is None:
+        return
+    try:
+        await redis.publish(CHANNEL, b"1")
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("could not publish a prompt label change; replicas will see it at their next poll",
+                    extra={"error": type(exc).__name__})
+
+
+class LabelSync:
+    """The background tasks of one replica: the refresh loop and, with Redis, the subscriber."""
+
+    def __init__(self, refresh: Callable[[], Awaitable[bool]], redis: Redis | None, poll_interval_s: float) -> None:
+        self._refresh = refresh
+        self._redis = redis
+        self._interval = poll_interval_s
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_warning = 0.0
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="prompt-labels-refresh"))
+        if self._redis is not None:
+            self._tasks.append(asyncio.create_task(self._subscribe_loop(self._redis), name="prompt-labels-pubsub"))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def _warn(self, message: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(message, extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                await self._refresh()
+            except Exception as exc:
+                # Storage hiccups must not kill the loop: keep serving the last snapshot.
+                self._warn("could not refresh prompt labels; serving the last known ones", exc)
+
+    async def _subscribe_loop(self, redis: Redis) -> None:
+        backoff = 0.5
+        while True:
+            pubsub = redis.pubsub()
+            try:
+                await pubsub.subscribe(CHANNEL)
+                backoff = 0.5
+                # Messages may have been missed while (re)connecting.
+                self._wake.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        self._wake.set()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._warn("prompt label subscription lost; polling until Redis is back", exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)

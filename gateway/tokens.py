@@ -1,0 +1,450 @@
+"""Counting tokens offline: tiktoken for OpenAI models, litellm's counters for the others.
+
+The budget stage needs a request's prompt tokens *before* calling upstream (to reserve its
+worst-case cost), and the gateway needs a count of the answer when an upstream reports no
+usage (some OpenAI-compatible servers ignore ``stream_options.include_usage``). The
+upstream's reported usage stays authoritative whenever it is present.
+
+tiktoken downloads its encodings on first use, which a gateway must never do: it may have no
+network, and a first request must not wait on one. The encodings are read from a directory in
+tiktoken's cache layout (files named by the sha1 of their download URL). By default that is
+the copy bundled inside the installed litellm package (found with ``importlib.util.find_spec``,
+which does not import litellm); ``tokens.encodings_dir`` points elsewhere. Every encoding a
+configured model needs is loaded at start-up, and a missing one stops start-up with a message
+naming the encoding, the model and the directory: failing later would mean counting wrong.
+
+Which counter a model gets:
+
+* a model tiktoken knows (``gpt-4o*``, ``gpt-4*``, ``o1``..., ``text-embedding-3-*``): its
+  encoding (o200k_base, cl100k_base, ...);
+* another model behind an OpenAI-compatible server or the mock: cl100k_base, an estimate;
+* any other provider (Anthropic, Bedrock, ...): ``litellm.token_counter``, imported when the
+  first such model is configured, never on a request. Models for which litellm would download
+  a HuggingFace tokenizer (Llama, Cohere) fall back to cl100k_base instead.
+
+Chat messages are counted the way OpenAI bills them: 3 tokens of framing per message, 1 more
+for a ``name``, 3 to prime the reply. Images are estimated at :data:`IMAGE_TOKENS` each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import orjson
+import tiktoken
+from tiktoken.model import encoding_name_for_model
+
+from gateway.config.yamlfile import ConfigError
+from gateway.pricing import litellm_package_dir
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog, Deployment
+
+log = logging.getLogger("gateway.tokens")
+
+FALLBACK_ENCODING: Final = "cl100k_base"
+#: Estimate for one image part: a high-detail gpt-4o image at its largest tiling (2x6 tiles).
+IMAGE_TOKENS: Final = 2125
+_TOKENS_PER_MESSAGE: Final = 3
+_TOKENS_PER_NAME: Final = 1
+_REPLY_PRIMER: Final = 3
+_TOOL_CALL_OVERHEAD: Final = 3
+
+_BLOB_URL: Final = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+# Encoding name → (file it is built from, that file's published sha256). Checking the hash
+# here means tiktoken never finds a corrupt file, which it would delete and re-download.
+_FILES: Final[dict[str, tuple[str, str]]] = {
+    "o200k_base": ("o200k_base", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+    "o200k_harmony": ("o200k_base", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+    "cl100k_base": ("cl100k_base", "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
+    "p50k_base": ("p50k_base", "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"),
+    "p50k_edit": ("p50k_base", "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"),
+    "r50k_base": ("r50k_base", "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"),
+}
+# litellm's counter would fetch these tokenizers from the HuggingFace hub.
+_HF_DOWNLOADS: Final = frozenset({"cohere", "llama2", "llama3"})
+_LITELLM_TOKENIZERS: Final = "litellm_core_utils/tokenizers"
+
+
+class EncodingMissing(ConfigError):
+    """A tiktoken encoding a configured model needs is not available offline."""
+
+
+def encoding_file(directory: Path, encoding: str) -> Path:
+    """Where tiktoken's cache layout keeps ``encoding`` inside ``directory``."""
+    base, _ = _FILES[encoding]
+    return directory / hashlib.sha1(_BLOB_URL.format(base).encode()).hexdigest()
+
+
+def default_encodings_dir() -> Path | None:
+    """The encodings litellm bundles, when litellm is installed (found without importing it)."""
+    package = litellm_package_dir()
+    if package is None:
+        return None
+    directory = package / _LITELLM_TOKENIZERS
+    return directory if directory.is_dir() else None
+
+
+def encoding_for(provider: str, model: str) -> str | None:
+    """The tiktoken encoding for a deployment's model; ``None``: use litellm's counter."""
+    bare = model.rsplit("/", 1)[-1]  # "azure/gpt-4o" and "openai/gpt-4o" are gpt-4o
+    try:
+        return encoding_name_for_model(bare)
+    except KeyError:
+        pass
+    if provider in ("openai", "mock"):
+        return FALLBACK_ENCODING  # an unknown model behind an OpenAI-shaped API: an estimate
+    return None
+
+
+@contextmanager
+def _tiktoken_cache(directory: Path) -> Iterator[None]:
+    # tiktoken reads its cache location from the environment on every load; it is set only
+    # for the duration of a load (at start-up, on one thread) and put back afterwards.
+    previous = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = previous
+
+
+def _litellm() -> Any:
+    """Import litellm (seconds; at start-up only) without its network fetch of the price map."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+    import litellm.utils
+
+    return litellm
+
+
+class Tokenizer(Protocol):
+    """Counts for one model."""
+
+    def count_text(self, text: str) -> int: ...
+
+    def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int: ...
+
+
+class TiktokenTokenizer:
+    """An OpenAI encoding; messages counted with OpenAI's per-message framing."""
+
+    __slots__ = ("_encode", "_short", "encoding")
+
+    def __init__(self, encoding: tiktoken.Encoding) -> None:
+        self.encoding = encoding
+        self._encode = encoding.encode_ordinary  # user text is never read as special tokens
+        # Roles and names repeat on every request; their counts are remembered (bounded).
+        self._short: dict[str, int] = {}
+
+    def count_text(self, text: str) -> int:
+        if len(text) <= 24:
+            found = self._short.get(text)
+            if found is None:
+                found = len(self._encode(text))
+                if len(self._short) < 4096:
+                    self._short[text] = found
+            return found
+        return len(self._encode(text))
+
+    def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int:
+        total = _REPLY_PRIMER
+        for message in messages:
+            total += _TOKENS_PER_MESSAGE
+            if not isinstance(message, dict):
+                continue
+            for key, value in message.items():
+                total += self._count_value(key, value)
+                if key == "name":
+                    total += _TOKENS_PER_NAME
+        if tools:
+            total += self.count_text(orjson.dumps(tools).decode())
+        return total
+
+    def _count_value(self, key: str, value: Any) -> int:
+        if isinstance(value, str):
+            return self.count_text(value)
+        if value is None:
+            return 0
+        if key == "content" and isinstance(value, list):
+            return sum(self._count_part(part) for part in value)
+        if key == "tool_calls" and isinstance(value, list):
+            return sum(self._count_tool_call(call) for call in value)
+        return self.count_text(orjson.dumps(value).decode())
+
+    def _count_part(self, part: Any) -> int:
+        if not isinstance(part, dict):
+            return self.count_text(str(part))
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            return self.count_text(part["text"])
+        if kind in ("image_url", "input_image", "image"):
+            return IMAGE_TOKENS
+        return self.count_text(orjson.dumps(part).decode())
+
+    def _count_tool_call(self, call: Any) -> int:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            return self.count_text(orjson.dumps(call).decode())
+        return (
+            _TOOL_CALL_OVERHEAD
+            + self.count_text(str(function.get("name") or ""))
+            + self.count_text(str(function.get("arguments") or ""))
+        )
+
+
+class LiteLLMTokenizer:
+    """``litellm.token_counter`` for a non-OpenAI model (never fetches images or tokenizers)."""
+
+    __slots__ = ("_counter", "_fallback", "_model")
+
+    def __init__(self, model: str, fallback: TiktokenTokenizer) -> None:
+        self._counter = _litellm().token_counter
+        self._model = model
+        self._fallback = fallback
+
+    def count_text(self, text: str) -> int:
+        try:
+            return int(self._counter(model=self._model, text=text))
+        except Exception:
+            return self._fallback.count_text(text)
+
+    def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int:
+        try:
+            return int(
+                self._counter(
+                    model=self._model, messages=list(messages), tools=tools or None,
+                    use_default_image_token_count=True,
+                )
+            )
+        except Exception:
+            # litellm refuses some message shapes it does not know; an estimate beats no count.
+            return self._fallback.count_messages(messages, tools)
+
+
+class ByteBound:
+    """An upper bound (one token per UTF-8 byte), for a model whose encoding went missing at
+    run time (a policy reload added it). Reserving too much is safe; too little is not."""
+
+    def count_text(self, text: str) -> int:
+        return len(text.encode())
+
+    def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int:
+        payload = orjson.dumps([messages, tools]) if tools else orjson.dumps(messages)
+        return len(payload) + _REPLY_PRIMER + _TOKENS_PER_MESSAGE * len(messages)
+
+
+class TokenCounter:
+    """Tokenizers per model, loaded offline.
+
+    Usage::
+
+        counter = TokenCounter(settings.tokens.encodings_dir)
+        counter.require(catalog)            # at start-up: raises EncodingMissing
+        n = counter.prompt_tokens(deployment, ctx.endpoint.value, ctx.body)
+    """
+
+    def __init__(self, encodings_dir: Path | None = None) -> None:
+        self.directory = encodings_dir if encodings_dir is not None else default_encodings_dir()
+        self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._checked: set[str] = set()
+        self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
+        self._litellm_kind: Any = None
+
+    # -- loading -------------------------------------------------------------------------
+
+    def encoding(self, name: str) -> tiktoken.Encoding:
+        """Load one encoding from the directory, or raise :class:`EncodingMissing`."""
+        found = self._encodings.get(name)
+        if found is not None:
+            return found
+        self._check(name)
+        assert self.directory is not None
+        with _tiktoken_cache(self.directory):
+            encoding = tiktoken.get_encoding(name)
+        self._encodings[name] = encoding
+        return encoding
+
+    def _check(self, name: str) -> None:
+        """The encoding's file is present and intact (without building the encoding)."""
+        if name in self._checked:
+            return
+        if name not in _FILES:
+            raise EncodingMissing([f"tiktoken encoding {name!r} cannot be loaded offline by the gateway"])
+        if self.directory is None:
+            raise EncodingMissing(
+                [
+                    f"tiktoken encoding {name!r} is needed but no encodings directory is known: install litellm "
+                    "(pip install 'llm-gateway[providers]'), which bundles them, or set tokens.encodings_dir"
+                ]
+            )
+        path = encoding_file(self.directory, name)
+        base, expected = _FILES[name]
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise EncodingMissing(
+                [
+                    f"tiktoken encoding {name!r} is missing: expected the file {path} "
+                    f"(tiktoken's cache name for {_BLOB_URL.format(base)}); the gateway never "
+                    "downloads encodings. Copy it there or point tokens.encodings_dir at a directory that has it"
+                ]
+            ) from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise EncodingMissing([f"tiktoken encoding {name!r} at {path} is corrupt (sha256 mismatch)"])
+        self._checked.add(name)
+
+    def verify(self, catalog: Catalog) -> None:
+        """Check, without loading them, that every encoding the catalog needs is available.
+
+        Fast (it hashes the files): start-up calls it to fail at once, then builds the
+        tokenizers in the background with :meth:`require`.
+        """
+        needed: dict[str, list[str]] = {FALLBACK_ENCODING: []}  # the estimate for unknown models
+        for alias in catalog.aliases.values():
+            for deployment in alias.deployments:
+                name = encoding_for(deployment.provider, deployment.model) or FALLBACK_ENCODING
+                needed.setdefault(name, []).append(f"model {deployment.model!r} of alias {alias.name!r}")
+        problems: list[str] = []
+        for name, users in needed.items():
+            try:
+                self._check(name)
+            except EncodingMissing as exc:
+                suffix = f" (needed by {', '.join(users)})" if users else ""
+                problems.extend(problem + suffix for problem in exc.problems)
+        if problems:
+            raise EncodingMissing(problems)
+
+    def require(self, catalog: Catalog) -> None:
+        """Verify, then build every tokenizer the catalog's deployments need (seconds: encodings,
+        and litellm's import when a non-OpenAI model is configured)."""
+        self.verify(catalog)
+        self.encoding(FALLBACK_ENCODING)
+        for alias in catalog.aliases.values():
+            for deployment in alias.deployments:
+                self.for_deployment(deployment, strict=True)
+
+    def for_deployment(self, deployment: Deployment, *, strict: bool = False) -> Tokenizer:
+        """The tokenizer for a deployment's model (cached). Outside start-up (``strict`` false) a
+        missing encoding gives the safe :class:`ByteBound`, logged once, instead of an error."""
+        key = (deployment.provider, deployment.model)
+        found = self._tokenizers.get(key)
+        if found is not None:
+            return found
+        try:
+            tokenizer = self._build(deployment.provider, deployment.model)
+        except EncodingMissing:
+            if strict:
+                raise
+            log.error("no tokenizer for %s; reserving one token per byte", deployment.label, exc_info=True)
+            tokenizer = ByteBound()
+        self._tokenizers[key] = tokenizer
+        return tokenizer
+
+    def _build(self, provider: str, model: str) -> Tokenizer:
+        name = encoding_for(provider, model)
+        if name is not None:
+            return TiktokenTokenizer(self.encoding(name))
+        fallback = TiktokenTokenizer(self.encoding(FALLBACK_ENCODING))
+        if self._downloads_tokenizer(model):
+            return fallback
+        try:
+            return LiteLLMTokenizer(model, fallback)
+        except ImportError:
+            log.warning("litellm is not installed; counting %s tokens with %s", model, FALLBACK_ENCODING)
+            return fallback
+
+    def _downloads_tokenizer(self, model: str) -> bool:
+        if self._litellm_kind is None:
+            try:
+                self._litellm_kind = _litellm().utils.huggingface_tokenizer_kind
+            except (ImportError, AttributeError):
+                return False
+        try:
+            return self._litellm_kind(model) in _HF_DOWNLOADS
+        except Exception:
+            return True
+
+    # -- counting ------------------------------------------------------------------------
+
+    def prompt_tokens(self, deployment: Deployment, endpoint: str, body: dict[str, Any]) -> int:
+        """The request's input tokens as ``deployment`` would bill them."""
+        return self.count_prompt(self.for_deployment(deployment), endpoint, body)
+
+    @staticmethod
+    def count_prompt(tokenizer: Tokenizer, endpoint: str, body: dict[str, Any]) -> int:
+        """Input tokens of a request body (``endpoint``: "chat" or "embeddings")."""
+        if endpoint == "embeddings":
+            return _count_embedding_input(tokenizer, body.get("input"))
+        messages = body.get("messages")
+        tools = body.get("tools") or body.get("functions")
+        return tokenizer.count_messages(messages if isinstance(messages, list) else [], tools)
+
+    def completion_tokens(self, deployment: Deployment, data: dict[str, Any]) -> int:
+        """Output tokens of a whole chat completion body (when it carries no usage)."""
+        texts = []
+        for choice in data.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                texts.extend(_message_texts(message))
+        return self._count_texts(deployment, texts)
+
+    def stream_completion_tokens(self, deployment: Deployment, events: Iterable[bytes]) -> int:
+        """Output tokens of the SSE events relayed so far (a stream without usage, or cut short)."""
+        texts: list[str] = []
+        for chunk in events:
+            for event in chunk.split(b"\n\n"):
+                if not event.startswith(b"data: {"):
+                    continue
+                try:
+                    data = orjson.loads(event[6:])
+                except orjson.JSONDecodeError:
+                    continue
+                for choice in data.get("choices") or ():
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    if isinstance(delta, dict):
+                        texts.extend(_message_texts(delta))
+        return self._count_texts(deployment, texts)
+
+    def _count_texts(self, deployment: Deployment, texts: list[str]) -> int:
+        if not texts:
+            return 0
+        return self.for_deployment(deployment).count_text("".join(texts))
+
+
+def _message_texts(message: dict[str, Any]) -> list[str]:
+    texts = []
+    for key in ("content", "refusal", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str):
+            texts.append(value)
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts.extend(str(function.get(part) or "") for part in ("name", "arguments"))
+    return texts
+
+
+def _count_embedding_input(tokenizer: Tokenizer, value: Any) -> int:
+    if isinstance(value, str):
+        return tokenizer.count_text(value)
+    if not isinstance(value, list):
+        return 0
+    total = 0
+    for item in value:
+        if isinstance(item, str):
+            total += tokenizer.count_text(item)
+        elif isinstance(item, int):
+            total += 1  # already tokens
+        elif isinstance(item, list):
+            total += len(item)
+    return total

@@ -1,0 +1,257 @@
+"""The budget stage on its own: worst-case estimates, refusals, settling, fail-closed/open, and
+counting usage the upstream did not report."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.auth import Principal
+from gateway.budgets.alerts import Alerts, BudgetMetrics
+from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation
+from gateway.budgets.memory_backend import MemoryBackend
+from gateway.budgets.policy import BudgetBook
+from gateway.budgets.stage import Budget
+from gateway.catalog import Catalog
+from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply, Usage
+from gateway.errors import RateLimited, ServiceUnavailable, UpstreamUnavailable
+from gateway.pricing import to_nanos
+from gateway.storage import Database, open_database
+from gateway.tokens import TiktokenTokenizer, TokenCounter
+from support.budgets import WORST, catalog_of, priced_models
+
+HI = [{"role": "user", "content": "Hi there"}]
+
+
+def models() -> dict[str, Any]:
+    spec = priced_models()
+    spec["aliases"]["unbounded"] = {"deployments": [
+        {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "house-model-7b",
+         "input_cost_per_token": 0.0, "output_cost_per_token": 1e-5}]}
+    return spec
+
+
+def teams(**budget: Any) -> dict[str, Any]:
+    return {"teams": {
+        "t": {"budget": {"limit_usd": 1.0, "period": "daily", **budget}},
+        "free-for-all": {},
+    }}
+
+
+@pytest.fixture(scope="module")
+def tokens() -> TokenCounter:
+    return TokenCounter()
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(f"sqlite:///{tmp_path / 'ledger.db'}")
+    yield database
+    await database.close()
+
+
+def context(catalog: Catalog, alias: str, body: dict[str, Any], *, team: str = "t",
+            endpoint: Endpoint = Endpoint.CHAT) -> RequestContext:
+    ctx = RequestContext(request_id="req-1", endpoint=endpoint, raw_body=orjson.dumps(body), authorization=None,
+                         catalog=catalog)
+    ctx.principal = Principal("key_1", team, frozenset({"app"}))
+    ctx.body = body
+    ctx.alias = catalog.aliases[alias]
+    ctx.deployments = ctx.alias.deployments
+    ctx.stream = bool(body.get("stream"))
+    return ctx
+
+
+def stage(tokens: TokenCounter, backend: Any) -> Budget:
+    return Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
+
+
+def answered(cost_usage: Usage | None) -> Any:
+    async def call_next(ctx: RequestContext) -> Reply:
+        ctx.deployment = ctx.deployments[0]
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello to you, friend."}}]}
+        if cost_usage is not None:
+            ctx.usage = cost_usage
+            ctx.cost = ctx.deployment.price.cost(cost_usage.prompt_tokens, cost_usage.completion_tokens)
+            body["usage"] = {"prompt_tokens": cost_usage.prompt_tokens,
+                             "completion_tokens": cost_usage.completion_tokens}
+        return JsonReply(200, orjson.dumps(body), body)
+
+    return call_next
+
+
+async def test_worst_case_covers_every_deployment_and_choice(tokens: TokenCounter) -> None:
+    catalog = catalog_of(models(), teams())
+    budget = stage(tokens, None)
+    o200k = TiktokenTokenizer(tokens.encoding("o200k_base")).count_messages(HI)
+    cl100k = TiktokenTokenizer(tokens.encoding("cl100k_base")).count_messages(HI)
+
+    async def worst(alias: str, body: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> int:
+        ctx = context(catalog, alias, body, endpoint=endpoint)
+        return budget.worst_case(ctx, await budget._prompt_tokens(ctx))
+
+    assert await worst("priced", {"messages": HI, "max_tokens": 100}) == WORST
+    assert await worst("priced", {"messages": HI, "max_completion_tokens": 100, "n": 3}) == 3 * WORST
+    # No max_tokens: the model's output limit bounds the answer.
+    assert await worst("priced", {"messages": HI}) == to_nanos(16384 * 1e-4)
+    # No limit anywhere: the configured default.
+    assert await worst("unbounded", {"messages": HI}) == to_nanos(4096 * 1e-5)
+    # A fallback may answer: the dearer of gpt-4o-mini and gpt-4, each with its own tokenizer.
+    assert await worst("priced-pair", {"messages": HI, "max_tokens": 10}) == to_nanos(
+        max(o200k * 1e-6 + 10 * 1e-4, cl100k * 3e-6 + 10 * 2e-4)
+    )
+    assert await worst("embed", {"input": "one two three"}, Endpoint.EMBEDDINGS) == to_nanos(3 * 1e-6)
+
+
+async def test_a_refusal_names_the_budget_and_costs_nothing(tokens: TokenCounter, db: Database) -> None:
+    catalog = catalog_of(models(), teams(limit_usd=0.015))
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    budget = stage(tokens, backend)
+    first = context(catalog, "priced", {"messages": HI, "max_tokens": 100})
+    await budget(first, answered(Usage(5, 60)))
+    assert first.budget_status == "admitted"
+    called = []
+
+    async def never(ctx: RequestContext) -> Reply:
+        called.append(ctx)
+        raise AssertionError("a refused request must not reach the upstream")
+
+    second = context(catalog, "priced", {"messages": HI, "max_tokens": 100})
+    with pytest.raises(RateLimited) as caught:
+        await budget(second, never)
+    error = caught.value
+    assert (error.status, error.code) == (429, "budget_exceeded")
+    assert error.extra["team"] == "t" and error.extra["budget"] == "team"
+    assert error.extra["limit_usd"] == 0.015 and error.extra["spent_usd"] == pytest.approx(0.006)
+    assert error.extra["period"] == "daily" and error.extra["resets_at"].endswith("T00:00:00Z")
+    assert int(error.headers["retry-after"]) > 0 and error.headers["x-should-retry"] == "false"
+    assert second.budget_status == "rejected" and second.cost == 0 and not called
+    state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
+    assert state is not None and state["t"].spent == to_nanos(0.006) and state["t"].reserved == 0
+
+
+def catalog_budget(catalog: Catalog) -> Any:
+    return BudgetBook().for_team(catalog, "t")
+
+
+async def test_failures_release_and_streams_settle_at_their_end(tokens: TokenCounter, db: Database) -> None:
+    catalog = catalog_of(models(), teams())
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    budget = stage(tokens, backend)
+    team = catalog_budget(catalog)
+
+    async def failing(ctx: RequestContext) -> Reply:
+        raise UpstreamUnavailable("down")
+
+    with pytest.raises(UpstreamUnavailable):
+        await budget(context(catalog, "priced", {"messages": HI, "max_tokens": 100}), failing)
+    state = await backend.snapshot(team, team.window())
+    assert state is not None and (state["t"].spent, state["t"].reserved) == (0, 0)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b'data: {"choices":[{"index":0,"delta":{"content":"Hello"}}]}\n\n'
+        yield b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":40}}\n\ndata: [DONE]\n\n'
+
+    async def streaming(ctx: RequestContext) -> Reply:
+        ctx.deployment = ctx.deployments[0]
+        return StreamReply(events())
+
+    ctx = context(catalog, "priced", {"messages": HI, "max_tokens": 100, "stream": True})
+    reply = await budget(ctx, streaming)
+    state = await backend.snapshot(team, team.window())
+    assert state is not None and state["t"].reserved == WORST  # held while the stream runs
+    assert isinstance(reply, StreamReply)
+    async for _ in reply.events:
+        pass
+    ctx.usage = Usage(9, 40)  # what the relay read from the stream
+    ctx.cost = ctx.deployment.price.cost(9, 40) if ctx.deployment else 0.0
+    ctx.finish()
+    state = await backend.snapshot(team, team.window())
+    assert state is not None and (state["t"].spent, state["t"].reserved) == (to_nanos(40 * 1e-4), 0)
+
+
+async def test_usage_the_upstream_did_not_report_is_counted(tokens: TokenCounter, db: Database) -> None:
+    catalog = catalog_of(models(), teams())
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    budget = stage(tokens, backend)
+    mini = TiktokenTokenizer(tokens.encoding("o200k_base"))
+
+    ctx = context(catalog, "priced", {"messages": HI, "max_tokens": 100})
+    await budget(ctx, answered(None))
+    assert ctx.usage == Usage(mini.count_messages(HI), mini.count_text("Hello to you, friend."))
+    assert ctx.cost == pytest.approx(ctx.usage.completion_tokens * 1e-4)
+
+    async def cut_short() -> AsyncIterator[bytes]:
+        yield b'data: {"choices":[{"index":0,"delta":{"content":"Hello to you,"}}]}\n\n'
+        raise UpstreamUnavailable("the upstream went away")
+
+    async def streaming(ctx: RequestContext) -> Reply:
+        ctx.deployment = ctx.deployments[0]
+        return StreamReply(cut_short())
+
+    # A team without a budget still gets a counted usage (the ledger must not read zero).
+    stream_ctx = context(catalog, "priced", {"messages": HI, "stream": True}, team="free-for-all")
+    reply = await budget(stream_ctx, streaming)
+    assert isinstance(reply, StreamReply)
+    with pytest.raises(UpstreamUnavailable):
+        async for _ in reply.events:
+            pass
+    stream_ctx.finish()
+    assert stream_ctx.usage == Usage(mini.count_messages(HI), mini.count_text("Hello to you,"))
+    assert stream_ctx.cost == pytest.approx(mini.count_text("Hello to you,") * 1e-4)
+
+
+class Unavailable:
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.charged: list[int] = []
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Reservation | Refusal:
+        raise BudgetUnavailable("Redis is down")
+
+    def settle(self, reservation: Reservation, cost_nanos: int) -> None:
+        raise AssertionError("nothing was reserved")
+
+    def charge(self, budget: Any, scopes: Any, cost_nanos: int, *, request_id: str) -> None:
+        self.charged.append(cost_nanos)
+
+
+async def test_hard_budgets_fail_closed_and_soft_budgets_fail_open(tokens: TokenCounter) -> None:
+    backend = Unavailable()
+    hard = stage(tokens, backend)
+    catalog = catalog_of(models(), teams(hard=True))
+    ctx = context(catalog, "priced", {"messages": HI, "max_tokens": 100})
+    with pytest.raises(ServiceUnavailable) as caught:
+        await hard(ctx, answered(Usage(5, 50)))
+    assert (caught.value.status, caught.value.code) == (503, "budget_unavailable")
+    assert ctx.budget_status == "unavailable"
+
+    soft_catalog = catalog_of(models(), teams(hard=False))
+    ctx = context(soft_catalog, "priced", {"messages": HI, "max_tokens": 100})
+    reply = await stage(tokens, backend)(ctx, answered(Usage(5, 50)))
+    assert isinstance(reply, JsonReply) and ctx.budget_status == "unchecked"
+    assert backend.charged == [to_nanos(50 * 1e-4)]  # counted once Redis is back
+
+
+async def test_requests_arriving_while_tokenizers_load_wait_for_them(tokens: TokenCounter, db: Database) -> None:
+    catalog = catalog_of(models(), teams())
+    loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    budget = Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096,
+                    tokens_ready=loaded)
+    calls = [
+        asyncio.ensure_future(budget(context(catalog, "priced", {"messages": HI, "max_tokens": 100}),
+                                     answered(Usage(5, 10))))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    assert not any(call.done() for call in calls)  # held until the tokenizers exist
+    loaded.set_result(None)
+    replies = await asyncio.gather(*calls)
+    assert all(isinstance(reply, JsonReply) for reply in replies)
