@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from sqlalchemy import text
-from support.gateway_proc import ADMIN_KEY, GatewayProcess
-
 from conftest import FakeHandle, make_gateway
+from sqlalchemy import text
+
 from gateway.storage import open_database
+from support.gateway_proc import ADMIN_KEY, GatewayProcess
 
 MOCK = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -88,7 +88,8 @@ def test_audit_admin_api_filters_and_roles(own_gateway: GatewayProcess) -> None:
     entries = httpx.get(f"{own_gateway.url}/admin/audit", params={"target": f"key:{key_id}"}, headers=admin).json()
     assert [e["action"] for e in entries] == ["key.create", "key.revoke"]
     assert entries[0]["actor_key_id"] == "admin"
-    assert httpx.get(f"{own_gateway.url}/admin/audit", headers={"Authorization": f"Bearer {app_key}"}).status_code == 403
+    denied = httpx.get(f"{own_gateway.url}/admin/audit", headers={"Authorization": f"Bearer {app_key}"})
+    assert denied.status_code == 403
 
 
 def test_policies_apply_takes_effect_without_restart(own_gateway: GatewayProcess) -> None:
