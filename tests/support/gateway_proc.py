@@ -132,7 +132,7 @@ class GatewayProcess:
         result = self.cli("keys", "create", "--team", team, *role_args)
         return result.stdout.strip().splitlines()[-1]
 
-    def start(self, timeout: float = 20.0) -> GatewayProcess:
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(self.port), "--workers", str(self.workers)],
