@@ -203,6 +203,17 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
         await client.evalsha(sha, 3, period_key(team, budget.window()), f"{tag}:res", f"{tag}:resd", *args)
 
     results["redis-py reserve (comparison)"] = percentiles(await timed(iterations, redis_py_reserve))
+    wire = RedisWire(redis_url, timeout_s=1.0)
+    await wire.call("PING")
+
+    async def wire_reserve() -> None:
+        await wire.evalsha(RESERVE, [period_key(team, budget.window()), f"{tag}:res", f"{tag}:resd"], args)
+
+    results["cpu_us_per_reserve_64_in_flight"] = {
+        "budget connection": await cpu_per_request(iterations, 64, wire_reserve),
+        "redis-py": await cpu_per_request(iterations, 64, redis_py_reserve),
+    }
+    await wire.close()
     keys = [key async for key in client.scan_iter(match=f"gwb:{{{team}}}*")]
     if keys:
         await client.delete(*keys)
