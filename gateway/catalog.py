@@ -12,7 +12,7 @@ from typing import Literal
 
 from gateway.config.policies import DeploymentSpec, MockBehaviour, PolicyBundle, TeamSpec
 from gateway.config.yamlfile import ConfigError
-from gateway.pricing import FREE, Price, lookup
+from gateway.pricing import FREE, Price, lookup, price_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,9 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
             )
         aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments))
     teams = {name: Team(name, spec) for name, spec in bundle.teams.teams.items()}
+    # The price map is ~9 MiB of Python objects needed only while pricing deployments:
+    # drop it rather than carry it for the life of the process (a reload reads it again).
+    price_map.cache_clear()
     if problems:
         raise ConfigError(problems)
     return Catalog(aliases=aliases, teams=teams, bundle=bundle)
