@@ -4,11 +4,8 @@
 #   docker run -p 8080:8080 -e GATEWAY_ADMIN_KEY=... -e OPENAI_API_KEY=... -v gateway-data:/data llm-gateway
 #   docker run --rm -v gateway-data:/data llm-gateway keys create --team demo     # any CLI command
 #
-# EXTRAS picks the optional dependencies. The default, "providers", installs litellm: it serves
-# non-OpenAI providers (Anthropic, ...) and ships the price map the shipped policies/models.yaml
-# relies on. `--build-arg EXTRAS=` gives a smaller image whose policies must price every
-# deployment explicitly (input_cost_per_token / output_cost_per_token) and use only the
-# openai-compatible and mock providers.
+# EXTRAS picks optional dependencies (e.g. "tracing"). litellm, which ships the price map and
+# the offline tiktoken encodings, is a core dependency; "providers" is kept as a no-op alias.
 FROM python:3.11-slim
 
 ARG EXTRAS=providers
