@@ -12,8 +12,8 @@ import typer
 from rich.table import Table
 
 from gateway.audit import AuditEntry, AuditLog, ChainBreak
-from gateway.cli.common import ConfigOption, console, fail, run, settings_or_exit
-from gateway.storage import open_database
+from gateway.cli.common import ConfigOption, console, fail, settings_or_exit, with_database
+from gateway.storage import Database
 
 app = typer.Typer(help="The audit log of every change to traffic or access.", no_args_is_help=True)
 
@@ -42,14 +42,10 @@ def list_entries(
     settings = settings_or_exit(config)
     since_at = _since(since)
 
-    async def fetch() -> list[AuditEntry]:
-        db = await open_database(settings.database_url)
-        try:
-            return await AuditLog(db).list(since=since_at, target=target, actor=actor, action=action)
-        finally:
-            await db.close()
+    async def fetch(db: Database) -> list[AuditEntry]:
+        return await AuditLog(db).list(since=since_at, target=target, actor=actor, action=action)
 
-    entries = run(fetch)
+    entries = with_database(settings, fetch)
     if output == "json":
         print(orjson.dumps([e.as_dict() for e in entries], option=orjson.OPT_INDENT_2).decode())
     elif output == "csv":
@@ -75,15 +71,11 @@ def verify(config: ConfigOption = None) -> None:
     """Check the hash chain; exit 1 naming the first broken link."""
     settings = settings_or_exit(config)
 
-    async def check() -> tuple[ChainBreak | None, int]:
-        db = await open_database(settings.database_url)
-        try:
-            log = AuditLog(db)
-            return await log.verify(), len(await log.list())
-        finally:
-            await db.close()
+    async def check(db: Database) -> tuple[ChainBreak | None, int]:
+        log = AuditLog(db)
+        return await log.verify(), len(await log.list())
 
-    broken, count = run(check)
+    broken, count = with_database(settings, check)
     if broken is not None:
         fail(f"audit log broken at entry {broken.seq}: {broken.problem}")
     console.print(f"ok: {count} entries, chain intact")

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from gateway.config.settings import Settings, load_settings
 from gateway.config.yamlfile import ConfigError
+from gateway.storage import Database, open_database
 
 T = TypeVar("T")
 
@@ -48,3 +49,17 @@ def settings_or_exit(config: str | None) -> Settings:
 
 def run(factory: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(factory())  # type: ignore[arg-type]
+
+
+def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Open storage, run ``work`` on it and close it: the shape of every command that reads
+    or changes state, so each command says only what it does with the database."""
+
+    async def run_work() -> T:
+        db = await open_database(settings.database_url)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run_work())

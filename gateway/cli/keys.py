@@ -8,9 +8,9 @@ import orjson
 import typer
 from rich.table import Table
 
-from gateway.auth import ROLES, KeyStore
-from gateway.cli.common import ConfigOption, console, fail, run, settings_or_exit
-from gateway.storage import open_database
+from gateway.auth import ROLES, KeyRecord, KeyStore
+from gateway.cli.common import ConfigOption, console, fail, settings_or_exit, with_database
+from gateway.storage import Database
 
 app = typer.Typer(help="Team API keys.", no_args_is_help=True)
 
@@ -25,16 +25,12 @@ def create(
     """Create a key. The key itself is printed once, alone on the last line."""
     settings = settings_or_exit(config)
 
-    async def create_key() -> tuple[str, str, str]:
-        db = await open_database(settings.database_url)
-        try:
-            created = await KeyStore(db).create(team, tuple(role or ["app"]), name)
-        finally:
-            await db.close()
+    async def create_key(db: Database) -> tuple[str, str, str]:
+        created = await KeyStore(db).create(team, tuple(role or ["app"]), name)
         return created.record.key_id, ",".join(created.record.roles), created.secret
 
     try:
-        key_id, roles, secret = run(create_key)
+        key_id, roles, secret = with_database(settings, create_key)
     except ValueError as exc:
         fail(str(exc))
         return
@@ -53,14 +49,10 @@ def list_keys(
     """List keys (ids and prefixes only; keys themselves are never stored)."""
     settings = settings_or_exit(config)
 
-    async def fetch() -> list:  # type: ignore[type-arg]
-        db = await open_database(settings.database_url)
-        try:
-            return await KeyStore(db).list(team, all_keys)
-        finally:
-            await db.close()
+    async def fetch(db: Database) -> list[KeyRecord]:
+        return await KeyStore(db).list(team, all_keys)
 
-    records = run(fetch)
+    records = with_database(settings, fetch)
     if output == "json":
         print(orjson.dumps([
             {"key_id": r.key_id, "prefix": r.prefix, "team": r.team, "roles": list(r.roles), "name": r.name,
@@ -85,13 +77,9 @@ def revoke(key_id: str, config: ConfigOption = None) -> None:
     """Revoke a key by id; replicas stop accepting it within the key cache TTL."""
     settings = settings_or_exit(config)
 
-    async def do_revoke() -> bool:
-        db = await open_database(settings.database_url)
-        try:
-            return await KeyStore(db).revoke(key_id)
-        finally:
-            await db.close()
+    async def do_revoke(db: Database) -> bool:
+        return await KeyStore(db).revoke(key_id)
 
-    if not run(do_revoke):
+    if not with_database(settings, do_revoke):
         fail(f"no active key {key_id!r}")
     console.print(f"Revoked {key_id}.")

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from gateway.audit import Actor
-from gateway.cli.common import ConfigOption, console, fail_config, run, settings_or_exit
-from gateway.config.applied import PolicyStore, diff_files, read_policy_files
+from gateway.cli.common import ConfigOption, console, fail_config, settings_or_exit, with_database
+from gateway.config.applied import PolicyStore, Snapshot, diff_files, read_policy_files
 from gateway.config.yamlfile import ConfigError
-from gateway.storage import open_database
+from gateway.storage import Database
 
 app = typer.Typer(help="Team, model, routing, budget and prompt policies.", no_args_is_help=True)
 
@@ -31,18 +31,14 @@ def apply(
     settings = settings_or_exit(config)
     files = read_policy_files(settings.resolve_path(settings.policies_dir))
 
-    async def do_apply() -> tuple[int | None, str]:
-        db = await open_database(settings.database_url)
-        try:
-            result = await PolicyStore(db).apply(
-                files, Actor.cli(actor or getpass.getuser()), reason=reason, ticket=ticket, dry_run=dry_run
-            )
-        finally:
-            await db.close()
+    async def do_apply(db: Database) -> tuple[int | None, str]:
+        result = await PolicyStore(db).apply(
+            files, Actor.cli(actor or getpass.getuser()), reason=reason, ticket=ticket, dry_run=dry_run
+        )
         return result.version, result.diff
 
     try:
-        version, diff = run(do_apply)
+        version, diff = with_database(settings, do_apply)
     except ConfigError as exc:
         fail_config(exc)
         return
@@ -62,14 +58,10 @@ def status(config: ConfigOption = None) -> None:
     settings = settings_or_exit(config)
     files = read_policy_files(settings.resolve_path(settings.policies_dir))
 
-    async def latest():  # type: ignore[no-untyped-def]
-        db = await open_database(settings.database_url)
-        try:
-            return await PolicyStore(db).latest()
-        finally:
-            await db.close()
+    async def latest(db: Database) -> Snapshot | None:
+        return await PolicyStore(db).latest()
 
-    snapshot = run(latest)
+    snapshot = with_database(settings, latest)
     if snapshot is None:
         console.print("nothing applied yet: replicas serve their policy files; run `gateway policies apply`")
         return
