@@ -42,11 +42,19 @@ SUPPORT_VARIABLES = {
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> float:
-    """Seconds until ``predicate`` held; fails after ``timeout``."""
+    """Seconds until ``predicate`` held; fails after ``timeout``.
+
+    A 404 counts as "not yet": a label that did not exist before its first ``label set`` is
+    unknown to a replica until the move propagates (up to a second), which is the very
+    window these waits are for.
+    """
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except openai.NotFoundError:
+            pass
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout} s")
 
