@@ -5,12 +5,20 @@ password to brute-force, and a fast hash keeps the lookup off the request's crit
 Looked-up keys are cached per replica for ``key_cache_ttl_s``, which bounds how long a
 revoked key keeps working on a replica that has not been told (the admin API tells its own
 replica at once).
+
+The cache is refreshed ahead of expiry, by one background lookup per key, while the cached
+answer keeps being served; a key that did expire (idle for a while) is looked up once however
+many requests carry it at that moment. Without both, every busy key's expiry sent all its
+in-flight requests to the database together (at c=64, 64 queries and a burst of new SQLite
+connections every TTL), which showed as the gateway's worst latency spikes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,7 +30,11 @@ from gateway.audit import Actor, AuditLog
 from gateway.storage import Database
 from gateway.storage.schema import api_keys
 
+log = logging.getLogger("gateway.auth")
+
 ROLES = ("app", "author", "approver", "finance", "admin")
+_BAD_KEY_TTL_S = 1.0  # unknown keys are remembered briefly: a client hammering with one is not a query each
+_REFRESH_AHEAD = 0.25  # refresh a key in the last quarter of its cache lifetime
 KEY_PREFIX = "gw-"
 
 
@@ -71,7 +83,11 @@ class KeyStore:
         self._audit = AuditLog(db)
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._ttl = cache_ttl_s
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        # digest -> (principal or None for an unknown/revoked key, refresh after, expires at)
+        self._cache: dict[str, tuple[Principal | None, float, float]] = {}
+        self._lookups: dict[str, asyncio.Task[Principal | None]] = {}  # single-flight per digest
+        self._refreshing: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped by invalidate(): lookups begun before it are not cached
 
     async def create(
         self, team: str, roles: tuple[str, ...] = ("app",), name: str = "", *, actor: Actor | None = None
@@ -138,35 +154,76 @@ class KeyStore:
                 .where(api_keys.c.key_id == key_id, api_keys.c.revoked.is_(False))
                 .values(revoked=True, revoked_at=datetime.now(UTC))
             )
-        self._cache.clear()
+        self.invalidate()
         if result.rowcount:
             await self._audit.append(actor or Actor.cli(), "key.revoke", f"key:{key_id}", reason=reason)
         return bool(result.rowcount)
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._cache.clear()
 
     async def authenticate(self, secret: str) -> Principal | None:
         digest = hash_key(secret)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return Principal(key_id="admin", team="admin", roles=frozenset(ROLES))
-        now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        if cached is not None:
+            principal, refresh_after, expires = cached
+            now = time.monotonic()
+            if now < expires:
+                if now >= refresh_after and digest not in self._lookups:
+                    self._refresh_in_background(digest)
+                return principal
+        return await self._lookup_once(digest)
+
+    async def _lookup_once(self, digest: str) -> Principal | None:
+        """One storage lookup per digest at a time, shared by everyone asking meanwhile.
+
+        The lookup runs as its own task, so a caller that goes away (and is cancelled) does not
+        cancel it for the others.
+        """
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.get_running_loop().create_task(self._query_and_remember(digest))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return await asyncio.shield(lookup)
+
+    async def _query_and_remember(self, digest: str) -> Principal | None:
+        generation = self._generation
+        principal = await self._query(digest)
+        if generation == self._generation:  # else a revoke landed meanwhile: the answer may be stale
+            self._remember(digest, principal)
+        return principal
+
+    def _refresh_in_background(self, digest: str) -> None:
+        async def refresh() -> None:
+            try:
+                await self._lookup_once(digest)
+            except Exception as exc:
+                # The cached answer stays until it expires; the next request past expiry retries.
+                log.warning("could not refresh an API key from storage", extra={"error": type(exc).__name__})
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _query(self, digest: str) -> Principal | None:
         async with self._db.engine.connect() as conn:
             row = (
                 (await conn.execute(select(api_keys).where(api_keys.c.key_hash == digest)))
                 .mappings()
                 .first()
             )
-        principal = None
-        if row is not None and not row["revoked"]:
-            principal = Principal(row["key_id"], row["team"], frozenset(_parse_roles(row["roles"])))
+        if row is None or row["revoked"]:
+            return None
+        return Principal(row["key_id"], row["team"], frozenset(_parse_roles(row["roles"])))
+
+    def _remember(self, digest: str, principal: Principal | None) -> None:
         if len(self._cache) > 100_000:
             # Bounded: a flood of random bad keys must not grow memory without limit.
             self._cache.clear()
-        # Unknown keys are cached briefly too, so a client hammering with a bad key
-        # does not turn every request into a database query.
-        self._cache[digest] = (principal, now + (self._ttl if principal else min(self._ttl, 1.0)))
-        return principal
+        ttl = self._ttl if principal is not None else min(self._ttl, _BAD_KEY_TTL_S)
+        now = time.monotonic()
+        self._cache[digest] = (principal, now + ttl * (1 - _REFRESH_AHEAD), now + ttl)
