@@ -12,9 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.audit import AuditLog
 from gateway.auth import Authenticate, KeyStore
@@ -37,6 +35,9 @@ from gateway.resolve import PromptResolver, Resolve
 from gateway.routing import Route
 from gateway.storage import Database, open_database
 from gateway.upstream import CallUpstream
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("gateway.runtime")
 

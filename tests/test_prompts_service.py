@@ -434,7 +434,7 @@ async def test_a_tampered_version_is_never_served(repo: Replica) -> None:
     await repo.resolver.resolve(cached, f"{name}@v1")
     assert cached.body["messages"][0]["content"] == "You answer briefly. v1"
     # Editing content and hash together breaks the signature instead.
-    from gateway.prompts.source import content_sha256
+    from gateway.prompts.signing import content_sha256
 
     record = await repo.store.version(name, 2)
     assert record is not None

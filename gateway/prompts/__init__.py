@@ -14,7 +14,21 @@
     repository.py wiring into a server runtime or a CLI command
 """
 
+from typing import TYPE_CHECKING, Any
+
 from gateway.prompts.repository import PromptRepository, build_prompts, open_service
-from gateway.prompts.service import Caller, PromptService
+
+if TYPE_CHECKING:
+    from gateway.prompts.service import Caller, PromptService
 
 __all__ = ["Caller", "PromptRepository", "PromptService", "build_prompts", "open_service"]
+
+
+def __getattr__(name: str) -> Any:
+    # The authoring side (service: YAML, JSON Schema, Jinja2, evaluators) loads only when the
+    # admin API or the CLI first asks for it; the serving side does not need it at start-up.
+    if name in ("Caller", "PromptService"):
+        from gateway.prompts import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module 'gateway.prompts' has no attribute {name!r}")

@@ -26,3 +26,16 @@ class InvalidPrompt(InvalidRequest):
         summary = problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + "; ".join(problems)
         super().__init__(f"The prompt is invalid: {summary}", extra={"problems": problems})
         self.problems = problems
+
+
+class RenderError(Exception):
+    """A template that failed while rendering (e.g. an attribute missing from a variable).
+
+    Defined here rather than beside the renderer so the request path can catch it without
+    importing Jinja2 before the first prompt is served.
+    """
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"messages[{index}]: {message}")
+        self.index = index
+        self.message = message

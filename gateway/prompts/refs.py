@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.prompts.source import NAME_RE, VERSION_LIKE
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# `vN` would be ambiguous with a version selector in `NAME@vN`.
+VERSION_LIKE = re.compile(r"^v\d+$")
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 LATEST = "latest"

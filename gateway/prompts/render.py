@@ -19,6 +19,8 @@ import jinja2
 from jinja2 import StrictUndefined, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from gateway.prompts.errors import RenderError
+
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
@@ -58,13 +60,6 @@ class TemplateProblem(Exception):
         self.line = line
 
 
-class RenderError(Exception):
-    """A template that failed while rendering (e.g. an attribute missing from a variable)."""
-
-    def __init__(self, index: int, message: str) -> None:
-        super().__init__(f"messages[{index}]: {message}")
-        self.index = index
-        self.message = message
 
 
 def variables_used(source: str) -> set[str]:

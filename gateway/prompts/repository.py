@@ -9,7 +9,7 @@ starts the replica sync and returns the ``PromptRepository`` the runtime keeps a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +22,7 @@ from gateway.config.applied import PolicyStore, catalog_from_files
 from gateway.config.policies import load_policies
 from gateway.config.settings import Settings
 from gateway.context import RequestContext
-from gateway.prompts.evals import EvalRunner, default_evaluators
 from gateway.prompts.resolver import CachedPromptResolver
-from gateway.prompts.service import PromptService
 from gateway.prompts.signing import load_signer
 from gateway.prompts.store import PromptStore
 from gateway.prompts.sync import LabelSync, publish_change
@@ -32,6 +30,7 @@ from gateway.redis_conn import connect_redis
 from gateway.storage import open_database
 
 if TYPE_CHECKING:
+    from gateway.prompts.service import PromptService
     from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.prompts")
@@ -40,10 +39,24 @@ log = logging.getLogger("gateway.prompts")
 class PromptRepository:
     """What a server process holds: the resolver for ``/v1`` and the service for ``/admin``."""
 
-    def __init__(self, resolver: CachedPromptResolver, service: PromptService, sync: LabelSync) -> None:
+    def __init__(
+        self, resolver: CachedPromptResolver, service: Callable[[], PromptService], sync: LabelSync
+    ) -> None:
         self.resolver = resolver
-        self.service = service
+        self._make_service = service
+        self._service: PromptService | None = None
         self.sync = sync
+
+    @property
+    def service(self) -> PromptService:
+        """The authoring side (push, labels, evals), built on first use by the admin API.
+
+        Its modules (YAML and JSON Schema validation, Jinja2, the evaluators) are not needed
+        to serve prompts, so a replica that is never administered never loads them.
+        """
+        if self._service is None:
+            self._service = self._make_service()
+        return self._service
 
     async def resolve(self, ctx: RequestContext, reference: str) -> str:
         return await self.resolver.resolve(ctx, reference)
@@ -79,22 +92,27 @@ async def build_prompts(runtime: Runtime) -> PromptRepository:
             sync.wake()
         await publish_change(redis)
 
-    evaluators = default_evaluators()
-    runner = EvalRunner(
-        lambda: runtime.handler,
-        lambda: runtime.catalog,
-        Principal(key_id="eval", team=settings.prompts.eval_team, roles=frozenset({"app"})),
-        evaluators,
-        concurrency=settings.prompts.eval_concurrency,
-    )
-    service = PromptService(
-        store, runtime.audit, signer,
-        policy=lambda: runtime.catalog.bundle.prompts,
-        catalog=lambda: runtime.catalog,
-        evaluators=evaluators,
-        on_change=changed,
-        runner=runner,
-    )
+    def service() -> PromptService:
+        from gateway.prompts.evals import EvalRunner, default_evaluators
+        from gateway.prompts.service import PromptService
+
+        evaluators = default_evaluators()
+        runner = EvalRunner(
+            lambda: runtime.handler,
+            lambda: runtime.catalog,
+            Principal(key_id="eval", team=settings.prompts.eval_team, roles=frozenset({"app"})),
+            evaluators,
+            concurrency=settings.prompts.eval_concurrency,
+        )
+        return PromptService(
+            store, runtime.audit, signer,
+            policy=lambda: runtime.catalog.bundle.prompts,
+            catalog=lambda: runtime.catalog,
+            evaluators=evaluators,
+            on_change=changed,
+            runner=runner,
+        )
+
     repository = PromptRepository(resolver, service, sync)
     runtime.prompts = repository
     return repository
@@ -107,6 +125,9 @@ async def open_service(settings: Settings) -> AsyncIterator[PromptService]:
     Label moves are announced on Redis when it is configured, so running replicas see them
     in milliseconds; otherwise they notice at their next poll.
     """
+    from gateway.prompts.evals import default_evaluators
+    from gateway.prompts.service import PromptService
+
     signer = load_signer(settings)
     db = await open_database(settings.database_url)
     try:

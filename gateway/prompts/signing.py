@@ -22,14 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from gateway.config.settings import Settings
-from gateway.prompts.source import content_sha256
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
     from gateway.prompts.store import VersionRecord
 
 _DOMAIN = b"gateway-prompt-version/1\n"
@@ -37,6 +34,10 @@ _DOMAIN = b"gateway-prompt-version/1\n"
 
 class SigningKeyError(Exception):
     """The configured signing key cannot be used (bad encoding, unreadable file)."""
+
+
+def content_sha256(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def signed_message(name: str, version: int, sha256: str) -> bytes:
@@ -57,6 +58,8 @@ def _b64(raw: bytes) -> str:
 
 
 def _public_raw(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
@@ -71,28 +74,57 @@ def generate_key() -> str:
 
 
 class Signer:
-    """Signs with one private key; verifies with it and any extra trusted public keys."""
+    """Signs with one private key; verifies with it and any extra trusted public keys.
+
+    The keys are checked (encoding, length) at once, so a bad key still stops start-up, but
+    the Ed25519 objects are built on first use: importing ``cryptography`` costs ~70 ms of
+    start-up, wasted on a gateway that serves no prompt.
+    """
 
     def __init__(self, private_key: str, trusted_public_keys: list[str] | tuple[str, ...] = ()) -> None:
         seed = _b64decode(private_key)
         if len(seed) != 32:
             raise SigningKeyError(f"an Ed25519 private key is 32 bytes; this one is {len(seed)}")
-        self._private = Ed25519PrivateKey.from_private_bytes(seed)
-        public = self._private.public_key()
-        self.key_id = key_id_of(public)
-        self.public_key = _b64(_public_raw(public))
-        self._trusted: dict[str, Ed25519PublicKey] = {self.key_id: public}
+        trusted: list[bytes] = []
         for encoded in trusted_public_keys:
             raw = _b64decode(encoded)
             if len(raw) != 32:
                 raise SigningKeyError(f"trusted public key {encoded[:12]}...: an Ed25519 public key is 32 bytes")
-            other = Ed25519PublicKey.from_public_bytes(raw)
-            self._trusted[key_id_of(other)] = other
+            trusted.append(raw)
+        self._seed = seed
+        self._trusted_raw = tuple(trusted)
+        self._private: Ed25519PrivateKey | None = None
+        self._trusted: dict[str, Ed25519PublicKey] = {}
+
+    def _load(self) -> Ed25519PrivateKey:
+        if self._private is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+            private = Ed25519PrivateKey.from_private_bytes(self._seed)
+            public = private.public_key()
+            trusted = {key_id_of(public): public}
+            for raw in self._trusted_raw:
+                other = Ed25519PublicKey.from_public_bytes(raw)
+                trusted[key_id_of(other)] = other
+            self._trusted = trusted
+            self._private = private
+        return self._private
+
+    @property
+    def key_id(self) -> str:
+        return key_id_of(self._load().public_key())
+
+    @property
+    def public_key(self) -> str:
+        return _b64(_public_raw(self._load().public_key()))
 
     def sign(self, name: str, version: int, sha256: str) -> str:
-        return _b64(self._private.sign(signed_message(name, version, sha256)))
+        return _b64(self._load().sign(signed_message(name, version, sha256)))
 
     def verify(self, name: str, version: int, sha256: str, signature: str, key_id: str) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
+        self._load()
         public = self._trusted.get(key_id)
         if public is None:
             return False

@@ -29,8 +29,6 @@ the same prompt again is recognised as the same version.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +41,10 @@ from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.prompts.evals.evaluators import EvaluatorSet
+from gateway.prompts.refs import NAME_RE
 from gateway.prompts.render import RenderError, TemplateProblem, compile_prompt, variables_used
+from gateway.prompts.signing import content_sha256
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# `vN` would be ambiguous with a version selector in `NAME@vN`.
-VERSION_LIKE = re.compile(r"^v\d+$")
 FOLDER_FILES = ("prompt.yaml", "prompt.yml")
 
 
@@ -143,10 +140,6 @@ class PromptSource:
     content: str
     sha256: str
     warnings: tuple[str, ...] = ()
-
-
-def content_sha256(content: str) -> str:
-    return hashlib.sha256(content.encode()).hexdigest()
 
 
 def canonical_content(spec: PromptSpec) -> str:

@@ -16,9 +16,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("gateway.prompts")
 
@@ -30,6 +31,8 @@ async def publish_change(redis: Redis | None) -> None:
     """Ring the doorbell after a committed move; failures only delay others until their next poll."""
     if redis is None:
         return
+    from redis.exceptions import RedisError  # only with Redis configured: keeps it out of start-up
+
     try:
         await redis.publish(CHANNEL, b"1")
     except (RedisError, OSError, TimeoutError) as exc:
@@ -82,6 +85,8 @@ class LabelSync:
                 self._warn("could not refresh prompt labels; serving the last known ones", exc)
 
     async def _subscribe_loop(self, redis: Redis) -> None:
+        from redis.exceptions import RedisError
+
         backoff = 0.5
         while True:
             pubsub = redis.pubsub()
