@@ -50,12 +50,33 @@ class ModelAlias:
 class Team:
     name: str
     spec: TeamSpec
+    # Glob matching per request showed in profiles; answers are remembered per catalog (a
+    # policy change builds new Team objects). Bounded, since callers choose the names asked.
+    _models_seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _prompts_seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def allows_model(self, alias: str) -> bool:
-        return self.spec.allows_model(alias)
+        allowed = self._models_seen.get(alias)
+        if allowed is None:
+            allowed = self.spec.allows_model(alias)
+            _remember(self._models_seen, alias, allowed)
+        return allowed
 
     def allows_prompt(self, name: str) -> bool:
-        return self.spec.allows_prompt(name)
+        allowed = self._prompts_seen.get(name)
+        if allowed is None:
+            allowed = self.spec.allows_prompt(name)
+            _remember(self._prompts_seen, name, allowed)
+        return allowed
+
+
+_SEEN_LIMIT = 4096
+
+
+def _remember(seen: dict[str, bool], name: str, allowed: bool) -> None:
+    if len(seen) >= _SEEN_LIMIT:
+        seen.clear()
+    seen[name] = allowed
 
 
 #: The team of the bootstrap admin key; it may call every alias.
