@@ -2,34 +2,63 @@
 
 Commands that change state (keys, prompts, policies) talk to the same storage as the server,
 through the same services, so the CLI and the admin API cannot drift apart.
+
+Command groups are imported when they are called (or listed by ``--help``), not up front:
+``gateway serve`` is how the server starts, and importing every group's dependencies (the
+prompt authoring stack, the cache and budget tooling, rich tables) would add about half a
+second to every start-up for commands that are not running.
 """
 
 from __future__ import annotations
 
-import typer
+import importlib
+from typing import Any
 
-from gateway.cli import audit_cmd, config_cmd, keys, models, policies_cmd, prompts, serve
-from gateway.cli import budgets as budgets_cmd
-from gateway.cli import cache as cache_cmd
-from gateway.cli import report as report_cmd
+import typer
+from typer.core import TyperGroup
+
+from gateway.cli import serve
+
+# name -> module whose ``app`` (a typer.Typer) implements the group, in help order.
+_GROUPS = {
+    "keys": "gateway.cli.keys",
+    "cache": "gateway.cli.cache",
+    "prompts": "gateway.cli.prompts",
+    "models": "gateway.cli.models",
+    "config": "gateway.cli.config_cmd",
+    "policies": "gateway.cli.policies_cmd",
+    "audit": "gateway.cli.audit_cmd",
+    "report": "gateway.cli.report",
+    "budgets": "gateway.cli.budgets",
+}
+
+
+class _LazyGroup(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(name for name in _GROUPS if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _GROUPS:
+            # Built exactly as ``add_typer`` builds it (a one-command group stays a group).
+            holder = typer.Typer(add_completion=False)
+            holder.add_typer(importlib.import_module(_GROUPS[cmd_name]).app, name=cmd_name)
+            holder_group = typer.main.get_command(holder)
+            assert isinstance(holder_group, TyperGroup)
+            command = holder_group.commands[cmd_name]
+            self.commands[cmd_name] = command
+        return command
+
 
 app = typer.Typer(
     name="gateway",
     help="An OpenAI-compatible LLM prompt-and-model gateway.",
+    cls=_LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 serve.register(app)
-app.add_typer(keys.app, name="keys")
-app.add_typer(cache_cmd.app, name="cache")
-app.add_typer(prompts.app, name="prompts")
-app.add_typer(models.app, name="models")
-app.add_typer(config_cmd.app, name="config")
-app.add_typer(policies_cmd.app, name="policies")
-app.add_typer(audit_cmd.app, name="audit")
-app.add_typer(report_cmd.app, name="report")
-app.add_typer(budgets_cmd.app, name="budgets")
 
 
 def main() -> None:

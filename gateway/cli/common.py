@@ -5,21 +5,43 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from gateway.config.settings import Settings, load_settings
 from gateway.config.yamlfile import ConfigError
 from gateway.storage import Database, open_database
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 T = TypeVar("T")
 
-# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column squeeze.
-console = Console(width=None if sys.stdout.isatty() else 240)
-err_console = Console(stderr=True)
+
+@cache
+def _consoles() -> tuple[Console, Console]:
+    # rich loads on first use: `gateway serve` prints nothing through it unless start-up fails.
+    from rich.console import Console
+
+    # Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column squeeze.
+    return Console(width=None if sys.stdout.isatty() else 240), Console(stderr=True)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "console":
+        return _consoles()[0]
+    if name == "err_console":
+        return _consoles()[1]
+    raise AttributeError(f"module 'gateway.cli.common' has no attribute {name!r}")
+
+
+def _error(message: str) -> None:
+    from rich.markup import escape
+
+    # soft_wrap: an error line must stay one line (file:line: field: problem) for tools to parse.
+    _consoles()[1].print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[
     str | None,
@@ -28,14 +50,13 @@ ConfigOption = Annotated[
 
 
 def fail(message: str, code: int = 1) -> None:
-    # soft_wrap: an error line must stay one line (file:line: field: problem) for tools to parse.
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    _error(message)
     raise typer.Exit(code)
 
 
 def fail_config(error: ConfigError) -> None:
     for problem in error.problems:
-        err_console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        _error(problem)
     raise typer.Exit(1)
 
 

@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
             workers=worker_count,
             loop="uvloop",
             http="httptools",
+            ws="none",  # no WebSocket endpoints: don't import a WebSocket stack at start-up
             lifespan="on",
             access_log=False,
             log_level="warning",
