@@ -40,12 +40,12 @@ from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook, TeamBudget, team_budget
 from gateway.budgets.redis_backend import RESERVE, RedisBackend, _Settlement, period_key, team_tag
 from gateway.budgets.stage import Budget
-from gateway.budgets.wire import RedisWire
 from gateway.catalog import build_catalog
 from gateway.config.policies import BudgetSpec, ModelsFile, PolicyBundle, TeamsFile
 from gateway.config.settings import BudgetSettings
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.pricing import to_nanos
+from gateway.redis_wire import RedisWire
 from gateway.storage import open_database
 from gateway.tokens import TokenCounter
 

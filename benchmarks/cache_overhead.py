@@ -19,7 +19,8 @@ Two measurements:
 
 2. **The stage alone**, in-process: the cache stage's ``__call__`` around an upstream that
    answers at once, for a hit and a miss, per backend. It isolates the cache's own cost from
-   the rest of the gateway and from HTTP.
+   the rest of the gateway and from HTTP. A bare ``PING`` on the same kind of connection the
+   Redis store uses shows how much of that is the round trip itself.
 
 Redis entries are written under a unique team and purged afterwards.
 """
@@ -52,6 +53,7 @@ from gateway.catalog import build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.observe import Metrics
+from gateway.redis_wire import RedisWire
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 MESSAGES = [
@@ -300,8 +302,9 @@ async def stage_alone(iterations: int, redis_url: str | None) -> dict[str, Any]:
             (
                 "redis",
                 RedisStore(
-                    client,
+                    redis_url,
                     CacheMetrics(Metrics(), "redis"),
+                    admin=client,
                     op_timeout_s=1.0,
                     compress_min=4096,
                     max_pending=1000,
@@ -316,6 +319,16 @@ async def stage_alone(iterations: int, redis_url: str | None) -> dict[str, Any]:
         started = time.perf_counter()
         await upstream(ctx)
         upstream_only.append((time.perf_counter() - started) * 1e6)
+    if redis_url:
+        # The floor under the Redis numbers: one round trip on the same kind of connection.
+        wire = RedisWire(redis_url, timeout_s=1.0)
+        pings = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            await wire.call("PING")
+            pings.append((time.perf_counter() - started) * 1e6)
+        await wire.close()
+        results["redis round trip alone, PING (us)"] = _us(pings)
     for name, store in stores:
         stage = Cache(store, CacheMetrics(Metrics(), name), wait_s=10.0)
         await stage(context("warm"), upstream)

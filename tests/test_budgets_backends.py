@@ -20,10 +20,10 @@ from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import TeamBudget, team_budget, window
 from gateway.budgets.redis_backend import RedisBackend, _Settlement
-from gateway.budgets.wire import RedisUnavailable, RedisWire, Script
 from gateway.config.policies import BudgetSpec
 from gateway.config.settings import BudgetSettings
 from gateway.pricing import to_nanos
+from gateway.redis_wire import RedisUnavailable, RedisWire, Script
 from gateway.storage import Database, open_database
 from gateway.storage.schema import ledger
 from support.budgets import WORST, RedisServer, WebhookReceiver, counters, period_key

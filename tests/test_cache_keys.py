@@ -8,6 +8,7 @@ way the gateway does.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import random
 from typing import Any
@@ -19,7 +20,9 @@ from hypothesis import strategies as st
 
 from gateway.cache.keys import (
     EXCLUDED_FIELDS,
+    KEY_VERSION,
     PurgeFilter,
+    canonical_body,
     encode_component,
     entry_key,
     is_deterministic,
@@ -178,6 +181,24 @@ def test_deployment_order_does_not_change_the_key(body: dict[str, Any], order: l
 def test_excluded_fields_are_only_transport_and_bookkeeping() -> None:
     # A guard against someone "optimising" the key by excluding a parameter that matters.
     assert not EXCLUDED_FIELDS & set(OUTPUT_PARAMS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=chat_bodies(),
+    prompt=st.none() | st.text(max_size=12),
+    version=st.none() | st.integers(min_value=1, max_value=10**6),
+)
+def test_the_memoised_prefix_hashes_the_same_bytes_as_the_whole_request(
+    body: dict[str, Any], prompt: str | None, version: int | None
+) -> None:
+    # The stage reuses the serialised prefix per deployment set; keys written before that
+    # (and by replicas on older code) must stay the same keys.
+    whole = orjson.dumps(
+        [KEY_VERSION, "chat", sorted(set(DEPLOYMENTS)), prompt, version, canonical_body(body)],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    assert digest(body, prompt=prompt, version=version) == hashlib.blake2b(whole, digest_size=16).hexdigest()
 
 
 def test_digest_is_short_and_fixed_size() -> None:

@@ -301,13 +301,16 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-def redis_store(client: Redis, **overrides: Any) -> RedisStore:
+def redis_store(client: Redis, url: str | None = None, **overrides: Any) -> RedisStore:
+    """A store on ``client``'s Redis (its wire opens its own connection to the same URL)."""
     options: dict[str, Any] = {
         "op_timeout_s": 0.05, "compress_min": 4096, "max_pending": 100, "breaker_failures": 3,
         "breaker_retry_s": 0.05,
     }
     options.update(overrides)
-    return RedisStore(client, CacheMetrics(Metrics(), "redis"), **options)
+    kwargs = client.connection_pool.connection_kwargs
+    url = url or f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+    return RedisStore(url, CacheMetrics(Metrics(), "redis"), admin=client, **options)
 
 
 async def test_redis_lookup_takes_the_lock_once_and_a_write_releases_it(redis_client: Redis) -> None:
@@ -344,6 +347,41 @@ async def test_a_waiter_stops_waiting_when_the_leader_gives_up(redis_client: Red
     await store.close()
 
 
+async def test_background_writes_are_bounded_and_finished_on_close(redis_client: Redis) -> None:
+    store = redis_store(redis_client, max_pending=5)
+    assert (await store.lookup(key("warm"), "", 0)).entry is None  # connected, lookup script loaded
+    for n in range(8):
+        store.put(key(n), make_entry(), 60_000, "")  # queued for after this request's answer
+    assert (await store.stats())["pending_writes"] == 5
+    assert await redis_client.exists(*[key(n) for n in range(8)]) == 0  # nothing sent inline
+    await store.close()  # sends what was queued and waits for the replies
+    assert await redis_client.exists(*[key(n) for n in range(8)]) == 5
+    assert store._metrics.error_count == 3  # the three over the bound were dropped, and counted
+
+
+async def test_the_store_survives_a_script_flush(redis_client: Redis) -> None:
+    store = redis_store(redis_client)
+    k = key("flush")
+    store.put(k, make_entry(), 60_000, "")
+    await _settle(store)
+    await redis_client.script_flush()
+    assert (await store.lookup(k, "t", 1000)).entry == make_entry()  # NOSCRIPT: loaded again
+    await redis_client.script_flush()
+    store.put(key("flush2"), make_entry(b"{}"), 60_000, "")
+    await _settle(store)
+    assert (await store.lookup(key("flush2"), "", 0)).entry == make_entry(b"{}")
+    assert store.available and store._metrics.error_count == 0
+    await store.close()
+
+
+async def _settle(store: RedisStore) -> None:
+    for _ in range(200):
+        if (await store.stats())["pending_writes"] == 0:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("background writes did not finish")
+
+
 async def test_redis_purge_matches_parts_exactly(redis_client: Redis) -> None:
     store = redis_store(redis_client)
     doomed = entry_key(team_scope("a*"), "m", "p", 3, "1" * 32)
@@ -362,8 +400,9 @@ async def test_redis_purge_matches_parts_exactly(redis_client: Redis) -> None:
 
 
 async def test_a_dead_redis_fails_fast_and_opens_the_breaker() -> None:
-    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.05, socket_connect_timeout=0.05)
-    store = redis_store(dead, breaker_retry_s=60)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    dead = Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=0.05)
+    store = redis_store(dead, url, breaker_retry_s=60)
     loop = asyncio.get_running_loop()
     started = loop.time()
     for n in range(3):

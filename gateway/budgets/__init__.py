@@ -23,7 +23,7 @@ from gateway.budgets.policy import BudgetBook, Scope, TeamBudget, Window, window
 from gateway.budgets.redis_backend import RedisBackend
 from gateway.budgets.stage import Budget
 from gateway.budgets.status import BudgetStatus
-from gateway.budgets.wire import RedisWire
+from gateway.redis_wire import RedisWire
 from gateway.storage.schema import ledger
 from gateway.tokens import TokenCounter
 

@@ -55,8 +55,8 @@ from gateway.budgets.alerts import Alerts, crossings
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation, ScopeState
 from gateway.budgets.ledger_io import reconciled_row, spent_by_field
 from gateway.budgets.policy import EXHAUSTED_PCT, Scope, TeamBudget, Window, window
-from gateway.budgets.wire import RedisReplyError, RedisUnavailable, RedisWire, Script
 from gateway.config.settings import BudgetSettings
+from gateway.redis_wire import RedisReplyError, RedisUnavailable, RedisWire, Script
 from gateway.storage import Database
 
 log = logging.getLogger("gateway.budget")

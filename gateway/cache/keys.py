@@ -132,11 +132,28 @@ def digest_with(
     version: int | None,
     body: Mapping[str, Any],
 ) -> str:
-    canonical = orjson.dumps(
-        [KEY_VERSION, endpoint, fingerprint, prompt, version, canonical_body(body)],
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    return body_digest(digest_prefix(fingerprint, endpoint, prompt, version), body)
+
+
+def digest_prefix(
+    fingerprint: list[tuple[str, str, str]], endpoint: str, prompt: str | None, version: int | None
+) -> bytes:
+    """The canonical form up to the body, ``[KEY_VERSION,endpoint,fingerprint,prompt,version,``.
+
+    It depends on the routing and the prompt only, so the stage computes it once per
+    deployment set and reuses it; only the body is serialised per request.
+    """
+    return orjson.dumps([KEY_VERSION, endpoint, fingerprint, prompt, version])[:-1] + b","
+
+
+def body_digest(prefix: bytes, body: Mapping[str, Any]) -> str:
+    """The digest of ``prefix`` (see ``digest_prefix``) completed with the canonical body.
+
+    The bytes hashed are exactly those of serialising the whole list in one go (compact JSON,
+    keys sorted), so keys do not depend on which of the two ways built them.
+    """
+    canonical = orjson.dumps(canonical_body(body), option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(prefix + canonical + b"]", digest_size=16).hexdigest()
 
 
 def is_deterministic(endpoint: str, body: Mapping[str, Any]) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Final
 
 from gateway.cache.base import MISSING, Lookup
@@ -77,7 +76,9 @@ class MemoryStore:
 
     def put(self, key: str, entry: Entry, ttl_ms: int, lock_token: str) -> None:
         if entry.data is not None:
-            entry = replace(entry, data=None)  # a parsed body is many times its JSON: keep bytes only
+            # A parsed body is many times its JSON: keep bytes only. (Built directly:
+            # dataclasses.replace() introspects the fields on every call, several µs.)
+            entry = Entry(entry.created, entry.prompt_tokens, entry.completion_tokens, entry.deployment_id, entry.body)
         size = len(entry.body) + len(key) + len(entry.deployment_id) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return

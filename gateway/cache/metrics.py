@@ -1,11 +1,14 @@
 """The cache's Prometheus series, registered on the gateway's registry.
 
 Label values are bounded: teams come from configuration, results and operations from the
-small fixed sets below. Children are cached through ``Metrics.child`` (``labels()`` costs
-microseconds on the request path).
+small fixed sets below. The request path's children are looked up once and their ``inc``
+kept (``labels()`` costs microseconds per call); rare ones go through ``Metrics.child``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
 
@@ -13,6 +16,7 @@ from gateway.observe import Metrics
 
 RESULTS = ("hit", "miss", "bypass")
 OPERATIONS = ("lookup", "wait", "store", "release", "probe")
+_MAX_CHILDREN: Final = 10_000  # teams come from configuration: a bound that is never reached
 
 
 class CacheMetrics:
@@ -57,6 +61,10 @@ class CacheMetrics:
         self.breaker_changes = Counter(
             "gateway_cache_breaker_transitions_total", "Circuit breaker state changes.", ("state",), registry=r
         )
+        # The request path's children, bound once: ``labels()`` costs microseconds per call.
+        self._result_incs: dict[tuple[str, str], Callable[..., None]] = {}
+        self._saved_incs: dict[str, Callable[..., None]] = {}
+        self._stored_inc = self.stored_bytes.labels(backend).inc
         # Process-local tallies for the admin stats endpoint (Prometheus holds the real series).
         self.tally = dict.fromkeys(RESULTS, 0)
         self.error_count = 0
@@ -64,7 +72,10 @@ class CacheMetrics:
 
     def result(self, team: str, result: str) -> None:
         self.tally[result] += 1
-        self._metrics.child(self.requests, team, result).inc()
+        inc = self._result_incs.get((team, result))
+        if inc is None:
+            inc = self._remember(self._result_incs, (team, result), self.requests.labels(team, result).inc)
+        inc()
 
     def error(self, op: str) -> None:
         self.error_count += 1
@@ -72,11 +83,20 @@ class CacheMetrics:
 
     def stored(self, size: int) -> None:
         self.bytes_written += size
-        self._metrics.child(self.stored_bytes, self.backend).inc(size)
+        self._stored_inc(size)
 
     def saved_cost(self, team: str, usd: float) -> None:
         if usd:
-            self._metrics.child(self.saved, team).inc(usd)
+            inc = self._saved_incs.get(team)
+            if inc is None:
+                inc = self._remember(self._saved_incs, team, self.saved.labels(team).inc)
+            inc(usd)
+
+    @staticmethod
+    def _remember(table: dict[Any, Callable[..., None]], key: Any, inc: Callable[..., None]) -> Callable[..., None]:
+        if len(table) < _MAX_CHILDREN:
+            table[key] = inc
+        return inc
 
     def breaker(self, open_: bool) -> None:
         self.breaker_open.set(1 if open_ else 0)

@@ -32,7 +32,14 @@ import orjson
 
 from gateway.cache.base import CacheStore, LockState
 from gateway.cache.entry import Entry
-from gateway.cache.keys import PurgeFilter, deployment_fingerprint, digest_with, entry_key, is_deterministic
+from gateway.cache.keys import (
+    PurgeFilter,
+    body_digest,
+    deployment_fingerprint,
+    digest_prefix,
+    entry_key,
+    is_deterministic,
+)
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.policy import NO_DIRECTIVE, CacheRule, CacheRules, parse_cache_control, scopes_of
 from gateway.cache.stream import StreamCapture, assemble, replay
@@ -43,7 +50,7 @@ from gateway.pipeline_types import Handler
 _HIT: Final = (b"x-cache", b"HIT")
 _MISS: Final = (b"x-cache", b"MISS")
 _BYPASS: Final = (b"x-cache", b"BYPASS")
-_MAX_FINGERPRINTS: Final = 10_000
+_MAX_PREFIXES: Final = 10_000
 
 Flight = asyncio.Future[Entry | None]
 
@@ -66,13 +73,14 @@ class Cache:
         if alias is None or ctx.is_shadow:
             return await self._bypass(ctx, call_next)
         rule = self._rules.get(ctx.catalog, ctx.team, alias.name)
-        if rule is None or not (rule.nondeterministic or is_deterministic(ctx.endpoint.value, ctx.body)):
+        endpoint = ctx.endpoint.value
+        if rule is None or not (rule.nondeterministic or is_deterministic(endpoint, ctx.body)):
             return await self._bypass(ctx, call_next)
         directive = parse_cache_control(ctx.cache_control) if ctx.cache_control else NO_DIRECTIVE
         if directive.no_store or not self.store.available:
             return await self._bypass(ctx, call_next)
         try:
-            key = self._keys.key(ctx, rule.scope)
+            key = self._keys.key(ctx, rule.scope, endpoint)
         except TypeError:
             # A body a stage filled with something JSON cannot express: never guess a key.
             return await self._bypass(ctx, call_next)
@@ -249,26 +257,35 @@ class Cache:
 
 
 class _KeyBuilder:
-    """Cache keys for requests; the deployment fingerprint is memoised per catalog."""
+    """Cache keys for requests.
+
+    Everything in a key but the body's digest depends on the routing and the prompt only: the
+    key's readable prefix and the digest's canonical prefix (deployment fingerprint included)
+    are memoised per catalog, so a request serialises and hashes just its body.
+    """
 
     def __init__(self) -> None:
         self._catalog: Catalog | None = None
-        self._fingerprints: dict[tuple[str, ...], list[tuple[str, str, str]]] = {}
+        self._prefixes: dict[tuple[Any, ...], tuple[str, bytes]] = {}
 
-    def key(self, ctx: RequestContext, scope: str) -> str:
-        assert ctx.alias is not None
+    def key(self, ctx: RequestContext, scope: str, endpoint: str) -> str:
+        alias = ctx.alias
+        assert alias is not None
         if ctx.catalog is not self._catalog:
             self._catalog = ctx.catalog
-            self._fingerprints = {}
-        deployments = ctx.deployments or ctx.alias.deployments
-        ids = tuple(d.id for d in deployments)
-        fingerprint = self._fingerprints.get(ids)
-        if fingerprint is None:
+            self._prefixes = {}
+        deployments = ctx.deployments or alias.deployments
+        memo = (tuple([d.id for d in deployments]), endpoint, scope, alias.name, ctx.prompt_name, ctx.prompt_version)
+        prefixes = self._prefixes.get(memo)
+        if prefixes is None:
             fingerprint = deployment_fingerprint((d.provider, d.model, d.base_url) for d in deployments)
-            if len(self._fingerprints) < _MAX_FINGERPRINTS:
-                self._fingerprints[ids] = fingerprint
-        digest = digest_with(fingerprint, ctx.endpoint.value, ctx.prompt_name, ctx.prompt_version, ctx.body)
-        return entry_key(scope, ctx.alias.name, ctx.prompt_name, ctx.prompt_version, digest)
+            prefixes = (
+                entry_key(scope, alias.name, ctx.prompt_name, ctx.prompt_version, ""),
+                digest_prefix(fingerprint, endpoint, ctx.prompt_name, ctx.prompt_version),
+            )
+            if len(self._prefixes) < _MAX_PREFIXES:
+                self._prefixes[memo] = prefixes
+        return prefixes[0] + body_digest(prefixes[1], ctx.body)
 
 
 def _fresh(entry: Entry, max_age: float | None) -> bool:
