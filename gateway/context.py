@@ -4,13 +4,18 @@ Each stage reads what earlier stages set and fills in its own part; nothing is p
 an untyped dict. A reply is either a whole JSON body or a stream of SSE events; a stream
 outlives the pipeline call, so work that must wait for its end (committing spend, writing
 the ledger, tracing) registers a *finisher* on the context instead of running inline.
+
+Finishers are synchronous (the server calls ``finish`` from a ``finally``). One that has work it
+cannot do without waiting (counting an answer whose tokenizer is still being built) *defers*
+it with ``ctx.defer``; the record stage, whose finisher runs last, takes that work and records
+the request only once it is done, in a background task.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -61,6 +66,20 @@ Reply = JsonReply | StreamReply
 Finisher = Callable[["RequestContext"], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Work a finisher left to be awaited before the request is recorded.
+
+    ``wait`` does it without blocking the event loop; ``now`` does the same work synchronously,
+    for whoever cannot wait (no record stage to wait for it, or too much already waiting): it
+    may block briefly, but the work is never lost. Exactly one of the two is called; a ``wait``
+    that is cancelled must still leave the work done (typically by calling ``now``).
+    """
+
+    wait: Callable[[], Awaitable[None]]
+    now: Callable[[], None]
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
@@ -99,6 +118,7 @@ class RequestContext:
     finished: bool = False
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     finishers: list[Finisher] = field(default_factory=list)
+    deferred: list[Deferred] = field(default_factory=list)
 
     @property
     def team(self) -> str:
@@ -119,3 +139,23 @@ class RequestContext:
             except Exception:
                 # A broken finisher (a metric, a ledger hand-off) must not hide the others.
                 log.exception("finisher failed", extra={"request_id": self.request_id})
+        # Nothing took the deferred work (no record stage in this pipeline): do it now.
+        for work in self.take_deferred():
+            try:
+                work.now()
+            except Exception:
+                log.exception("deferred finisher work failed", extra={"request_id": self.request_id})
+
+    def defer(self, wait: Callable[[], Awaitable[None]], now: Callable[[], None]) -> None:
+        """Work the request's recording must wait for (see :class:`Deferred`).
+
+        Called from a finisher, or from a stage that was cancelled mid-work (the work then
+        waits for ``finish``). Finishers that run after a deferring one see the request before
+        the work is done; the record stage's, which runs last, waits for it.
+        """
+        self.deferred.append(Deferred(wait, now))
+
+    def take_deferred(self) -> list[Deferred]:
+        """The deferred work, now the caller's to run (exactly once, by ``wait`` or ``now``)."""
+        work, self.deferred = self.deferred, []
+        return work

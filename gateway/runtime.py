@@ -75,6 +75,8 @@ class Runtime:
     readiness_checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     # Run at shutdown in reverse order: flush queues before connections close.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Told of each newly applied catalog, in the loop (the budget stage pre-builds tokenizers).
+    catalog_listeners: list[Callable[[Catalog], None]] = field(default_factory=list)
 
     @property
     def policies_dir(self) -> Path:
@@ -106,6 +108,8 @@ class Runtime:
         self.catalog = catalog
         self.policy_version = version
         self.keys.invalidate()
+        for listener in self.catalog_listeners:
+            listener(catalog)
 
     async def close(self) -> None:
         for closer in reversed(self.closers):

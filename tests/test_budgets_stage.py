@@ -4,6 +4,7 @@ counting usage the upstream did not report."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -239,19 +240,74 @@ async def test_hard_budgets_fail_closed_and_soft_budgets_fail_open(tokens: Token
     assert backend.charged == [to_nanos(50 * 1e-4)]  # counted once Redis is back
 
 
-async def test_requests_arriving_while_tokenizers_load_wait_for_them(tokens: TokenCounter, db: Database) -> None:
+def gated(tokens: TokenCounter, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
+    """Make ``tokens`` build slowly: each load waits for the returned gate, and is listed."""
+    gate = threading.Event()
+    loads: list[str] = []
+    load = tokens._load
+
+    def slow_load(name: str) -> Any:
+        loads.append(name)
+        gate.wait(10)
+        return load(name)
+
+    monkeypatch.setattr(tokens, "_load", slow_load)
+    return gate, loads
+
+
+async def test_concurrent_first_requests_share_one_build(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = catalog_of(models(), teams())
-    loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    tokens = TokenCounter()  # nothing built yet
+    gate, loads = gated(tokens, monkeypatch)
     backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
-    budget = Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096,
-                    tokens_ready=loaded)
+    budget = stage(tokens, backend)
     calls = [
-        asyncio.ensure_future(budget(context(catalog, "priced", {"messages": HI, "max_tokens": 100}),
+        asyncio.ensure_future(budget(context(catalog, alias, {"messages": HI, "max_tokens": 100}),
                                      answered(Usage(5, 10))))
-        for _ in range(3)
+        for alias in ("priced", "priced", "priced-pair", "priced", "priced-pair")
     ]
-    await asyncio.sleep(0.05)
-    assert not any(call.done() for call in calls)  # held until the tokenizers exist
-    loaded.set_result(None)
+    await asyncio.sleep(0.1)
+    assert not any(call.done() for call in calls)  # held until their tokenizers exist
+    assert tokens.building == {"o200k_base", "cl100k_base"} and tokens.encodings == set()
+    gate.set()
     replies = await asyncio.gather(*calls)
     assert all(isinstance(reply, JsonReply) for reply in replies)
+    assert sorted(loads) == ["cl100k_base", "o200k_base"]  # one build each, shared by five requests
+    assert tokens.encodings == {"o200k_base", "cl100k_base"} and tokens.building == set()
+    state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
+    assert state is not None and state["t"].reserved == 0 and state["t"].spent > 0
+
+
+async def test_budgeted_teams_tokenizers_are_built_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = models()
+    catalog = catalog_of(spec, {"teams": {
+        "t": {"models": ["priced"], "budget": {"limit_usd": 1.0, "period": "daily"}},
+        "free-for-all": {"models": ["*"]},
+    }})
+    tokens = TokenCounter()
+    gate, loads = gated(tokens, monkeypatch)
+    budget = stage(tokens, None)
+    # gpt-4o-mini only: the other aliases are reachable only by a team without a budget.
+    assert [d.id for d in budget.book.budgeted_deployments(catalog)] == ["priced#0"]
+    budget.use_catalog(catalog)
+    assert tokens.building == {"o200k_base"}
+    gate.set()
+    for _ in range(200):
+        if not tokens.building:
+            break
+        await asyncio.sleep(0.02)
+    assert tokens.encodings == {"o200k_base"} and loads == ["o200k_base"]
+
+    # A policy change giving a budget to the other team builds what it can reach, once each.
+    everyone = catalog_of(spec, {"teams": {
+        "t": {"models": ["priced"], "budget": {"limit_usd": 1.0, "period": "daily"}},
+        "free-for-all": {"models": ["*"], "budget": {"limit_usd": 1.0, "period": "daily"}},
+    }})
+    budget.use_catalog(everyone)
+    budget.use_catalog(everyone)
+    assert tokens.building == {"cl100k_base"}  # house-model-7b and the mock's estimate too
+    for _ in range(200):
+        if not tokens.building:
+            break
+        await asyncio.sleep(0.02)
+    assert tokens.encodings == {"o200k_base", "cl100k_base"} and sorted(loads) == ["cl100k_base", "o200k_base"]

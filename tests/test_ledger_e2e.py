@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from conftest import FakeHandle, make_gateway
 from openai import AsyncOpenAI, OpenAI
@@ -237,3 +238,43 @@ async def test_sigkill_keeps_flushed_rows_and_the_ledger_resumes(tmp_path: Path,
         assert rows[-1]["kind"] == "request" and rows[-1]["status"] == 200 and rows[-1]["cost_nanos"] > 0
     finally:
         proc.stop()
+
+
+async def test_an_upstream_crash_mid_stream_is_counted_though_nothing_was_built(
+    tmp_path: Path, fake: FakeHandle
+) -> None:
+    """No budgets: the gateway builds no tokenizer at start-up. The first stream that reports no
+    usage (here the upstream dies mid-answer) builds one in the background, and its ledger row
+    waits for the count rather than reading zero."""
+    database_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    proc = make_gateway(tmp_path, fake.url, database_url).start(timeout=60)
+    try:
+        assert "built tokenizer" not in proc.log()
+        _, key = new_key(proc.url, ADMIN_KEY, "alpha")
+        fake.faults({"disconnect_after_chunks": 3})
+        request_id = _rid()
+        with httpx.stream(
+            "POST", f"{proc.url}/v1/chat/completions", timeout=20,
+            headers={"authorization": f"Bearer {key}", "x-request-id": request_id},
+            json={"model": "fake-chat", "messages": MESSAGES, "stream": True},
+        ) as response:
+            assert response.status_code == 200
+            received = b"".join(response.iter_bytes())
+        assert b'"error"' in received  # the failure is reported in-band
+        row = await _row_for(proc, request_id)
+    finally:
+        proc.stop()
+
+    from gateway.providers.mock_responses import chat_stream_chunks
+    from gateway.tokens import TiktokenTokenizer, TokenCounter, stream_text
+
+    sent = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = chat_stream_chunks(sent, chunks=8)[:3]  # what the upstream sent before it died
+    o200k = TiktokenTokenizer(TokenCounter().encoding("o200k_base"))
+    completion = o200k.count_text(stream_text([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks]))
+    assert completion > 0
+    assert (row["kind"], row["deployment"]) == ("error", "openai/gpt-4o-mini")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (o200k.count_messages(MESSAGES), completion)
+    price = _price(proc, "fake-chat")
+    assert row["cost_nanos"] == to_nanos(price.cost(row["prompt_tokens"], row["completion_tokens"])) > 0
+    assert proc.log().count("built tokenizer o200k_base") == 1

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from conftest import FakeHandle, make_gateway
 
+from gateway.budgets import Budget
+from gateway.config.settings import load_settings
+from gateway.runtime import Runtime, create_runtime
 from gateway.tokens import (
     FALLBACK_ENCODING,
     IMAGE_TOKENS,
@@ -24,6 +29,7 @@ from gateway.tokens import (
     encoding_for,
 )
 from support.budgets import catalog_of, priced_models
+from support.gateway_proc import ADMIN_KEY, PROVIDER_KEY, GatewayConfig, default_models
 
 # OpenAI's cookbook example ("How to count tokens with tiktoken"), whose counts the cookbook
 # checked against the API: 129 prompt tokens for gpt-4 (cl100k_base), 124 for gpt-4o-mini.
@@ -199,3 +205,72 @@ async def test_gateway_refuses_to_start_without_its_encodings(tmp_path: Path, fa
     with pytest.raises(RuntimeError) as caught:
         proc.start(timeout=30)
     assert "tiktoken encoding 'o200k_base' is missing" in str(caught.value)
+    assert str(encoding_file(tmp_path / "empty-encodings", "o200k_base")) in str(caught.value)  # the file named
+
+
+async def test_nothing_is_built_until_a_count_needs_it() -> None:
+    counter = TokenCounter()
+    catalog = catalog_of(priced_models(), {"teams": {}})
+    counter.verify(catalog)  # every file checked...
+    assert counter.encodings == set() and counter.building == set()  # ...nothing built
+    mini, gpt4 = catalog.aliases["priced-pair"].deployments
+    assert counter.built(mini) is None
+    tokenizer = await counter.tokenizer(mini)
+    assert counter.encodings == {"o200k_base"}  # not even the fallback
+    assert counter.built(mini) is tokenizer and counter.built(gpt4) is None
+    assert tokenizer.count_messages(COOKBOOK) == 124
+    # The Python copy of the ranks is gone; tiktoken's Rust core, which counts, has its own.
+    assert isinstance(tokenizer, TiktokenTokenizer) and tokenizer.encoding._mergeable_ranks is None
+    assert tokenizer.encoding.decode(tokenizer.encoding.encode_ordinary("hello world")) == "hello world"
+    gpt4o = catalog_of({"aliases": {"big": {"deployments": [{**priced_models()["aliases"]["priced"]["deployments"][0],
+                                                              "model": "gpt-4o"}]}}}, {"teams": {}})
+    assert await counter.tokenizer(gpt4o.aliases["big"].deployments[0]) is tokenizer  # one per encoding
+
+
+async def _runtime(root: Path, teams: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    config = GatewayConfig(root=root, upstream="http://127.0.0.1:9", database_url=f"sqlite:///{root / 'g.db'}",
+                           teams=teams).write()
+    monkeypatch.setenv("GATEWAY_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.setenv("TEST_PROVIDER_KEY", PROVIDER_KEY)
+    return await create_runtime(load_settings(config))
+
+
+async def _built(counter: TokenCounter) -> frozenset[str]:
+    for _ in range(500):
+        if not counter.building:
+            break
+        await asyncio.sleep(0.02)
+    return counter.encodings
+
+
+async def test_a_gateway_without_budgets_builds_no_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = await _runtime(tmp_path, {"teams": {"alpha": {"models": ["*"]}}}, monkeypatch)
+    try:
+        assert isinstance(runtime.budget, Budget)
+        counter = runtime.budget.tokens
+        await asyncio.sleep(0.2)  # anything started in the background would show by now
+        assert counter.building == set() and counter.encodings == set()
+        # A policy change that gives alpha a budget on fake-chat builds what alpha can reach.
+        teams = {"teams": {"alpha": {"models": ["fake-chat"], "budget": {"limit_usd": 5.0, "period": "daily"}}}}
+        runtime.use_catalog(catalog_of(default_models("http://127.0.0.1:9"), teams))
+        assert counter.building == {"o200k_base"}
+        assert await _built(counter) == {"o200k_base"}
+    finally:
+        await runtime.close()
+
+
+async def test_a_budgeted_teams_tokenizers_are_built_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teams = {"teams": {
+        "alpha": {"models": ["fake-embed", "mock"], "budget": {"limit_usd": 5.0, "period": "daily"}},
+        "beta": {"models": ["*"]},
+    }}
+    runtime = await _runtime(tmp_path, teams, monkeypatch)
+    try:
+        assert isinstance(runtime.budget, Budget)
+        counter = runtime.budget.tokens
+        # text-embedding-3-small and the mock's estimate are cl100k_base; gpt-4o* is beta's only.
+        assert await _built(counter) == {"cl100k_base"}
+    finally:
+        await runtime.close()

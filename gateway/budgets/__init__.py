@@ -1,8 +1,9 @@
 """Per-team cost budgets that cannot be overspent, on one replica or many.
 
-``install_budgets(runtime)`` is the whole wiring: it loads the tokenizers every configured
-model needs (start-up fails if one is missing), picks the counter backend (Redis when
-``redis.url`` is set, else in process), and sets ``runtime.budget`` (the pipeline stage) and
+``install_budgets(runtime)`` is the whole wiring: it verifies the tokenizer files every
+configured model needs (start-up fails if one is missing; building them waits until something
+needs them, see ``gateway.tokens``), picks the counter backend (Redis when ``redis.url`` is
+set, else in process), and sets ``runtime.budget`` (the pipeline stage) and
 ``runtime.budget_reporter`` (status for the admin API, the CLI and the finance page). See
 ``gateway.budgets.stage`` for what a request goes through and ``redis_backend`` for how the
 counters stay exact across replicas, dead processes and a Redis that lost its data.
@@ -10,7 +11,6 @@ counters stay exact across replicas, dead processes and a Redis that lost its da
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -64,11 +64,10 @@ async def install_budgets(runtime: Runtime) -> Budget:
     """Build the budget stage and reporter into a runtime being created (inside its loop)."""
     settings = runtime.settings
     tokens = token_counter(settings)
-    # A missing encoding stops start-up here. Building them takes a second or more, so it runs
-    # on a thread while the rest of start-up goes on; the stage waits for it if it must.
+    # A missing encoding stops start-up here (the files are hashed: milliseconds). Nothing is
+    # built yet: each encoding costs 25-45 MiB and ~0.5 s of CPU, and a gateway without budgets
+    # may never need one (see the stage's use_catalog below).
     tokens.verify(runtime.catalog)
-    tokens_ready = asyncio.ensure_future(asyncio.to_thread(tokens.require, runtime.catalog))
-    tokens_ready.add_done_callback(_log_tokenizer_failure)
     metrics = BudgetMetrics(runtime.metrics.registry)
     alerts = Alerts(metrics, webhook_timeout_s=settings.budgets.webhook_timeout_s)
     book = BudgetBook()
@@ -102,13 +101,18 @@ async def install_budgets(runtime: Runtime) -> Budget:
     await backend.start()
     alerts.start()
     stage = Budget(
-        backend, tokens, book, metrics,
-        default_max_output_tokens=settings.budgets.default_max_output_tokens, tokens_ready=tokens_ready,
+        backend, tokens, book, metrics, default_max_output_tokens=settings.budgets.default_max_output_tokens
     )
     runtime.budget = stage
     runtime.budget_reporter = BudgetStatus(backend, runtime.db, lambda: runtime.catalog, book)
+    # Budgeted teams' tokenizers are built in the background now and again on each policy change.
+    stage.use_catalog(runtime.catalog)
+    runtime.catalog_listeners.append(stage.use_catalog)
 
     async def close() -> None:
+        # Requests whose count was deferred (a stream without usage, tokenizer being built)
+        # settle and write their ledger rows once counted: let them, then close.
+        await runtime.record.drain()
         await backend.close()
         await alerts.close()
 
@@ -116,11 +120,6 @@ async def install_budgets(runtime: Runtime) -> Budget:
     # and reconciled rows queued at shutdown still reach it.
     runtime.closers.append(close)
     return stage
-
-
-def _log_tokenizer_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("building the tokenizers failed; budgeted requests will fail", exc_info=task.exception())
 
 
 async def reporter_for(settings: Settings, db: Database, catalog: Catalog) -> tuple[BudgetStatus, RedisWire | None]:

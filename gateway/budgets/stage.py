@@ -18,6 +18,13 @@ A refusal is a 429 ``budget_exceeded`` naming the team, the limit, the period's 
 when it resets; it reserved nothing and costs nothing. If the counters cannot be reached, a
 hard budget refuses with 503 ``budget_unavailable`` (fail closed: spending blind could break
 the promise) and a soft one admits, alerts, and charges the spend once Redis is back.
+
+Tokenizers are built only when needed (see ``gateway.tokens``): in the background for the
+deployments a team with a budget can reach (at start-up and on each policy change), and on
+demand otherwise, on a worker thread. The stage awaits one before a budgeted request's
+reservation and before counting a JSON answer without usage. A stream's finisher cannot wait:
+if it finds no usage and no tokenizer yet, it *defers* the count (``ctx.defer``) and the
+record stage records the request, and the settlement happens, once it is counted.
 """
 
 from __future__ import annotations
@@ -27,16 +34,19 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.budgets.alerts import BudgetMetrics
 from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget
-from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
+from gateway.context import Endpoint, Finisher, JsonReply, Reply, RequestContext, Usage
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.pipeline_types import Handler
 from gateway.pricing import from_nanos, to_nanos
-from gateway.tokens import TokenCounter, Tokenizer
+from gateway.tokens import ByteBound, TokenCounter, Tokenizer, completion_text, count_output, stream_text
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog, Deployment
 
 log = logging.getLogger("gateway.budget")
 
@@ -56,7 +66,6 @@ class Budget:
         metrics: BudgetMetrics,
         *,
         default_max_output_tokens: int,
-        tokens_ready: asyncio.Future[None] | None = None,
     ) -> None:
         self.backend = backend
         self.tokens = tokens
@@ -64,24 +73,26 @@ class Budget:
         self._metrics = metrics
         self._default_max_out = default_max_output_tokens
         self._unavailable_logged: dict[str, float] = {}
-        self._tokens_ready = tokens_ready  # tokenizers still being built after start-up
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Start building, in the background, the tokenizers budgeted teams will need.
+
+        Called at start-up and with each newly applied catalog (inside the event loop). Only
+        deployments reachable by a team with a budget: the others need a tokenizer only when an
+        upstream reports no usage, and build it then.
+        """
+        self.tokens.prepare(self.book.budgeted_deployments(catalog))
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
-        ready = self._tokens_ready
-        if ready is not None:
-            if not ready.done():
-                await asyncio.shield(ready)  # several requests may wait for it at once
-            ready.result()  # re-raises a failed build
-            self._tokens_ready = None
         principal = ctx.principal
         budget = self.book.for_team(ctx.catalog, principal.team) if principal is not None else None
         if budget is None or not ctx.deployments:
-            return self._meter(ctx, await call_next(ctx), None)
+            return await self._meter(ctx, await call_next(ctx), None)
         prompt = await self._prompt_tokens(ctx)
         worst = self.worst_case(ctx, prompt)
         if worst <= 0:
             # Free deployments: nothing to hold, nothing to charge.
-            return self._meter(ctx, await call_next(ctx), prompt)
+            return await self._meter(ctx, await call_next(ctx), prompt)
         assert principal is not None and ctx.alias is not None
         scopes = budget.scopes_for(principal.key_id, ctx.alias.name)
         outcome: Reservation | Refusal | None
@@ -95,30 +106,32 @@ class Budget:
         if isinstance(outcome, Refusal):
             raise self._refuse(ctx, budget, outcome, worst)
         ctx.budget_status = "admitted" if outcome is not None else "unchecked"
+        reserved = outcome
+
+        def settle(ctx: RequestContext) -> None:
+            self._settle(ctx, budget, scopes, reserved)
+
         try:
             reply = await call_next(ctx)
         except BaseException:
             # Failed or cancelled before an answer: charge what is known (normally nothing).
-            self._settle(ctx, budget, scopes, outcome)
+            settle(ctx)
             raise
         if isinstance(reply, JsonReply):
-            self._count_json(ctx, reply, prompt)
-            self._settle(ctx, budget, scopes, outcome)
+            await self._count_json(ctx, reply, prompt, settle)
             return reply
         relayed: list[bytes] = []
         reply.events = _tap(reply.events, relayed)
-
-        def finish(ctx: RequestContext) -> None:
-            self._count_stream(ctx, relayed, prompt)
-            self._settle(ctx, budget, scopes, outcome)
-
-        ctx.on_finish(finish)
+        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, settle))
         return reply
 
     # -- cost estimates ------------------------------------------------------------------
 
-    def worst_case(self, ctx: RequestContext, prompt: dict[int, int]) -> int:
-        """The most this request can cost on any of its deployments, in nano-USD."""
+    def worst_case(self, ctx: RequestContext, prompt: dict[str, int]) -> int:
+        """The most this request can cost on any of its deployments, in nano-USD.
+
+        ``prompt``: prompt tokens per deployment id, from :meth:`_prompt_tokens`.
+        """
         body = ctx.body
         chat = ctx.endpoint is Endpoint.CHAT
         asked = (body.get("max_completion_tokens") or body.get("max_tokens")) if chat else None
@@ -133,56 +146,157 @@ class Budget:
                     output = min(asked, model_max) if model_max else asked
                 else:
                     output = model_max or self._default_max_out
-            tokens_in = prompt.get(id(self.tokens.for_deployment(deployment)), 0)
+            tokens_in = prompt[deployment.id]
             worst = max(worst, tokens_in * price.input_per_token + output * price.output_per_token * choices)
         return to_nanos(worst)
 
-    async def _prompt_tokens(self, ctx: RequestContext) -> dict[int, int]:
-        """Prompt tokens per distinct tokenizer among the deployments (usually one)."""
-        tokenizers: dict[int, Tokenizer] = {}
-        for deployment in ctx.deployments:
-            tokenizer = self.tokens.for_deployment(deployment)
-            tokenizers.setdefault(id(tokenizer), tokenizer)
+    async def _prompt_tokens(self, ctx: RequestContext) -> dict[str, int]:
+        """Prompt tokens per deployment id, counted once per distinct tokenizer (usually one).
+
+        Waits for tokenizers still being built (on worker threads, shared with every request
+        that needs the same one): a reservation must not be guessed.
+        """
+        deployments = ctx.deployments
+        found = [self.tokens.built(deployment) for deployment in deployments]
+        if any(tokenizer is None for tokenizer in found):
+            found = list(await asyncio.gather(*(self.tokens.tokenizer(d) for d in deployments)))
+        tokenizers: list[Tokenizer] = [tokenizer for tokenizer in found if tokenizer is not None]
         endpoint = _endpoint(ctx)
 
-        def count() -> dict[int, int]:
-            return {key: self.tokens.count_prompt(tok, endpoint, ctx.body) for key, tok in tokenizers.items()}
+        def count() -> dict[str, int]:
+            counted: dict[int, int] = {}
+            prompt: dict[str, int] = {}
+            for deployment, tokenizer in zip(deployments, tokenizers, strict=True):
+                tokens = counted.get(id(tokenizer))
+                if tokens is None:
+                    tokens = counted[id(tokenizer)] = self.tokens.count_prompt(tokenizer, endpoint, ctx.body)
+                prompt[deployment.id] = tokens
+            return prompt
 
         if len(ctx.raw_body) > _THREAD_COUNT_BYTES:
             return await asyncio.to_thread(count)
         return count()
 
-    def _prompt_for(self, ctx: RequestContext, prompt: dict[int, int] | None) -> int:
+    def _prompt_for(self, ctx: RequestContext, prompt: dict[str, int] | None, tokenizer: Tokenizer) -> int:
         assert ctx.deployment is not None
-        tokenizer = self.tokens.for_deployment(ctx.deployment)
-        if prompt is not None and id(tokenizer) in prompt:
-            return prompt[id(tokenizer)]
+        if prompt is not None and ctx.deployment.id in prompt:
+            return prompt[ctx.deployment.id]
         return self.tokens.count_prompt(tokenizer, _endpoint(ctx), ctx.body)
 
     # -- usage when the upstream reported none -------------------------------------------
 
-    def _meter(self, ctx: RequestContext, reply: Reply, prompt: dict[int, int] | None) -> Reply:
+    async def _meter(self, ctx: RequestContext, reply: Reply, prompt: dict[str, int] | None) -> Reply:
         if isinstance(reply, JsonReply):
-            self._count_json(ctx, reply, prompt)
+            await self._count_json(ctx, reply, prompt, None)
             return reply
         relayed: list[bytes] = []
         reply.events = _tap(reply.events, relayed)
-        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt))
+        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, None))
         return reply
 
-    def _count_json(self, ctx: RequestContext, reply: JsonReply, prompt: dict[int, int] | None) -> None:
-        if ctx.usage is not None or ctx.deployment is None or reply.status != 200:
-            return
-        completion = 0
-        if ctx.endpoint is Endpoint.CHAT and reply.data is not None:
-            completion = self.tokens.completion_tokens(ctx.deployment, reply.data)
-        self._set_usage(ctx, self._prompt_for(ctx, prompt), completion)
+    async def _count_json(
+        self, ctx: RequestContext, reply: JsonReply, prompt: dict[str, int] | None, then: Finisher | None
+    ) -> None:
+        """Count a JSON answer's usage if the upstream reported none, then ``then`` (settle).
 
-    def _count_stream(self, ctx: RequestContext, relayed: list[bytes], prompt: dict[int, int] | None) -> None:
-        if ctx.usage is not None or ctx.deployment is None or not relayed:
+        Awaits the tokenizer if it is not built yet; if the request is cancelled meanwhile (the
+        caller hung up), the count and ``then`` are deferred to the record stage, so the spend
+        is still counted, settled and recorded, once.
+        """
+        deployment = ctx.deployment
+        if ctx.usage is not None or deployment is None or reply.status != 200:
+            if then is not None:
+                then(ctx)
             return
-        completion = self.tokens.stream_completion_tokens(ctx.deployment, relayed)
-        self._set_usage(ctx, self._prompt_for(ctx, prompt), completion)
+        text = completion_text(reply.data) if ctx.endpoint is Endpoint.CHAT and reply.data is not None else ""
+        tokenizer = self.tokens.built(deployment)
+        if tokenizer is None:
+            try:
+                tokenizer = await self.tokens.tokenizer(deployment)  # the build itself is not cancelled
+            except asyncio.CancelledError:
+                self._count_later(ctx, deployment, text, prompt, then)
+                raise
+            except Exception:
+                tokenizer = self._no_tokenizer(ctx, deployment)
+        self._count_with(ctx, tokenizer, text, prompt, then)
+
+    def _count_stream(
+        self, ctx: RequestContext, relayed: list[bytes], prompt: dict[str, int] | None, then: Finisher | None
+    ) -> None:
+        """Finisher: count a stream's usage if none was reported, then ``then`` (settle).
+
+        Cannot wait: without a built tokenizer the count (and ``then``) is deferred, and the
+        record stage records the request once it is done. The relayed events are reduced to
+        their text at once, so a deferred count holds only that.
+        """
+        deployment = ctx.deployment
+        if ctx.usage is not None or deployment is None or not relayed:
+            if then is not None:
+                then(ctx)
+            return
+        text = stream_text(relayed)
+        relayed.clear()
+        tokenizer = self.tokens.built(deployment)
+        if tokenizer is not None:
+            self._count_with(ctx, tokenizer, text, prompt, then)
+        elif not text and prompt is not None and deployment.id in prompt:
+            self._count_with(ctx, None, text, prompt, then)  # no output, and the prompt is known
+        else:
+            self._count_later(ctx, deployment, text, prompt, then)
+
+    def _count_later(
+        self, ctx: RequestContext, deployment: Deployment, text: str, prompt: dict[str, int] | None,
+        then: Finisher | None,
+    ) -> None:
+        """Defer the count until the deployment's tokenizer is built (see ``RequestContext.defer``)."""
+
+        def now() -> None:
+            # Builds inline if it must (or waits for the build in flight): blocks the loop, but
+            # only when nothing can wait (see the record stage), and the spend is never lost.
+            self._count_with(ctx, self.tokens.for_deployment(deployment), text, prompt, then)
+
+        async def wait() -> None:
+            tokenizer: Tokenizer
+            try:
+                tokenizer = await self.tokens.tokenizer(deployment)
+            except asyncio.CancelledError:
+                now()
+                raise
+            except Exception:
+                tokenizer = self._no_tokenizer(ctx, deployment)
+            self._count_with(ctx, tokenizer, text, prompt, then)
+
+        ctx.defer(wait, now)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to build on: whoever takes the work calls `now`
+        self.tokens.prepare((deployment,))  # start the build now, not when the record's task runs
+
+    @staticmethod
+    def _no_tokenizer(ctx: RequestContext, deployment: Deployment) -> Tokenizer:
+        """Not expected (a failed build gives ByteBound already): an upper bound still counts,
+        and the reservation is settled rather than leaked."""
+        log.exception("no tokenizer for %s", deployment.label, extra={"request_id": ctx.request_id})
+        return ByteBound()
+
+    def _count_with(
+        self, ctx: RequestContext, tokenizer: Tokenizer | None, text: str, prompt: dict[str, int] | None,
+        then: Finisher | None,
+    ) -> None:
+        """Set the usage and cost from the answer's ``text`` and the prompt, then ``then``.
+
+        ``tokenizer`` may be ``None`` only when ``text`` is empty and ``prompt`` has the count.
+        """
+        try:
+            if tokenizer is None:
+                assert ctx.deployment is not None and prompt is not None and not text
+                self._set_usage(ctx, prompt[ctx.deployment.id], 0)
+            else:
+                self._set_usage(ctx, self._prompt_for(ctx, prompt, tokenizer), count_output(tokenizer, text))
+        finally:
+            if then is not None:
+                then(ctx)  # settles even if counting failed: the reservation must not leak
 
     @staticmethod
     def _set_usage(ctx: RequestContext, prompt_tokens: int, completion_tokens: int) -> None:

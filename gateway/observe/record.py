@@ -4,15 +4,23 @@ It is the outermost stage so it sees every outcome: a 401, a cache hit, a budget
 rejection, an upstream failure, a stream cut short. Its finisher is registered before the
 inner stages run, so it runs last, after the inner finishers have priced and committed.
 Sinks (the cost ledger, tracing) must only enqueue: nothing here may block or await.
+
+An inner stage may have *deferred* work the record must wait for (``RequestContext.defer``:
+counting a stream that reported no usage while its tokenizer is still being built). The
+request is then recorded by a background task once that work is done, so the ledger row, the
+metrics and the budget's settlement all carry the counted cost. Those tasks are bounded: past
+``max_waiting``, the work is done synchronously instead (logged), never dropped; ``drain``
+waits for them at shutdown, before the ledger's final flush.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Protocol
 
-from gateway.context import Reply, RequestContext
+from gateway.context import Deferred, Reply, RequestContext
 from gateway.errors import GatewayError
 from gateway.observe.access import AccessLog
 from gateway.observe.metrics import Metrics
@@ -26,11 +34,26 @@ class RequestSink(Protocol):
         """Take a finished request; must not block (enqueue, never await or do I/O inline)."""
 
 
+#: Requests whose recording may wait on deferred work at once. Deferral happens only while a
+#: tokenizer is first built (under a second), so reaching this means a flood of usage-less streams.
+MAX_WAITING = 1024
+
+
 class Record:
-    def __init__(self, metrics: Metrics, sinks: list[RequestSink], *, access_log: AccessLog | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        sinks: list[RequestSink],
+        *,
+        access_log: AccessLog | None = None,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
         self._metrics = metrics
         self._sinks = sinks
         self._access_log = access_log
+        self._max_waiting = max_waiting
+        self._waiting: set[asyncio.Task[None]] = set()
+        self._over_cap_logged = 0.0
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         self._metrics.in_flight.inc()
@@ -45,12 +68,59 @@ class Record:
     def add_sink(self, sink: RequestSink) -> None:
         self._sinks.append(sink)
 
+    @property
+    def waiting(self) -> int:
+        """Requests not recorded yet because they wait on deferred work."""
+        return len(self._waiting)
+
+    async def drain(self) -> None:
+        """Wait until every request waiting on deferred work is recorded (at shutdown)."""
+        while self._waiting:
+            await asyncio.gather(*self._waiting, return_exceptions=True)
+
     def _finish(self, ctx: RequestContext) -> None:
+        self._metrics.in_flight.dec()
+        elapsed = time.perf_counter() - ctx.started  # the request's, not the deferred work's
+        work = ctx.take_deferred()
+        if not work:
+            self._record(ctx, elapsed)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # finished outside a loop (a tool): nothing could wait anyway
+            loop = None
+        if loop is None or len(self._waiting) >= self._max_waiting:
+            now = time.monotonic()
+            if loop is not None and now - self._over_cap_logged >= 10.0:
+                self._over_cap_logged = now
+                log.warning(
+                    "too many requests wait on deferred work; doing it synchronously",
+                    extra={"request_id": ctx.request_id, "waiting": len(self._waiting)},
+                )
+            _run_now(ctx, work)
+            self._record(ctx, elapsed)
+            return
+        task = loop.create_task(self._record_after(ctx, work, elapsed), name=f"record-{ctx.request_id}")
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _record_after(self, ctx: RequestContext, work: list[Deferred], elapsed: float) -> None:
+        for index, item in enumerate(work):
+            try:
+                await item.wait()
+            except asyncio.CancelledError:
+                # Torn down mid-wait (a shutdown that did not drain): the rest, synchronously.
+                _run_now(ctx, work[index + 1 :])
+                self._record(ctx, elapsed)
+                raise
+            except Exception:
+                log.exception("deferred finisher work failed", extra={"request_id": ctx.request_id})
+        self._record(ctx, elapsed)
+
+    def _record(self, ctx: RequestContext, elapsed: float) -> None:
         m = self._metrics
-        m.in_flight.dec()
         model = ctx.alias.name if ctx.alias is not None else "unknown"
         team = ctx.team if ctx.principal is not None else "anonymous"
-        elapsed = time.perf_counter() - ctx.started
         m.child(m.requests, team, model, str(ctx.status)).inc()
         m.child(m.latency, model).observe(elapsed)
         m.child(m.overhead, ctx.endpoint.value).observe(ctx.overhead_seconds)
@@ -84,3 +154,11 @@ class Record:
                     "error": ctx.error.code if ctx.error else None,
                 }
             )
+
+
+def _run_now(ctx: RequestContext, work: list[Deferred]) -> None:
+    for item in work:
+        try:
+            item.now()
+        except Exception:
+            log.exception("deferred finisher work failed", extra={"request_id": ctx.request_id})
