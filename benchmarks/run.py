@@ -263,6 +263,9 @@ def profile(bench: Bench, server: Server, endpoint: Endpoint, out_dir: Path) -> 
             "--output",
             str(raw),
         ]
+        # Wait for idle *before* py-spy starts: the phase's own idle wait could otherwise use up
+        # the recording's duration and leave a profile of an idle server.
+        wait_idle([bench.upstream.pid, server.pid])
         spy = subprocess.Popen(pinned(argv, UPSTREAM_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
         bench.phase(
