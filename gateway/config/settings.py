@@ -104,8 +104,12 @@ class LedgerSettings(_Strict):
         100_000, ge=1, description="Rows that may wait for the database; beyond it rows are dropped and counted."
     )
     # Binding a batch's parameters runs on the event loop (~25 µs a row): 500 rows stalled
-    # every request in flight for ~8 ms; 100 keeps each stall near 1 ms for the same total.
-    batch_size: int = Field(100, ge=1, le=50_000, description="Most rows written by one INSERT.")
+    # every request in flight for ~8 ms; 100 keeps each stall near 1 ms. A writer that falls
+    # behind takes bigger batches until it catches up (see LedgerWriter._batch_count).
+    batch_size: int = Field(
+        100, ge=1, le=50_000,
+        description="Rows per INSERT while the writer keeps up; up to 10x that while it catches up on a backlog.",
+    )
     flush_interval_ms: float = Field(
         100.0, gt=0, le=60_000, description="Longest a row waits for its batch to fill; bounds what a SIGKILL loses."
     )

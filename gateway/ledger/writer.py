@@ -41,6 +41,7 @@ log = logging.getLogger("gateway.ledger")
 _BACKOFF_START_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 5.0
 _LOG_EVERY_S: Final = 10.0
+_CATCH_UP_BATCHES: Final = 10  # the most batches one INSERT takes when the writer is behind
 
 # Errors about the rows themselves; anything else from the database is taken as transient.
 _REFUSED_ROWS: Final = (IntegrityError, DataError)
@@ -176,6 +177,16 @@ class LedgerWriter:
             self._metrics.dropped.labels("shutdown").inc(lost)
             log.error("ledger rows not written at shutdown", extra={"count": lost})
 
+    def _batch_count(self, waiting: int) -> int:
+        """Rows for the next INSERT: ``batch_size`` normally, more when the writer is behind.
+
+        Small batches keep each stall of the event loop short (binding a row's parameters runs
+        on it), but under a saturated core the writer gets one turn per trip through the loop
+        and fixed-size batches fell behind arrivals: the queue, and RSS, grew by ~500 bytes a
+        request. Taking half the backlog, up to ten batches, lets throughput follow the load.
+        """
+        return min(waiting, max(self._batch_size, min(waiting // 2, self._batch_size * _CATCH_UP_BATCHES)))
+
     async def _run(self) -> None:
         pending = self._pending
         while True:
@@ -186,7 +197,7 @@ class LedgerWriter:
                 continue
             if len(pending) < self._batch_size and not self._closing and not self._flushers:
                 await self._sleep(self._interval_s)
-            count = min(len(pending), self._batch_size)
+            count = self._batch_count(len(pending))
             batch = [pending.popleft() for _ in range(count)]
             self._in_hand = count
             self._metrics.queue_depth.set(len(pending) + count)
