@@ -59,6 +59,14 @@ def migrate(conn: Connection) -> list[int]:
     """Apply pending migrations; returns the versions applied now."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
+    elif conn.dialect.name == "sqlite":
+        # Python's sqlite3 opens a transaction only before the first INSERT, so the checks
+        # below and the CREATE TABLEs ran unlocked: workers (and a CLI command) starting
+        # together on a fresh file raced ("table already exists", duplicate versions) and the
+        # loser failed start-up, which stops a multi-worker server. Take the write lock first;
+        # the others wait on it (busy_timeout) and then find nothing left to do. (migrate is
+        # the first statement of its transaction: see open_database.)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
     schema.schema_migrations.create(conn, checkfirst=True)
     done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
     applied = []

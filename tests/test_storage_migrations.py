@@ -1,0 +1,56 @@
+"""Migrations when several processes open a fresh database at the same moment (the workers of
+one server, replicas, a CLI command beside them): each migration runs exactly once and every
+process starts. A loser of this race used to fail start-up, which stops a multi-worker server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+# Imports first (seconds of jitter), then all wait for the same instant before opening.
+_OPENER = """
+import asyncio, os, sys, time
+from gateway.storage import open_database
+go = sys.argv[2]
+while not os.path.exists(go):
+    time.sleep(0.001)
+async def main():
+    db = await open_database(sys.argv[1])
+    await db.close()
+asyncio.run(main())
+print("opened")
+"""
+
+
+def _open_together(url: str, go: Path, processes: int = 4) -> list[subprocess.CompletedProcess[str]]:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _OPENER, url, str(go)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    time.sleep(3.0)  # every process has imported and is polling for the start signal
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_processes_migrating_a_fresh_database_together_all_start(fresh_database_url: str, tmp_path: Path) -> None:
+    results = _open_together(fresh_database_url, tmp_path / "go")
+    failures = [r.stderr.strip().splitlines()[-1] for r in results if r.returncode != 0]
+    assert not failures, failures
+    assert all(r.stdout.strip() == "opened" for r in results)
+    if fresh_database_url.startswith("sqlite"):
+        engine = create_engine(fresh_database_url)
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version FROM schema_migrations ORDER BY version")).scalars().all()
+        engine.dispose()
+        assert len(versions) == len(set(versions)) > 0, "each migration recorded exactly once"
