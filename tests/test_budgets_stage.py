@@ -17,13 +17,13 @@ from gateway.budgets.alerts import Alerts, BudgetMetrics
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook
-from gateway.budgets.stage import Budget
+from gateway.budgets.stage import Budget, Relayed
 from gateway.catalog import Catalog
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.errors import RateLimited, ServiceUnavailable, UpstreamUnavailable
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
-from gateway.tokens import TiktokenTokenizer, TokenCounter
+from gateway.tokens import TiktokenTokenizer, TokenCounter, stream_text
 from support.budgets import WORST, catalog_of, priced_models
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -311,3 +311,23 @@ async def test_budgeted_teams_tokenizers_are_built_in_the_background(monkeypatch
             break
         await asyncio.sleep(0.02)
     assert tokens.encodings == {"o200k_base", "cl100k_base"} and sorted(loads) == ["cl100k_base", "o200k_base"]
+
+
+def test_a_long_stream_is_kept_as_text_not_as_its_wire_form() -> None:
+    """What a stream relayed is kept for a count in case no usage comes; past the threshold it
+    is reduced to its text, and the text counted at the end is the same either way."""
+    pieces = [f"word{i} " for i in range(2000)]
+    events = [
+        b"data: " + orjson.dumps({"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "m",
+                                  "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        + b"\n\n"
+        for piece in pieces
+    ]
+    chunks = [b"".join(events[i:i + 7]) for i in range(0, len(events), 7)]  # batched per upstream read
+    relayed = Relayed(compact_at=4096)
+    for chunk in chunks:
+        relayed.append(chunk)
+        assert relayed._size < 4096, "raw events never pile up past the threshold"
+    assert relayed
+    assert relayed.take_text() == "".join(pieces) == stream_text(chunks)
+    assert not relayed, "taking the text releases the buffers"

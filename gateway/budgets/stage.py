@@ -120,7 +120,7 @@ class Budget:
         if isinstance(reply, JsonReply):
             await self._count_json(ctx, reply, prompt, settle)
             return reply
-        relayed: list[bytes] = []
+        relayed = Relayed()
         reply.events = _tap(reply.events, relayed)
         ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, settle))
         return reply
@@ -189,7 +189,7 @@ class Budget:
         if isinstance(reply, JsonReply):
             await self._count_json(ctx, reply, prompt, None)
             return reply
-        relayed: list[bytes] = []
+        relayed = Relayed()
         reply.events = _tap(reply.events, relayed)
         ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, None))
         return reply
@@ -221,7 +221,7 @@ class Budget:
         self._count_with(ctx, tokenizer, text, prompt, then)
 
     def _count_stream(
-        self, ctx: RequestContext, relayed: list[bytes], prompt: dict[str, int] | None, then: Finisher | None
+        self, ctx: RequestContext, relayed: Relayed, prompt: dict[str, int] | None, then: Finisher | None
     ) -> None:
         """Finisher: count a stream's usage if none was reported, then ``then`` (settle).
 
@@ -234,8 +234,7 @@ class Budget:
             if then is not None:
                 then(ctx)
             return
-        text = stream_text(relayed)
-        relayed.clear()
+        text = relayed.take_text()
         tokenizer = self.tokens.built(deployment)
         if tokenizer is not None:
             self._count_with(ctx, tokenizer, text, prompt, then)
@@ -375,7 +374,45 @@ def _endpoint(ctx: RequestContext) -> str:
     return "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
 
 
-async def _tap(events: AsyncIterator[bytes], relayed: list[bytes]) -> AsyncIterator[bytes]:
+class Relayed:
+    """What a stream relayed, kept in case the upstream reports no usage and it must be counted.
+
+    An upstream that reports usage (the gateway asks OpenAI-compatible ones to) never needs
+    it, but that is only known at the end. Raw SSE is ~10x the text it carries, so past
+    ``compact_at`` bytes the events are reduced to their text: a long stream holds its answer's
+    text, not its whole wire form, and short streams pay nothing.
+    """
+
+    __slots__ = ("_chunks", "_compact_at", "_size", "_texts")
+
+    def __init__(self, compact_at: int = 256 * 1024) -> None:
+        self._chunks: list[bytes] = []
+        self._texts: list[str] = []
+        self._size = 0
+        self._compact_at = compact_at
+
+    def append(self, chunk: bytes) -> None:
+        # The relay yields whole events, so a chunk boundary never splits one.
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size >= self._compact_at:
+            self._texts.append(stream_text(self._chunks))
+            self._chunks.clear()
+            self._size = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks or self._texts)
+
+    def take_text(self) -> str:
+        """The output text relayed so far; the buffers are released."""
+        text = "".join([*self._texts, stream_text(self._chunks)])
+        self._chunks.clear()
+        self._texts.clear()
+        self._size = 0
+        return text
+
+
+async def _tap(events: AsyncIterator[bytes], relayed: Relayed) -> AsyncIterator[bytes]:
     """Pass a stream through, keeping what was relayed for a usage count if none is reported."""
     try:
         async for chunk in events:
