@@ -117,13 +117,7 @@ class Budget:
             # Failed or cancelled before an answer: charge what is known (normally nothing).
             settle(ctx)
             raise
-        if isinstance(reply, JsonReply):
-            await self._count_json(ctx, reply, prompt, settle)
-            return reply
-        relayed = Relayed()
-        reply.events = _tap(reply.events, relayed)
-        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, settle))
-        return reply
+        return await self._meter(ctx, reply, prompt, settle)
 
     # -- cost estimates ------------------------------------------------------------------
 
@@ -185,13 +179,17 @@ class Budget:
 
     # -- usage when the upstream reported none -------------------------------------------
 
-    async def _meter(self, ctx: RequestContext, reply: Reply, prompt: dict[str, int] | None) -> Reply:
+    async def _meter(
+        self, ctx: RequestContext, reply: Reply, prompt: dict[str, int] | None, then: Finisher | None = None
+    ) -> Reply:
+        """Count the reply's usage if the upstream reports none, then ``then`` (settle), once:
+        a JSON answer now, a stream when it ends."""
         if isinstance(reply, JsonReply):
-            await self._count_json(ctx, reply, prompt, None)
+            await self._count_json(ctx, reply, prompt, then)
             return reply
         relayed = Relayed()
         reply.events = _tap(reply.events, relayed)
-        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, None))
+        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, then))
         return reply
 
     async def _count_json(
