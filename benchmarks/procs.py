@@ -115,27 +115,22 @@ def wait_idle(
 
 def http_status(url: str, timeout: float = 0.5) -> int | None:
     """GET ``url`` with a fresh connection; the status, or None when nothing answered."""
-    host_port, _, path = url.removeprefix("http://").partition("/")
-    host, _, port = host_port.partition(":")
-    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
-    try:
-        conn.request("GET", "/" + path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
+    return _request_status("GET", url, None, {}, timeout)
 
 
 def http_post_status(url: str, body: bytes, headers: Mapping[str, str], timeout: float = 120.0) -> int | None:
     """POST ``body`` to ``url`` with a fresh connection; the status, or None on a network error."""
+    return _request_status("POST", url, body, headers, timeout)
+
+
+def _request_status(
+    method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeout: float
+) -> int | None:
     host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
     conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
     try:
-        conn.request("POST", "/" + path, body=body, headers=dict(headers))
+        conn.request(method, "/" + path, body=body, headers=dict(headers))
         response = conn.getresponse()
         response.read()
         return response.status
