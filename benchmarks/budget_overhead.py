@@ -34,14 +34,14 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from benchmarks.servers import stage_catalog
 from gateway.auth import Principal
 from gateway.budgets.alerts import Alerts, BudgetMetrics
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook, TeamBudget, team_budget
 from gateway.budgets.redis_backend import RESERVE, RedisBackend, _Settlement, period_key, team_tag
 from gateway.budgets.stage import Budget
-from gateway.catalog import build_catalog
-from gateway.config.policies import BudgetSpec, ModelsFile, PolicyBundle, TeamsFile
+from gateway.config.policies import BudgetSpec
 from gateway.config.settings import BudgetSettings
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.pricing import to_nanos
@@ -140,22 +140,7 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
 
     # The stage as the gateway runs it, around an upstream that answers at once.
     await backend.start()
-    catalog = build_catalog(
-        PolicyBundle(
-            models=ModelsFile.model_validate(
-                {
-                    "aliases": {
-                        "bench": {
-                            "deployments": [
-                                {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-4o-mini"}
-                            ]
-                        }
-                    }
-                }
-            ),
-            teams=TeamsFile.model_validate({"teams": {team: {"budget": {"limit_usd": 1e6, "period": "daily"}}}}),
-        )
-    )
+    catalog = stage_catalog(team, {"budget": {"limit_usd": 1e6, "period": "daily"}})
     tokens = TokenCounter()
     tokens.require(catalog)
     stage = Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)

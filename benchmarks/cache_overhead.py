@@ -45,12 +45,11 @@ import orjson
 import yaml
 
 from benchmarks.procs import Server, start_server
+from benchmarks.servers import stage_catalog
 from gateway.auth import Principal
 from gateway.cache import Cache, MemoryStore, PurgeFilter, RedisStore
 from gateway.cache.keys import team_scope
 from gateway.cache.metrics import CacheMetrics
-from gateway.catalog import build_catalog
-from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.observe import Metrics
 from gateway.redis_wire import RedisWire
@@ -219,22 +218,7 @@ def through_server(workdir: Path, requests: int, redis_url: str | None) -> dict[
 
 async def stage_alone(iterations: int, redis_url: str | None) -> dict[str, Any]:
     team = "bench-" + secrets.token_hex(4)
-    catalog = build_catalog(
-        PolicyBundle(
-            models=ModelsFile.model_validate(
-                {
-                    "aliases": {
-                        "bench": {
-                            "deployments": [
-                                {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-4o-mini"}
-                            ]
-                        }
-                    }
-                }
-            ),
-            teams=TeamsFile.model_validate({"teams": {team: {"cache": {"enabled": True}}}}),
-        )
-    )
+    catalog = stage_catalog(team, {"cache": {"enabled": True}})
     answer = orjson.dumps(
         {
             "id": "chatcmpl-1",

@@ -23,11 +23,25 @@ import orjson
 import yaml
 
 from benchmarks.procs import Server, start_server
+from gateway.catalog import Catalog, build_catalog
+from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_LITELLM_VENV = BENCH_DIR / ".venv-litellm"
 MODEL = "gpt-4o-mini"
+
+
+def stage_catalog(team: str, team_spec: dict[str, object]) -> Catalog:
+    """One alias ``bench`` (``gpt-4o-mini``, never called) and one team: what the in-process
+    stage benchmarks run a single stage against, without a server or policy files."""
+    deployment = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": MODEL}
+    return build_catalog(
+        PolicyBundle(
+            models=ModelsFile.model_validate({"aliases": {"bench": {"deployments": [deployment]}}}),
+            teams=TeamsFile.model_validate({"teams": {team: team_spec}}),
+        )
+    )
 UPSTREAM_KEY = "sk-bench-upstream"
 LITELLM_MASTER_KEY = "sk-bench-litellm-master"
 CHAT_PATH = "/v1/chat/completions"
