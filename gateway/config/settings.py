@@ -103,9 +103,10 @@ class LedgerSettings(_Strict):
     queue_size: int = Field(
         100_000, ge=1, description="Rows that may wait for the database; beyond it rows are dropped and counted."
     )
-    # Binding a batch's parameters runs on the event loop (~25 µs a row): 500 rows stalled
-    # every request in flight for ~8 ms; 100 keeps each stall near 1 ms. A writer that falls
-    # behind takes bigger batches until it catches up (see LedgerWriter._batch_count).
+    # A batch's write competes with the requests being served (on SQLite from a low-priority
+    # thread, on PostgreSQL by binding parameters on the event loop): 100 rows keeps each write
+    # well under a millisecond. A writer that falls behind takes bigger batches until it
+    # catches up (see LedgerWriter._batch_count).
     batch_size: int = Field(
         100, ge=1, le=50_000,
         description="Rows per INSERT while the writer keeps up; up to 10x that while it catches up on a backlog.",

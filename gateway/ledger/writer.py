@@ -2,7 +2,9 @@
 
 The request path only appends a dict to a deque (``submit``). One task per process takes up
 to ``batch_size`` rows at a time, waiting at most ``flush_interval_ms`` for a batch to fill,
-and writes each batch with one executemany ``INSERT`` in one transaction.
+and writes each batch with one executemany ``INSERT`` in one transaction
+(``gateway.storage.bulk``: on SQLite in a low-priority thread, so a batch does not hold up the
+requests being served; at normal priority when the writer is behind).
 
 Failure rules, in the order they matter to finance:
 
@@ -29,11 +31,10 @@ from collections import deque
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import insert
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from gateway.config.settings import LedgerSettings
 from gateway.storage import Database
+from gateway.storage.bulk import AppendFailed, RowsRefused, bulk_appender
 from gateway.storage.schema import ledger
 
 log = logging.getLogger("gateway.ledger")
@@ -42,9 +43,6 @@ _BACKOFF_START_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 5.0
 _LOG_EVERY_S: Final = 10.0
 _CATCH_UP_BATCHES: Final = 10  # the most batches one INSERT takes when the writer is behind
-
-# Errors about the rows themselves; anything else from the database is taken as transient.
-_REFUSED_ROWS: Final = (IntegrityError, DataError)
 
 
 class LedgerMetrics:
@@ -97,7 +95,7 @@ class LedgerWriter:
     """
 
     def __init__(self, db: Database, settings: LedgerSettings, *, metrics: LedgerMetrics) -> None:
-        self._db = db
+        self._appender = bulk_appender(db, ledger)
         self._queue_size = settings.queue_size
         self._batch_size = settings.batch_size
         self._interval_s = settings.flush_interval_ms / 1000
@@ -173,6 +171,7 @@ class LedgerWriter:
                 lost = self.depth  # wait_for cancelled the task; the batch in hand was rolled back
         self._pending.clear()
         self._metrics.queue_depth.set(0)
+        await self._appender.close()
         if lost:
             self._metrics.dropped.labels("shutdown").inc(lost)
             log.error("ledger rows not written at shutdown", extra={"count": lost})
@@ -180,9 +179,9 @@ class LedgerWriter:
     def _batch_count(self, waiting: int) -> int:
         """Rows for the next INSERT: ``batch_size`` normally, more when the writer is behind.
 
-        Small batches keep each stall of the event loop short (binding a row's parameters runs
-        on it), but under a saturated core the writer gets one turn per trip through the loop
-        and fixed-size batches fell behind arrivals: the queue, and RSS, grew by ~500 bytes a
+        Small batches keep each write short (on PostgreSQL, binding a row's parameters runs on
+        the event loop), but under a saturated core the writer gets one turn per trip through
+        the loop and fixed-size batches fell behind arrivals: the queue, and RSS, grew by ~500 bytes a
         request. Taking half the backlog, up to ten batches, lets throughput follow the load.
         """
         return min(waiting, max(self._batch_size, min(waiting // 2, self._batch_size * _CATCH_UP_BATCHES)))
@@ -197,12 +196,14 @@ class LedgerWriter:
                 continue
             if len(pending) < self._batch_size and not self._closing and not self._flushers:
                 await self._sleep(self._interval_s)
+            # A backlog, a shutdown or a flush() caller: this batch must not yield the core.
+            behind = len(pending) >= 2 * self._batch_size or self._closing or self._flushers > 0
             count = self._batch_count(len(pending))
             batch = [pending.popleft() for _ in range(count)]
             self._in_hand = count
             self._metrics.queue_depth.set(len(pending) + count)
             try:
-                await self._write(batch)
+                await self._write(batch, behind=behind)
             except asyncio.CancelledError:
                 raise  # shutdown gave up: close() counts the batch in hand as lost
             except Exception:
@@ -223,25 +224,21 @@ class LedgerWriter:
         except TimeoutError:
             pass
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, batch: list[dict[str, Any]], *, behind: bool) -> None:
         delay = _BACKOFF_START_S
         while True:
             try:
-                await self._insert(batch)
+                await self._appender.append(batch, behind=behind)
                 self._metrics.written.inc(len(batch))
                 return
-            except _REFUSED_ROWS:
+            except RowsRefused:
                 await self._write_one_by_one(batch)
                 return
-            except (SQLAlchemyError, OSError) as exc:
+            except AppendFailed as exc:
                 self._metrics.failed_batches.inc()
-                self._fail_log.warn(error=type(exc).__name__, rows=len(batch), queued=len(self._pending))
+                self._fail_log.warn(error=str(exc)[:200], rows=len(batch), queued=len(self._pending))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
-
-    async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        async with self._db.engine.begin() as conn:
-            await conn.execute(insert(ledger), rows)
 
     async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
         """Keep every row the database accepts; drop (and report) only the ones it refuses."""
@@ -249,17 +246,17 @@ class LedgerWriter:
             delay = _BACKOFF_START_S
             while True:
                 try:
-                    await self._insert([row])
+                    await self._appender.append([row])
                     self._metrics.written.inc()
                     break
-                except _REFUSED_ROWS as exc:
+                except RowsRefused as exc:
                     self._metrics.dropped.labels("refused").inc()
                     log.error(
                         "ledger row refused by the database",
-                        extra={"request_id": row.get("request_id"), "error": type(exc).__name__},
+                        extra={"request_id": row.get("request_id"), "error": str(exc)[:200]},
                     )
                     break
-                except (SQLAlchemyError, OSError):
+                except AppendFailed:
                     self._metrics.failed_batches.inc()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX_S)

@@ -39,17 +39,23 @@ class Database:
         await self.engine.dispose()
 
 
+# WAL lets the CLI and several worker processes read while one writes; the busy timeout
+# turns brief write contention into a wait instead of "database is locked". SQLite's default
+# page cache (2 MiB per connection) fills as the ledger grows and shows as resident memory
+# creeping up for the first hundred thousand requests. The gateway's hot writes are appends and
+# its reads are point lookups or rare reports: 512 KiB each does.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA cache_size=-512",
+)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets the CLI and several worker processes read while one writes; the busy timeout
-    # turns brief write contention into a wait instead of "database is locked".
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    # SQLite's default page cache (2 MiB per connection) fills as the ledger grows and shows
-    # as resident memory creeping up for the first hundred thousand requests. The gateway's
-    # hot writes are appends and its reads are point lookups or rare reports: 512 KiB each does.
-    cursor.execute("PRAGMA cache_size=-512")
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
 
 

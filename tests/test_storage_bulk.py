@@ -1,0 +1,189 @@
+"""Batch appends (the ledger's write path) on both backends: what they store must be exactly
+what SQLAlchemy Core would have stored, a refused row must fail the whole batch as "refused",
+and a database that is not there must fail it as retryable and recover when it is back."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from gateway.storage import Database, open_database
+from gateway.storage.bulk import POLITE_NICE, AppendFailed, RowsRefused, bulk_appender
+from gateway.storage.schema import ledger
+
+
+@pytest.fixture
+async def db(fresh_database_url: str) -> AsyncIterator[Database]:
+    database = await open_database(fresh_database_url)
+    yield database
+    await database.close()
+
+
+def _row(request_id: str, **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "ts": datetime(2026, 11, 27, 15, 4, 5, 123456, tzinfo=UTC),
+        "request_id": request_id,
+        "team": "alpha",
+        "key_id": "key_1",
+        "user": "ünïcode user",
+        "alias": "chat",
+        "deployment": "chat#0",
+        "model": "gpt-4o-mini",
+        "prompt_name": "support",
+        "prompt_version": 3,
+        "variant": "canary",
+        "kind": "request",
+        "status": 200,
+        "prompt_tokens": 12,
+        "completion_tokens": 34,
+        "cost_nanos": 9_007_199_254_740_993,  # past a double's exact integers: must stay exact
+        "saved_nanos": 0,
+        "latency_ms": 1.234,
+        "error_code": None,
+    }
+    row.update(changes)
+    return row
+
+
+async def _rows(db: Database) -> dict[str, dict[str, Any]]:
+    async with db.engine.connect() as conn:
+        result = await conn.execute(select(ledger).order_by(ledger.c.id))
+        return {row["request_id"]: {k: v for k, v in row.items() if k != "id"} for row in result.mappings()}
+
+
+async def _stored_text(db: Database, request_id: str) -> tuple[Any, ...]:
+    """The columns as the database holds them, bypassing SQLAlchemy's result processing."""
+    async with db.engine.connect() as conn:
+        result = await conn.exec_driver_sql(
+            "SELECT ts, cost_nanos, latency_ms FROM ledger WHERE request_id = "
+            + ("?" if db.dialect == "sqlite" else "$1"),
+            (request_id,),
+        )
+        return tuple(result.one())
+
+
+async def test_an_appended_row_is_stored_exactly_as_core_stores_it(db: Database) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(ledger), [_row("core")])
+    appender = bulk_appender(db, ledger)
+    try:
+        await appender.append([_row("bulk")])
+    finally:
+        await appender.close()
+    rows = await _rows(db)
+    core, bulk = rows["core"], rows["bulk"]
+    assert {**bulk, "request_id": "core"} == core
+    assert bulk["cost_nanos"] == 9_007_199_254_740_993
+    assert await _stored_text(db, "bulk") == await _stored_text(db, "core")
+
+
+async def test_a_timestamp_in_another_zone_reads_back_as_the_same_instant(db: Database) -> None:
+    east = datetime(2026, 11, 28, 1, 4, 5, tzinfo=timezone(timedelta(hours=10)))
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(ledger), [_row("core", ts=east)])
+    appender = bulk_appender(db, ledger)
+    try:
+        await appender.append([_row("bulk", ts=east)])
+    finally:
+        await appender.close()
+    rows = await _rows(db)
+    assert rows["bulk"]["ts"] == rows["core"]["ts"]
+
+
+async def test_missing_columns_get_their_defaults_or_null(db: Database) -> None:
+    appender = bulk_appender(db, ledger)
+    try:
+        await appender.append(
+            [{"ts": datetime.now(UTC), "request_id": "sparse", "team": "alpha", "kind": "reconciled", "status": 0}]
+        )
+    finally:
+        await appender.close()
+    row = (await _rows(db))["sparse"]
+    assert (row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"], row["latency_ms"]) == (0, 0, 0, 0.0)
+    assert row["user"] is None and row["prompt_version"] is None
+
+
+async def test_a_refused_row_fails_the_whole_batch_as_refused(db: Database) -> None:
+    appender = bulk_appender(db, ledger)
+    try:
+        with pytest.raises(RowsRefused):
+            await appender.append([_row("a"), _row("b", team=None), _row("c")])
+        assert await _rows(db) == {}  # one transaction: none of the batch is in
+        await appender.append([_row("a"), _row("c")])  # the appender is still usable
+    finally:
+        await appender.close()
+    assert sorted(await _rows(db)) == ["a", "c"]
+
+
+async def test_a_database_without_the_table_fails_as_retryable_and_recovers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    bare = await open_database(url, run_migrations=False)
+    appender = bulk_appender(bare, ledger)
+    try:
+        with pytest.raises(AppendFailed, match="no such table"):
+            await appender.append([_row("early")])
+        migrated = await open_database(url)
+        try:
+            await appender.append([_row("late")])
+            assert sorted(await _rows(migrated)) == ["late"]
+        finally:
+            await migrated.close()
+    finally:
+        await appender.close()
+        await bare.close()
+
+
+async def test_an_unreachable_postgres_fails_as_retryable() -> None:
+    # Port 1 on localhost refuses connections: a database that is down.
+    down = await open_database("postgresql://nobody@127.0.0.1:1/none", run_migrations=False)
+    appender = bulk_appender(down, ledger)
+    try:
+        with pytest.raises(AppendFailed):
+            await appender.append([_row("x")])
+    finally:
+        await appender.close()
+        await down.close()
+
+
+async def test_an_in_memory_sqlite_is_written_through_the_engine() -> None:
+    # A second connection to ":memory:" would be a different, empty database: the appender
+    # must use the engine's own connection, or the rows would vanish.
+    db = await open_database("sqlite:///:memory:")
+    appender = bulk_appender(db, ledger)
+    try:
+        await appender.append([_row("m1"), _row("m2")])
+        async with db.engine.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(ledger))).scalar_one() == 2
+    finally:
+        await appender.close()
+        await db.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+async def test_sqlite_batches_yield_the_core_unless_the_caller_is_behind(tmp_path: Path) -> None:
+    db = await open_database(f"sqlite:///{tmp_path / 'nice.db'}")
+    appender = bulk_appender(db, ledger)
+    seen: dict[str, int] = {}
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    try:
+        await appender.append([_row("polite")])
+        await appender.append([_row("urgent")], behind=True)
+        lanes = {"polite": appender._polite, "urgent": appender._urgent}  # type: ignore[attr-defined]
+        for name, lane in lanes.items():
+            seen[name] = lane.executor.submit(priority).result()
+    finally:
+        await appender.close()
+        await db.close()
+    # The polite lane runs at nice 19 (absolute); the urgent one keeps the process's own.
+    assert seen == {"polite": POLITE_NICE, "urgent": os.getpriority(os.PRIO_PROCESS, 0)}
