@@ -8,6 +8,7 @@ started with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     metrics = Metrics()
     providers = ProviderRegistry()
     providers.warm_up(catalog.providers_in_use())
-    access_log = AccessLog() if settings.server.access_log else None
+    access_log = AccessLog(on_drop=metrics.access_log_dropped.inc) if settings.server.access_log else None
     record = Record(metrics, [], access_log=access_log)
     runtime = Runtime(
         settings=settings,
@@ -171,10 +172,10 @@ async def create_runtime(settings: Settings) -> Runtime:
         runtime.closers.insert(0, redis.aclose)
     if access_log is not None:
 
-        async def flush_access_log() -> None:
-            access_log.flush()
+        async def close_access_log() -> None:
+            await asyncio.to_thread(access_log.close)
 
-        runtime.closers.insert(0, flush_access_log)  # closers run in reverse: this one last
+        runtime.closers.insert(0, close_access_log)  # closers run in reverse: this one last
     runtime.ledger = start_ledger(runtime)
     runtime.policy_version = policy_version
     watcher = PolicyWatcher(policy_store, runtime.use_catalog, version=policy_version or 0)

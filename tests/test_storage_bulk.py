@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from gateway.storage import Database, open_database
-from gateway.storage.bulk import POLITE_NICE, AppendFailed, RowsRefused, bulk_appender
+from gateway.storage.bulk import AppendFailed, RowsRefused, bulk_appender
 from gateway.storage.schema import ledger
+from gateway.threads import POLITE_NICE
 
 
 @pytest.fixture

@@ -56,6 +56,11 @@ class Metrics:
         self.in_flight = Gauge(
             "gateway_in_flight_requests", "Requests being served.", registry=r, multiprocess_mode="livesum"
         )
+        self.access_log_dropped = Counter(
+            "gateway_access_log_lines_dropped_total",
+            "Access log lines dropped because stderr's reader did not keep up or went away.",
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -34,6 +32,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from gateway.storage.database import SQLITE_PRAGMAS, Database
+from gateway.threads import POLITE_NICE, lower_priority
 
 Row = Mapping[str, Any]
 
@@ -100,14 +99,6 @@ class _Statement:
         return out
 
 
-#: How much lower than the event loop the polite writer thread runs (``nice``, Linux only).
-#: At the same priority the scheduler favours the thread that slept (the writer) over the loop
-#: a request just woke, so each batch stalled one request for the whole ~0.5-1 ms write; at +19
-#: the loop preempts the writer at once. Measured at concurrency 1 (ms, gateway p99): nice 0
-#: 1.71, nice 10 1.26, nice 19 0.75, no ledger at all 0.80.
-POLITE_NICE = 19
-
-
 class _SqliteLane:
     """One writer thread with its own connection; a connection that never moves between
     threads needs no locking of its own."""
@@ -117,7 +108,7 @@ class _SqliteLane:
         self._statement = statement
         self._conn: sqlite3.Connection | None = None
         self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=name, initializer=_renice, initargs=(nice,)
+            max_workers=1, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,)
         )
 
     def append(self, rows: Sequence[Row]) -> None:
@@ -159,10 +150,10 @@ class _SqliteLane:
 class _SqliteThreadAppender:
     """Batches go to a low-priority thread, or, when the caller is behind, a normal one.
 
-    The polite lane keeps the ledger out of request latency. But under a saturated core a
-    nice-19 thread gets ~1.5 % of it, less than the ledger needs, and the backlog (and memory)
-    would grow without end; a caller that is behind says so and gets the loop's own priority,
-    as every batch had before. The two lanes are used one batch at a time, never together.
+    The polite lane (``gateway.threads.POLITE_NICE``) keeps the ledger out of request latency.
+    But under a saturated core a nice-19 thread gets ~1.5 % of it, less than the ledger needs,
+    and the backlog (and memory) would grow without end; a caller that is behind says so and
+    gets the loop's own priority, as every batch had before. The two lanes are used one batch at a time, never together.
     """
 
     def __init__(self, path: str, statement: _Statement) -> None:
@@ -178,13 +169,6 @@ class _SqliteThreadAppender:
         for lane in (self._polite, self._urgent):
             await loop.run_in_executor(lane.executor, lane.reset)
             lane.executor.shutdown(wait=True)
-
-
-def _renice(nice: int) -> None:
-    """Lower the calling thread's CPU priority (Linux: ``setpriority`` on a thread id)."""
-    if nice:
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 class _EngineAppender:
