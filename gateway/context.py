@@ -110,6 +110,9 @@ class RequestContext:
     deployment: Deployment | None = None
     upstream_seconds: float = 0.0  # time spent waiting on the upstream (to first byte when streaming)
     overhead_seconds: float = 0.0  # gateway time until the answer's headers went out, upstream excluded
+    # End to end, until the answer was done; set by the record stage, so work it had to wait
+    # for afterwards (a deferred count) is not charged to the request's latency.
+    elapsed_seconds: float | None = None
     attempts: int = 0
     usage: Usage | None = None
     cost: float = 0.0

@@ -149,12 +149,14 @@ async def test_a_crashed_stream_is_recorded_once_counted(
     # The finisher returned at once (the loop is free) and the row waits for the count.
     assert tokens.building == {"o200k_base"} and record.waiting == 1
     assert rows.rows == [] and ctx.usage is None
+    await asyncio.sleep(0.5)  # the build takes a while: that is not the request's latency
     gate.set()
     await record.drain()
     prompt, completion, cost = expected(o200k)
     assert len(rows.rows) == 1
     row = rows.rows[0]
     assert (row["kind"], row["status"], row["error_code"]) == ("error", 503, "upstream_unavailable")
+    assert row["latency_ms"] < 400
     assert (row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"]) == (prompt, completion, cost)
     sample = metrics.registry.get_sample_value
     labels = {"team": "free-for-all", "model": "priced"}

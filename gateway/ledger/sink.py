@@ -78,6 +78,7 @@ def ledger_row(ctx: RequestContext) -> dict[str, Any] | None:
     alias = ctx.alias
     error = ctx.error
     user = ctx.user if isinstance(ctx.user, str) else None
+    elapsed = ctx.elapsed_seconds if ctx.elapsed_seconds is not None else time.perf_counter() - ctx.started
     return {
         "ts": datetime.now(UTC),
         "request_id": ctx.request_id[:64],
@@ -96,7 +97,7 @@ def ledger_row(ctx: RequestContext) -> dict[str, Any] | None:
         "completion_tokens": usage.completion_tokens if usage is not None else 0,
         "cost_nanos": to_nanos(ctx.cost),
         "saved_nanos": to_nanos(ctx.saved_cost),
-        "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
+        "latency_ms": round(elapsed * 1000, 3),
         "error_code": _cut(error.code, _CODE_MAX) if error is not None else None,
     }
 

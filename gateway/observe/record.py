@@ -118,6 +118,7 @@ class Record:
         self._record(ctx, elapsed)
 
     def _record(self, ctx: RequestContext, elapsed: float) -> None:
+        ctx.elapsed_seconds = elapsed
         m = self._metrics
         model = ctx.alias.name if ctx.alias is not None else "unknown"
         team = ctx.team if ctx.principal is not None else "anonymous"
