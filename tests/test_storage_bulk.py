@@ -124,14 +124,15 @@ async def test_a_refused_row_fails_the_whole_batch_as_refused(db: Database) -> N
     assert sorted(await _rows(db)) == ["a", "c"]
 
 
-async def test_a_database_without_the_table_fails_as_retryable_and_recovers(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'late.db'}"
-    bare = await open_database(url, run_migrations=False)
+async def test_a_database_without_the_table_fails_as_retryable_and_recovers(fresh_database_url: str) -> None:
+    bare = await open_database(fresh_database_url, run_migrations=False)
     appender = bulk_appender(bare, ledger)
     try:
-        with pytest.raises(AppendFailed, match="no such table"):
-            await appender.append([_row("early")])
-        migrated = await open_database(url)
+        with pytest.raises(AppendFailed, match=r"no such table|does not exist") as failed:
+            await appender.append([_row("early", user="someone@example.com")])
+        # The driver's message only: not the statement, not the batch's values (this goes to logs).
+        assert "INSERT" not in str(failed.value) and "someone@example.com" not in str(failed.value)
+        migrated = await open_database(fresh_database_url)
         try:
             await appender.append([_row("late")])
             assert sorted(await _rows(migrated)) == ["late"]

@@ -183,8 +183,9 @@ class LedgerWriter:
 
         Small batches keep each write short (on PostgreSQL, binding a row's parameters runs on
         the event loop), but under a saturated core the writer gets one turn per trip through
-        the loop and fixed-size batches fell behind arrivals: the queue, and RSS, grew by ~500 bytes a
-        request. Taking half the backlog, up to ten batches, lets throughput follow the load.
+        the loop and fixed-size batches fell behind arrivals: the queue, and RSS, grew by ~500
+        bytes a request. Taking half the backlog, up to ten batches, lets throughput follow the
+        load.
         """
         return min(waiting, max(self._batch_size, min(waiting // 2, self._batch_size * _CATCH_UP_BATCHES)))
 

@@ -184,7 +184,9 @@ class _EngineAppender:
         except (IntegrityError, DataError) as exc:
             raise RowsRefused(str(exc.orig)) from exc
         except (SQLAlchemyError, OSError) as exc:
-            raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
+            # The driver's own message: SQLAlchemy's would quote the statement and the batch.
+            cause = getattr(exc, "orig", None) or exc
+            raise AppendFailed(f"{type(cause).__name__}: {cause}") from exc
 
     async def close(self) -> None:
         return None  # the engine belongs to the Database
