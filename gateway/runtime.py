@@ -26,6 +26,7 @@ from gateway.config.settings import Settings
 from gateway.ledger import LedgerWriter, start_ledger
 from gateway.observe import Metrics, Record
 from gateway.observe.access import AccessLog
+from gateway.observe.logs import count_dropped_lines
 from gateway.parse import ParseRequest
 from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler, Stage
@@ -149,7 +150,10 @@ async def create_runtime(settings: Settings) -> Runtime:
     metrics = Metrics()
     providers = ProviderRegistry()
     providers.warm_up(catalog.providers_in_use())
-    access_log = AccessLog(on_drop=metrics.access_log_dropped.inc) if settings.server.access_log else None
+    count_dropped_lines(metrics.log_lines_dropped.labels("log").inc)
+    access_log: AccessLog | None = None
+    if settings.server.access_log:
+        access_log = AccessLog(on_drop=metrics.log_lines_dropped.labels("access").inc)
     record = Record(metrics, [], access_log=access_log)
     runtime = Runtime(
         settings=settings,

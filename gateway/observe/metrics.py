@@ -56,9 +56,10 @@ class Metrics:
         self.in_flight = Gauge(
             "gateway_in_flight_requests", "Requests being served.", registry=r, multiprocess_mode="livesum"
         )
-        self.access_log_dropped = Counter(
-            "gateway_access_log_lines_dropped_total",
-            "Access log lines dropped because stderr's reader did not keep up or went away.",
+        self.log_lines_dropped = Counter(
+            "gateway_log_lines_dropped_total",
+            "Log lines dropped because stderr's reader did not keep up or went away (access or log).",
+            ("kind",),
             registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}

@@ -1,9 +1,11 @@
-"""The access log never makes a request wait: a slow or vanished stderr reader costs lines
-(counted), never the event loop; what is written is whole JSON lines, in order."""
+"""Log lines never make a request wait: a slow or vanished stderr reader costs lines (counted),
+never the event loop; what is written is whole lines, in order, from the access log and from
+``logging`` alike."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -14,8 +16,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.observe import access
+from gateway.observe import lines as line_module
 from gateway.observe.access import AccessLog
+from gateway.observe.lines import LineWriter
+from gateway.observe.logs import JsonFormatter, LineHandler
 from gateway.threads import POLITE_NICE
 
 
@@ -67,10 +71,12 @@ def _reader(fd: int) -> tuple[threading.Thread, list[bytes]]:
 def test_lines_are_whole_json_objects_in_order(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     reader, received = _reader(read_fd)
-    log = AccessLog(write_fd, max_buffer_bytes=4096)
+    writer = LineWriter(write_fd)
+    log = AccessLog(writer, max_buffer_bytes=4096)
     for i in range(500):
         log.write(_fields(i))  # no running loop: each write is handed on at once
     log.close()
+    writer.close(30)
     os.close(write_fd)
     reader.join(30)
     lines = received[0].splitlines()
@@ -83,7 +89,8 @@ def test_a_stalled_reader_costs_lines_never_the_caller(pipe: tuple[int, int]) ->
     read_fd, write_fd = pipe
     dropped: list[int] = []
     # Nobody reads: the pipe (64 KiB) fills, then the writer thread's write blocks.
-    log = AccessLog(write_fd, max_buffer_bytes=1024, max_pending_bytes=32 * 1024, on_drop=dropped.append)
+    writer = LineWriter(write_fd, max_pending_bytes=32 * 1024)
+    log = AccessLog(writer, max_buffer_bytes=1024, on_drop=dropped.append)
 
     def flood() -> None:
         for i in range(3000):  # ~750 KiB, far past the pipe and the pending bound
@@ -95,11 +102,12 @@ def test_a_stalled_reader_costs_lines_never_the_caller(pipe: tuple[int, int]) ->
     # The reader comes back: what was kept arrives whole, and new lines flow again.
     reader, received = _reader(read_fd)
     for _ in range(3000):
-        if log._writer._pending == 0:
+        if log._writer.pending_bytes == 0:
             break
         time.sleep(0.01)
     log.write(_fields(999_999))
     log.close()
+    writer.close(30)
     os.close(write_fd)
     reader.join(30)
     lines = received[0].splitlines()
@@ -113,7 +121,7 @@ def test_a_reader_that_went_away_is_given_up_quietly(pipe: tuple[int, int]) -> N
     read_fd, write_fd = pipe
     os.close(read_fd)  # writes now fail with EPIPE
     dropped: list[int] = []
-    log = AccessLog(write_fd, max_buffer_bytes=1024, on_drop=dropped.append)
+    log = AccessLog(LineWriter(write_fd), max_buffer_bytes=1024, on_drop=dropped.append)
 
     def write() -> None:
         for i in range(100):
@@ -133,15 +141,15 @@ def test_writes_are_whole_lines_of_at_most_pipe_buf(monkeypatch: pytest.MonkeyPa
         writes.append(bytes(data))
         return len(data)
 
-    monkeypatch.setattr(access.os, "write", record)
+    monkeypatch.setattr(line_module.os, "write", record)
     lines = [orjson.dumps({"i": i, "pad": "y" * (i % 700)}) + b"\n" for i in range(400)]
     long_line = b'{"long":"' + b"z" * 10_000 + b'"}\n'
     data = b"".join(lines[:200]) + long_line + b"".join(lines[200:])
-    assert access._write_all(99, data)
+    assert line_module._write_lines(99, data)
     assert b"".join(writes) == data
     for piece in writes:
         assert piece.endswith(b"\n")
-        assert len(piece) <= access._ATOMIC_BYTES or piece == long_line
+        assert len(piece) <= line_module.ATOMIC_BYTES or piece == long_line
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
@@ -154,8 +162,41 @@ def test_the_writer_thread_yields_the_core(pipe: tuple[int, int], monkeypatch: p
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return real_write(fd, data)
 
-    monkeypatch.setattr(access.os, "write", spy)
-    log = AccessLog(write_fd)
+    monkeypatch.setattr(line_module.os, "write", spy)
+    log = AccessLog(LineWriter(write_fd))
     log.write(_fields(1))
     log.close()
     assert seen and set(seen) == {POLITE_NICE}
+
+
+def test_logging_records_go_through_the_writer_and_never_block(pipe: tuple[int, int]) -> None:
+    """An upstream outage makes every request log a warning: with nobody reading stderr, the
+    logging call must still return at once, and the lines that could not wait are counted."""
+    read_fd, write_fd = pipe
+    writer = LineWriter(write_fd, max_pending_bytes=16 * 1024)
+    handler = LineHandler(writer)
+    handler.setFormatter(JsonFormatter())
+    dropped: list[int] = []
+    handler.on_drop = dropped.append
+    logger = logging.getLogger("test.log_lines")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+
+        def flood() -> None:
+            for i in range(2000):
+                logger.warning("upstream attempt failed", extra={"request_id": f"req-{i:06d}", "pad": "p" * 200})
+
+        _in_thread(flood)
+        assert sum(dropped) > 0
+        reader, received = _reader(read_fd)
+        writer.close(30)
+        os.close(write_fd)
+        reader.join(30)
+    finally:
+        logger.removeHandler(handler)
+    entries = [orjson.loads(line) for line in received[0].splitlines()]
+    assert len(entries) + sum(dropped) == 2000
+    assert {entry["logger"] for entry in entries} == {"test.log_lines"}
+    ids = [entry["request_id"] for entry in entries]
+    assert ids == sorted(ids)
