@@ -18,9 +18,8 @@ import pytest
 
 from gateway.observe import lines as line_module
 from gateway.observe.access import AccessLog
-from gateway.observe.lines import LineWriter
+from gateway.observe.lines import WRITER_NICE, LineWriter
 from gateway.observe.logs import JsonFormatter, LineHandler
-from gateway.threads import POLITE_NICE
 
 
 @pytest.fixture
@@ -166,7 +165,7 @@ def test_the_writer_thread_yields_the_core(pipe: tuple[int, int], monkeypatch: p
     log = AccessLog(LineWriter(write_fd))
     log.write(_fields(1))
     log.close()
-    assert seen and set(seen) == {POLITE_NICE}
+    assert seen and set(seen) == {WRITER_NICE}
 
 
 def test_logging_records_go_through_the_writer_and_never_block(pipe: tuple[int, int]) -> None:
