@@ -14,7 +14,7 @@ import openai
 import pytest
 from conftest import FakeHandle
 
-from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess, default_models
+from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess, default_models, free_port
 
 CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -194,6 +194,20 @@ def test_serve_refuses_a_bad_config(tmp_path: Path) -> None:
     path = config.write()
     result = _run_cli(path, "serve")
     assert result.returncode == 1 and "base_url" in result.stderr
+
+
+def test_a_start_up_failure_says_why_before_uvicorn_gives_up(tmp_path: Path) -> None:
+    # Storage that refuses connections: start-up fails inside the worker. The reason is logged
+    # through the writer thread and must reach stderr, ahead of uvicorn's generic message.
+    path = GatewayConfig(root=tmp_path, upstream="http://127.0.0.1:1",
+                         database_url="postgresql://nobody@127.0.0.1:1/none").write()
+    result = _run_cli(path, "serve", "--port", str(free_port()))
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    reason = next(i for i, line in enumerate(lines) if '"start-up failed"' in line)
+    entry = json.loads(lines[reason])
+    assert entry["level"] == "error" and "Connection refused" in entry["exc"]
+    assert reason < next(i for i, line in enumerate(lines) if "Application startup failed" in line)
 
 
 def test_multiple_workers_share_metrics(tmp_path: Path, fake_upstream: FakeHandle) -> None:

@@ -91,6 +91,10 @@ class GatewayApp:
                     await self.start()
                 except Exception as exc:
                     log.exception("start-up failed")
+                    # Log lines are written by a thread: let the reason reach stderr before
+                    # uvicorn's own "startup failed" (nothing is being served yet to block).
+                    for handler in logging.getLogger().handlers:
+                        handler.flush()
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
