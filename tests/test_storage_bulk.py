@@ -189,3 +189,24 @@ async def test_sqlite_batches_yield_the_core_unless_the_caller_is_behind(tmp_pat
         await db.close()
     # The polite lane runs at nice 19 (absolute); the urgent one keeps the process's own.
     assert seen == {"polite": POLITE_NICE, "urgent": os.getpriority(os.PRIO_PROCESS, 0)}
+
+
+async def test_a_postgres_connection_killed_between_batches_is_replaced(fresh_pg_url: str) -> None:
+    # The appender holds its connection across batches: when PostgreSQL ends it (a restart, a
+    # failover, an idle timeout), that batch fails as retryable and the next one reconnects.
+    db = await open_database(fresh_pg_url)
+    appender = bulk_appender(db, ledger)
+    try:
+        await appender.append([_row("before")])
+        async with db.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(AppendFailed):  # the writer would retry this batch
+            await appender.append([_row("lost-with-the-connection")])
+        await appender.append([_row("after")])
+    finally:
+        await appender.close()
+    assert sorted(await _rows(db)) == ["after", "before"]
+    await db.close()

