@@ -10,8 +10,9 @@ is identical and reads back the same through the ORM), and then:
 * **SQLite** (a file): the batch goes to one dedicated thread that owns its own ``sqlite3``
   connection; one hand-off per batch, one transaction, ``executemany``. ``sqlite3`` releases the
   GIL while SQLite works, so the loop keeps serving. ~0.5 ms a 100-row batch, about a third.
-* **PostgreSQL** (or an in-memory SQLite, which a second connection could not see): one pooled
-  connection, ``executemany`` through the driver (``exec_driver_sql``), one transaction.
+* **PostgreSQL** (or an in-memory SQLite, which a second connection could not see): one
+  connection held across batches, ``executemany`` through the driver (``exec_driver_sql``), one
+  transaction; ~0.5 ms of event-loop time per 100 rows.
 
 Failures come out sorted into the two kinds a writer must treat differently: ``RowsRefused``
 (the database rejects a row itself, a constraint or a value it cannot store: retrying cannot
