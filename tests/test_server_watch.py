@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def _settled(loop: asyncio.AbstractEventLoop) -> int:
         left = _watchers(loop)
         if left == 0:
             return 0
-        asyncio.run(asyncio.sleep(0.02))
+        time.sleep(0.02)
     return left
 
 
@@ -101,7 +102,7 @@ def test_watchers_end_with_their_requests(served: tuple[str, _LoopSpy], fake: Fa
     fake.configure(latency_ms=300)
     try:
         _abandon_mid_request(url, key)  # the caller goes away: the watcher cancels the request
-        asyncio.run(asyncio.sleep(0.1))
+        time.sleep(0.1)
     finally:
         fake.configure(latency_ms=0)
     assert spy.loop is not None
