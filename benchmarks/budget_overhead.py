@@ -182,7 +182,7 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
     client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
     sha = await client.script_load(RESERVE.source)
     tag = team_tag(team)
-    args = ["rid", amount, 30_000, b"{}", 1, "t", to_nanos(1e6), 1]
+    args: list[str | bytes | int | float] = ["rid", amount, 30_000, b"{}", 1, "t", to_nanos(1e6), 1]
 
     async def redis_py_reserve() -> None:
         await client.evalsha(sha, 3, period_key(team, budget.window()), f"{tag}:res", f"{tag}:resd", *args)

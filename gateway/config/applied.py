@@ -84,7 +84,7 @@ def catalog_from_files(files: dict[str, str]) -> Catalog:
 
 
 def diff_files(before: dict[str, str], after: dict[str, str]) -> str:
-    chunks = []
+    chunks: list[str] = []
     for name in sorted(set(before) | set(after)):
         old, new = before.get(name, ""), after.get(name, "")
         if old == new:

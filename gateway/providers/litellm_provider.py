@@ -137,7 +137,7 @@ class LiteLLMProvider:
         except Exception as exc:
             raise _translate(exc, deployment) from None
         if ctx.include_usage and ctx.usage is not None:
-            final = {
+            final: dict[str, Any] = {
                 "id": data.get("id"),
                 "object": "chat.completion.chunk",
                 "created": data.get("created"),

@@ -204,13 +204,13 @@ class OpenAIApi:
             if lister is not None:
                 data.extend(await lister(team, created))
         body = orjson.dumps({"object": "list", "data": data})
-        headers = [
+        response_headers = [
             *_JSON_HEADERS,
             (b"content-length", str(len(body)).encode()),
             (b"x-request-id", request_id),
             (b"x-gateway-overhead-ms", _ms(time.perf_counter() - started)),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _read_body(self, length: bytes | None, receive: Receive) -> bytes:

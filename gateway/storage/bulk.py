@@ -32,6 +32,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from gateway.storage.database import SQLITE_PRAGMAS, Database
 from gateway.threads import POLITE_NICE, lower_priority
@@ -80,7 +81,7 @@ class _Statement:
         self.names = tuple(column.name for column in columns)
         self.sql = str(insert(table).compile(dialect=dialect, column_keys=list(self.names)))
         self._defaults = tuple(
-            column.default.arg if column.default is not None and column.default.is_scalar else None
+            column.default.arg if isinstance(column.default, ScalarElementColumnDefault) else None
             for column in columns
         )
         self._processors: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
