@@ -26,7 +26,8 @@ from gateway.pricing import to_nanos
 from gateway.redis_wire import RedisUnavailable, RedisWire, Script
 from gateway.storage import Database, open_database
 from gateway.storage.schema import ledger
-from support.budgets import WORST, RedisServer, WebhookReceiver, counters, period_key
+from support.budgets import WORST, WebhookReceiver, counters, period_key
+from support.redis_server import RedisServer
 from support.servers import free_port
 
 pytestmark = pytest.mark.redis

@@ -20,9 +20,10 @@ from sqlalchemy import func, select
 from gateway.pricing import to_nanos
 from gateway.storage import open_database
 from gateway.storage.schema import ledger
-from support.budgets import WORST, RedisServer, WebhookReceiver, counters, priced_models
+from support.budgets import WORST, WebhookReceiver, counters, priced_models
 from support.gateway_proc import ADMIN_KEY, GatewayProcess
 from support.ledger import wait_for_rows
+from support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import shutil
-import socket
 import ssl
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,6 +19,7 @@ import pytest
 import redis
 
 from gateway.redis_wire import RedisReplyError, RedisUnavailable, RedisWire, Script, parse_redis_url
+from support.redis_server import RedisServer
 from support.servers import free_port
 
 pytestmark = pytest.mark.redis
@@ -84,53 +80,11 @@ def test_bad_urls_fail_at_once(url: str) -> None:
 # -- private servers --------------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A ``redis-server`` on a free port, without persistence, with extra options."""
-
-    def __init__(self, *options: str, tls: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        self.binary = binary
-        self.options = options
-        self.tls = tls
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="gw-wire-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> PrivateRedis:
-        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [self.binary, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), *self.options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def url(self, credentials: str = "", db: int = 0, query: str = "") -> str:
-        scheme = "rediss" if self.tls else "redis"
-        at = f"{credentials}@" if credentials else ""
-        host = "localhost" if self.tls else "127.0.0.1"
-        return f"{scheme}://{at}{host}:{self.port}/{db}{query}"
-
-
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
     yield server
-    server.kill()
+    server.stop()
 
 
 @pytest.fixture
@@ -314,11 +268,11 @@ async def test_a_refused_connection_is_not_maybe_applied() -> None:
 # -- private servers: restarts, passwords, TLS ------------------------------------------------
 
 
-async def test_reconnects_after_redis_is_killed_and_restarted(private_redis: PrivateRedis) -> None:
-    wire = RedisWire(private_redis.url(), timeout_s=1.0)
+async def test_reconnects_after_redis_is_killed_and_restarted(private_redis: RedisServer) -> None:
+    wire = RedisWire(private_redis.url, timeout_s=1.0)
     try:
         assert await wire.evalsha(ANSWER, [], [1]) == 2
-        private_redis.kill()
+        private_redis.stop()
         for _ in range(2):  # the first may go out before the close is noticed; then refused
             with pytest.raises(RedisUnavailable):
                 await wire.evalsha(ANSWER, [], [1])
@@ -336,8 +290,8 @@ async def test_reconnects_after_redis_is_killed_and_restarted(private_redis: Pri
         await wire.close()
 
 
-async def test_closing_fails_calls_in_flight_and_a_later_call_reconnects(private_redis: PrivateRedis) -> None:
-    wire = RedisWire(private_redis.url(), timeout_s=2.0)
+async def test_closing_fails_calls_in_flight_and_a_later_call_reconnects(private_redis: RedisServer) -> None:
+    wire = RedisWire(private_redis.url, timeout_s=2.0)
     await wire.call("PING")
     blocked = asyncio.ensure_future(wire.call("BLPOP", "never", "1"))
     await asyncio.sleep(0.05)
@@ -349,19 +303,19 @@ async def test_closing_fails_calls_in_flight_and_a_later_call_reconnects(private
 
 
 async def test_password_and_acl_user_logins() -> None:
-    server = PrivateRedis("--requirepass", "p@ss word").start()
+    server = RedisServer("--requirepass", "p@ss word").start()
     try:
-        assert await _ping(server.url(":p%40ss%20word")) == b"PONG"
+        assert await _ping(server.url_for(":p%40ss%20word")) == b"PONG"
         with pytest.raises(RedisUnavailable, match="refused 'AUTH'"):
-            await _ping(server.url(":wrong"))
+            await _ping(server.url_for(":wrong"))
         with pytest.raises(RedisReplyError, match="NOAUTH"):
-            await _ping(server.url())
+            await _ping(server.url_for())
         admin = redis.Redis(port=server.port, password="p@ss word")
         admin.acl_setuser("app", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
         admin.close()
-        assert await _ping(server.url("app:s3cret", db=2)) == b"PONG"
+        assert await _ping(server.url_for("app:s3cret", db=2)) == b"PONG"
     finally:
-        server.kill()
+        server.stop()
 
 
 async def _ping(url: str) -> bytes:
@@ -413,16 +367,16 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 async def test_rediss_verifies_the_server_certificate(tls_files: dict[str, Path]) -> None:
-    server = PrivateRedis(
+    server = RedisServer(
         "--tls-cert-file", str(tls_files["cert"]), "--tls-key-file", str(tls_files["key"]),
         "--tls-ca-cert-file", str(tls_files["ca"]), "--tls-auth-clients", "no", "--requirepass", "pw",
         tls=True,
     ).start()
     try:
-        trusted = server.url(":pw", db=1, query=f"?ssl_ca_certs={tls_files['ca']}")
+        trusted = server.url_for(":pw", db=1, query=f"?ssl_ca_certs={tls_files['ca']}")
         assert await _ping(trusted) == b"PONG"
         with pytest.raises(RedisUnavailable, match="cannot connect"):
-            await _ping(server.url(":pw"))  # signed by a CA the system does not know
-        assert await _ping(server.url(":pw", query="?ssl_cert_reqs=none")) == b"PONG"
+            await _ping(server.url_for(":pw"))  # signed by a CA the system does not know
+        assert await _ping(server.url_for(":pw", query="?ssl_cert_reqs=none")) == b"PONG"
     finally:
-        server.kill()
+        server.stop()

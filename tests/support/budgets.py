@@ -1,15 +1,10 @@
-"""Helpers for the budget tests: catalogs, a private Redis, a webhook receiver, counter reads."""
+"""Helpers for the budget tests: catalogs, a webhook receiver, counter reads."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 import threading
-import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -62,46 +57,6 @@ def counters(client: redis.Redis, team: str, period: str = "daily") -> dict[str,
     raw = client.hgetall(period_key(team, period))
     found = {k.decode(): int(v) for k, v in raw.items() if k.decode().startswith(("s:", "r:"))}
     return {"s:t": 0, "r:t": 0, **found}
-
-
-class RedisServer:
-    """A private ``redis-server`` without persistence, for tests that stop and restart Redis."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = Path(tempfile.mkdtemp(prefix="gw-redis-"))
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self._dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
-                    return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(5)
-        self._proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-    def is_up(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
 
 class WebhookReceiver:
