@@ -5,17 +5,28 @@ an untyped dict. A reply is either a whole JSON body or a stream of SSE events; 
 outlives the pipeline call, so work that must wait for its end (committing spend, writing
 the ledger, tracing) registers a *finisher* on the context instead of running inline.
 
-Finishers are synchronous (the server calls ``finish`` from a ``finally``). One that has work it
-cannot do without waiting (counting an answer whose tokenizer is still being built) *defers*
-it with ``ctx.defer``; the record stage, whose finisher runs last, takes that work and records
-the request only once it is done, in a background task.
+``finish`` runs in three explicit phases, so that what must happen after something else
+says so instead of relying on the order stages registered in:
+
+1. **meter** (``on_meter``): make ``ctx.usage`` and ``ctx.cost`` final: price the usage the
+   upstream reported, or count it when it reported none;
+2. **usage known** (``on_usage``): act on the final usage and cost (settle a budget
+   reservation). These run after every meter *and* after any counting a meter deferred;
+3. **finish** (``on_finish``): everything else (store a streamed answer in the cache, record
+   metrics, the access log and the ledger), innermost stage first.
+
+Callbacks are synchronous (the server calls ``finish`` from a ``finally``). A meter that cannot
+count without waiting (a tokenizer still being built) *defers* it with ``ctx.defer``; the
+usage-known phase then runs when that work is done, and the record stage, whose finisher runs
+last, takes the work and records the request only once it is done, in a background task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -120,6 +131,8 @@ class RequestContext:
     error: GatewayError | None = None
     finished: bool = False
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    meters: list[Finisher] = field(default_factory=list)
+    usage_listeners: list[Finisher] = field(default_factory=list)
     finishers: list[Finisher] = field(default_factory=list)
     deferred: list[Deferred] = field(default_factory=list)
 
@@ -127,8 +140,17 @@ class RequestContext:
     def team(self) -> str:
         return self.principal.team if self.principal else "anonymous"
 
+    def on_meter(self, meter: Finisher) -> None:
+        """Phase 1 of ``finish``: ``meter`` makes ``ctx.usage``/``ctx.cost`` final (or defers that)."""
+        self.meters.append(meter)
+
+    def on_usage(self, listener: Finisher) -> None:
+        """Phase 2 of ``finish``: ``listener`` runs once usage and cost are final, after every
+        meter and any work they deferred, whatever order the stages registered in."""
+        self.usage_listeners.append(listener)
+
     def on_finish(self, finisher: Finisher) -> None:
-        """Run ``finisher`` once the reply is fully delivered or abandoned (innermost first)."""
+        """Phase 3: run ``finisher`` once the reply is fully delivered or abandoned (innermost first)."""
         self.finishers.append(finisher)
 
     def finish(self) -> None:
@@ -136,18 +158,28 @@ class RequestContext:
         if self.finished:
             return
         self.finished = True
-        for finisher in reversed(self.finishers):
-            try:
-                finisher(self)
-            except Exception:
-                # A broken finisher (a metric, a ledger hand-off) must not hide the others.
-                log.exception("finisher failed", extra={"request_id": self.request_id})
+        self._run(self.meters)
+        if self.deferred:
+            # Usage is still being counted: the usage-known phase waits for it.
+            pending, self.deferred = self.deferred, []
+            self.deferred.append(_then(self, pending, lambda: self._run(self.usage_listeners)))
+        else:
+            self._run(self.usage_listeners)
+        self._run(reversed(self.finishers))
         # Nothing took the deferred work (no record stage in this pipeline): do it now.
         for work in self.take_deferred():
             try:
                 work.now()
             except Exception:
                 log.exception("deferred finisher work failed", extra={"request_id": self.request_id})
+
+    def _run(self, callbacks: Iterable[Finisher]) -> None:
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                # A broken callback (a metric, a ledger hand-off) must not hide the others.
+                log.exception("finisher failed", extra={"request_id": self.request_id})
 
     def defer(self, wait: Callable[[], Awaitable[None]], now: Callable[[], None]) -> None:
         """Work the request's recording must wait for (see :class:`Deferred`).
@@ -162,3 +194,38 @@ class RequestContext:
         """The deferred work, now the caller's to run (exactly once, by ``wait`` or ``now``)."""
         work, self.deferred = self.deferred, []
         return work
+
+
+def _then(ctx: RequestContext, pending: list[Deferred], after: Callable[[], None]) -> Deferred:
+    """One deferred unit: ``pending``'s work, then ``after``, exactly once whichever way it runs."""
+
+    def now() -> None:
+        try:
+            _now_all(ctx, pending)
+        finally:
+            after()
+
+    async def wait() -> None:
+        for index, work in enumerate(pending):
+            try:
+                await work.wait()
+            except asyncio.CancelledError:
+                # ``work`` finished its own part (Deferred's contract); the rest cannot wait.
+                try:
+                    _now_all(ctx, pending[index + 1 :])
+                finally:
+                    after()
+                raise
+            except Exception:
+                log.exception("deferred finisher work failed", extra={"request_id": ctx.request_id})
+        after()
+
+    return Deferred(wait, now)
+
+
+def _now_all(ctx: RequestContext, work: list[Deferred]) -> None:
+    for item in work:
+        try:
+            item.now()
+        except Exception:
+            log.exception("deferred finisher work failed", extra={"request_id": ctx.request_id})

@@ -27,7 +27,7 @@ _BACKOFF_MAX_S = 2.0
 
 
 def price_usage(ctx: RequestContext) -> None:
-    """Turn the usage the upstream reported into money (runs first among the finishers)."""
+    """Meter: turn the usage the upstream reported into money (see ``RequestContext.finish``)."""
     if ctx.usage is not None and ctx.deployment is not None:
         ctx.cost = ctx.deployment.price.cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
 
@@ -83,7 +83,7 @@ class CallUpstream:
                 if isinstance(reply, JsonReply):
                     price_usage(ctx)
                 else:
-                    ctx.on_finish(price_usage)
+                    ctx.on_meter(price_usage)
                 return reply
         if last_error is None:
             raise UpstreamUnavailable("The model has no deployment to send the request to.")

@@ -392,6 +392,37 @@ async def test_each_threshold_alerts_once_per_period(
         hook.stop()
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_refused_absurd_request_alerts_nobody(
+    kind: str, redis_url: str, rclient: redis.Redis, db: Database
+) -> None:
+    """Alerts follow spend: a request whose worst case alone is past the limit (say ``n`` in
+    the billions), refused on a team at 0.001 % of its budget, must not fire the 100 % alert;
+    a refusal once spend is near the limit does."""
+    alert = alerts()
+    team = budget(1.0, hard=True)
+    backend: Any = MemoryBackend(db, alert) if kind == "memory" else redis_backend(redis_url, db, team, alert=alert)
+    await backend.start()
+    exhausted = alert.metrics.alerts.labels("t", "team", "100")
+    try:
+        held = await reserve(backend, team, amount=to_nanos(0.00001))
+        assert isinstance(held, Reservation)
+        backend.settle(held, to_nanos(0.00001))
+        if kind == "redis":
+            await settled(backend)
+        assert isinstance(await reserve(backend, team, amount=to_nanos(10**9)), Refusal)
+        assert exhausted._value.get() == 0
+        held = await reserve(backend, team, amount=to_nanos(0.96))
+        assert isinstance(held, Reservation)
+        backend.settle(held, to_nanos(0.96))
+        if kind == "redis":
+            await settled(backend)
+        assert isinstance(await reserve(backend, team, amount=to_nanos(0.05)), Refusal)
+        assert exhausted._value.get() == 1
+    finally:
+        await backend.close()
+
+
 async def test_the_wire_times_out_reconnects_and_reloads_scripts() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(-1)  # accepts commands, never answers

@@ -24,6 +24,7 @@ from gateway.errors import RateLimited, ServiceUnavailable, UpstreamUnavailable
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
 from gateway.tokens import TiktokenTokenizer, TokenCounter, stream_text
+from gateway.upstream import price_usage
 from support.budgets import WORST, catalog_of, priced_models
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -115,6 +116,7 @@ async def test_a_refusal_names_the_budget_and_costs_nothing(tokens: TokenCounter
     budget = stage(tokens, backend)
     first = context(catalog, "priced", {"messages": HI, "max_tokens": 100})
     await budget(first, answered(Usage(5, 60)))
+    first.finish()  # as the server does once the answer is sent: settles
     assert first.budget_status == "admitted"
     called = []
 
@@ -149,8 +151,10 @@ async def test_failures_release_and_streams_settle_at_their_end(tokens: TokenCou
     async def failing(ctx: RequestContext) -> Reply:
         raise UpstreamUnavailable("down")
 
+    failed = context(catalog, "priced", {"messages": HI, "max_tokens": 100})
     with pytest.raises(UpstreamUnavailable):
-        await budget(context(catalog, "priced", {"messages": HI, "max_tokens": 100}), failing)
+        await budget(failed, failing)
+    failed.finish()
     state = await backend.snapshot(team, team.window())
     assert state is not None and (state["t"].spent, state["t"].reserved) == (0, 0)
 
@@ -160,6 +164,7 @@ async def test_failures_release_and_streams_settle_at_their_end(tokens: TokenCou
 
     async def streaming(ctx: RequestContext) -> Reply:
         ctx.deployment = ctx.deployments[0]
+        ctx.on_meter(price_usage)  # what CallUpstream registers for a stream
         return StreamReply(events())
 
     ctx = context(catalog, "priced", {"messages": HI, "max_tokens": 100, "stream": True})
@@ -169,8 +174,9 @@ async def test_failures_release_and_streams_settle_at_their_end(tokens: TokenCou
     assert isinstance(reply, StreamReply)
     async for _ in reply.events:
         pass
-    ctx.usage = Usage(9, 40)  # what the relay read from the stream
-    ctx.cost = ctx.deployment.price.cost(9, 40) if ctx.deployment else 0.0
+    # What the relay read from the stream; the upstream stage prices it in a meter at finish,
+    # registered (as in the real pipeline) before the budget stage's own callbacks.
+    ctx.usage = Usage(9, 40)
     ctx.finish()
     state = await backend.snapshot(team, team.window())
     assert state is not None and (state["t"].spent, state["t"].reserved) == (to_nanos(40 * 1e-4), 0)
@@ -236,6 +242,7 @@ async def test_hard_budgets_fail_closed_and_soft_budgets_fail_open(tokens: Token
     soft_catalog = catalog_of(models(), teams(hard=False))
     ctx = context(soft_catalog, "priced", {"messages": HI, "max_tokens": 100})
     reply = await stage(tokens, backend)(ctx, answered(Usage(5, 50)))
+    ctx.finish()
     assert isinstance(reply, JsonReply) and ctx.budget_status == "unchecked"
     assert backend.charged == [to_nanos(50 * 1e-4)]  # counted once Redis is back
 
@@ -261,11 +268,11 @@ async def test_concurrent_first_requests_share_one_build(db: Database, monkeypat
     gate, loads = gated(tokens, monkeypatch)
     backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
     budget = stage(tokens, backend)
-    calls = [
-        asyncio.ensure_future(budget(context(catalog, alias, {"messages": HI, "max_tokens": 100}),
-                                     answered(Usage(5, 10))))
+    contexts = [
+        context(catalog, alias, {"messages": HI, "max_tokens": 100})
         for alias in ("priced", "priced", "priced-pair", "priced", "priced-pair")
     ]
+    calls = [asyncio.ensure_future(budget(ctx, answered(Usage(5, 10)))) for ctx in contexts]
     await asyncio.sleep(0.1)
     assert not any(call.done() for call in calls)  # held until their tokenizers exist
     assert tokens.building == {"o200k_base", "cl100k_base"} and tokens.encodings == set()
@@ -274,6 +281,8 @@ async def test_concurrent_first_requests_share_one_build(db: Database, monkeypat
     assert all(isinstance(reply, JsonReply) for reply in replies)
     assert sorted(loads) == ["cl100k_base", "o200k_base"]  # one build each, shared by five requests
     assert tokens.encodings == {"o200k_base", "cl100k_base"} and tokens.building == set()
+    for ctx in contexts:
+        ctx.finish()
     state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
     assert state is not None and state["t"].reserved == 0 and state["t"].spent > 0
 

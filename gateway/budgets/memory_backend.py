@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.budgets.alerts import Alerts, crossings
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation, ScopeState
 from gateway.budgets.ledger_io import request_ids_present, spent_by_field
-from gateway.budgets.policy import EXHAUSTED_PCT, Scope, TeamBudget, Window
+from gateway.budgets.policy import EXHAUSTED_PCT, Scope, TeamBudget, Window, refusal_exhausts
 from gateway.storage import Database
 
 _KEEP_ENDED = timedelta(days=1)  # how long a finished period's counters stay for late commits
@@ -89,7 +89,7 @@ class MemoryBackend:
             spent = period.spent.get(scope.field, 0)
             reserved = period.reserved.get(scope.field, 0)
             if spent + reserved + amount > scope.limit_nanos:
-                if self._claim(period, scope.field, EXHAUSTED_PCT):
+                if refusal_exhausts(spent, scope.limit_nanos) and self._claim(period, scope.field, EXHAUSTED_PCT):
                     self._alerts.fire(budget, scope, EXHAUSTED_PCT, spent, window)
                 return Refusal(scope, spent, reserved, window)
         for scope in scopes:

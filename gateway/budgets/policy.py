@@ -27,8 +27,21 @@ if TYPE_CHECKING:
 Period = Literal["daily", "weekly", "monthly"]
 ScopeKind = Literal["team", "key", "alias"]
 
-#: Always alerted: the limit itself (for a hard budget: the first refusal of the period).
+#: Always alerted: the limit itself (for a hard budget: the first refusal of the period once
+#: spend is near the limit, see ``REFUSAL_ALERTS_FROM_PCT``).
 EXHAUSTED_PCT = 100.0
+
+#: A hard budget's refusal raises the 100 % alert only when *settled* spend is at least this
+#: share of the limit. Alerts follow spend: a hard budget never lets spend reach 100 % (the next
+#: request's worst case does not fit first), so the first refusal near the limit is the moment
+#: it is exhausted; but one absurd request (``max_tokens`` in the millions) refused on a team at
+#: 0.001 % of its budget says nothing about the budget and must not page anyone.
+REFUSAL_ALERTS_FROM_PCT = 95
+
+
+def refusal_exhausts(spent_nanos: int, limit_nanos: int) -> bool:
+    """Whether a refusal with ``spent_nanos`` settled counts as the budget being exhausted."""
+    return spent_nanos * 100 >= limit_nanos * REFUSAL_ALERTS_FROM_PCT
 
 
 @dataclass(frozen=True, slots=True)

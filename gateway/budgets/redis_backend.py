@@ -54,7 +54,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.budgets.alerts import Alerts, crossings
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation, ScopeState
 from gateway.budgets.ledger_io import reconciled_row, spent_by_field
-from gateway.budgets.policy import EXHAUSTED_PCT, Scope, TeamBudget, Window, window
+from gateway.budgets.policy import EXHAUSTED_PCT, REFUSAL_ALERTS_FROM_PCT, Scope, TeamBudget, Window, window
 from gateway.config.settings import BudgetSettings
 from gateway.redis_wire import RedisReplyError, RedisUnavailable, RedisWire, Script
 from gateway.storage import Database
@@ -81,8 +81,13 @@ for i = 1, n do
   if ARGV[b + 3] == '1' then
     local spent = tonumber(v[2] or '0')
     local reserved = tonumber(v[3] or '0')
-    if spent + reserved + amount > tonumber(ARGV[b + 2]) then
-      local fresh = redis.call('HSETNX', h, 'al:' .. f .. ':100', '1')
+    local limit = tonumber(ARGV[b + 2])
+    if spent + reserved + amount > limit then
+      -- Alerts follow spend: only a refusal near the limit claims the 100 % alert (policy.py).
+      local fresh = 0
+      if spent * 100 >= limit * REFUSAL_ALERTS_FROM_PCT then
+        fresh = redis.call('HSETNX', h, 'al:' .. f .. ':100', '1')
+      end
       return {0, i, spent, reserved, fresh}
     end
   end
@@ -94,7 +99,7 @@ local t = redis.call('TIME')
 redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
 return {1}
-""")
+""".replace("REFUSAL_ALERTS_FROM_PCT", str(REFUSAL_ALERTS_FROM_PCT)))
 
 # Settle a batch of one team's requests. KEYS: res, resd, gone, then period and pending hashes.
 # ARGV: count, then per settlement: rid, cost, held index (0: none), charge index, pending index,

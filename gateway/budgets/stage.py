@@ -8,11 +8,16 @@ reservation covers it. The reservation is atomic across replicas (see the backen
 can never have more in flight plus spent than its hard limit.
 
 After the answer, the reservation is released and the actual cost charged (``ctx.cost``, set
-by the upstream stage from the reported usage): at once for a JSON answer, in a finisher for a
-stream (finishers run after ``price_usage``). A failed or cancelled request is charged what it
-is known to have cost, usually nothing. When the upstream reported no usage, the gateway
-counts it itself (prompt from the request, output from what was relayed) — this also holds
-for teams without a budget, so the ledger is never silently zero.
+by the upstream stage from the reported usage). Settlement is a *usage-known* callback
+(``ctx.on_usage``): ``RequestContext.finish`` runs it only after every meter (the upstream's
+``price_usage``, this stage's own count) and any count they deferred, for a JSON answer and a
+stream alike, so it can never charge a cost that is not priced yet. (It once did: registered
+as a plain finisher after the upstream's, it ran first and charged streams nothing.) A failed
+or cancelled request is charged what it is known to have cost, usually nothing.
+
+When the upstream reported no usage, the gateway counts it itself (prompt from the request,
+output from what was relayed) — this also holds for teams without a budget, so the ledger is
+never silently zero.
 
 A refusal is a 429 ``budget_exceeded`` naming the team, the limit, the period's spend and
 when it resets; it reserved nothing and costs nothing. If the counters cannot be reached, a
@@ -22,9 +27,9 @@ the promise) and a soft one admits, alerts, and charges the spend once Redis is 
 Tokenizers are built only when needed (see ``gateway.tokens``): in the background for the
 deployments a team with a budget can reach (at start-up and on each policy change), and on
 demand otherwise, on a worker thread. The stage awaits one before a budgeted request's
-reservation and before counting a JSON answer without usage. A stream's finisher cannot wait:
-if it finds no usage and no tokenizer yet, it *defers* the count (``ctx.defer``) and the
-record stage records the request, and the settlement happens, once it is counted.
+reservation and before counting a JSON answer without usage. A stream's meter cannot wait:
+if it finds no usage and no tokenizer yet, it *defers* the count (``ctx.defer``); the
+settlement, and the record stage's recording, happen once it is counted.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.budgets.alerts import BudgetMetrics
 from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget
-from gateway.context import Endpoint, Finisher, JsonReply, Reply, RequestContext, Usage
+from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.pipeline_types import Handler
 from gateway.pricing import from_nanos, to_nanos
@@ -107,17 +112,11 @@ class Budget:
             raise self._refuse(ctx, budget, outcome, worst)
         ctx.budget_status = "admitted" if outcome is not None else "unchecked"
         reserved = outcome
-
-        def settle(ctx: RequestContext) -> None:
-            self._settle(ctx, budget, scopes, reserved)
-
-        try:
-            reply = await call_next(ctx)
-        except BaseException:
-            # Failed or cancelled before an answer: charge what is known (normally nothing).
-            settle(ctx)
-            raise
-        return await self._meter(ctx, reply, prompt, settle)
+        # Registered before the call: whatever happens next (an answer, an error, a cancel),
+        # ``finish`` settles once, after the usage is final. A failed request is charged what
+        # is known to have cost, normally nothing.
+        ctx.on_usage(lambda ctx: self._settle(ctx, budget, scopes, reserved))
+        return await self._meter(ctx, await call_next(ctx), prompt)
 
     # -- cost estimates ------------------------------------------------------------------
 
@@ -179,32 +178,26 @@ class Budget:
 
     # -- usage when the upstream reported none -------------------------------------------
 
-    async def _meter(
-        self, ctx: RequestContext, reply: Reply, prompt: dict[str, int] | None, then: Finisher | None = None
-    ) -> Reply:
-        """Count the reply's usage if the upstream reports none, then ``then`` (settle), once:
-        a JSON answer now, a stream when it ends."""
+    async def _meter(self, ctx: RequestContext, reply: Reply, prompt: dict[str, int] | None) -> Reply:
+        """Count the reply's usage if the upstream reports none: a JSON answer now, a stream
+        when it ends (a meter, see ``RequestContext.finish``)."""
         if isinstance(reply, JsonReply):
-            await self._count_json(ctx, reply, prompt, then)
+            await self._count_json(ctx, reply, prompt)
             return reply
         relayed = Relayed()
         reply.events = _tap(reply.events, relayed)
-        ctx.on_finish(lambda ctx: self._count_stream(ctx, relayed, prompt, then))
+        ctx.on_meter(lambda ctx: self._count_stream(ctx, relayed, prompt))
         return reply
 
-    async def _count_json(
-        self, ctx: RequestContext, reply: JsonReply, prompt: dict[str, int] | None, then: Finisher | None
-    ) -> None:
-        """Count a JSON answer's usage if the upstream reported none, then ``then`` (settle).
+    async def _count_json(self, ctx: RequestContext, reply: JsonReply, prompt: dict[str, int] | None) -> None:
+        """Count a JSON answer's usage if the upstream reported none.
 
         Awaits the tokenizer if it is not built yet; if the request is cancelled meanwhile (the
-        caller hung up), the count and ``then`` are deferred to the record stage, so the spend
-        is still counted, settled and recorded, once.
+        caller hung up), the count is deferred, so the spend is still counted, settled and
+        recorded, once.
         """
         deployment = ctx.deployment
         if ctx.usage is not None or deployment is None or reply.status != 200:
-            if then is not None:
-                then(ctx)
             return
         text = completion_text(reply.data) if ctx.endpoint is Endpoint.CHAT and reply.data is not None else ""
         tokenizer = self.tokens.built(deployment)
@@ -212,45 +205,40 @@ class Budget:
             try:
                 tokenizer = await self.tokens.tokenizer(deployment)  # the build itself is not cancelled
             except asyncio.CancelledError:
-                self._count_later(ctx, deployment, text, prompt, then)
+                self._count_later(ctx, deployment, text, prompt)
                 raise
             except Exception:
                 tokenizer = self._no_tokenizer(ctx, deployment)
-        self._count_with(ctx, tokenizer, text, prompt, then)
+        self._count_with(ctx, tokenizer, text, prompt)
 
-    def _count_stream(
-        self, ctx: RequestContext, relayed: Relayed, prompt: dict[str, int] | None, then: Finisher | None
-    ) -> None:
-        """Finisher: count a stream's usage if none was reported, then ``then`` (settle).
+    def _count_stream(self, ctx: RequestContext, relayed: Relayed, prompt: dict[str, int] | None) -> None:
+        """Meter: count a stream's usage if none was reported.
 
-        Cannot wait: without a built tokenizer the count (and ``then``) is deferred, and the
-        record stage records the request once it is done. The relayed events are reduced to
-        their text at once, so a deferred count holds only that.
+        Cannot wait: without a built tokenizer the count is deferred (settlement and recording
+        wait for it). The relayed events are reduced to their text at once, so a deferred count
+        holds only that.
         """
         deployment = ctx.deployment
         if ctx.usage is not None or deployment is None or not relayed:
-            if then is not None:
-                then(ctx)
             return
         text = relayed.take_text()
         tokenizer = self.tokens.built(deployment)
         if tokenizer is not None:
-            self._count_with(ctx, tokenizer, text, prompt, then)
+            self._count_with(ctx, tokenizer, text, prompt)
         elif not text and prompt is not None and deployment.id in prompt:
-            self._count_with(ctx, None, text, prompt, then)  # no output, and the prompt is known
+            self._count_with(ctx, None, text, prompt)  # no output, and the prompt is known
         else:
-            self._count_later(ctx, deployment, text, prompt, then)
+            self._count_later(ctx, deployment, text, prompt)
 
     def _count_later(
-        self, ctx: RequestContext, deployment: Deployment, text: str, prompt: dict[str, int] | None,
-        then: Finisher | None,
+        self, ctx: RequestContext, deployment: Deployment, text: str, prompt: dict[str, int] | None
     ) -> None:
         """Defer the count until the deployment's tokenizer is built (see ``RequestContext.defer``)."""
 
         def now() -> None:
             # Builds inline if it must (or waits for the build in flight): blocks the loop, but
             # only when nothing can wait (see the record stage), and the spend is never lost.
-            self._count_with(ctx, self.tokens.for_deployment(deployment), text, prompt, then)
+            self._count_with(ctx, self.tokens.for_deployment(deployment), text, prompt)
 
         async def wait() -> None:
             tokenizer: Tokenizer
@@ -261,7 +249,7 @@ class Budget:
                 raise
             except Exception:
                 tokenizer = self._no_tokenizer(ctx, deployment)
-            self._count_with(ctx, tokenizer, text, prompt, then)
+            self._count_with(ctx, tokenizer, text, prompt)
 
         ctx.defer(wait, now)
         try:
@@ -278,22 +266,19 @@ class Budget:
         return ByteBound()
 
     def _count_with(
-        self, ctx: RequestContext, tokenizer: Tokenizer | None, text: str, prompt: dict[str, int] | None,
-        then: Finisher | None,
+        self, ctx: RequestContext, tokenizer: Tokenizer | None, text: str, prompt: dict[str, int] | None
     ) -> None:
-        """Set the usage and cost from the answer's ``text`` and the prompt, then ``then``.
+        """Set the usage and cost from the answer's ``text`` and the prompt.
 
         ``tokenizer`` may be ``None`` only when ``text`` is empty and ``prompt`` has the count.
+        If counting fails, settlement still runs (it is a usage-known callback): the
+        reservation never leaks.
         """
-        try:
-            if tokenizer is None:
-                assert ctx.deployment is not None and prompt is not None and not text
-                self._set_usage(ctx, prompt[ctx.deployment.id], 0)
-            else:
-                self._set_usage(ctx, self._prompt_for(ctx, prompt, tokenizer), count_output(tokenizer, text))
-        finally:
-            if then is not None:
-                then(ctx)  # settles even if counting failed: the reservation must not leak
+        if tokenizer is None:
+            assert ctx.deployment is not None and prompt is not None and not text
+            self._set_usage(ctx, prompt[ctx.deployment.id], 0)
+        else:
+            self._set_usage(ctx, self._prompt_for(ctx, prompt, tokenizer), count_output(tokenizer, text))
 
     @staticmethod
     def _set_usage(ctx: RequestContext, prompt_tokens: int, completion_tokens: int) -> None:
