@@ -22,7 +22,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
+from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.errors import (
     UpstreamError,
     UpstreamMalformed,
@@ -31,6 +31,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.providers.base import usage_from
+from gateway.providers.openai_fields import CHAT_FIELDS, EMBEDDING_FIELDS
 from gateway.providers.sse import DONE_EVENT
 from gateway.redact import redact
 
@@ -41,8 +42,11 @@ litellm.telemetry = False
 litellm.suppress_debug_info = True
 litellm.drop_params = True  # an OpenAI parameter the provider lacks is dropped, not an error
 
-# Request fields the gateway handles itself and must not hand to litellm as provider params.
-_GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input", "variables"})
+# Request fields the gateway sets itself from the deployment and the request context.
+_GATEWAY_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "input"})
+# What a caller's body may contribute: OpenAI's fields only (an allow-list, see openai_fields).
+_CHAT_PARAMS = CHAT_FIELDS - _GATEWAY_FIELDS
+_EMBEDDING_PARAMS = EMBEDDING_FIELDS - _GATEWAY_FIELDS
 
 
 def _dump(obj: Any, *, chunk: bool = False) -> dict[str, Any]:
@@ -67,7 +71,12 @@ def _dump(obj: Any, *, chunk: bool = False) -> dict[str, Any]:
 
 class LiteLLMProvider:
     def _params(self, deployment: Deployment, ctx: RequestContext) -> dict[str, Any]:
-        params = {key: value for key, value in ctx.body.items() if key not in _GATEWAY_FIELDS}
+        """litellm's arguments: the caller's OpenAI fields, then the deployment's target and
+        credentials. Nothing else from the body: litellm would take ``api_base``,
+        ``extra_headers`` and the like from it, and send the deployment's key wherever a caller
+        pointed it."""
+        allowed = _CHAT_PARAMS if ctx.endpoint is Endpoint.CHAT else _EMBEDDING_PARAMS
+        params = {key: value for key, value in ctx.body.items() if key in allowed}
         params["model"] = f"{deployment.provider}/{deployment.model}"
         params["timeout"] = deployment.timeout_s
         params["num_retries"] = 0  # retries and fallback are the gateway's, across deployments
