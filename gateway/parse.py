@@ -16,8 +16,22 @@ from gateway.context import Endpoint, Reply, RequestContext
 from gateway.errors import InvalidRequest
 from gateway.pipeline_types import Handler
 
-_POSITIVE_INTS = ("n", "max_tokens", "max_completion_tokens", "top_logprobs")
+# Integer fields and the range each may take: OpenAI's own bounds where its spec gives them
+# (``n`` 1..128, ``top_logprobs`` 0..20); token limits up to 2**31 - 1, past any model's window
+# and what providers store them in. An absurd value (``"n": 18446744073709551615``) is the
+# caller's mistake, answered 400 here, not a worst case for the budget to refuse.
+_INT_RANGES = {
+    "n": (1, 128),
+    "max_tokens": (1, 2**31 - 1),
+    "max_completion_tokens": (1, 2**31 - 1),
+    "top_logprobs": (0, 20),
+}
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+#: How deeply a body may nest objects and arrays. orjson parses 1,024 levels but serialises
+#: only 254, so deeper bodies parsed and then failed later (a cache key, a ledger row) as 500s.
+#: No OpenAI request needs more than a few dozen levels (a tool's JSON schema is the deepest).
+MAX_DEPTH = 128
 
 
 def _require(condition: bool, message: str, param: str) -> None:
@@ -54,13 +68,12 @@ def _check_chat(body: dict[str, Any], ctx: RequestContext) -> None:
         include = options.get("include_usage", False)
         _require(isinstance(include, bool), "'stream_options.include_usage' must be a boolean.", "stream_options")
         ctx.include_usage = bool(include) and ctx.stream
-    for name in _POSITIVE_INTS:
+    for name, (lowest, highest) in _INT_RANGES.items():
         value = body.get(name)
         if value is not None:
-            lowest = 0 if name == "top_logprobs" else 1
             _require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= lowest,
-                f"'{name}' must be a positive integer.",
+                isinstance(value, int) and not isinstance(value, bool) and lowest <= value <= highest,
+                f"'{name}' must be an integer from {lowest} to {highest}.",
                 name,
             )
     for name in _NUMBERS:
@@ -83,6 +96,20 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     )
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, dict | list))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return False
+
+
 def parse_body(ctx: RequestContext) -> None:
     try:
         body = orjson.loads(ctx.raw_body)
@@ -90,6 +117,13 @@ def parse_body(ctx: RequestContext) -> None:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    raw = ctx.raw_body
+    # Counting brackets is a C-speed scan; only a body with enough of them to be that deep
+    # (rare: large tool schemas) pays for the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):
+        raise InvalidRequest(
+            f"The request body nests objects and arrays more than {MAX_DEPTH} levels deep.", code="invalid_json"
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model",

@@ -431,3 +431,52 @@ def test_a_hit_never_touches_the_budget(cached: Any, fake: Any) -> None:
     refused = post_chat(gateway.url, keys["broke"], chat_body(unique_question()))
     assert refused.status_code == 429 and refused.headers["x-cache"] == "MISS"
     assert upstream_calls(fake) == 1
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": [value]}  # two levels a round
+    return value
+
+
+@pytest.mark.parametrize("depth", [130, 255, 300, 500])
+def test_a_deeply_nested_body_is_a_400_naming_the_limit_not_a_500(cached: Any, fake: Any, depth: int) -> None:
+    """Bodies nested past the serialiser's limit once parsed, then failed in the cache stage."""
+    gateway, keys = cached
+    rounds = depth // 2  # written by hand: orjson itself cannot serialise this
+    deep = b'{"a":[' * rounds + b'"leaf"' + b"]}" * rounds
+    body = orjson_dumps(chat_body(unique_question()))[:-1] + b',"metadata":' + deep + b"}"
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
+                          headers={"Authorization": f"Bearer {keys['beta']}", "content-type": "application/json"},
+                          timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json" and "128 levels" in error["message"]
+    assert post_chat(gateway.url, keys["beta"], chat_body(unique_question())).status_code == 200
+
+
+def test_nesting_within_the_limit_is_served_and_cached(cached: Any, fake: Any) -> None:
+    gateway, keys = cached
+    body = {**chat_body(unique_question()), "metadata": {"deep": nested(60)}}
+    first = post_chat(gateway.url, keys["beta"], body)
+    assert first.status_code == 200, first.text
+    assert post_chat(gateway.url, keys["beta"], body).headers["x-cache"] == "HIT"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("n", 18446744073709551615), ("n", 129), ("n", 0), ("max_tokens", 2**31), ("max_completion_tokens", 10**12),
+    ("top_logprobs", 21), ("max_tokens", -1), ("n", True),
+])
+def test_absurd_counts_are_400s_naming_the_field(cached: Any, field: str, value: Any) -> None:
+    gateway, keys = cached
+    response = post_chat(gateway.url, keys["beta"], {**chat_body(unique_question()), field: value})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_value" and error["param"] == field and "integer from" in error["message"]
+
+
+def orjson_dumps(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)

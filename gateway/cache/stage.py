@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +47,8 @@ from gateway.cache.stream import StreamCapture, assemble, replay
 from gateway.catalog import Catalog, Deployment
 from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.pipeline_types import Handler
+
+log = logging.getLogger("gateway.cache")
 
 _HIT: Final = (b"x-cache", b"HIT")
 _MISS: Final = (b"x-cache", b"MISS")
@@ -81,8 +84,11 @@ class Cache:
             return await self._bypass(ctx, call_next)
         try:
             key = self._keys.key(ctx, rule.scope, endpoint)
-        except TypeError:
-            # A body a stage filled with something JSON cannot express: never guess a key.
+        except Exception as exc:
+            # A body no key can be built for (something JSON cannot express, nesting past a
+            # serialiser's limit): never guess a key, and never fail the request for it.
+            log.warning("no cache key for this request; bypassing the cache",
+                        extra={"request_id": ctx.request_id, "error": type(exc).__name__})
             return await self._bypass(ctx, call_next)
         if directive.no_cache:
             return await self._fill(ctx, call_next, key, rule, None, "")
