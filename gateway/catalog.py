@@ -97,6 +97,10 @@ class Catalog:
     def providers_in_use(self) -> set[str]:
         return {d.provider for alias in self.aliases.values() for d in alias.deployments}
 
+    def secret_values(self) -> set[str]:
+        """The deployments' provider keys, for ``gateway.redact`` to scrub by value."""
+        return {d.api_key for alias in self.aliases.values() for d in alias.deployments if d.api_key}
+
 
 def _price_for(alias: str, index: int, spec: DeploymentSpec) -> Price:
     unpriced = spec.input_cost_per_token is None and spec.output_cost_per_token is None

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from gateway.redact import redact
+
 
 class GatewayError(Exception):
     status: int = 500
@@ -140,7 +142,8 @@ class UpstreamTimeout(UpstreamError):
 def error_body(error: GatewayError) -> bytes:
     """The OpenAI wire shape: ``{"error": {"message", "type", "param", "code"}}``."""
     payload: dict[str, Any] = {
-        "message": error.message,
+        # The last net for text the gateway did not write (an upstream echoing a key).
+        "message": redact(error.message),
         "type": error.type,
         "param": error.param,
         "code": error.code,

@@ -32,6 +32,7 @@ from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler, Stage
 from gateway.prompts import build_prompts
 from gateway.providers import ProviderRegistry
+from gateway.redact import SECRETS
 from gateway.redis_conn import connect_redis
 from gateway.resolve import PromptResolver, Resolve
 from gateway.routing import Route
@@ -107,6 +108,7 @@ class Runtime:
     def use_catalog(self, catalog: Catalog, version: int | None = None) -> None:
         """Swap in newly applied policies; requests already running keep the old catalog."""
         self.providers.warm_up(catalog.providers_in_use())
+        SECRETS.use("catalog", catalog.secret_values())
         self.catalog = catalog
         self.policy_version = version
         self.keys.invalidate()
@@ -139,9 +141,11 @@ async def _initial_catalog(settings: Settings, store: PolicyStore) -> tuple[Cata
 
 
 async def create_runtime(settings: Settings) -> Runtime:
+    SECRETS.use("settings", settings.secret_values())
     db = await open_database(settings.database_url)
     policy_store = PolicyStore(db)
     catalog, policy_version = await _initial_catalog(settings, policy_store)
+    SECRETS.use("catalog", catalog.secret_values())
     keys = KeyStore(
         db,
         admin_key=settings.auth.admin_key.get_secret_value(),

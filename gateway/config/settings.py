@@ -203,6 +203,17 @@ class Settings(_Strict):
     def resolve_path(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)
 
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for ``gateway.redact`` to scrub by value."""
+        from gateway.redact import url_password
+
+        return [
+            self.auth.admin_key.get_secret_value(),
+            self.prompts.signing_key.get_secret_value(),
+            url_password(self.storage.database_url),
+            url_password(self.redis.url),
+        ]
+
     @property
     def database_url(self) -> str:
         url = self.storage.database_url

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -88,6 +89,12 @@ class Fault:
     disconnect_after_chunks: int | None = None
     times: int = 1
     path: str | None = None
+    # Echo the credential the request carried in the error's message, as some providers do
+    # ("Incorrect API key provided: ..."): what the gateway must never pass on.
+    echo_key: bool = False
+    # Stream this many events, then an in-band ``data: {"error": ...}`` event, and end.
+    error_after_chunks: int | None = None
+    echoed: str = ""  # filled in when the fault is taken (the request's credential)
 
     @classmethod
     def from_json(cls, raw: Any) -> Fault:
@@ -116,6 +123,9 @@ class Fault:
         path = raw.get("path")
         if path is not None and not isinstance(path, str):
             raise ValueError("'path' must be a string")
+        error_after = raw.get("error_after_chunks")
+        if error_after is not None and (not _is_int(error_after) or error_after < 0):
+            raise ValueError("'error_after_chunks' must be a non-negative integer")
         return cls(
             status=status,
             retry_after=retry_after,
@@ -124,10 +134,23 @@ class Fault:
             disconnect_after_chunks=cut,
             times=times,
             path=path,
+            echo_key=bool(raw.get("echo_key", False)),
+            error_after_chunks=error_after,
         )
 
     def matches(self, route: str) -> bool:
         return self.path is None or _normalise(self.path) == route
+
+
+def _credential(scope: Scope) -> str:
+    """The API key the request carried (``Authorization: Bearer`` or ``x-api-key``)."""
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered == b"authorization":
+            return value.decode("latin-1").removeprefix("Bearer ")
+        if lowered == b"x-api-key":
+            return value.decode("latin-1")
+    return ""
 
 
 def _is_int(value: Any) -> bool:
@@ -249,6 +272,8 @@ class FakeUpstream:
             return
 
         fault = self._take_fault(route)
+        if fault is not None and fault.echo_key:
+            fault = dataclasses.replace(fault, echoed=_credential(scope))
         delay_ms = self.latency_ms + (fault.delay_ms if fault else 0.0)
         model = payload.get("model") if isinstance(payload, dict) else None
         if isinstance(model, str) and model.endswith(SLOW_SUFFIX):
@@ -259,6 +284,8 @@ class FakeUpstream:
         if fault is not None and fault.status is not None and fault.status >= 400:
             headers = [(b"retry-after", fault.retry_after.encode())] if fault.retry_after else []
             message = f"Injected fault: HTTP {fault.status}."
+            if fault.echo_key:
+                message += f" Incorrect API key provided: {fault.echoed}."
             await _send_json(send, fault.status, error(fault.status, message), headers)
             return
 
@@ -459,12 +486,21 @@ class FakeUpstream:
         which is how a provider stream that dies mid-answer looks to the client.
         """
         cut = fault.disconnect_after_chunks if fault is not None else None
+        error_after = fault.error_after_chunks if fault is not None else None
         delay = self.chunk_delay_ms / 1000
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
         last = len(events) - 1
         for i, event in enumerate(events):
             if cut is not None and i >= cut:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            if fault is not None and error_after is not None and i >= error_after:
+                message = "The server had an error while processing your request."
+                if fault.echo_key:
+                    message += f" Key in use: {fault.echoed}."
+                error = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(error) + b"\n\n",
+                            "more_body": False})
                 return
             if delay > 0 and i > 0:
                 await asyncio.sleep(delay)

@@ -34,7 +34,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(entry, default=str).decode()
+        # Scrubbed again as a whole: an `extra` that is not a string (a dict, an exception)
+        # is only turned into text here.
+        return redact(orjson.dumps(entry, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):

@@ -10,11 +10,13 @@ caller, who did not ask for it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
 from gateway.context import RequestContext, Usage
 from gateway.errors import GatewayError, UpstreamMalformed, error_body
+from gateway.redact import redact
 
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -33,6 +35,31 @@ def _usage_of(payload: bytes) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+def _scrubbed_error(data: bytes) -> bytes:
+    """An upstream's in-band ``{"error": ...}`` event with every secret scrubbed from its text.
+
+    Upstreams echo credentials in error messages; a relayed event must not carry them to the
+    caller. Only events whose top level is an error are re-framed: answer chunks pass as sent.
+    """
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    if not isinstance(event, dict) or "error" not in event:
+        return data
+    return orjson.dumps(_scrub_strings(event))
+
+
+def _scrub_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _scrub_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub_strings(item) for item in value]
+    return value
 
 
 async def relay_events(
@@ -68,6 +95,8 @@ async def relay_events(
             if data == b"[DONE]":
                 done = True
                 break
+            if b'"error"' in data:
+                data = _scrubbed_error(data)
             if b'"usage":{' in data or b'"usage": {' in data:
                 usage = _usage_of(data)
                 if usage is not None:
