@@ -7,6 +7,7 @@ moves protected labels, and only to an evaluated version unless forced with a re
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -201,7 +202,11 @@ async def push_prompt(
     body: PushIn, response: Response,
     service: PromptService = Depends(get_service), caller: Caller = Depends(get_caller),
 ) -> PushOut:
-    source = service.parse_text(body.source, dataset=body.dataset)
+    # The role first: parsing compiles the author's templates and renders the golden cases,
+    # work no one without the role may make the gateway do. Then off the event loop: the
+    # renders are bounded (gateway.prompts.render), but seconds of them must not stall /v1.
+    caller.require("author", doing="Pushing a prompt")
+    source = await asyncio.to_thread(service.parse_text, body.source, dataset=body.dataset)
     result = await service.push(source, caller, message=body.message, ticket=body.ticket)
     if not result.created:
         response.status_code = 200

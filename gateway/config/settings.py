@@ -28,6 +28,11 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest accepted request body; bigger bodies get 413."
     )
+    admin_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024,
+        description="Largest body for routes outside /v1 (admin API, prompt pushes); enforced while reading, "
+        "after the key is checked. The finance page's sign-in form takes at most 16 KiB.",
+    )
     access_log: bool = Field(True, description="One structured JSON log line per /v1 request.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged.")
     log_format: Literal["json", "text"] = Field(
@@ -160,6 +165,16 @@ class TokenSettings(_Strict):
 
 class PromptSettings(_Strict):
     """The prompt repository: how versions are signed and how fast label moves spread."""
+
+    render_timeout_ms: float = Field(
+        100.0, gt=0, le=60_000,
+        description="Wall time one request's prompt render may take (a real prompt takes well under 1 ms). "
+        "Past it the request gets 400 prompt_render_failed. Renders over 2 ms move off the event loop.",
+    )
+    render_max_output_chars: int = Field(
+        1_000_000, gt=0, le=100_000_000,
+        description="Characters a render may write, and the longest string or list it may build.",
+    )
 
     signing_key: SecretStr = Field(
         SecretStr(""),

@@ -35,7 +35,8 @@ class RenderError(Exception):
     importing Jinja2 before the first prompt is served.
     """
 
-    def __init__(self, index: int, message: str) -> None:
+    def __init__(self, index: int, message: str, *, timed_out: bool = False) -> None:
         super().__init__(f"messages[{index}]: {message}")
         self.index = index
         self.message = message
+        self.timed_out = timed_out  # ran out of time (the only failure a longer budget could change)

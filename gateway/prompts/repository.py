@@ -22,6 +22,7 @@ from gateway.config.applied import PolicyStore, catalog_from_files
 from gateway.config.policies import load_policies
 from gateway.config.settings import Settings
 from gateway.context import RequestContext
+from gateway.prompts.limits import RenderLimits
 from gateway.prompts.resolver import CachedPromptResolver
 from gateway.prompts.signing import load_signer
 from gateway.prompts.store import PromptStore
@@ -76,7 +77,10 @@ async def build_prompts(runtime: Runtime) -> PromptRepository:
         ("prompt",),
         registry=runtime.metrics.registry,
     )
-    resolver = CachedPromptResolver(store, signer, on_integrity_failure=lambda name: refused.labels(name).inc())
+    limits = RenderLimits(timeout_s=settings.prompts.render_timeout_ms / 1000,
+                          max_output_chars=settings.prompts.render_max_output_chars)
+    resolver = CachedPromptResolver(store, signer, on_integrity_failure=lambda name: refused.labels(name).inc(),
+                                    render_limits=limits)
     await resolver.refresh()
     sync = LabelSync(resolver.refresh, runtime.redis, settings.prompts.poll_interval_s)
     sync.start()

@@ -18,6 +18,7 @@ label or version exists (404), the variables match the schema (400), the templat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from gateway.catalog import Team
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from gateway.prompts.errors import PromptIntegrityError, RenderError
+from gateway.prompts.limits import INLINE_RENDER_S, RenderLimits
 from gateway.prompts.refs import LATEST, PRODUCTION
 from gateway.prompts.signing import Signer, integrity_problem
 from gateway.prompts.store import PromptStore
@@ -89,8 +91,13 @@ class CachedPromptResolver:
         on_integrity_failure: Callable[[str], None] | None = None,
         max_versions: int = 4096,
         failure_ttl_s: float = 5.0,
+        render_limits: RenderLimits | None = None,
     ) -> None:
         self._store = store
+        self._render_limits = render_limits or RenderLimits()
+        self._inline_limits = dataclasses.replace(
+            self._render_limits, timeout_s=min(INLINE_RENDER_S, self._render_limits.timeout_s)
+        )
         self._signer = signer
         self._on_integrity_failure = on_integrity_failure
         self._max_versions = max_versions
@@ -145,14 +152,32 @@ class CachedPromptResolver:
         served = self._versions.get((name, version))
         if served is None:
             served = await self._load(name, version)
-        self._apply(ctx, served)
+        await self._apply(ctx, served)
         ctx.prompt_name = name
         ctx.prompt_version = version
         ctx.prompt_label = label
         ctx.extra_headers.extend(served.headers)
         return served.alias
 
-    def _apply(self, ctx: RequestContext, served: ServedVersion) -> None:
+    async def _render(self, served: ServedVersion, variables: dict[str, Any]) -> list[dict[str, Any]]:
+        """Render on the event loop for at most ``INLINE_RENDER_S``; a template that needs
+        longer is rendered again, from the start, on a worker thread within the full limits.
+
+        A real prompt renders in tens of microseconds, so the inline attempt is the only one it
+        makes; a runaway template holds the loop ~2 ms, not its whole budget, and the rest runs
+        where it cannot stall other requests. Rendering has no side effects: starting over is safe.
+        """
+        compiled = served.compiled
+        if compiled.is_static:
+            return compiled.render(variables)
+        try:
+            return compiled.render(variables, self._inline_limits)
+        except RenderError as exc:
+            if not exc.timed_out or self._render_limits.timeout_s <= INLINE_RENDER_S:
+                raise
+        return await asyncio.to_thread(compiled.render, variables, self._render_limits)
+
+    async def _apply(self, ctx: RequestContext, served: ServedVersion) -> None:
         body = ctx.body
         # `variables` is the gateway's field, not the model's: it never goes upstream.
         variables = body.pop("variables", None)
@@ -168,7 +193,7 @@ class CachedPromptResolver:
             raise InvalidRequest(f"Invalid variables for the prompt '{served.name}' v{served.version}: {listed}{more}.",
                                  param=problems[0][0], code="invalid_variables")
         try:
-            messages = served.compiled.render(variables)
+            messages = await self._render(served, variables)
         except RenderError as exc:
             raise InvalidRequest(f"The prompt '{served.name}' v{served.version} failed to render: {exc}.",
                                  param="variables", code="prompt_render_failed") from None

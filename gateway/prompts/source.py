@@ -158,6 +158,35 @@ def spec_from_content(content: str) -> PromptSpec:
 # ------------------------------------------------------------------------------------------
 
 
+#: Bounds on a prompt file's YAML, checked on the parser's event stream before anything is
+#: built: a 774-byte file of nested aliases once expanded to 4 GiB. Aliases are refused outright
+#: (a prompt file has no use for them), and the size, node count and depth are capped far
+#: above any real prompt.
+MAX_YAML_CHARS = 1_000_000
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def _check_yaml_bounds(text: str, origin: str) -> None:
+    if len(text) > MAX_YAML_CHARS:
+        raise SourceError([f"{origin}: the file is larger than {MAX_YAML_CHARS} characters"])
+    nodes = depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            line = event.start_mark.line + 1
+            raise SourceError([f"{origin}:{line}: YAML anchors and aliases are not allowed in prompt files"])
+        if isinstance(event, yaml.NodeEvent):
+            nodes += 1
+            if nodes > MAX_YAML_NODES:
+                raise SourceError([f"{origin}: more than {MAX_YAML_NODES} YAML nodes"])
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise SourceError([f"{origin}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels"])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _yaml_with_lines(text: str, origin: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """Parse YAML, remembering each value's line so validation errors can point at it.
 
@@ -165,6 +194,7 @@ def _yaml_with_lines(text: str, origin: str) -> tuple[Any, dict[tuple[Any, ...],
     content, and must mean the same on every machine that pushes it.
     """
     try:
+        _check_yaml_bounds(text, origin)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -18,6 +18,7 @@ import orjson
 from gateway.config.settings import Settings, load_settings
 from gateway.observe import configure_logging
 from gateway.runtime import Runtime, create_runtime
+from gateway.server.guard import AdminGuard
 from gateway.server.openai_api import OpenAIApi, Receive, Scope, Send
 
 log = logging.getLogger("gateway.server")
@@ -76,7 +77,10 @@ class GatewayApp:
                 from gateway.admin import create_admin_app
 
                 assert self.runtime is not None
-                self._admin = create_admin_app(self.runtime)
+                self._admin = AdminGuard(
+                    create_admin_app(self.runtime), self.runtime.keys.authenticate,
+                    max_body=self.settings.server.admin_max_body_bytes,
+                )
         return self._admin
 
     async def stop(self) -> None:

@@ -1,0 +1,179 @@
+"""Hostile bodies and templates cost the gateway a bounded time and memory, and never stall it.
+
+Each of these once froze or bloated the process: a constant folded at compile time
+(``3 ** 3 ** 16``: 45 s before the role check answered 403), ``'a' * 10**9`` (1.2 GiB), a
+774-byte YAML alias bomb (46 s, 4 GiB), an author's nested loops over a caller's ``n`` (6 s
+of a stalled event loop), ``lipsum(n=100000)``, unauthenticated 200 MB bodies read whole,
+and cross-site sign-ins to the finance page. While each is handled, ``/health/live`` and a
+``/v1`` call must keep answering within 50 ms.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from support.gateway_proc import ADMIN_KEY, GatewayProcess
+
+STALL_BOUND_S = 0.050  # the issue's bound for /health/live and a /v1 call while hostile input is handled
+
+
+class Prober:
+    """Calls ``/health/live`` and a ``/v1`` mock completion in a loop; keeps the slowest of each."""
+
+    def __init__(self, gateway: GatewayProcess, key: str) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.worst = {"live": 0.0, "v1": 0.0}
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.gateway.url, timeout=30) as client:
+            client.get("/health/live")  # connections warm before measuring
+            while not self._stop.is_set():
+                for name, call in (("live", lambda: client.get("/health/live")),
+                                   ("v1", lambda: client.post(
+                                       "/v1/chat/completions", headers={"authorization": f"Bearer {self.key}"},
+                                       json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]}))):
+                    started = time.perf_counter()
+                    assert call().status_code == 200
+                    self.worst[name] = max(self.worst[name], time.perf_counter() - started)
+                self.count += 1
+                time.sleep(0.005)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(10)
+
+
+def while_probed(gateway: GatewayProcess, key: str, action: Callable[[], httpx.Response]) -> httpx.Response:
+    """Run ``action`` while the prober watches; assert the gateway kept answering promptly."""
+    with Prober(gateway, key) as prober:
+        response = action()
+    assert prober.count >= 3, "the probes ran alongside the hostile request"
+    assert prober.worst["live"] < STALL_BOUND_S and prober.worst["v1"] < STALL_BOUND_S, prober.worst
+    return response
+
+
+@pytest.fixture(scope="module")
+def keys(gateway: GatewayProcess) -> dict[str, str]:
+    # The admin app is built on the first admin request (on the event loop, ~0.5 s): build it
+    # now, so the probes measure the hostile input and not that one-off.
+    httpx.get(f"{gateway.url}/admin/budgets", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    return {"app": gateway.create_key("alpha", "app"), "author": gateway.create_key("alpha", "author")}
+
+
+def push(gateway: GatewayProcess, key: str, source: str, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{gateway.url}/admin/prompts", headers={"authorization": f"Bearer {key}"},
+                      json={"source": source, "message": "hostile"}, timeout=timeout)
+
+
+def prompt(content: str, *, golden: str = "", name: str | None = None) -> str:
+    name = name or f"hostile-{secrets.token_hex(4)}"
+    return (f"name: {name}\nmodel: mock\nvariables:\n  type: object\n  properties:\n    n: {{type: integer}}\n"
+            f"messages:\n  - role: user\n    content: {content!r}\n{golden}")
+
+
+CONSTANT_FOLD = "{{ (3 ** (3 ** 16)) % 10 }}"
+HUGE_STRING = "{{ ('a' * 10**9) }}"
+NESTED_LOOPS = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% endfor %}done"
+
+
+def test_a_push_without_the_author_role_is_refused_before_its_templates_run(
+    gateway: GatewayProcess, keys: dict[str, str]
+) -> None:
+    started = time.perf_counter()
+    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["app"], prompt(CONSTANT_FOLD)))
+    assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_role"
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("content", [CONSTANT_FOLD, HUGE_STRING, "{{ lipsum(n=100000) }}",
+                                     "{{ '%999999999d' | format(1) }}", "{{ 'x' | center(10**9) }}"])
+def test_an_authors_hostile_template_is_refused_in_bounded_time(
+    gateway: GatewayProcess, keys: dict[str, str], content: str
+) -> None:
+    source = prompt(content, golden="golden:\n  - {name: g, variables: {n: 1}, expect: {contains: x}}\n")
+    started = time.perf_counter()
+    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["author"], source))
+    assert time.perf_counter() - started < 10
+    assert response.status_code == 400, response.text
+    assert "render limit" in response.text
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(gateway: GatewayProcess, keys: dict[str, str]) -> None:
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
+    ]
+    bomb = "name: bomb\nmodel: mock\nmessages: [{role: user, content: hi}]\n" + "\n".join(levels) + "\n"
+    started = time.perf_counter()
+    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["author"], bomb))
+    assert time.perf_counter() - started < 5
+    assert response.status_code == 400 and "aliases are not allowed" in response.text
+
+
+def test_a_runaway_render_on_the_request_path_is_a_400_and_stalls_nothing(
+    gateway: GatewayProcess, keys: dict[str, str]
+) -> None:
+    name = f"loops-{secrets.token_hex(4)}"
+    assert push(gateway, keys["author"], prompt(NESTED_LOOPS, name=name)).status_code == 201
+
+    def call(n: int) -> httpx.Response:
+        return httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {keys['app']}"},
+                          json={"model": f"prompt:{name}@latest", "variables": {"n": n}}, timeout=30)
+
+    assert call(3).status_code == 200  # a sane n renders
+    started = time.perf_counter()
+    response = while_probed(gateway, keys["app"], lambda: call(15000))
+    assert time.perf_counter() - started < 2  # the 100 ms default budget, not 6 s
+    assert response.status_code == 400 and response.json()["error"]["code"] == "prompt_render_failed"
+
+
+def chunks(total: int, size: int = 1 << 20) -> Iterator[bytes]:
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+def test_an_unauthenticated_huge_body_is_refused_before_it_is_read(gateway: GatewayProcess) -> None:
+    started = time.perf_counter()
+    response = httpx.post(f"{gateway.url}/admin/prompts", content=chunks(200 << 20), timeout=30)
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("path", ["/admin/prompts", "/admin/keys", "/reports/login"])
+def test_every_body_has_a_limit_enforced_while_reading(gateway: GatewayProcess, path: str) -> None:
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    started = time.perf_counter()
+    response = httpx.post(f"{gateway.url}{path}", content=chunks(200 << 20), headers=headers, timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("path", ["/reports/login", "/reports/logout"])
+@pytest.mark.parametrize(("header", "value"), [("origin", "https://evil.example"), ("origin", "null"),
+                                               ("referer", "https://evil.example/page")])
+def test_cross_site_sign_in_and_out_are_refused(gateway: GatewayProcess, path: str, header: str, value: str) -> None:
+    response = httpx.post(f"{gateway.url}{path}", data={"key": ADMIN_KEY}, headers={header: value}, timeout=30)
+    assert response.status_code == 403 and response.json()["error"]["code"] == "cross_site_request"
+    assert "set-cookie" not in response.headers
+
+
+def test_a_same_site_sign_in_still_works(gateway: GatewayProcess) -> None:
+    response = httpx.post(f"{gateway.url}/reports/login", data={"key": ADMIN_KEY},
+                          headers={"origin": gateway.url}, timeout=30)
+    assert response.status_code in (200, 303) and "set-cookie" in response.headers
