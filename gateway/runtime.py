@@ -116,13 +116,19 @@ class Runtime:
             listener(catalog)
 
     async def close(self) -> None:
-        for closer in reversed(self.closers):
+        """Run the closers, then close providers and storage: every step bounded, so a stuck
+        dependency (a Redis that stopped answering) cannot keep the process from exiting."""
+        # Long enough for the ledger's own flush deadline (it reports what it could not write).
+        limit = max(self.settings.server.graceful_timeout_s, self.settings.ledger.shutdown_timeout_s + 5.0)
+        steps = [*reversed(self.closers), self.providers.close, self.db.close]
+        for step in steps:
             try:
-                await closer()
+                await asyncio.wait_for(step(), limit)
+            except TimeoutError:
+                log.error("shutdown step did not finish in time; abandoned",
+                          extra={"step": getattr(step, "__qualname__", repr(step)), "timeout_s": limit})
             except Exception:
                 log.exception("shutdown step failed")
-        await self.providers.close()
-        await self.db.close()
 
 
 async def _initial_catalog(settings: Settings, store: PolicyStore) -> tuple[Catalog, int | None]:

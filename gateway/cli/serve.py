@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,29 @@ import typer
 from gateway.cli.common import ConfigOption, fail_config, settings_or_exit
 from gateway.config.policies import load_policies
 from gateway.config.yamlfile import ConfigError
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Exit at once, naming the address, when it cannot be listened on.
+
+    uvicorn finds out only after the application started (storage, Redis, background tasks),
+    then shuts all of it down again; a busy port once left the process hanging in that
+    shutdown. Binding first (as uvicorn will, with SO_REUSEADDR) answers in a millisecond.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc} "
+                       "(another gateway or program is using it; pick another with --port)", err=True)
+            raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -35,6 +59,8 @@ def register(app: typer.Typer) -> None:
             fail_config(exc)
         if config:
             os.environ["GATEWAY_CONFIG"] = str(Path(config).resolve())
+        listen_host, listen_port = host or settings.server.host, port or settings.server.port
+        _check_bindable(listen_host, listen_port)
         worker_count = workers or settings.server.workers
         if worker_count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Each worker has its own counters; multiprocess mode lets /metrics sum them.
@@ -42,8 +68,8 @@ def register(app: typer.Typer) -> None:
         uvicorn.run(
             "gateway.server.app:create_app",
             factory=True,
-            host=host or settings.server.host,
-            port=port or settings.server.port,
+            host=listen_host,
+            port=listen_port,
             workers=worker_count,
             loop="uvloop",
             http="httptools",

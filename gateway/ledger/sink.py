@@ -22,7 +22,7 @@ from gateway.pricing import to_nanos
 
 #: Every value of ``ledger.kind``; reports group and filter by it. "reconciled" rows are not
 #: written here but by the budget feature, for reservations whose request died with its process.
-KINDS: Final = ("request", "cache_hit", "rejected", "cancelled", "error", "shadow", "reconciled")
+KINDS: Final = ("request", "cache_hit", "rejected", "cancelled", "cut", "error", "shadow", "reconciled")
 
 CLIENT_CLOSED: Final = 499  # the server marks a caller that went away mid-answer with nginx's 499
 
@@ -54,6 +54,8 @@ def kind_of(ctx: RequestContext) -> str:
         return "rejected"
     if ctx.status == CLIENT_CLOSED:
         return "cancelled"
+    if ctx.error is not None and ctx.error.code == "server_shutting_down":
+        return "cut"  # a stream the server cut short when it stopped: not a complete answer
     if ctx.status >= 400 or ctx.error is not None:
         return "error"
     return "request"

@@ -59,12 +59,16 @@ class LabelSync:
     def wake(self) -> None:
         self._wake.set()
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Stop both loops; bounded, because a subscriber stuck closing its Redis connection
+        once kept a replica that failed to bind from ever exiting."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=timeout_s)
+            if stuck:
+                log.warning("prompt label tasks did not stop in time; abandoning them",
+                            extra={"tasks": sorted(task.get_name() for task in stuck)})
         self._tasks.clear()
 
     def _warn(self, message: str, exc: BaseException) -> None:

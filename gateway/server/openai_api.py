@@ -9,6 +9,7 @@ Each request gets a watcher for the caller going away, which cancels the upstrea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from gateway.errors import (
     InvalidRequest,
     NotFound,
     RequestTooLarge,
+    ServiceUnavailable,
     UpstreamError,
     error_body,
     internal_error,
@@ -137,6 +139,11 @@ class OpenAIApi:
             watch.complete = True
         except asyncio.CancelledError:
             if not watch.disconnected:
+                # Not the caller leaving: the server is stopping (graceful shutdown ran out of
+                # time). A stream already under way is cut; say so in-band, and record it as
+                # cut, not as the complete success its 200 status line announced.
+                if not watch.complete and ctx.stream and ctx.status == 200 and ctx.error is None:
+                    await _cut_at_shutdown(send, ctx)
                 raise
             task.uncancel()
             ctx.status = CLIENT_CLOSED
@@ -274,6 +281,19 @@ def _common_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
         (b"x-gateway-overhead-ms", _ms(ctx.overhead_seconds)),
         *ctx.extra_headers,
     ]
+
+
+SHUTTING_DOWN = "server_shutting_down"
+
+
+async def _cut_at_shutdown(send: Send, ctx: RequestContext) -> None:
+    error = ServiceUnavailable(
+        "The gateway is shutting down and cut this stream short; retry the request.", code=SHUTTING_DOWN
+    )
+    ctx.status = error.status
+    ctx.error = error
+    with contextlib.suppress(Exception):  # the connection may be gone already: the record stands
+        await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
 
 
 async def _send_error(

@@ -60,7 +60,7 @@ ledger = Table(
     Column("prompt_name", String(200), nullable=True),
     Column("prompt_version", Integer, nullable=True),
     Column("variant", String(100), nullable=True),
-    # request | cache_hit | rejected | error | cancelled | shadow
+    # request | cache_hit | rejected | error | cancelled | cut | shadow | reconciled (gateway.ledger.KINDS)
     Column("kind", String(20), nullable=False),
     Column("status", Integer, nullable=False),
     Column("prompt_tokens", Integer, nullable=False, default=0),
