@@ -94,6 +94,21 @@ def _check_embeddings(body: dict[str, Any]) -> None:
         "'input' must be a string or a non-empty array.",
         "input",
     )
+    if isinstance(value, list):
+        # OpenAI's four forms: strings, token ids, or arrays of token ids (one form a request).
+        first = value[0]
+        if isinstance(first, str):
+            ok = all(isinstance(item, str) for item in value)
+        elif isinstance(first, list):
+            ok = all(isinstance(item, list) and item and all(_is_token(t) for t in item) for item in value)
+        else:
+            ok = all(_is_token(item) for item in value)
+        _require(ok, "'input' must be a string, an array of strings, an array of token ids or an array "
+                 "of arrays of token ids.", "input")
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
