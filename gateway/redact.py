@@ -75,3 +75,9 @@ def url_password(url: str) -> str:
         return urlsplit(url).password or ""
     except ValueError:
         return ""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced: fit to print."""
+    password = url_password(url)
+    return url.replace(f":{password}@", f":{REDACTED}@", 1) if password else url

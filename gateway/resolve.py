@@ -18,6 +18,9 @@ from gateway.pipeline_types import Handler
 PROMPT_PREFIX = "prompt:"
 
 
+_LIST_HINT = "; GET /v1/models lists the models and prompts this key may call."
+
+
 class PromptResolver(Protocol):
     """Renders ``prompt:NAME[@LABEL|@vN]`` into ``ctx.body`` and returns the alias to call."""
 
@@ -27,7 +30,7 @@ class PromptResolver(Protocol):
 def alias_for(ctx: RequestContext, name: str) -> ModelAlias:
     alias = ctx.catalog.aliases.get(name)
     if alias is None:
-        raise NotFound(f"The model '{name}' does not exist.", param="model")
+        raise NotFound(f"The model '{name}' does not exist{_LIST_HINT}", param="model")
     team = ctx.catalog.team(ctx.team)
     if team is None or not team.allows_model(name):
         raise PermissionDenied(f"Team '{ctx.team}' may not use the model '{name}'.", param="model")
@@ -49,7 +52,7 @@ class Resolve:
         name = ctx.requested_model
         if name.startswith(PROMPT_PREFIX):
             if self._prompts is None or ctx.endpoint is not Endpoint.CHAT:
-                raise NotFound(f"The model '{name}' does not exist.", param="model")
+                raise NotFound(f"The model '{name}' does not exist{_LIST_HINT}", param="model")
             name = await self._prompts.resolve(ctx, name.removeprefix(PROMPT_PREFIX))
         ctx.alias = alias_for(ctx, name)
         return await call_next(ctx)

@@ -131,6 +131,17 @@ class Runtime:
                 log.exception("shutdown step failed")
 
 
+def warn_missing_keys(catalog: Catalog) -> None:
+    """Name, at start-up, each deployment that will call its provider with no API key."""
+    for alias in catalog.aliases.values():
+        for deployment in alias.deployments:
+            if deployment.provider != "mock" and not deployment.api_key:
+                log.warning(
+                    "a deployment's API key is empty: is the environment variable its api_key names set?",
+                    extra={"alias": alias.name, "deployment": deployment.label},
+                )
+
+
 async def _initial_catalog(settings: Settings, store: PolicyStore) -> tuple[Catalog, int | None]:
     """The latest applied snapshot if there is one (it is what every replica serves), else the files."""
     policies_dir = settings.resolve_path(settings.policies_dir)
@@ -152,6 +163,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     policy_store = PolicyStore(db)
     catalog, policy_version = await _initial_catalog(settings, policy_store)
     SECRETS.use("catalog", catalog.secret_values())
+    warn_missing_keys(catalog)
     keys = KeyStore(
         db,
         admin_key=settings.auth.admin_key.get_secret_value(),

@@ -60,6 +60,9 @@ class CallUpstream:
                 try:
                     reply = await call(deployment, ctx)
                 except UpstreamError as error:
+                    keyless = not deployment.api_key and deployment.provider != "mock"
+                    if keyless and error.status in (401, 403, 502, 503):
+                        error.message += f" (the API key of {deployment.label} is empty: is its variable set?)"
                     elapsed = time.perf_counter() - started
                     ctx.upstream_seconds += elapsed
                     self._attempted(deployment, elapsed, error.code or "error")

@@ -389,7 +389,8 @@ def test_bad_input_gets_a_precise_error_and_changes_nothing(
         return response.status_code, payload["code"], payload["param"], payload["message"]
 
     assert error(f"prompt:nope-{name}") == (404, "prompt_not_found", "model",
-                                            f"The prompt 'nope-{name}' does not exist.")
+                                            f"The prompt 'nope-{name}' does not exist; "
+        "GET /v1/models lists the prompts this key may call.")
     assert error(f"prompt:{name}@v3")[:2] == (404, "prompt_version_not_found")
     assert error(f"prompt:{name}@qa") == (404, "prompt_label_not_found", "model",
                                           f"The prompt '{name}' has no label 'qa'.")

@@ -379,7 +379,8 @@ async def test_resolve_renders_applies_parameters_and_tags_the_request(repo: Rep
     [
         ("{name}", {"variables": {"question": "q"}}, "support", PermissionDenied, 403,
          "Team 'support' may not use the prompt '{name}'."),
-        ("nope-{name}", {}, "alpha", NotFound, 404, "The prompt 'nope-{name}' does not exist."),
+        ("nope-{name}", {}, "alpha", NotFound, 404, "The prompt 'nope-{name}' does not exist; "
+        "GET /v1/models lists the prompts this key may call."),
         ("{name}@v9", {}, "alpha", NotFound, 404, "The prompt '{name}' has no version v9 (the latest is v1)."),
         ("{name}@v0", {}, "alpha", NotFound, 404, "The prompt '{name}' has no version v0 (the latest is v1)."),
         ("{name}@canary", {}, "alpha", NotFound, 404, "The prompt '{name}' has no label 'canary'."),

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.admin import audit, keys, prompts, reports
 from gateway.admin import budgets as budgets_admin
 from gateway.admin import cache as cache_admin
-from gateway.errors import GatewayError, InvalidRequest, error_body
+from gateway.errors import GatewayError, InvalidRequest, NotFound, error_body
 from gateway.runtime import Runtime
 
 
@@ -44,4 +45,21 @@ def create_admin_app(runtime: Runtime) -> FastAPI:
         param = ".".join(str(p) for p in first["loc"] if p != "body")
         return _error_response(InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param or None))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        # FastAPI's own 404/405 ({"detail": "Not Found"}) in OpenAI's shape, like every other error.
+        path = request.url.path
+        if error.status_code == 404:
+            hint = ""
+            if f"/v1{path}" in _V1_PATHS:
+                hint = f"; the OpenAI-compatible API lives under /v1: did you mean /v1{path}?"
+            return _error_response(NotFound(f"Unknown URL {request.method} {path}{hint}.", code="unknown_url"))
+        if error.status_code == 405:
+            return _error_response(InvalidRequest(f"{path} does not take {request.method}.",
+                                                  code="method_not_allowed", status=405))
+        return _error_response(GatewayError(str(error.detail), status=error.status_code))
+
     return app
+
+
+_V1_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})

@@ -61,5 +61,24 @@ app = typer.Typer(
 serve.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"gateway {version('llm-gateway')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("gateway (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit."),
+) -> None:
+    """An OpenAI-compatible LLM prompt-and-model gateway."""
+
+
 def main() -> None:
     app()

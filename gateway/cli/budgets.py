@@ -14,10 +14,9 @@ import typer
 from rich.table import Table
 
 from gateway.budgets import reporter_for
-from gateway.catalog import Catalog, build_catalog
+from gateway.catalog import Catalog
 from gateway.cli.common import ConfigOption, console, err_console, run, settings_or_exit
-from gateway.config.applied import PolicyStore, catalog_from_files
-from gateway.config.policies import load_policies
+from gateway.config.applied import catalog_in_force
 from gateway.config.settings import Settings
 from gateway.config.yamlfile import ConfigError
 from gateway.storage import Database, open_database
@@ -31,11 +30,7 @@ class Format(StrEnum):
 
 
 async def _catalog(settings: Settings, db: Database) -> Catalog:
-    """The applied policies (what the replicas serve), else the policy files."""
-    snapshot = await PolicyStore(db).latest()
-    if snapshot is not None:
-        return catalog_from_files(snapshot.files)
-    return build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
+    return await catalog_in_force(settings, db)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -9,7 +10,10 @@ import typer
 from rich.table import Table
 
 from gateway.auth import ROLES, KeyRecord, KeyStore
-from gateway.cli.common import ConfigOption, console, fail, settings_or_exit, with_database
+from gateway.cli.common import ConfigOption, console, err_console, fail, settings_or_exit, with_database
+from gateway.config.applied import catalog_in_force
+from gateway.config.yamlfile import ConfigError
+from gateway.redact import redact_url
 from gateway.storage import Database
 
 app = typer.Typer(help="Team API keys.", no_args_is_help=True)
@@ -20,20 +24,45 @@ def create(
     team: Annotated[str, typer.Option(help="The team the key belongs to.")],
     role: Annotated[list[str] | None, typer.Option(help=f"Role(s): {', '.join(ROLES)}. Repeatable.")] = None,
     name: Annotated[str, typer.Option(help="A label for humans.")] = "",
+    force: Annotated[bool, typer.Option("--force", help="Create it even if no policy names the team (yet).")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
     settings = settings_or_exit(config)
+    database = settings.database_url
+    sqlite_file = Path(database.removeprefix("sqlite:///")) if database.startswith("sqlite:///") else None
+    new_database = sqlite_file is not None and not sqlite_file.exists()
+    teams_file = settings.resolve_path(settings.policies_dir) / "teams.yaml"
 
-    async def create_key(db: Database) -> tuple[str, str, str]:
+    async def create_key(db: Database) -> tuple[str, str, str] | list[str]:
+        # A key for a team no policy names is refused at every request (401/403 with no hint):
+        # say so now, while the person who made the typo is looking.
+        if not force:
+            try:
+                catalog = await catalog_in_force(settings, db)
+            except ConfigError:
+                return []  # no readable policy files here: no team is known
+            if catalog.team(team) is None:
+                return sorted(catalog.teams)
         created = await KeyStore(db).create(team, tuple(role or ["app"]), name)
         return created.record.key_id, ",".join(created.record.roles), created.secret
 
     try:
-        key_id, roles, secret = with_database(settings, create_key)
+        outcome = with_database(settings, create_key)
     except ValueError as exc:
         fail(str(exc))
         return
+    where = f"database {redact_url(database)}"
+    if new_database:
+        err_console.print(f"[yellow]warning:[/] there was no database at {sqlite_file}: created a new, empty one. "
+                          "Run this in the gateway's folder, or pass --config, to use the gateway's own.",
+                          highlight=False)
+    if isinstance(outcome, list):
+        known = ", ".join(outcome) or "none"
+        fail(f"no policy names the team {team!r} (policies: {teams_file}; {where}; known teams: {known}). "
+             "Keys for it would be refused; add the team to the policy, or pass --force if it is coming.")
+        return
+    key_id, roles, secret = outcome
     console.print(f"Created {key_id} for team {team} with roles {roles}. Store it now: it is not shown again.",
                   highlight=False)
     print(secret)

@@ -12,7 +12,9 @@ import typer
 
 from gateway.cli.common import ConfigOption, fail_config, settings_or_exit
 from gateway.config.policies import load_policies
+from gateway.config.settings import config_path
 from gateway.config.yamlfile import ConfigError
+from gateway.redact import redact_url
 
 
 def _check_bindable(host: str, port: int) -> None:
@@ -65,6 +67,14 @@ def register(app: typer.Typer) -> None:
         if worker_count > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Each worker has its own counters; multiprocess mode lets /metrics sum them.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+        found = config_path(config)
+        config_file = str(found.resolve()) if found.exists() else "none, defaults"
+        typer.echo(
+            f"gateway: serving http://{listen_host}:{listen_port} (config: {config_file}; "
+            f"database: {redact_url(settings.database_url)}; policies: {settings.resolve_path(settings.policies_dir)}; "
+            f"{worker_count} worker{'s' if worker_count > 1 else ''})",
+            err=True,
+        )
         uvicorn.run(
             "gateway.server.app:create_app",
             factory=True,

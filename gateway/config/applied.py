@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.audit import Actor, AuditLog
 from gateway.catalog import Catalog, build_catalog
 from gateway.config.policies import load_policies
+from gateway.config.settings import Settings
 from gateway.config.yamlfile import ConfigError
 from gateway.storage import Database
 from gateway.storage.schema import policy_snapshots
@@ -208,3 +209,11 @@ class PolicyWatcher:
                 await self.check()
             except Exception:
                 log.exception("policy watcher failed; retrying")
+
+
+async def catalog_in_force(settings: Settings, db: Database) -> Catalog:
+    """The catalog every replica serves: the latest applied snapshot, else the policy files."""
+    snapshot = await PolicyStore(db).latest()
+    if snapshot is not None:
+        return catalog_from_files(snapshot.files)
+    return build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))

@@ -133,7 +133,8 @@ class CachedPromptResolver:
                                    code="prompt_not_allowed")
         labels = self._labels.get(name)
         if labels is None:
-            raise NotFound(f"The prompt '{name}' does not exist.", param="model", code="prompt_not_found")
+            raise NotFound(f"The prompt '{name}' does not exist; GET /v1/models lists the prompts this key may call.",
+                           param="model", code="prompt_not_found")
         label: str | None
         if selector[:1] == "v" and selector[1:].isdigit():
             label, version = None, int(selector[1:])

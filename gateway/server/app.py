@@ -86,6 +86,11 @@ class GatewayApp:
     async def stop(self) -> None:
         if self.runtime is not None:
             await self.runtime.close()
+            log.info("gateway stopped cleanly")
+            # uvicorn re-raises the signal it stopped for once this returns: nothing after it
+            # runs, so the line must reach stderr now.
+            for handler in logging.getLogger().handlers:
+                handler.flush()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
