@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from gateway.admin.deps import actor_of, get_runtime, require
+from gateway.admin.types import UtcDateTime
 from gateway.audit import AuditLog
 from gateway.auth import Principal
 from gateway.config.applied import PolicyStore
@@ -22,7 +23,7 @@ router = APIRouter(tags=["audit and policies"])
 
 class AuditEntryOut(BaseModel):
     seq: int
-    ts: datetime
+    ts: UtcDateTime
     actor_key_id: str
     actor_team: str
     action: str

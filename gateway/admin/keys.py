@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from gateway.admin.deps import actor_of, get_runtime, require
+from gateway.admin.types import UtcDateTime
 from gateway.auth import ROLES, KeyRecord, Principal
 from gateway.errors import InvalidRequest, NotFound
 from gateway.runtime import Runtime
@@ -27,8 +26,8 @@ class KeyOut(BaseModel):
     team: str
     roles: list[str]
     name: str
-    created_at: datetime
-    revoked_at: datetime | None
+    created_at: UtcDateTime
+    revoked_at: UtcDateTime | None
 
     @classmethod
     def of(cls, record: KeyRecord) -> KeyOut:

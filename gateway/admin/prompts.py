@@ -8,13 +8,13 @@ moves protected labels, and only to an evaluated version unless forced with a re
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from gateway.admin.deps import get_principal, get_runtime
+from gateway.admin.types import UtcDateTime
 from gateway.auth import Principal
 from gateway.errors import ServiceUnavailable
 from gateway.prompts import Caller, PromptRepository, PromptService
@@ -52,7 +52,7 @@ class VersionOut(BaseModel):
     author: str
     message: str
     ticket: str | None
-    created_at: datetime
+    created_at: UtcDateTime
     key_id: str = Field(..., description="The signing key's id.")
 
     @classmethod
@@ -111,7 +111,7 @@ class SummaryOut(BaseModel):
     name: str
     latest: int
     labels: dict[str, int]
-    updated_at: datetime
+    updated_at: UtcDateTime
     author: str
 
     @classmethod
@@ -125,8 +125,8 @@ class EvalOut(BaseModel):
     name: str
     version: int
     model: str
-    started_at: datetime
-    finished_at: datetime
+    started_at: UtcDateTime
+    finished_at: UtcDateTime
     passed: bool
     score: float
     pass_rate: float
@@ -163,7 +163,7 @@ class MoveOut(BaseModel):
     actor: str
     reason: str | None
     ticket: str | None
-    at: datetime
+    at: UtcDateTime
 
     @classmethod
     def of(cls, move: LabelMove) -> MoveOut:

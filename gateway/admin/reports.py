@@ -6,7 +6,6 @@ own routes (HTML, sign-in, its CSV) are in ``gateway.reports.page`` and included
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.admin.deps import get_runtime, require
+from gateway.admin.types import UtcDateTime
 from gateway.auth import Principal, bearer_token
 from gateway.errors import AuthenticationFailed
 from gateway.reports import CostQuery, Period, cost_report, parse_by, to_csv, to_json_dict
@@ -34,10 +34,13 @@ class Format(StrEnum):
 
 class LoginLink(BaseModel):
     url: str = Field(..., description="Open once in a browser within the expiry; it sets a session cookie.")
-    expires_at: datetime
+    expires_at: UtcDateTime
 
 
-@router.get("/costs", response_model=None)
+@router.get("/costs", response_model=None, responses={200: {
+    "description": "Cost rows: JSON by default, CSV with format=csv.",
+    "content": {"application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}},
+}})
 async def costs(
     from_: str | None = Query(None, alias="from", description="First UTC date, inclusive (YYYY-MM-DD)."),
     to: str | None = Query(None, description="Last UTC date, exclusive (YYYY-MM-DD)."),
