@@ -8,6 +8,7 @@ stores need no flushing between tests; upstream calls are counted by the fake up
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -480,3 +481,16 @@ def orjson_dumps(value: Any) -> bytes:
     import orjson
 
     return orjson.dumps(value)
+
+
+def test_cache_cli_acts_as_the_local_operator_without_an_admin_key(
+    cached: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like `gateway prompts`: whoever can run the CLI here may act; no admin key needed."""
+    gateway, _ = cached
+    monkeypatch.delenv("GATEWAY_ADMIN_KEY", raising=False)  # the config reads ${GATEWAY_ADMIN_KEY}: now empty
+    result = cache_cli(gateway, "stats", "--url", gateway.url)
+    assert result.exit_code == 0, result.output
+    listing = gateway.cli("keys", "list", "--all", "--format", "json").stdout
+    one_off = [row for row in json.loads(listing) if row["name"] == "gateway cache (local)"]
+    assert one_off and all(row["revoked_at"] for row in one_off)  # revoked straight after

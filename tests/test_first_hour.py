@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,15 @@ def test_an_empty_provider_key_is_named_at_start_up_and_in_the_error(keyless: Ga
     finally:
         keyless.stop()
     assert "a deployment's API key is empty" in keyless.log() and '"alias":"fake-chat"' in keyless.log()
+
+
+def test_config_errors_suggest_the_key_meant_and_name_the_variable(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text("server:\n  prot: 8080\n  workers: ${BAD_WORKERS}\nstorag: {}\n")
+    env = {**os.environ, "BAD_WORKERS": "lots"}
+    env.pop("GATEWAY_CONFIG", None)
+    result = gateway_cli(tmp_path, "config", "check", env=env)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "gateway.yaml:2: server.prot: Extra inputs are not permitted (did you mean 'port'?)" in output
+    assert "storag: Extra inputs are not permitted (did you mean 'storage'?)" in output
+    assert "server.workers" in output and "(the value came from ${BAD_WORKERS})" in output

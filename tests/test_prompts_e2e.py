@@ -167,6 +167,7 @@ def test_prompt_author_workflow_from_the_readme(shipped: ShippedGateway) -> None
     # 2. Evaluate v1 and put it in production.
     evaluated = gw.gateway("prompts", "eval", "support-answer@v1")
     assert "PASSED: 3/3 cases" in evaluated.stdout
+    assert '"latency_ms"' not in evaluated.stdout + evaluated.stderr  # no access-log lines in the output
     gw.gateway("prompts", "label", "set", "support-answer", "production", "1")
     wait_for(lambda: ask("prompt:support-answer")[0] == "1")
 

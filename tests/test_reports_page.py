@@ -90,6 +90,8 @@ def _ledger_rows(days: int = 30) -> list[dict[str, Any]]:
                     "cost_nanos": 0 if hit else cost, "saved_nanos": cost if hit else 0,
                 })
     rows.append({"ts": today, "request_id": "evil", "team": EVIL_TEAM, "cost_nanos": 1, "prompt_name": "<b>x</b>"})
+    # The gateway's own evaluation runs are spent under prompts.eval_team ("admin").
+    rows.append({"ts": today, "request_id": "eval-1", "team": "admin", "key_id": "eval", "cost_nanos": 5_000_000})
     return rows
 
 
@@ -155,6 +157,7 @@ def test_the_page_shows_spend_chart_tops_savings_and_exports(site: dict[str, Any
     for prompt in PROMPTS[:4]:
         assert prompt in html
     assert "gpt-4o-mini" in html and "text-embedding-3-small" in html
+    assert "admin <small" in html and "(prompt evaluations)" in html  # evaluation traffic is named as such
     assert "Cache savings" in html and "cache savings ·" in html  # the card and the chart's line
     assert len(re.findall(r"<rect ", html)) >= 30 * len(TEAMS)  # one bar segment per team and day
     assert "<polyline" in html

@@ -2,7 +2,8 @@
 
 The embedded store lives inside the server process, so the CLI asks the server (``--url``,
 default the config's host and port; ``--key``, default ``$GATEWAY_ADMIN_KEY`` or the config's
-admin key). With Redis, ``purge --direct`` deletes the entries in Redis itself, which works
+admin key; with none, a one-off key of the local operator, as ``gateway prompts`` acts). With
+Redis, ``purge --direct`` deletes the entries in Redis itself, which works
 while no gateway is running.
 """
 
@@ -14,12 +15,13 @@ import aiohttp
 import orjson
 import typer
 
+from gateway.auth import KeyStore
 from gateway.cache import PurgeFilter
 from gateway.cache.base import CacheUnavailable
 from gateway.cache.policy import scopes_of
 from gateway.cache.redis_store import purge_keys
 from gateway.catalog import Team
-from gateway.cli.common import ConfigOption, console, fail, run, settings_or_exit
+from gateway.cli.common import ConfigOption, console, fail, run, settings_or_exit, with_database
 from gateway.config.policies import load_policies
 from gateway.config.settings import Settings
 from gateway.config.yamlfile import ConfigError
@@ -32,7 +34,8 @@ UrlOption = Annotated[
 ]
 KeyOption = Annotated[
     str | None,
-    typer.Option("--key", envvar="GATEWAY_ADMIN_KEY", show_envvar=True, help="An admin key (default: the config's)."),
+    typer.Option("--key", envvar="GATEWAY_ADMIN_KEY", show_envvar=True,
+                 help="An admin key (default: the config's; else a one-off local one)."),
 ]
 
 
@@ -89,8 +92,19 @@ def _base_url(settings: Settings, url: str | None) -> str:
 
 def _call(settings: Settings, url: str | None, key: str | None, method: str, path: str, body: Any) -> Any:
     token = key or settings.auth.admin_key.get_secret_value()
-    if not token:
-        fail("no admin key: pass --key or set GATEWAY_ADMIN_KEY")
+    if token:
+        return _call_with(settings, url, token, method, path, body)
+    # No admin key configured: act as the local operator, as `gateway prompts` does. Whoever
+    # can run this here can write the gateway's database, so a short-lived admin key is made
+    # there for this one call and revoked straight after (both in the audit log).
+    created = with_database(settings, lambda db: KeyStore(db).create("admin", ("admin",), "gateway cache (local)"))
+    try:
+        return _call_with(settings, url, created.secret, method, path, body)
+    finally:
+        with_database(settings, lambda db: KeyStore(db).revoke(created.record.key_id, reason="one-off CLI key"))
+
+
+def _call_with(settings: Settings, url: str | None, token: str, method: str, path: str, body: Any) -> Any:
     target = _base_url(settings, url) + path
 
     async def request() -> tuple[int, bytes]:

@@ -313,6 +313,9 @@ def evaluate(
 
     _check_format(output)
     settings = settings_or_exit(config)
+    # The evaluation's requests are this command's work, not a server's traffic: no access-log
+    # lines in its output (the ledger still records each case, as the server's runs do).
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"access_log": False})})
     caller = _caller(author)
 
     async def go() -> EvalRecord:

@@ -120,6 +120,7 @@ async def page(
     return _html(
         "reports.html",
         d=dashboard,
+        eval_team=runtime.settings.prompts.eval_team,  # evaluation traffic is spent under this team
         signed_in="authorization" not in request.headers,
         csv_daily=urlencode({**span, "by": "day,team"}),
         csv_detail=urlencode({**span, "by": "day,team,alias,model,prompt"}),
