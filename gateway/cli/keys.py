@@ -34,16 +34,21 @@ def create(
     new_database = sqlite_file is not None and not sqlite_file.exists()
     teams_file = settings.resolve_path(settings.policies_dir) / "teams.yaml"
 
+    unchecked: list[str] = []
+
     async def create_key(db: Database) -> tuple[str, str, str] | list[str]:
         # A key for a team no policy names is refused at every request (401/403 with no hint):
         # say so now, while the person who made the typo is looking.
         if not force:
             try:
                 catalog = await catalog_in_force(settings, db)
-            except ConfigError:
-                return []  # no readable policy files here: no team is known
-            if catalog.team(team) is None:
-                return sorted(catalog.teams)
+            except ConfigError as exc:
+                # The check is a courtesy, not a gate: policy files being edited (or broken) must not
+                # stop an operator from issuing a key, so say the team went unchecked and carry on.
+                unchecked.append(str(exc).splitlines()[0])
+            else:
+                if catalog.team(team) is None:
+                    return sorted(catalog.teams)
         created = await KeyStore(db).create(team, tuple(role or ["app"]), name)
         return created.record.key_id, ",".join(created.record.roles), created.secret
 
@@ -62,6 +67,9 @@ def create(
         fail(f"no policy names the team {team!r} (policies: {teams_file}; {where}; known teams: {known}). "
              "Keys for it would be refused; add the team to the policy, or pass --force if it is coming.")
         return
+    if unchecked:
+        err_console.print(f"[yellow]warning:[/] could not check that a policy names the team {team!r}: "
+                          f"{unchecked[0]}", highlight=False)
     key_id, roles, secret = outcome
     console.print(f"Created {key_id} for team {team} with roles {roles}. Store it now: it is not shown again.",
                   highlight=False)

@@ -168,7 +168,7 @@ class PromptSettings(_Strict):
 
     render_timeout_ms: float = Field(
         100.0, gt=0, le=60_000,
-        description="Wall time one request's prompt render may take (a real prompt takes well under 1 ms). "
+        description="CPU time one request's prompt render may use (a real prompt takes well under 1 ms). "
         "Past it the request gets 400 prompt_render_failed. Renders over 2 ms move off the event loop.",
     )
     render_max_output_chars: int = Field(

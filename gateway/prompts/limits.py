@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class RenderLimits:
-    """Wall time, loop steps, output and value sizes for one render of a version's messages."""
+    """CPU time, loop steps, output and value sizes for one render of a version's messages."""
 
     timeout_s: float = 0.1
     max_output_chars: int = 1_000_000
@@ -16,5 +16,5 @@ class RenderLimits:
     max_int_bits: int = 4096
 
 
-#: How long a render may hold the event loop before it is moved to a worker thread.
+#: How much CPU a render may spend on the event loop before it is moved to a worker thread.
 INLINE_RENDER_S = 0.002
