@@ -45,9 +45,9 @@ from gateway.config.policies import BudgetSpec
 from gateway.config.settings import BudgetSettings
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.pricing import to_nanos
-from gateway.redis_wire import RedisWire
+from gateway.redis.wire import RedisWire
 from gateway.storage import open_database
-from gateway.tokens import TokenCounter
+from gateway.usage.tokens import TokenCounter
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant that answers briefly."},

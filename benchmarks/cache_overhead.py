@@ -52,7 +52,7 @@ from gateway.cache.keys import team_scope
 from gateway.cache.metrics import CacheMetrics
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.observe import Metrics
-from gateway.redis_wire import RedisWire
+from gateway.redis.wire import RedisWire
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 MESSAGES = [
@@ -127,7 +127,7 @@ def through_server(workdir: Path, requests: int, redis_url: str | None) -> dict[
     fake_port = free_port()
     fake = start_server(
         "fake upstream",
-        [sys.executable, "-m", "gateway.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
+        [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
         base_url=f"http://127.0.0.1:{fake_port}",
         ready_path="/health",
         log_path=workdir / "fake.log",

@@ -329,7 +329,7 @@ def _frame_path(frame: str) -> str:
 
 
 def _relative(path: str) -> str:
-    """A source path as a reader knows it: ``aiohttp/client.py``, ``gateway/parse.py``."""
+    """A source path as a reader knows it: ``aiohttp/client.py``, ``gateway/parse/stage.py``."""
     for marker in ("/site-packages/", "/lib-dynload/"):
         if marker in path:
             return path.split(marker, 1)[1]

@@ -1,6 +1,6 @@
 """How each server in the comparison is configured and started.
 
-* ``fake``: the fake OpenAI upstream (``python -m gateway.fake_upstream``); "direct" is it.
+* ``fake``: the fake OpenAI upstream (``python -m gateway.testing.fake_upstream``); "direct" is it.
 * ``passthrough``: ``benchmarks/passthrough.py``, the bare-Python yardstick.
 * ``gateway``: ``gateway serve`` with a temporary config (one alias pointing at the fake, a
   temporary SQLite database, no Redis, the access log as shipped) and a real team key.
@@ -89,7 +89,7 @@ def _gateway_command() -> list[str]:
 def start_fake(workdir: Path, *, port: int, core: int | None) -> Server:
     return start_server(
         "fake upstream",
-        [_python(), "-m", "gateway.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        [_python(), "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
         base_url=f"http://127.0.0.1:{port}",
         ready_path="/health",
         log_path=workdir / "fake.log",

@@ -33,7 +33,7 @@ from gateway.pipeline_types import Handler, Stage
 from gateway.prompts import build_prompts
 from gateway.providers import ProviderRegistry
 from gateway.redact import SECRETS
-from gateway.redis_conn import connect_redis
+from gateway.redis.conn import connect_redis
 from gateway.resolve import PromptResolver, Resolve
 from gateway.routing import Route
 from gateway.storage import Database, open_database

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.fake_upstream import FakeUpstream
+from gateway.testing.fake_upstream import FakeUpstream
 from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess
 from support.servers import start_uvicorn_in_thread
 

@@ -23,7 +23,7 @@ from gateway.budgets.redis_backend import RedisBackend, _Settlement
 from gateway.config.policies import BudgetSpec
 from gateway.config.settings import BudgetSettings
 from gateway.pricing import to_nanos
-from gateway.redis_wire import RedisUnavailable, RedisWire, Script
+from gateway.redis.wire import RedisUnavailable, RedisWire, Script
 from gateway.storage import Database, open_database
 from gateway.storage.schema import ledger
 from support.budgets import WORST, WebhookReceiver, counters, period_key

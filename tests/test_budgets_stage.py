@@ -23,8 +23,8 @@ from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamRe
 from gateway.errors import RateLimited, ServiceUnavailable, UpstreamUnavailable
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
-from gateway.tokens import TiktokenTokenizer, TokenCounter, stream_text
-from gateway.upstream import price_usage
+from gateway.upstream.stage import price_usage
+from gateway.usage.tokens import TiktokenTokenizer, TokenCounter, stream_text
 from support.budgets import WORST, catalog_of, priced_models
 
 HI = [{"role": "user", "content": "Hi there"}]

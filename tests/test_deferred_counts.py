@@ -32,7 +32,7 @@ from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
-from gateway.tokens import TiktokenTokenizer, TokenCounter
+from gateway.usage.tokens import TiktokenTokenizer, TokenCounter
 from support.budgets import WORST, catalog_of, priced_models
 
 HI = [{"role": "user", "content": "Hi there"}]

@@ -24,8 +24,9 @@ import jsonschema
 import openai
 import pytest
 
-from gateway.fake_upstream import FakeUpstream
 from gateway.providers import mock_responses as mock
+from gateway.testing import anthropic_answers as anthropic
+from gateway.testing.fake_upstream import FakeUpstream
 from support.openai_schema import validate_response, validate_stream_chunk
 from support.servers import free_port, start_uvicorn_in_thread
 
@@ -274,7 +275,7 @@ def test_stream_chunks_rebuild_the_completion(extra: dict[str, Any], include_usa
 def test_sse_encoding() -> None:
     assert mock.sse_event({"a": 1}) == b'data: {"a":1}\n\n'
     assert mock.SSE_DONE == b"data: [DONE]\n\n"
-    assert mock.anthropic_sse_event("ping", {"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
+    assert anthropic.anthropic_sse_event("ping", {"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
 def test_embeddings_are_deterministic_unit_vectors() -> None:
@@ -306,13 +307,13 @@ def test_anthropic_answers_match_openai() -> None:
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello, fake world!"}]}],
         "max_tokens": 1024,
     }
-    message = mock.anthropic_message(body)
+    message = anthropic.anthropic_message(body)
     assert message["type"] == "message" and message["id"].startswith("msg_")
     assert message["content"] == [{"type": "text", "text": HELLO_ANSWER}]
     assert message["stop_reason"] == "end_turn" and message["stop_sequence"] is None
     assert message["usage"]["input_tokens"] == mock.chat_completion({"messages": HELLO})["usage"]["prompt_tokens"]
 
-    events = mock.anthropic_stream_events(body, chunks=4)
+    events = anthropic.anthropic_stream_events(body, chunks=4)
     names = [name for name, _ in events]
     assert names[:3] == ["message_start", "content_block_start", "ping"]
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
@@ -321,9 +322,9 @@ def test_anthropic_answers_match_openai() -> None:
     assert text == HELLO_ANSWER
     assert events[-2][1]["usage"]["output_tokens"] == message["usage"]["output_tokens"]
 
-    stopped = mock.anthropic_message({**body, "stop_sequences": ["fake"]})
+    stopped = anthropic.anthropic_message({**body, "stop_sequences": ["fake"]})
     assert stopped["stop_reason"] == "stop_sequence" and stopped["stop_sequence"] == "fake"
-    assert mock.anthropic_message({**body, "max_tokens": 2})["stop_reason"] == "max_tokens"
+    assert anthropic.anthropic_message({**body, "max_tokens": 2})["stop_reason"] == "max_tokens"
 
 
 # --- the server through the openai SDK -----------------------------------------------------------
@@ -368,7 +369,7 @@ def test_raw_stream_framing(base_url: str, http: httpx.Client) -> None:
     for payload in payloads[:-1]:
         validate_stream_chunk(json.loads(payload))
     # role chunk + 8 content chunks (the default) + finish chunk + usage chunk
-    assert len(payloads) - 1 == 1 + min(8, len(mock._pieces(HELLO_ANSWER))) + 2
+    assert len(payloads) - 1 == 1 + min(8, len(mock.text_pieces(HELLO_ANSWER))) + 2
 
 
 async def test_async_sdk_stream_and_chat(base_url: str) -> None:
@@ -702,7 +703,7 @@ async def test_litellm_anthropic_tools(litellm_module: Any, base_url: str) -> No
 
 def test_python_dash_m_entry_point() -> None:
     port = free_port()
-    command = [sys.executable, "-m", "gateway.fake_upstream", "--port", str(port), "--stream-chunks", "3"]
+    command = [sys.executable, "-m", "gateway.testing.fake_upstream", "--port", str(port), "--stream-chunks", "3"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

@@ -266,7 +266,7 @@ async def test_an_upstream_crash_mid_stream_is_counted_though_nothing_was_built(
         proc.stop()
 
     from gateway.providers.mock_responses import chat_stream_chunks
-    from gateway.tokens import TiktokenTokenizer, TokenCounter, stream_text
+    from gateway.usage.tokens import TiktokenTokenizer, TokenCounter, stream_text
 
     sent = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
     chunks = chat_stream_chunks(sent, chunks=8)[:3]  # what the upstream sent before it died

@@ -18,7 +18,7 @@ import hiredis
 import pytest
 import redis
 
-from gateway.redis_wire import RedisReplyError, RedisUnavailable, RedisWire, Script, parse_redis_url
+from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire, Script, parse_redis_url
 from support.redis_server import RedisServer
 from support.servers import free_port
 

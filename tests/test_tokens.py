@@ -17,7 +17,7 @@ from conftest import FakeHandle, make_gateway
 from gateway.budgets import Budget
 from gateway.config.settings import load_settings
 from gateway.runtime import Runtime, create_runtime
-from gateway.tokens import (
+from gateway.usage.tokens import (
     FALLBACK_ENCODING,
     IMAGE_TOKENS,
     ByteBound,
@@ -168,7 +168,7 @@ def test_counting_works_without_network() -> None:
             raise OSError("network disabled by the test")
         socket.socket.connect = refuse
         socket.create_connection = refuse
-        from gateway.tokens import TiktokenTokenizer, TokenCounter
+        from gateway.usage.tokens import TiktokenTokenizer, TokenCounter
         counter = TokenCounter()
         for name in ("o200k_base", "cl100k_base"):
             print(name, TiktokenTokenizer(counter.encoding(name)).count_text("hello offline world"))
@@ -182,7 +182,7 @@ def test_counting_works_without_network() -> None:
 
 
 def test_litellm_counts_non_openai_models(counter: TokenCounter) -> None:
-    from gateway.tokens import LiteLLMTokenizer
+    from gateway.usage.tokens import LiteLLMTokenizer
 
     catalog = catalog_of(
         {"aliases": {"claude": {"deployments": [{"provider": "anthropic", "model": "claude-3-5-haiku-20241022",

@@ -2,7 +2,7 @@
 
 ``install_budgets(runtime)`` is the whole wiring: it verifies the tokenizer files every
 configured model needs (start-up fails if one is missing; building them waits until something
-needs them, see ``gateway.tokens``), picks the counter backend (Redis when ``redis.url`` is
+needs them, see ``gateway.usage.tokens``), picks the counter backend (Redis when ``redis.url`` is
 set, else in process), and sets ``runtime.budget`` (the pipeline stage) and
 ``runtime.budget_reporter`` (status for the admin API, the CLI and the finance page). See
 ``gateway.budgets.stage`` for what a request goes through and ``redis_backend`` for how the
@@ -23,9 +23,9 @@ from gateway.budgets.policy import BudgetBook, Scope, TeamBudget, Window, window
 from gateway.budgets.redis_backend import RedisBackend
 from gateway.budgets.stage import Budget
 from gateway.budgets.status import BudgetStatus
-from gateway.redis_wire import RedisWire
+from gateway.redis.wire import RedisWire
 from gateway.storage.schema import ledger
-from gateway.tokens import TokenCounter
+from gateway.usage.tokens import TokenCounter
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog

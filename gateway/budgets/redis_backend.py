@@ -56,7 +56,7 @@ from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation, Sco
 from gateway.budgets.ledger_io import reconciled_row, spent_by_field
 from gateway.budgets.policy import EXHAUSTED_PCT, REFUSAL_ALERTS_FROM_PCT, Scope, TeamBudget, Window, window
 from gateway.config.settings import BudgetSettings
-from gateway.redis_wire import RedisReplyError, RedisUnavailable, RedisWire, Script
+from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire, Script
 from gateway.storage import Database
 
 log = logging.getLogger("gateway.budget")

@@ -24,7 +24,7 @@ when it resets; it reserved nothing and costs nothing. If the counters cannot be
 hard budget refuses with 503 ``budget_unavailable`` (fail closed: spending blind could break
 the promise) and a soft one admits, alerts, and charges the spend once Redis is back.
 
-Tokenizers are built only when needed (see ``gateway.tokens``): in the background for the
+Tokenizers are built only when needed (see ``gateway.usage.tokens``): in the background for the
 deployments a team with a budget can reach (at start-up and on each policy change), and on
 demand otherwise, on a worker thread. The stage awaits one before a budgeted request's
 reservation and before counting a JSON answer without usage. A stream's meter cannot wait:
@@ -48,7 +48,7 @@ from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.pipeline_types import Handler
 from gateway.pricing import from_nanos, to_nanos
-from gateway.tokens import ByteBound, TokenCounter, Tokenizer, completion_text, count_output, stream_text
+from gateway.usage.tokens import ByteBound, TokenCounter, Tokenizer, completion_text, count_output, stream_text
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog, Deployment

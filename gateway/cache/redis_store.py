@@ -8,7 +8,7 @@ before they are encoded and sent, and nothing waits for their reply: a callback 
 outcome (metrics, breaker). At most ``cache.max_pending_writes`` are queued or in flight.
 
 The request-path operations (lookup, the single-flight poll, store, lock release) go over the
-store's own :class:`~gateway.redis_wire.RedisWire`: one pipelined connection at ~20 µs of CPU
+store's own :class:`~gateway.redis.wire.RedisWire`: one pipelined connection at ~20 µs of CPU
 per command, where redis-py's pooled asyncio client costs ~150-300 µs, more than the whole
 rest of a cache hit. Purges (SCAN over the keyspace, rare, admin-only) use the process's shared
 redis-py client.
@@ -33,7 +33,7 @@ from gateway.cache.breaker import CircuitBreaker
 from gateway.cache.entry import Entry, decode_entry, encode_entry
 from gateway.cache.keys import PurgeFilter, lock_key, parse_key
 from gateway.cache.metrics import CacheMetrics
-from gateway.redis_wire import Arg, RedisReplyError, RedisUnavailable, RedisWire, Script
+from gateway.redis.wire import Arg, RedisReplyError, RedisUnavailable, RedisWire, Script
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -25,7 +25,7 @@ from gateway.cli.common import ConfigOption, console, fail, run, settings_or_exi
 from gateway.config.policies import load_policies
 from gateway.config.settings import Settings
 from gateway.config.yamlfile import ConfigError
-from gateway.redis_conn import connect_redis
+from gateway.redis.conn import connect_redis
 
 app = typer.Typer(help="The response cache.", no_args_is_help=True)
 

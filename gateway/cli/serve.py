@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         require_key: Annotated[str | None, typer.Option(help="Only accept this bearer key.")] = None,
     ) -> None:
         """Run the fake OpenAI-compatible (and Anthropic) upstream used by tests and benchmarks."""
-        from gateway.fake_upstream import run
+        from gateway.testing.fake_upstream import run
 
         run(
             host=host,

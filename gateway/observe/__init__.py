@@ -2,6 +2,6 @@
 
 from gateway.observe.logs import configure_logging
 from gateway.observe.metrics import Metrics
-from gateway.observe.record import Record, RequestSink
+from gateway.observe.stage import Record, RequestSink
 
 __all__ = ["Metrics", "Record", "RequestSink", "configure_logging"]

@@ -27,7 +27,7 @@ from gateway.prompts.resolver import CachedPromptResolver
 from gateway.prompts.signing import load_signer
 from gateway.prompts.store import PromptStore
 from gateway.prompts.sync import LabelSync, publish_change
-from gateway.redis_conn import connect_redis
+from gateway.redis.conn import connect_redis
 from gateway.storage import open_database
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Deterministic OpenAI (and Anthropic) wire-format answers, with no I/O.
+"""Deterministic OpenAI wire-format answers, with no I/O.
 
 The gateway's in-process ``mock`` provider and the fake upstream server both build their answers
 here, so a test that talks to either sees byte-for-byte the same model behaviour. Everything is a
@@ -25,9 +25,6 @@ import orjson
 
 __all__ = [
     "SSE_DONE",
-    "anthropic_message",
-    "anthropic_sse_event",
-    "anthropic_stream_events",
     "chat_completion",
     "chat_stream_chunks",
     "count_tokens",
@@ -70,7 +67,7 @@ def count_tokens(text: str) -> int:
     return max(1, len(_TOKEN_RE.findall(text)))
 
 
-def _pieces(text: str) -> list[str]:
+def text_pieces(text: str) -> list[str]:
     return _PIECE_RE.findall(text)
 
 
@@ -95,7 +92,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _dumps_str(value: Any) -> str:
+def dumps_str(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
@@ -121,7 +118,7 @@ def prompt_tokens(body: Mapping[str, Any]) -> int:
                         total += count_tokens(str(function.get("arguments") or ""))
     tools = body.get("tools")
     if tools:
-        total += count_tokens(_dumps_str(tools))
+        total += count_tokens(dumps_str(tools))
     return total
 
 
@@ -130,17 +127,17 @@ def prompt_tokens(body: Mapping[str, Any]) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _digest(value: Any, *, size: int = 12) -> str:
+def digest(value: Any, *, size: int = 12) -> str:
     raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
     return hashlib.blake2b(raw, digest_size=size).hexdigest()
 
 
-def _request_identity(body: Mapping[str, Any]) -> dict[str, Any]:
+def request_identity(body: Mapping[str, Any]) -> dict[str, Any]:
     """Drop transport-only fields so a streamed and a non-streamed request share one id."""
     return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
 
 
-def _last_user_text(messages: Any) -> str:
+def last_user_text(messages: Any) -> str:
     if not isinstance(messages, list | tuple) or not messages:
         return ""
     for message in reversed(messages):
@@ -150,14 +147,14 @@ def _last_user_text(messages: Any) -> str:
     return _content_text(last.get("content")) if isinstance(last, dict) else ""
 
 
-def _answer_text(messages: Any, index: int = 0) -> str:
+def answer_text(messages: Any, index: int = 0) -> str:
     """The echo answer; choices after the first get a numbered prefix so ``n`` > 1 differ."""
-    echo = _last_user_text(messages).strip()[:ECHO_CHARS]
+    echo = last_user_text(messages).strip()[:ECHO_CHARS]
     prefix = ANSWER_PREFIX if index == 0 else f"{ANSWER_PREFIX} #{index + 1}"
     return f"{prefix}: {echo}" if echo else f"{prefix}."
 
 
-def _stop_sequences(stop: Any) -> list[str]:
+def stop_sequences(stop: Any) -> list[str]:
     if isinstance(stop, str):
         return [stop] if stop else []
     if isinstance(stop, list | tuple):
@@ -165,7 +162,7 @@ def _stop_sequences(stop: Any) -> list[str]:
     return []
 
 
-def _apply_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
+def apply_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
     """Cut at the earliest stop sequence, returning the sequence that matched (or None)."""
     best: tuple[int, str] | None = None
     for seq in stops:
@@ -177,12 +174,12 @@ def _apply_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
     return text[: best[0]], best[1]
 
 
-def _apply_max_tokens(text: str, limit: Any) -> tuple[str, bool]:
+def apply_max_tokens(text: str, limit: Any) -> tuple[str, bool]:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         return text, False
     if count_tokens(text) <= limit:
         return text, False
-    return "".join(_pieces(text)[:limit]), True
+    return "".join(text_pieces(text)[:limit]), True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +354,7 @@ def _selected_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return functions[0]
 
 
-def _tool_arguments(parameters: Any, filler: str) -> dict[str, Any]:
+def tool_arguments(parameters: Any, filler: str) -> dict[str, Any]:
     if not isinstance(parameters, dict):
         return {}
     value = _schema_instance(parameters, parameters, filler)
@@ -374,13 +371,13 @@ def _structured_content(response_format: Any, answer: str) -> str | None:
         return None
     kind = response_format.get("type")
     if kind == "json_object":
-        return _dumps_str({"answer": answer})
+        return dumps_str({"answer": answer})
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            return _dumps_str({"answer": answer})
-        return _dumps_str(_schema_instance(schema, schema, answer))
+            return dumps_str({"answer": answer})
+        return dumps_str(_schema_instance(schema, schema, answer))
     return None
 
 
@@ -413,8 +410,8 @@ def _build_choice(body: Mapping[str, Any], index: int, completion_id: str) -> tu
     function = _selected_tool(body)
     if function is not None:
         name = str(function.get("name") or "tool")
-        filler = _last_user_text(messages).strip()[:100] or "mock"
-        arguments = _dumps_str(_tool_arguments(function.get("parameters"), filler))
+        filler = last_user_text(messages).strip()[:100] or "mock"
+        arguments = dumps_str(tool_arguments(function.get("parameters"), filler))
         call_id = f"call_{hashlib.blake2b(f'{completion_id}:{index}'.encode(), digest_size=12).hexdigest()}"
         message: JSON = {
             "role": "assistant",
@@ -426,22 +423,22 @@ def _build_choice(body: Mapping[str, Any], index: int, completion_id: str) -> tu
         choice: JSON = {"index": index, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
         return choice, count_tokens(name) + count_tokens(arguments)
 
-    answer = _answer_text(messages, index)
+    answer = answer_text(messages, index)
     finish = "stop"
     content = _structured_content(body.get("response_format"), answer)
     if content is None:
-        content, _ = _apply_stop(answer, _stop_sequences(body.get("stop")))
+        content, _ = apply_stop(answer, stop_sequences(body.get("stop")))
         limit = body.get("max_completion_tokens")
         if limit is None:
             limit = body.get("max_tokens")
-        content, truncated = _apply_max_tokens(content, limit)
+        content, truncated = apply_max_tokens(content, limit)
         if truncated:
             finish = "length"
     message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     choice = {
         "index": index,
         "message": message,
-        "logprobs": _logprobs(_pieces(content), body),
+        "logprobs": _logprobs(text_pieces(content), body),
         "finish_reason": finish,
     }
     return choice, count_tokens(content)
@@ -454,7 +451,7 @@ def _choice_count(body: Mapping[str, Any]) -> int:
 
 def chat_completion(body: Mapping[str, Any], *, model: str | None = None, created: int | None = None) -> JSON:
     """A complete ``CreateChatCompletionResponse`` for an OpenAI chat request body."""
-    completion_id = "chatcmpl-" + _digest(_request_identity(body))
+    completion_id = "chatcmpl-" + digest(request_identity(body))
     choices: list[JSON] = []
     completion_tokens = 0
     for index in range(_choice_count(body)):
@@ -477,7 +474,7 @@ def chat_completion(body: Mapping[str, Any], *, model: str | None = None, create
     }
 
 
-def _split_groups(pieces: list[str], groups: int) -> list[list[str]]:
+def split_groups(pieces: list[str], groups: int) -> list[list[str]]:
     """Split pieces into at most ``groups`` contiguous, non-empty, near-equal runs."""
     if not pieces:
         return []
@@ -492,7 +489,7 @@ def _split_groups(pieces: list[str], groups: int) -> list[list[str]]:
     return out
 
 
-def _split_text(text: str, parts: int) -> list[str]:
+def split_text(text: str, parts: int) -> list[str]:
     if not text:
         return []
     parts = max(1, min(parts, len(text)))
@@ -570,7 +567,7 @@ def chat_stream_chunks(
                         }
                     )
                 )
-                for part in _split_text(fn["arguments"], chunks):
+                for part in split_text(fn["arguments"], chunks):
                     result.append(
                         chunk(
                             {
@@ -592,7 +589,7 @@ def chat_stream_chunks(
                     }
                 )
             )
-            for group in _split_groups(_pieces(message["content"] or ""), chunks):
+            for group in split_groups(text_pieces(message["content"] or ""), chunks):
                 logprobs = (
                     {"content": [_logprob_entry(p, top) for p in group], "refusal": None} if wants_logprobs else None
                 )
@@ -680,123 +677,3 @@ def embeddings(body: Mapping[str, Any], *, model: str | None = None) -> JSON:
         "model": model or str(body.get("model") or DEFAULT_MODEL),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Anthropic Messages API
-# ---------------------------------------------------------------------------------------------
-
-
-def _anthropic_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    tools = body.get("tools")
-    if not isinstance(tools, list | tuple) or not tools:
-        return None
-    choice = body.get("tool_choice")
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind == "none":
-        return None
-    named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
-    if not named:
-        return None
-    if kind == "tool" and isinstance(choice, dict):
-        for tool in named:
-            if tool["name"] == choice.get("name"):
-                return tool
-    return named[0]
-
-
-def _anthropic_answer(body: Mapping[str, Any]) -> tuple[list[JSON], str, str | None, int, int]:
-    """Content blocks, stop reason, matched stop sequence, input tokens and output tokens."""
-    messages = body.get("messages")
-    message_id = "msg_" + _digest(_request_identity(body))
-    tool = _anthropic_tool(body)
-    input_tokens = prompt_tokens(body)
-    if tool is not None:
-        filler = _last_user_text(messages).strip()[:100] or "mock"
-        arguments = _tool_arguments(tool.get("input_schema"), filler)
-        tool_id = "toolu_" + hashlib.blake2b(message_id.encode(), digest_size=12).hexdigest()
-        block: JSON = {"type": "tool_use", "id": tool_id, "name": tool["name"], "input": arguments}
-        output = count_tokens(str(tool["name"])) + count_tokens(_dumps_str(arguments))
-        return [block], "tool_use", None, input_tokens, output
-
-    text, matched = _apply_stop(_answer_text(messages), _stop_sequences(body.get("stop_sequences")))
-    stop_reason = "stop_sequence" if matched is not None else "end_turn"
-    text, truncated = _apply_max_tokens(text, body.get("max_tokens"))
-    if truncated:
-        stop_reason, matched = "max_tokens", None
-    return [{"type": "text", "text": text}], stop_reason, matched, input_tokens, count_tokens(text)
-
-
-def anthropic_message(body: Mapping[str, Any]) -> JSON:
-    """A Messages API response with the same text the OpenAI path gives for the same conversation."""
-    content, stop_reason, stop_sequence, input_tokens, output_tokens = _anthropic_answer(body)
-    return {
-        "id": "msg_" + _digest(_request_identity(body)),
-        "type": "message",
-        "role": "assistant",
-        "model": str(body.get("model") or DEFAULT_MODEL),
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": stop_sequence,
-        "usage": {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
-    }
-
-
-def anthropic_stream_events(body: Mapping[str, Any], *, chunks: int = 8) -> list[tuple[str, JSON]]:
-    """The ``anthropic_message`` answer as (event name, data) pairs in Anthropic's streaming order."""
-    full = anthropic_message(body)
-    start_message = {
-        **full,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {**full["usage"], "output_tokens": 1},
-    }
-    events: list[tuple[str, JSON]] = [("message_start", {"type": "message_start", "message": start_message})]
-    for index, block in enumerate(full["content"]):
-        if block["type"] == "tool_use":
-            start_block: JSON = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-            deltas: list[JSON] = [
-                {"type": "input_json_delta", "partial_json": part}
-                for part in _split_text(_dumps_str(block["input"]), chunks)
-            ]
-        else:
-            start_block = {"type": "text", "text": ""}
-            deltas = [
-                {"type": "text_delta", "text": "".join(group)}
-                for group in _split_groups(_pieces(block["text"]), chunks)
-            ]
-        events.append(
-            (
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": start_block},
-            )
-        )
-        if index == 0:
-            events.append(("ping", {"type": "ping"}))
-        events.extend(
-            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}) for delta in deltas
-        )
-        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-    events.append(
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": full["stop_reason"], "stop_sequence": full["stop_sequence"]},
-                "usage": {"output_tokens": full["usage"]["output_tokens"]},
-            },
-        )
-    )
-    events.append(("message_stop", {"type": "message_stop"}))
-    return events
-
-
-def anthropic_sse_event(event: str, data: Mapping[str, Any]) -> bytes:
-    """One Anthropic server-sent event: unlike OpenAI, Anthropic names every event."""
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

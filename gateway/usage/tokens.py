@@ -62,7 +62,7 @@ from gateway.pricing import litellm_package_dir
 if TYPE_CHECKING:
     from gateway.catalog import Catalog, Deployment
 
-log = logging.getLogger("gateway.tokens")
+log = logging.getLogger("gateway.usage.tokens")
 
 FALLBACK_ENCODING: Final = "cl100k_base"
 #: Estimate for one image part: a high-detail gpt-4o image at its largest tiling (2x6 tiles).

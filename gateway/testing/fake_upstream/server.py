@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.providers import mock_responses as mock
+from gateway.testing import anthropic_answers as anthropic
 
 __all__ = ["DEFAULT_MODELS", "FakeUpstream", "Fault", "main", "run"]
 
@@ -457,11 +458,11 @@ class FakeUpstream:
         if not isinstance(body.get("messages"), list):
             raise _BadRequest("messages: Field required")
         if body.get("stream") is not True:
-            await _send_json(send, 200, mock.anthropic_message(body))
+            await _send_json(send, 200, anthropic.anthropic_message(body))
             return
         events = [
-            mock.anthropic_sse_event(name, data)
-            for name, data in mock.anthropic_stream_events(body, chunks=self.stream_chunks)
+            anthropic.anthropic_sse_event(name, data)
+            for name, data in anthropic.anthropic_stream_events(body, chunks=self.stream_chunks)
         ]
         await self._stream(send, events, fault)
 
@@ -580,9 +581,9 @@ def run(host: str = "127.0.0.1", port: int = 9999, **options: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m gateway.fake_upstream``: run the fake from the command line."""
+    """``python -m gateway.testing.fake_upstream``: run the fake from the command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.fake_upstream",
+        prog="python -m gateway.testing.fake_upstream",
         description="Fake OpenAI-compatible (and Anthropic) upstream for tests and benchmarks.",
     )
     parser.add_argument("--host", default="127.0.0.1")
