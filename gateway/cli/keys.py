@@ -43,8 +43,10 @@ def create(
             try:
                 catalog = await catalog_in_force(settings, db)
             except ConfigError as exc:
-                # The check is a courtesy, not a gate: policy files being edited (or broken) must not
-                # stop an operator from issuing a key, so say the team went unchecked and carry on.
+                if not teams_file.is_file():
+                    return []  # no policy files here at all (the wrong folder?): no team is known
+                # Policy files being edited (or broken) must not stop an operator from issuing a
+                # key: the servers keep serving what they loaded. Say the team went unchecked.
                 unchecked.append(str(exc).splitlines()[0])
             else:
                 if catalog.team(team) is None:
