@@ -47,6 +47,7 @@ from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.pricing import to_nanos
 from gateway.redis.wire import RedisWire
 from gateway.storage import open_database
+from gateway.usage import MeterUsage
 from gateway.usage.tokens import TokenCounter
 
 MESSAGES = [
@@ -143,7 +144,7 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
     catalog = stage_catalog(team, {"budget": {"limit_usd": 1e6, "period": "daily"}})
     tokens = TokenCounter()
     tokens.require(catalog)
-    stage = Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
+    stage = Budget(backend, MeterUsage(tokens), BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
     body = {"model": "bench", "messages": MESSAGES, "max_tokens": 200}
     raw = orjson.dumps(body)
     answer = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "Paris."}}]})

@@ -31,10 +31,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
+    from gateway.answer import Answer
     from gateway.auth import Principal
     from gateway.catalog import Catalog, Deployment, ModelAlias
     from gateway.errors import GatewayError
+    from gateway.routing.plan import RoutingPlan
 
 log = logging.getLogger("gateway.request")
 
@@ -42,6 +46,23 @@ log = logging.getLogger("gateway.request")
 class Endpoint(StrEnum):
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
+
+
+class Origin(StrEnum):
+    """Who a request came from. Every stage can read it; authentication is decided by it.
+
+    ``caller``: a client on ``/v1`` (its key is always checked). ``eval``: a golden case of an
+    evaluation run. ``shadow``: a copy of a caller's request sent to a shadow target; it never
+    answers anyone. Internal origins carry the principal they act for and skip the key check.
+    """
+
+    CALLER = "caller"
+    EVAL = "eval"
+    SHADOW = "shadow"
+
+    @property
+    def internal(self) -> bool:
+        return self is not Origin.CALLER
 
 
 @dataclass(slots=True)
@@ -99,6 +120,8 @@ class RequestContext:
     authorization: bytes | None
     catalog: Catalog
     started: float = field(default_factory=time.perf_counter)
+    origin: Origin = Origin.CALLER
+    parent_id: str | None = None  # the request this one was forked from (a shadow's primary)
     # Filled by the stages, in pipeline order.
     principal: Principal | None = None
     body: dict[str, Any] = field(default_factory=dict)  # the request as it will go upstream
@@ -110,13 +133,17 @@ class RequestContext:
     prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
     prompt_version: int | None = None
     prompt_label: str | None = None
-    deployments: tuple[Deployment, ...] = ()
+    plan: RoutingPlan | None = None  # the route stage's decision
+    deployments: tuple[Deployment, ...] = ()  # the plan's deployments, in the order to try them
     variant: str | None = None  # routing variant (e.g. "canary"), for traces and the ledger
-    is_shadow: bool = False  # a shadow copy: never answers a caller
+    rollout_id: str | None = None  # the rollout that chose the variant, if any
     cache_control: str | None = None  # the caller's Cache-Control header
     cache_status: str | None = None  # HIT, MISS or BYPASS once the cache stage ran
     saved_cost: float = 0.0  # what a cache hit would have cost upstream (USD)
     budget_status: str | None = None  # "rejected" when the budget stage refused the request
+    # Prompt tokens per deployment id, when the budget stage counted them for its reservation
+    # (the usage stage reuses the count instead of tokenizing the prompt twice).
+    prompt_tokens: dict[str, int] | None = None
     # Filled by the upstream call and the stream relay.
     deployment: Deployment | None = None
     upstream_seconds: float = 0.0  # time spent waiting on the upstream (to first byte when streaming)
@@ -125,6 +152,7 @@ class RequestContext:
     # for afterwards (a deferred count) is not charged to the request's latency.
     elapsed_seconds: float | None = None
     attempts: int = 0
+    answer: Answer | None = None  # the one tap on the reply (gateway.answer), set by the upstream stage
     usage: Usage | None = None
     cost: float = 0.0
     status: int = 200
@@ -139,6 +167,62 @@ class RequestContext:
     @property
     def team(self) -> str:
         return self.principal.team if self.principal else "anonymous"
+
+    @property
+    def is_shadow(self) -> bool:
+        """A shadow copy: never answers a caller, never touches the cache or the team's budget."""
+        return self.origin is Origin.SHADOW
+
+    @classmethod
+    def internal(
+        cls,
+        origin: Origin,
+        principal: Principal,
+        catalog: Catalog,
+        body: dict[str, Any],
+        *,
+        request_id: str,
+        endpoint: Endpoint = Endpoint.CHAT,
+    ) -> RequestContext:
+        """A request the gateway makes itself (an evaluation case), acting for ``principal``."""
+        if not origin.internal:
+            raise ValueError("a caller's request comes from /v1, with a key to check")
+        return cls(
+            request_id=request_id,
+            endpoint=endpoint,
+            raw_body=orjson.dumps(body),
+            authorization=None,
+            catalog=catalog,
+            origin=origin,
+            principal=principal,
+        )
+
+    def fork(
+        self,
+        origin: Origin,
+        *,
+        body: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> RequestContext:
+        """A new request derived from this one (a shadow copy, an evaluation case).
+
+        It acts for the same principal under the same catalog, starts its own clock and goes
+        through the whole pipeline again from the raw body (``body`` replaces it). Nothing the
+        stages filled in is carried over: a fork is routed, cached and charged on its own.
+        """
+        if not origin.internal:
+            raise ValueError("a fork is internal: only /v1 makes caller requests")
+        return RequestContext(
+            request_id=request_id or f"{self.request_id}-{origin.value}",
+            endpoint=self.endpoint,
+            raw_body=orjson.dumps(body) if body is not None else self.raw_body,
+            authorization=None,
+            catalog=self.catalog,
+            origin=origin,
+            parent_id=self.request_id,
+            principal=self.principal,
+            user=self.user,
+        )
 
     def on_meter(self, meter: Finisher) -> None:
         """Phase 1 of ``finish``: ``meter`` makes ``ctx.usage``/``ctx.cost`` final (or defers that)."""

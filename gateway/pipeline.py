@@ -1,6 +1,11 @@
 """The request path, assembled in one place so its order can be read top to bottom.
 
-    record → authenticate → parse → resolve → route → [cache] → [budget] → call upstream
+    1 record → 2 authenticate → 3 parse → 4 resolve → 5 route → 6 [cache] → 7 [usage]
+    → 8 [budget] → 9 call upstream                        (``Runtime.build`` lists them)
+
+Each stage is the ``stage.py`` of its own package (``gateway/<package>/stage.py``) and imports
+no other stage's package. Nobody calls the assembled pipeline directly: the core handler
+(``gateway.core``) runs it, for ``/v1``, evaluations and shadow copies alike.
 
 Every stage has the same shape, ``async (ctx, call_next) -> Reply``; a stage may answer
 without calling the next (a cache hit, a rejection) or wrap it (spend is reserved before

@@ -10,47 +10,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from gateway.audit import AuditLog
 from gateway.auth import Authenticate, KeyStore
-from gateway.budgets import install_budgets
+from gateway.budgets import build_budgets
 from gateway.cache import build_cache
-from gateway.catalog import Catalog, build_catalog
-from gateway.config.applied import PolicyStore, PolicyWatcher, catalog_from_files, read_policy_files
-from gateway.config.policies import load_policies
+from gateway.catalog import Catalog
+from gateway.config.applied import PolicyStore, PolicyWatcher, catalog_in_force
 from gateway.config.settings import Settings
-from gateway.ledger import LedgerWriter, start_ledger
+from gateway.core import Core
+from gateway.features import BudgetReporter, Closer, Feature
+from gateway.ledger import LedgerWriter, build_ledger
 from gateway.observe import Metrics, Record
 from gateway.observe.access import AccessLog
 from gateway.observe.logs import count_dropped_lines
 from gateway.parse import ParseRequest
 from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler, Stage
-from gateway.prompts import build_prompts
+from gateway.prompts import PromptRepository, build_prompts
 from gateway.providers import ProviderRegistry
 from gateway.redact import SECRETS
 from gateway.redis.conn import connect_redis
-from gateway.resolve import PromptResolver, Resolve
-from gateway.routing import Route
+from gateway.resolve import Resolve
+from gateway.routing import Route, RoutingStrategy, Weighted
 from gateway.storage import Database, open_database
 from gateway.upstream import CallUpstream
+from gateway.usage import build_usage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger("gateway.runtime")
-
-
-class BudgetReporter(Protocol):
-    """What the reports page and `gateway budgets status` need from the budget feature."""
-
-    async def statuses(self, team: str | None = None) -> list[dict[str, Any]]:
-        """Per team (and sub-budget): period, limit/spent/reserved/remaining/forecast in USD, resets_at."""
-        ...
 
 
 @dataclass
@@ -64,20 +58,23 @@ class Runtime:
     record: Record
     audit: AuditLog
     redis: Redis | None = None
-    prompts: PromptResolver | None = None
-    # Optional stages, present when their feature is configured (see build()).
+    prompts: PromptRepository | None = None
+    # Stages of optional features, present when the feature is configured (see build()).
+    usage: Stage | None = None
     cache: Stage | None = None
     budget: Stage | None = None
     budget_reporter: BudgetReporter | None = None
     # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
     ledger: LedgerWriter | None = None
-    handler: Handler | None = None
+    routing: RoutingStrategy = field(default_factory=Weighted)
+    handler: Handler | None = None  # the assembled pipeline
+    core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
     # The applied policy snapshot being served (None: the files under policies_dir, never applied).
     policy_version: int | None = None
     # Named checks behind /health/ready beyond storage (e.g. "redis").
-    readiness_checks: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    readiness_checks: dict[str, Closer] = field(default_factory=dict)
     # Run at shutdown in reverse order: flush queues before connections close.
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
     # Told of each newly applied catalog, in the loop (the budget stage pre-builds tokenizers).
     catalog_listeners: list[Callable[[Catalog], None]] = field(default_factory=list)
 
@@ -85,21 +82,34 @@ class Runtime:
     def policies_dir(self) -> Path:
         return self.settings.resolve_path(self.settings.policies_dir)
 
-    def build(self) -> Handler:
-        terminal = CallUpstream(self.providers, on_attempt=self._upstream_attempt)
+    def install(self, feature: Feature) -> None:
+        """Take a feature's shutdown steps, readiness checks and catalog listeners."""
+        self.closers.extend(feature.closers)
+        self.readiness_checks.update(feature.readiness)
+        self.catalog_listeners.extend(feature.catalog_listeners)
+
+    def build(self) -> Core:
+        """Assemble the request path, in the order a request meets the stages:
+
+        1 record → 2 authenticate → 3 parse → 4 resolve → 5 route → 6 [cache] → 7 [usage]
+        → 8 [budget] → 9 call upstream
+        """
         stages: list[Stage] = [
             self.record,  # outermost: sees every outcome, records last
             Authenticate(self.keys),
             ParseRequest(),
             Resolve(self.prompts),
-            Route(),
+            Route(self.routing),
         ]
         if self.cache is not None:
-            stages.append(self.cache)  # before the budget: a hit costs nothing
+            stages.append(self.cache)  # before usage and budget: a hit is priced at nothing
+        if self.usage is not None:
+            stages.append(self.usage)
         if self.budget is not None:
             stages.append(self.budget)
-        self.handler = build_pipeline(stages, terminal)
-        return self.handler
+        self.handler = build_pipeline(stages, CallUpstream(self.providers, on_attempt=self._upstream_attempt))
+        self.core = Core(self.handler)
+        return self.core
 
     def _upstream_attempt(self, deployment: object, seconds: float, outcome: str) -> None:
         label = getattr(deployment, "label", "unknown")
@@ -142,26 +152,19 @@ def warn_missing_keys(catalog: Catalog) -> None:
                 )
 
 
-async def _initial_catalog(settings: Settings, store: PolicyStore) -> tuple[Catalog, int | None]:
-    """The latest applied snapshot if there is one (it is what every replica serves), else the files."""
-    policies_dir = settings.resolve_path(settings.policies_dir)
-    snapshot = await store.latest()
-    if snapshot is None:
-        return build_catalog(load_policies(policies_dir)), None
-    if policies_dir.is_dir() and read_policy_files(policies_dir) != snapshot.files:
-        log.warning(
-            "the policy files differ from the applied policies; serving the applied ones "
-            "(run `gateway policies apply` to apply the files)",
-            extra={"applied_version": snapshot.version},
-        )
-    return catalog_from_files(snapshot.files), snapshot.version
-
-
 async def create_runtime(settings: Settings) -> Runtime:
+    """Open storage, load the catalog in force, build every configured feature and the path."""
     SECRETS.use("settings", settings.secret_values())
     db = await open_database(settings.database_url)
     policy_store = PolicyStore(db)
-    catalog, policy_version = await _initial_catalog(settings, policy_store)
+    in_force = await catalog_in_force(settings, db)
+    if in_force.files_differ:
+        log.warning(
+            "the policy files differ from the applied policies; serving the applied ones "
+            "(run `gateway policies apply` to apply the files)",
+            extra={"applied_version": in_force.version},
+        )
+    catalog = in_force.catalog
     SECRETS.use("catalog", catalog.secret_values())
     warn_missing_keys(catalog)
     keys = KeyStore(
@@ -177,6 +180,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     if settings.server.access_log:
         access_log = AccessLog(on_drop=metrics.log_lines_dropped.labels("access").inc)
     record = Record(metrics, [], access_log=access_log)
+    redis = connect_redis(settings.redis)
     runtime = Runtime(
         settings=settings,
         catalog=catalog,
@@ -186,29 +190,53 @@ async def create_runtime(settings: Settings) -> Runtime:
         providers=providers,
         record=record,
         audit=AuditLog(db),
-        redis=connect_redis(settings.redis),
+        redis=redis,
+        policy_version=in_force.version,
     )
-    if runtime.redis is not None:
-        redis = runtime.redis
-
-        async def ping_redis() -> None:
-            await redis.ping()
-
-        runtime.readiness_checks["redis"] = ping_redis
-        runtime.closers.insert(0, redis.aclose)
+    # Closers run in reverse: the access log closes last, then Redis, after every feature.
     if access_log is not None:
 
         async def close_access_log() -> None:
             await asyncio.to_thread(access_log.close)
 
-        runtime.closers.insert(0, close_access_log)  # closers run in reverse: this one last
-    runtime.ledger = start_ledger(runtime)
-    runtime.policy_version = policy_version
-    watcher = PolicyWatcher(policy_store, runtime.use_catalog, version=policy_version or 0)
+        runtime.closers.append(close_access_log)
+    if redis is not None:
+
+        async def ping_redis() -> None:
+            await redis.ping()
+
+        runtime.install(Feature(closers=[redis.aclose], readiness={"redis": ping_redis}))
+
+    def current() -> Catalog:
+        return runtime.catalog
+
+    ledger = build_ledger(db, settings.ledger, metrics.registry)
+    runtime.install(ledger)
+    runtime.ledger = ledger.writer
+    assert ledger.sink is not None
+    record.add_sink(ledger.sink)
+    watcher = PolicyWatcher(policy_store, runtime.use_catalog, version=in_force.version or 0)
     watcher.start()
-    runtime.closers.append(watcher.stop)
-    runtime.cache = build_cache(runtime)
-    await install_budgets(runtime)  # sets runtime.budget and runtime.budget_reporter
-    await build_prompts(runtime)  # sets runtime.prompts, which build() hands to the resolve stage
+    runtime.install(Feature(closers=[watcher.stop]))
+    cache = build_cache(settings, metrics, redis)
+    if cache is not None:
+        runtime.install(cache)
+        runtime.cache = cache.stage
+    usage = build_usage(settings, catalog)
+    runtime.install(usage)
+    runtime.usage = usage.stage
+    assert usage.meter is not None
+    budgets = await build_budgets(
+        settings, db, catalog=current, registry=metrics.registry, counter=usage.meter,
+        ledger=runtime.ledger, drain=record.drain,
+    )
+    runtime.install(budgets)
+    runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
+    prompts = await build_prompts(
+        settings, db, registry=metrics.registry, redis=redis, audit=runtime.audit, catalog=current,
+        core=lambda: runtime.core,
+    )
+    runtime.install(prompts)
+    runtime.prompts = prompts.repository
     runtime.build()
     return runtime

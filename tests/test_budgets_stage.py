@@ -1,5 +1,5 @@
-"""The budget stage on its own: worst-case estimates, refusals, settling, fail-closed/open, and
-counting usage the upstream did not report."""
+"""The budget stage with the usage stage in front of it, as the runtime composes them: worst-case
+estimates, refusals, settling, fail-closed/open, and counting usage the upstream did not report."""
 
 from __future__ import annotations
 
@@ -12,19 +12,23 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.answer import Answer, tap_reply
 from gateway.auth import Principal
 from gateway.budgets.alerts import Alerts, BudgetMetrics
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook
-from gateway.budgets.stage import Budget, Relayed
+from gateway.budgets.stage import Budget
 from gateway.catalog import Catalog
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.errors import RateLimited, ServiceUnavailable, UpstreamUnavailable
+from gateway.pipeline import build_pipeline
+from gateway.pipeline_types import Handler
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
-from gateway.upstream.stage import price_usage
-from gateway.usage.tokens import TiktokenTokenizer, TokenCounter, stream_text
+from gateway.usage import MeterUsage
+from gateway.usage.tokens import TiktokenTokenizer, TokenCounter
+from gateway.wire import CompletionBuilder
 from support.budgets import WORST, catalog_of, priced_models
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -69,8 +73,29 @@ def context(catalog: Catalog, alias: str, body: dict[str, Any], *, team: str = "
     return ctx
 
 
-def stage(tokens: TokenCounter, backend: Any) -> Budget:
-    return Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
+class Metered:
+    """usage → budget → a fake upstream whose replies carry the answer tap, as in the runtime."""
+
+    def __init__(self, budget: Budget, usage: MeterUsage) -> None:
+        self.budget = budget
+        self.usage = usage
+        self.book = budget.book
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.budget, name)
+
+    async def __call__(self, ctx: RequestContext, upstream: Handler) -> Reply:
+        async def tapped(ctx: RequestContext) -> Reply:
+            reply = await upstream(ctx)
+            tap_reply(ctx, reply)
+            return reply
+
+        return await build_pipeline([self.usage, self.budget], tapped)(ctx)
+
+
+def stage(tokens: TokenCounter, backend: Any) -> Metered:
+    budget = Budget(backend, MeterUsage(tokens), BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
+    return Metered(budget, MeterUsage(tokens))
 
 
 def answered(cost_usage: Usage | None) -> Any:
@@ -95,7 +120,7 @@ async def test_worst_case_covers_every_deployment_and_choice(tokens: TokenCounte
 
     async def worst(alias: str, body: dict[str, Any], endpoint: Endpoint = Endpoint.CHAT) -> int:
         ctx = context(catalog, alias, body, endpoint=endpoint)
-        return budget.worst_case(ctx, await budget._prompt_tokens(ctx))
+        return budget.worst_case(ctx, await budget.usage.prompt_tokens(ctx))
 
     assert await worst("priced", {"messages": HI, "max_tokens": 100}) == WORST
     assert await worst("priced", {"messages": HI, "max_completion_tokens": 100, "n": 3}) == 3 * WORST
@@ -164,7 +189,6 @@ async def test_failures_release_and_streams_settle_at_their_end(tokens: TokenCou
 
     async def streaming(ctx: RequestContext) -> Reply:
         ctx.deployment = ctx.deployments[0]
-        ctx.on_meter(price_usage)  # what CallUpstream registers for a stream
         return StreamReply(events())
 
     ctx = context(catalog, "priced", {"messages": HI, "max_tokens": 100, "stream": True})
@@ -174,8 +198,8 @@ async def test_failures_release_and_streams_settle_at_their_end(tokens: TokenCou
     assert isinstance(reply, StreamReply)
     async for _ in reply.events:
         pass
-    # What the relay read from the stream; the upstream stage prices it in a meter at finish,
-    # registered (as in the real pipeline) before the budget stage's own callbacks.
+    # What the relay read from the stream; the usage stage prices it in a meter at finish,
+    # before the budget stage's settlement (a usage-known callback), whatever the order.
     ctx.usage = Usage(9, 40)
     ctx.finish()
     state = await backend.snapshot(team, team.window())
@@ -323,8 +347,9 @@ async def test_budgeted_teams_tokenizers_are_built_in_the_background(monkeypatch
 
 
 def test_a_long_stream_is_kept_as_text_not_as_its_wire_form() -> None:
-    """What a stream relayed is kept for a count in case no usage comes; past the threshold it
-    is reduced to its text, and the text counted at the end is the same either way."""
+    """The answer tap keeps what a stream relayed for whoever reads it (a count when no usage
+    comes, the cache); past the threshold it is folded into its assembled form, and the text
+    read at the end is the same either way."""
     pieces = [f"word{i} " for i in range(2000)]
     events = [
         b"data: " + orjson.dumps({"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "m",
@@ -333,10 +358,14 @@ def test_a_long_stream_is_kept_as_text_not_as_its_wire_form() -> None:
         for piece in pieces
     ]
     chunks = [b"".join(events[i:i + 7]) for i in range(0, len(events), 7)]  # batched per upstream read
-    relayed = Relayed(compact_at=4096)
+    answer = Answer(streamed=True, compact_at=4096)
     for chunk in chunks:
-        relayed.append(chunk)
-        assert relayed._size < 4096, "raw events never pile up past the threshold"
-    assert relayed
-    assert relayed.take_text() == "".join(pieces) == stream_text(chunks)
-    assert not relayed, "taking the text releases the buffers"
+        answer.relayed(chunk)
+        assert answer._size < 4096, "raw events never pile up past the threshold"
+    assert not answer.empty and not answer.complete
+    whole = CompletionBuilder()
+    whole.add_parts(chunks)
+    assert answer.output_text == "".join(pieces) == "".join(whole.texts)
+    assert answer.text == "".join(pieces)
+    with pytest.raises(ValueError):
+        answer.completion()  # no [DONE]: not a complete answer

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from gateway.answer import Answer, AnswerTap
 from gateway.auth import Principal
 from gateway.cache import Cache
 from gateway.cache.base import LockState
@@ -27,13 +28,13 @@ from gateway.cache.keys import PurgeFilter, entry_key, shared_scope, team_scope
 from gateway.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.redis_store import RedisStore, purge_keys
-from gateway.cache.stream import StreamCapture, assemble, replay
 from gateway.catalog import build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.errors import UpstreamUnavailable
 from gateway.observe import Metrics
 from gateway.providers import mock_responses as mock
+from gateway.wire import assemble, replay
 from support.gateway_proc import free_port
 
 
@@ -228,27 +229,34 @@ async def _events(batches: list[bytes], closed: list[bool]) -> AsyncIterator[byt
         closed.append(True)
 
 
-async def test_stream_capture_passes_events_through_and_knows_when_complete() -> None:
+async def test_the_answer_tap_passes_events_through_and_knows_when_complete() -> None:
     closed: list[bool] = []
-    batches = [b"data: {}\n\n", b"data: {}\n\ndata: [DONE]\n\n"]
-    capture = StreamCapture(_events(batches, closed), limit_bytes=10_000)
-    assert [batch async for batch in capture] == batches
-    assert capture.complete and not capture.overflow and capture.parts == batches
+    chunks = mock.chat_stream_chunks({"messages": [{"role": "user", "content": "hi"}], "stream": True})
+    batches = events_of(chunks)
+    answer = Answer(streamed=True)
+    assert [batch async for batch in AnswerTap(_events(batches, closed), answer)] == batches
+    assert answer.complete and answer.completion()["choices"][0]["finish_reason"] == "stop"
+    assert answer.text == mock.chat_completion({"messages": [{"role": "user", "content": "hi"}]})[
+        "choices"][0]["message"]["content"]
 
-    cut = StreamCapture(_events(batches[:1], closed), limit_bytes=10_000)
-    assert [batch async for batch in cut] == batches[:1]
-    assert not cut.complete
+    cut = Answer(streamed=True)
+    assert [batch async for batch in AnswerTap(_events(batches[:1], closed), cut)] == batches[:1]
+    assert not cut.complete and not cut.empty
+    with pytest.raises(ValueError):
+        cut.completion()
 
-    big = StreamCapture(_events([b"data: " + b"x" * 100 + b"\n\n", *batches], closed), limit_bytes=10)
-    assert len([batch async for batch in big]) == 3
-    assert big.complete and big.overflow and big.parts == []
+    # Folded early (a long stream): the same completion, the raw events gone.
+    folded = Answer(streamed=True, compact_at=10)
+    assert len([batch async for batch in AnswerTap(_events(batches, closed), folded)]) == len(batches)
+    assert folded._parts == [] or folded._parts == [batches[-1]]
+    assert folded.completion() == answer.completion()
 
 
-async def test_closing_an_unstarted_capture_closes_the_upstream() -> None:
+async def test_closing_an_unstarted_tap_closes_the_upstream() -> None:
     closed: list[bool] = []
     upstream = _events([b"data: {}\n\n"], closed)
     await anext(upstream)  # started, as a provider's stream is when the reply is built
-    await StreamCapture(upstream, limit_bytes=100).aclose()
+    await AnswerTap(upstream, Answer(streamed=True)).aclose()
     assert closed == [True]
 
 

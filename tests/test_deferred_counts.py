@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.answer import tap_reply
 from gateway.auth import Principal
 from gateway.budgets.alerts import Alerts, BudgetMetrics
 from gateway.budgets.backend import Reservation
@@ -32,6 +33,7 @@ from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
+from gateway.usage import MeterUsage
 from gateway.usage.tokens import TiktokenTokenizer, TokenCounter
 from support.budgets import WORST, catalog_of, priced_models
 
@@ -101,13 +103,24 @@ async def usageless(ctx: RequestContext) -> Reply:
     return JsonReply(200, orjson.dumps(body), body)
 
 
+def tapped(terminal: Handler) -> Handler:
+    """``terminal``'s replies with the answer tap on, as the upstream stage returns them."""
+
+    async def call(ctx: RequestContext) -> Reply:
+        reply = await terminal(ctx)
+        tap_reply(ctx, reply)
+        return reply
+
+    return call
+
+
 def pipeline(tokens: TokenCounter, backend: Any, terminal: Handler, *, max_waiting: int = 1024
              ) -> tuple[Handler, Record, Rows, Metrics]:
     rows = Rows()
     metrics = Metrics()
     record = Record(metrics, [LedgerSink(rows)], max_waiting=max_waiting)
-    budget = Budget(backend, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
-    return build_pipeline([record, budget], terminal), record, rows, metrics
+    budget = Budget(backend, MeterUsage(tokens), BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)
+    return build_pipeline([record, MeterUsage(tokens), budget], tapped(terminal)), record, rows, metrics
 
 
 def context(catalog: Catalog, team: str, *, stream: bool = True) -> RequestContext:
@@ -212,9 +225,8 @@ async def test_past_the_cap_the_count_is_done_at_once(o200k: TiktokenTokenizer) 
 
 async def test_without_a_record_stage_the_finisher_counts_at_once(o200k: TiktokenTokenizer) -> None:
     tokens = TokenCounter()
-    budget = Budget(None, tokens, BudgetBook(), BudgetMetrics(None), default_max_output_tokens=4096)  # type: ignore[arg-type]
     ctx = context(catalog(), "free-for-all")
-    await relay(ctx, await budget(ctx, crashing))
+    await relay(ctx, await MeterUsage(tokens)(ctx, tapped(crashing)))
     prompt, completion, _ = expected(o200k)
     assert ctx.usage is not None and (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (prompt, completion)
     assert not ctx.deferred

@@ -16,7 +16,7 @@ from gateway.auth import Principal
 from gateway.catalog import build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 from gateway.config.settings import LedgerSettings
-from gateway.context import Endpoint, RequestContext, Usage
+from gateway.context import Endpoint, Origin, RequestContext, Usage
 from gateway.errors import InvalidRequest, UpstreamRejected
 from gateway.ledger import LedgerMetrics, LedgerSink, LedgerWriter, kind_of, ledger_row
 from gateway.pricing import to_nanos
@@ -100,7 +100,7 @@ def _row(i: int, **changes: Any) -> dict[str, Any]:
     ("changes", "kind"),
     [
         ({}, "request"),
-        ({"is_shadow": True, "status": 502}, "shadow"),
+        ({"origin": Origin.SHADOW, "status": 502}, "shadow"),
         ({"cache_status": "HIT"}, "cache_hit"),
         ({"cache_status": "MISS"}, "request"),
         ({"budget_status": "rejected", "status": 429}, "rejected"),

@@ -266,12 +266,15 @@ async def test_an_upstream_crash_mid_stream_is_counted_though_nothing_was_built(
         proc.stop()
 
     from gateway.providers.mock_responses import chat_stream_chunks
-    from gateway.usage.tokens import TiktokenTokenizer, TokenCounter, stream_text
+    from gateway.usage.tokens import TiktokenTokenizer, TokenCounter
+    from gateway.wire import CompletionBuilder
 
     sent = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
     chunks = chat_stream_chunks(sent, chunks=8)[:3]  # what the upstream sent before it died
     o200k = TiktokenTokenizer(TokenCounter().encoding("o200k_base"))
-    completion = o200k.count_text(stream_text([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks]))
+    relayed = CompletionBuilder()
+    relayed.add_parts([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks])
+    completion = o200k.count_text("".join(relayed.texts))
     assert completion > 0
     assert (row["kind"], row["deployment"]) == ("error", "openai/gpt-4o-mini")
     assert (row["prompt_tokens"], row["completion_tokens"]) == (o200k.count_messages(MESSAGES), completion)

@@ -17,6 +17,7 @@ from conftest import FakeHandle, make_gateway
 from gateway.budgets import Budget
 from gateway.config.settings import load_settings
 from gateway.runtime import Runtime, create_runtime
+from gateway.usage import MeterUsage
 from gateway.usage.tokens import (
     FALLBACK_ENCODING,
     IMAGE_TOKENS,
@@ -246,8 +247,8 @@ async def _built(counter: TokenCounter) -> frozenset[str]:
 async def test_a_gateway_without_budgets_builds_no_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = await _runtime(tmp_path, {"teams": {"alpha": {"models": ["*"]}}}, monkeypatch)
     try:
-        assert isinstance(runtime.budget, Budget)
-        counter = runtime.budget.tokens
+        assert isinstance(runtime.budget, Budget) and isinstance(runtime.usage, MeterUsage)
+        counter = runtime.usage.tokens
         await asyncio.sleep(0.2)  # anything started in the background would show by now
         assert counter.building == set() and counter.encodings == set()
         # A policy change that gives alpha a budget on fake-chat builds what alpha can reach.
@@ -268,8 +269,8 @@ async def test_a_budgeted_teams_tokenizers_are_built_at_start_up(
     }}
     runtime = await _runtime(tmp_path, teams, monkeypatch)
     try:
-        assert isinstance(runtime.budget, Budget)
-        counter = runtime.budget.tokens
+        assert isinstance(runtime.budget, Budget) and isinstance(runtime.usage, MeterUsage)
+        counter = runtime.usage.tokens
         # text-embedding-3-small and the mock's estimate are cl100k_base; gpt-4o* is beta's only.
         assert await _built(counter) == {"cl100k_base"}
     finally:

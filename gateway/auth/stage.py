@@ -1,4 +1,10 @@
-"""The authenticate stage: ``Authorization: Bearer <key>`` → ``ctx.principal``."""
+"""Stage 2, authenticate: ``Authorization: Bearer <key>`` → ``ctx.principal``.
+
+Who is checked is decided by the request's origin, not by what is already on it: a caller's
+request (``Origin.CALLER``, from ``/v1``) always has its key checked, whatever the context
+holds; internal requests (evaluation cases, shadow copies) were made by the gateway for a
+principal it already knows, and are never checked (there is no key to check).
+"""
 
 from __future__ import annotations
 
@@ -25,9 +31,9 @@ class Authenticate:
         self._keys = keys
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
-        if ctx.principal is not None:
-            # Set by an in-process caller the gateway trusts (the evaluation runner, shadow
-            # copies): there is no key to check, and no header to check it from.
+        if ctx.origin.internal:
+            if ctx.principal is None:
+                raise AuthenticationFailed("An internal request must act for a principal.", code="missing_principal")
             return await call_next(ctx)
         token = bearer_token(ctx.authorization)
         if token is None:

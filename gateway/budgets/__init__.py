@@ -1,10 +1,9 @@
 """Per-team cost budgets that cannot be overspent, on one replica or many.
 
-``install_budgets(runtime)`` is the whole wiring: it verifies the tokenizer files every
-configured model needs (start-up fails if one is missing; building them waits until something
-needs them, see ``gateway.usage.tokens``), picks the counter backend (Redis when ``redis.url`` is
-set, else in process), and sets ``runtime.budget`` (the pipeline stage) and
-``runtime.budget_reporter`` (status for the admin API, the CLI and the finance page). See
+``build_budgets`` is the feature's factory: it picks the counter backend (Redis when
+``redis.url`` is set, else in process) and returns the pipeline stage and the reporter (status
+for the admin API, the CLI and the finance page), with its shutdown step and the catalog
+listener that pre-builds budgeted teams' tokenizers. See
 ``gateway.budgets.stage`` for what a request goes through and ``redis_backend`` for how the
 counters stay exact across replicas, dead processes and a Redis that lost its data.
 """
@@ -12,6 +11,7 @@ counters stay exact across replicas, dead processes and a Redis that lost its da
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
@@ -21,22 +21,25 @@ from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, R
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget, Window, window
 from gateway.budgets.redis_backend import RedisBackend
-from gateway.budgets.stage import Budget
+from gateway.budgets.stage import Budget, PromptCounter
 from gateway.budgets.status import BudgetStatus
+from gateway.features import CatalogSource, Closer, Feature
 from gateway.redis.wire import RedisWire
-from gateway.storage.schema import ledger
-from gateway.usage.tokens import TokenCounter
+from gateway.storage.schema import ledger as ledger_table
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from gateway.catalog import Catalog
     from gateway.config.settings import Settings
-    from gateway.runtime import Runtime
+    from gateway.ledger import LedgerWriter
     from gateway.storage import Database
 
 __all__ = [
     "Budget",
     "BudgetBackend",
     "BudgetBook",
+    "BudgetFeature",
     "BudgetStatus",
     "BudgetUnavailable",
     "MemoryBackend",
@@ -46,40 +49,47 @@ __all__ = [
     "Scope",
     "TeamBudget",
     "Window",
-    "install_budgets",
+    "build_budgets",
     "reporter_for",
-    "token_counter",
     "window",
 ]
 
 log = logging.getLogger("gateway.budget")
 
 
-def token_counter(settings: Settings) -> TokenCounter:
-    directory = settings.tokens.encodings_dir
-    return TokenCounter(settings.resolve_path(directory) if directory is not None else None)
+@dataclass
+class BudgetFeature(Feature):
+    reporter: BudgetStatus | None = None
 
 
-async def install_budgets(runtime: Runtime) -> Budget:
-    """Build the budget stage and reporter into a runtime being created (inside its loop)."""
-    settings = runtime.settings
-    tokens = token_counter(settings)
-    # A missing encoding stops start-up here (the files are hashed: milliseconds). Nothing is
-    # built yet: each encoding costs 25-45 MiB and ~0.5 s of CPU, and a gateway without budgets
-    # may never need one (see the stage's use_catalog below).
-    tokens.verify(runtime.catalog)
-    metrics = BudgetMetrics(runtime.metrics.registry)
+async def build_budgets(
+    settings: Settings,
+    db: Database,
+    *,
+    catalog: CatalogSource,
+    registry: CollectorRegistry,
+    counter: PromptCounter,
+    ledger: LedgerWriter | None,
+    drain: Closer,
+) -> BudgetFeature:
+    """The budget feature (call inside the running loop).
+
+    ``counter`` counts prompts for reservations (the usage stage: one tokenizer per encoding);
+    ``ledger`` receives rows reconciled for reservations whose request died with its process;
+    ``drain`` waits for requests whose count was deferred, so they settle before shutdown.
+    """
+    metrics = BudgetMetrics(registry)
     alerts = Alerts(metrics, webhook_timeout_s=settings.budgets.webhook_timeout_s)
     book = BudgetBook()
-    writer = runtime.ledger
+    writer = ledger
     flush = writer.flush if writer is not None else None
     backend: BudgetBackend
     if settings.redis.url:
 
         async def write_rows(rows: list[dict[str, Any]]) -> None:
             if writer is None:
-                async with runtime.db.engine.begin() as conn:
-                    await conn.execute(insert(ledger), rows)
+                async with db.engine.begin() as conn:
+                    await conn.execute(insert(ledger_table), rows)
                 return
             for row in rows:
                 if not writer.submit(row):
@@ -87,39 +97,40 @@ async def install_budgets(runtime: Runtime) -> Budget:
 
         backend = RedisBackend(
             RedisWire(settings.redis.url, timeout_s=settings.budgets.timeout_ms / 1000),
-            runtime.db,
+            db,
             alerts,
             settings.budgets,
-            budgets=lambda: book.budgets(runtime.catalog).values(),
+            budgets=lambda: book.budgets(catalog()).values(),
             write_rows=write_rows,
             flush_ledger=flush,
         )
     else:
-        backend = MemoryBackend(runtime.db, alerts, flush_ledger=flush, rebuild_wait_s=settings.budgets.rebuild_wait_s)
-        if settings.server.workers > 1 and book.budgets(runtime.catalog):
+        backend = MemoryBackend(db, alerts, flush_ledger=flush, rebuild_wait_s=settings.budgets.rebuild_wait_s)
+        if settings.server.workers > 1 and book.budgets(catalog()):
             log.error("budgets without Redis are enforced per worker process: set redis.url for several workers")
     await backend.start()
     alerts.start()
     stage = Budget(
-        backend, tokens, book, metrics, default_max_output_tokens=settings.budgets.default_max_output_tokens
+        backend, counter, book, metrics, default_max_output_tokens=settings.budgets.default_max_output_tokens
     )
-    runtime.budget = stage
-    runtime.budget_reporter = BudgetStatus(backend, runtime.db, lambda: runtime.catalog, book)
     # Budgeted teams' tokenizers are built in the background now and again on each policy change.
-    stage.use_catalog(runtime.catalog)
-    runtime.catalog_listeners.append(stage.use_catalog)
+    stage.use_catalog(catalog())
 
     async def close() -> None:
         # Requests whose count was deferred (a stream without usage, tokenizer being built)
         # settle and write their ledger rows once counted: let them, then close.
-        await runtime.record.drain()
+        await drain()
         await backend.close()
         await alerts.close()
 
-    # Closers run last-in first-out: this runs before the ledger's final flush, so settlements
-    # and reconciled rows queued at shutdown still reach it.
-    runtime.closers.append(close)
-    return stage
+    # Runs before the ledger's final flush (closers run last-in first-out, and the ledger is
+    # installed first): settlements and reconciled rows queued at shutdown still reach it.
+    return BudgetFeature(
+        stage=stage,
+        closers=[close],
+        catalog_listeners=[stage.use_catalog],
+        reporter=BudgetStatus(backend, db, catalog, book),
+    )
 
 
 async def reporter_for(settings: Settings, db: Database, catalog: Catalog) -> tuple[BudgetStatus, RedisWire | None]:

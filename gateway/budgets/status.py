@@ -27,7 +27,7 @@ _MIN_RATE_WINDOW = timedelta(hours=1)
 
 
 class BudgetStatus:
-    """Implements ``gateway.runtime.BudgetReporter``.
+    """Implements ``gateway.features.BudgetReporter``.
 
     Usage::
 

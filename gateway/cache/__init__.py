@@ -1,7 +1,6 @@
-"""Stage 5, the response cache: exact-match, team-scoped, streaming-aware, fail-open.
+"""Stage 6, the response cache: exact-match, team-scoped, streaming-aware, fail-open.
 
-    from gateway.cache import build_cache
-    runtime.cache = build_cache(runtime)   # None when cache.enabled is false
+    feature = build_cache(settings, metrics, redis)   # None when cache.enabled is false
 
 The stage (``Cache``) sits between routing and the budget stage. Backends: Redis when
 ``redis.url`` is set (shared by replicas, guarded by a circuit breaker, with its own pipelined
@@ -20,10 +19,14 @@ from gateway.cache.memory import MemoryStore
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.stage import Cache
 from gateway.config.yamlfile import ConfigError
+from gateway.features import Feature
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from gateway.cache.redis_store import RedisStore
-    from gateway.runtime import Runtime
+    from gateway.config.settings import Settings
+    from gateway.observe import Metrics
 
 __all__ = [
     "Cache",
@@ -39,39 +42,43 @@ __all__ = [
 ]
 
 
-def build_cache(runtime: Runtime) -> Cache | None:
-    """The cache stage for this runtime's settings; registers its shutdown step."""
-    settings = runtime.settings.cache
-    if not settings.enabled:
+def build_cache(settings: Settings, metrics: Metrics, redis: Redis | None) -> Feature | None:
+    """The cache feature: its stage and the shutdown step that finishes background writes.
+
+    ``redis`` is the shared redis-py client (purges); the request path gets its own wire
+    connection to ``settings.redis.url``.
+    """
+    cache = settings.cache
+    if not cache.enabled:
         return None
-    if settings.backend == "redis" and runtime.redis is None:
+    if cache.backend == "redis" and redis is None:
         raise ConfigError(["gateway.yaml: cache.backend is redis but redis.url is empty"])
-    use_redis = runtime.redis is not None and settings.backend != "memory"
-    metrics = CacheMetrics(runtime.metrics, "redis" if use_redis else "memory")
+    use_redis = redis is not None and cache.backend != "memory"
+    cache_metrics = CacheMetrics(metrics, "redis" if use_redis else "memory")
     store: CacheStore
     if use_redis:
-        assert runtime.redis is not None
+        assert redis is not None
         # Here, not at the top: the store's module imports redis-py (~175 ms of start-up),
         # which the embedded defaults, without Redis, never need.
         from gateway.cache.redis_store import RedisStore
 
         try:
             store = RedisStore(
-                runtime.settings.redis.url,  # its own wire connection for the request path
-                metrics,
-                admin=runtime.redis,  # the shared client, for purges
-                op_timeout_s=runtime.settings.redis.op_timeout_ms / 1000,
-                compress_min=settings.compress_min_bytes,
-                max_pending=settings.max_pending_writes,
-                breaker_failures=settings.breaker_failures,
-                breaker_retry_s=settings.breaker_retry_s,
+                settings.redis.url,  # its own wire connection for the request path
+                cache_metrics,
+                admin=redis,  # the shared client, for purges
+                op_timeout_s=settings.redis.op_timeout_ms / 1000,
+                compress_min=cache.compress_min_bytes,
+                max_pending=cache.max_pending_writes,
+                breaker_failures=cache.breaker_failures,
+                breaker_retry_s=cache.breaker_retry_s,
             )
         except ValueError as exc:
             raise ConfigError([f"gateway.yaml: redis.url: {exc}"]) from None
     else:
-        store = MemoryStore(settings.memory_max_bytes, metrics)
-    runtime.closers.append(store.close)  # finishes background writes, then closes its connection
-    return Cache(store, metrics, wait_s=settings.singleflight_wait_s)
+        store = MemoryStore(cache.memory_max_bytes, cache_metrics)
+    stage = Cache(store, cache_metrics, wait_s=cache.singleflight_wait_s)
+    return Feature(stage=stage, closers=[store.close])  # finishes background writes, closes its connection
 
 
 def __getattr__(name: str) -> type[RedisStore]:

@@ -1,4 +1,4 @@
-"""Stage 5, cache: answer repeated requests from the cache, and fill it from the upstream.
+"""Stage 6, cache: answer repeated requests from the cache, and fill it from the upstream.
 
     policy off / sampling / no-store / backend down ─→ BYPASS: call upstream, store nothing
     no-cache ─────────────────────────────────────────→ MISS: call upstream, store the answer
@@ -13,7 +13,8 @@ a replica that finds the lock taken polls for the value instead of calling upstr
 give up after ``singleflight_wait_s`` and call upstream themselves.
 
 Only a complete, successful answer is stored: a 200 JSON answer, or a stream that reached
-``[DONE]`` without an error (stored when the stream is over). A hit sets the request's
+``[DONE]`` without an error (stored when the stream is over, assembled by the answer tap,
+``ctx.answer``: the cache keeps no copy of its own). A hit sets the request's
 usage to the stored usage, its cost to zero, and ``saved_cost`` to what the upstream would
 have charged; the budget stage comes after this one, so a hit never touches a budget.
 """
@@ -31,6 +32,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.answer import Answer
 from gateway.cache.base import CacheStore, LockState
 from gateway.cache.entry import Entry
 from gateway.cache.keys import (
@@ -43,10 +45,10 @@ from gateway.cache.keys import (
 )
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.policy import NO_DIRECTIVE, CacheRule, CacheRules, parse_cache_control, scopes_of
-from gateway.cache.stream import StreamCapture, assemble, replay
 from gateway.catalog import Catalog, Deployment
 from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.pipeline_types import Handler
+from gateway.wire import replay
 
 log = logging.getLogger("gateway.cache")
 
@@ -181,30 +183,20 @@ class Cache:
         if reply.status != 200:
             self._abandon(key, flight, token)
             return reply
-        capture = StreamCapture(reply.events, rule.max_entry_bytes)
-        reply.events = capture
-        ctx.on_finish(functools.partial(self._stream_over, capture, key, flight, token, rule))
+        ctx.on_finish(functools.partial(self._stream_over, key, flight, token, rule))
         return reply
 
-    def _stream_over(
-        self,
-        capture: StreamCapture,
-        key: str,
-        flight: Flight | None,
-        token: str,
-        rule: CacheRule,
-        ctx: RequestContext,
-    ) -> None:
+    def _stream_over(self, key: str, flight: Flight | None, token: str, rule: CacheRule, ctx: RequestContext) -> None:
         """Finisher of a streamed miss: store the assembled answer if the stream ended well."""
-        if not capture.complete or capture.overflow or ctx.error is not None:
+        answer = ctx.answer
+        if answer is None or not answer.complete or ctx.error is not None:
             self._abandon(key, flight, token)
             return
         try:
-            data = assemble(capture.parts, ctx.usage)
+            data = answer.completion(ctx.usage)
         except ValueError:
             self._abandon(key, flight, token)
             return
-        capture.parts.clear()
         body = orjson.dumps(data)
         if len(body) > rule.max_entry_bytes:
             self._abandon(key, flight, token)
@@ -227,7 +219,9 @@ class Cache:
         self.metrics.saved_cost(ctx.team, ctx.saved_cost)
         if ctx.stream:
             data = entry.data if entry.data is not None else orjson.loads(entry.body)
+            ctx.answer = Answer.of_completion(data, streamed=True)
             return StreamReply(_once(replay(data, ctx.include_usage)))
+        ctx.answer = Answer.of_json(200, entry.body, entry.data)
         return JsonReply(200, entry.body, entry.data)
 
     async def _bypass(self, ctx: RequestContext, call_next: Handler) -> Reply:

@@ -30,7 +30,7 @@ class Format(StrEnum):
 
 
 async def _catalog(settings: Settings, db: Database) -> Catalog:
-    return await catalog_in_force(settings, db)
+    return (await catalog_in_force(settings, db)).catalog
 
 
 @app.command()

@@ -41,7 +41,7 @@ def create(
         # say so now, while the person who made the typo is looking.
         if not force:
             try:
-                catalog = await catalog_in_force(settings, db)
+                catalog = (await catalog_in_force(settings, db)).catalog
             except ConfigError as exc:
                 if not teams_file.is_file():
                     return []  # no policy files here at all (the wrong folder?): no team is known

@@ -211,9 +211,24 @@ class PolicyWatcher:
                 log.exception("policy watcher failed; retrying")
 
 
-async def catalog_in_force(settings: Settings, db: Database) -> Catalog:
-    """The catalog every replica serves: the latest applied snapshot, else the policy files."""
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """The policies every replica serves, and where they came from."""
+
+    catalog: Catalog
+    version: int | None  # the applied snapshot's version; None: the files, never applied
+    files_differ: bool = False  # the policy files were edited since the snapshot was applied
+
+
+async def catalog_in_force(settings: Settings, db: Database) -> InForce:
+    """The catalog every replica serves: the latest applied snapshot, else the policy files.
+
+    The one place this rule is written: the server at start-up, and every CLI command that
+    needs the catalog (keys, budgets, prompts), ask here.
+    """
+    policies_dir = settings.resolve_path(settings.policies_dir)
     snapshot = await PolicyStore(db).latest()
-    if snapshot is not None:
-        return catalog_from_files(snapshot.files)
-    return build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
+    if snapshot is None:
+        return InForce(build_catalog(load_policies(policies_dir)), None)
+    differ = policies_dir.is_dir() and read_policy_files(policies_dir) != snapshot.files
+    return InForce(catalog_from_files(snapshot.files), snapshot.version, differ)

@@ -110,7 +110,7 @@ class LedgerSink:
     Usage::
 
         writer = LedgerWriter(db, settings.ledger, metrics=LedgerMetrics(registry))
-        runtime.record.add_sink(LedgerSink(writer))
+        record.add_sink(LedgerSink(writer))
     """
 
     __slots__ = ("_queue",)

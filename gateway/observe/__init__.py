@@ -1,4 +1,4 @@
-"""Stage 8, record: metrics, structured logs, and the hand-off to the ledger and tracing."""
+"""Stage 1, record: metrics, structured logs, and the hand-off to the ledger and tracing."""
 
 from gateway.observe.logs import configure_logging
 from gateway.observe.metrics import Metrics

@@ -1,4 +1,4 @@
-"""The record stage: once a request is over, count it, log it, and hand it to the sinks.
+"""Stage 1, record: once a request is over, count it, log it, and hand it to the sinks.
 
 It is the outermost stage so it sees every outcome: a 401, a cache hit, a budget
 rejection, an upstream failure, a stream cut short. Its finisher is registered before the

@@ -1,4 +1,4 @@
-"""Stage 2, parse: the OpenAI request body, validated only as far as the gateway needs.
+"""Stage 3, parse: the OpenAI request body, validated only as far as the gateway needs.
 
 The body is parsed once (orjson). Fields the gateway acts on are checked with messages
 that name the field; every other field (tools, response_format, logprobs, provider

@@ -1,8 +1,8 @@
 """Wiring the prompt repository into a server runtime, or into a CLI command.
 
-``build_prompts`` is what ``create_runtime`` calls: it loads the signing key, the label snapshot,
-starts the replica sync and returns the ``PromptRepository`` the runtime keeps as
-``runtime.prompts`` (the resolve stage calls it; the admin API reaches the service through it).
+``build_prompts`` is the feature's factory: from explicit inputs it loads the signing key and
+the label snapshot, starts the replica sync and returns a bundle holding the
+``PromptRepository`` (the resolve stage calls it; the admin API reaches the service through it).
 ``open_service`` gives the CLI the same service straight on storage, without a server.
 """
 
@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from gateway.audit import AuditLog
 from gateway.auth import Principal
-from gateway.catalog import Catalog, Team, build_catalog
-from gateway.config.applied import PolicyStore, catalog_from_files
-from gateway.config.policies import load_policies
+from gateway.catalog import Team
+from gateway.config.applied import catalog_in_force
 from gateway.config.settings import Settings
 from gateway.context import RequestContext
+from gateway.features import CatalogSource, Feature
 from gateway.prompts.limits import RenderLimits
 from gateway.prompts.resolver import CachedPromptResolver
 from gateway.prompts.signing import load_signer
@@ -31,8 +32,12 @@ from gateway.redis.conn import connect_redis
 from gateway.storage import open_database
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from redis.asyncio import Redis
+
+    from gateway.core import Core
     from gateway.prompts.service import PromptService
-    from gateway.runtime import Runtime
+    from gateway.storage import Database
 
 log = logging.getLogger("gateway.prompts")
 
@@ -66,26 +71,42 @@ class PromptRepository:
         return await self.resolver.list_models(team, created)
 
 
-async def build_prompts(runtime: Runtime) -> PromptRepository:
-    """Set up the prompt feature on ``runtime`` (call before ``runtime.build()``)."""
-    settings = runtime.settings
+@dataclass
+class PromptsFeature(Feature):
+    repository: PromptRepository | None = None
+
+
+async def build_prompts(
+    settings: Settings,
+    db: Database,
+    *,
+    registry: CollectorRegistry,
+    redis: Redis | None,
+    audit: AuditLog,
+    catalog: CatalogSource,
+    core: Callable[[], Core | None],
+) -> PromptsFeature:
+    """The prompt feature: the resolver the resolve stage calls, the authoring service for the
+    admin API (built on first use), and the label sync between replicas.
+
+    ``core`` is a getter: the evaluation runner drives the request path, which is assembled
+    after this feature.
+    """
     signer = load_signer(settings)
-    store = PromptStore(runtime.db)
+    store = PromptStore(db)
     refused = Counter(
         "gateway_prompt_integrity_failures_total",
         "Requests refused because the prompt version failed its signature check.",
         ("prompt",),
-        registry=runtime.metrics.registry,
+        registry=registry,
     )
     limits = RenderLimits(timeout_s=settings.prompts.render_timeout_ms / 1000,
                           max_output_chars=settings.prompts.render_max_output_chars)
     resolver = CachedPromptResolver(store, signer, on_integrity_failure=lambda name: refused.labels(name).inc(),
                                     render_limits=limits)
     await resolver.refresh()
-    sync = LabelSync(resolver.refresh, runtime.redis, settings.prompts.poll_interval_s)
+    sync = LabelSync(resolver.refresh, redis, settings.prompts.poll_interval_s)
     sync.start()
-    runtime.closers.append(sync.close)
-    redis = runtime.redis
 
     async def changed() -> None:
         try:
@@ -102,24 +123,23 @@ async def build_prompts(runtime: Runtime) -> PromptRepository:
 
         evaluators = default_evaluators()
         runner = EvalRunner(
-            lambda: runtime.handler,
-            lambda: runtime.catalog,
+            core,
+            catalog,
             Principal(key_id="eval", team=settings.prompts.eval_team, roles=frozenset({"app"})),
             evaluators,
             concurrency=settings.prompts.eval_concurrency,
         )
         return PromptService(
-            store, runtime.audit, signer,
-            policy=lambda: runtime.catalog.bundle.prompts,
-            catalog=lambda: runtime.catalog,
+            store, audit, signer,
+            policy=lambda: catalog().bundle.prompts,
+            catalog=catalog,
             evaluators=evaluators,
             on_change=changed,
             runner=runner,
         )
 
     repository = PromptRepository(resolver, service, sync)
-    runtime.prompts = repository
-    return repository
+    return PromptsFeature(closers=[sync.close], repository=repository)
 
 
 @asynccontextmanager
@@ -137,11 +157,7 @@ async def open_service(settings: Settings) -> AsyncIterator[PromptService]:
     try:
         # The applied policies are what the servers enforce (protected labels included);
         # the local files count only until a first `gateway policies apply`.
-        snapshot = await PolicyStore(db).latest()
-        catalog: Catalog = (
-            catalog_from_files(snapshot.files) if snapshot is not None
-            else build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
-        )
+        catalog = (await catalog_in_force(settings, db)).catalog
     except BaseException:
         await db.close()
         raise

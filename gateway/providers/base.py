@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from gateway.context import Reply, RequestContext, Usage
+from gateway.context import Reply, RequestContext
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
@@ -23,17 +23,6 @@ class Provider(Protocol):
     async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply: ...
 
     async def close(self) -> None: ...
-
-
-def usage_from(data: dict[str, Any]) -> Usage | None:
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(prompt, completion)
 
 
 class ProviderRegistry:

@@ -30,10 +30,9 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.providers.base import usage_from
 from gateway.providers.openai_fields import CHAT_FIELDS, EMBEDDING_FIELDS
-from gateway.providers.sse import DONE_EVENT
 from gateway.redact import redact
+from gateway.wire import DONE_EVENT, usage_from
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment

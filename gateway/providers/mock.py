@@ -17,8 +17,7 @@ import orjson
 from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.errors import UpstreamRejected
 from gateway.providers import mock_responses
-from gateway.providers.base import usage_from
-from gateway.providers.sse import DONE_EVENT
+from gateway.wire import DONE_EVENT, usage_from
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment

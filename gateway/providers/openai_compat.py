@@ -24,9 +24,9 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.providers.base import usage_from
 from gateway.providers.sse import relay_events
 from gateway.redact import redact
+from gateway.wire import usage_from
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment

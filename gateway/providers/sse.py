@@ -2,7 +2,7 @@
 
 Upstream bytes arrive in arbitrary pieces; the relay cuts them at event boundaries so the
 client (and the cache, which assembles whole answers) only ever sees complete events.
-Usage is taken from the stream itself. When the gateway asked the upstream for usage on the
+Usage is taken from the stream itself (``gateway.wire`` reads it). When the gateway asked the upstream for usage on the
 caller's behalf (``stream_options.include_usage``), the usage-only event is kept from the
 caller, who did not ask for it.
 """
@@ -14,27 +14,10 @@ from typing import Any
 
 import orjson
 
-from gateway.context import RequestContext, Usage
-from gateway.errors import GatewayError, UpstreamMalformed, error_body
+from gateway.context import RequestContext
+from gateway.errors import UpstreamMalformed
 from gateway.redact import redact
-
-DONE_EVENT = b"data: [DONE]\n\n"
-
-
-def error_event(error: GatewayError) -> bytes:
-    """A mid-stream failure: the status line is gone, so the error travels as an event."""
-    return b"data: " + error_body(error) + b"\n\n"
-
-
-def _usage_of(payload: bytes) -> Usage | None:
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+from gateway.wire import DONE_EVENT, usage_of_event
 
 
 def _scrubbed_error(data: bytes) -> bytes:
@@ -98,7 +81,7 @@ async def relay_events(
             if b'"error"' in data:
                 data = _scrubbed_error(data)
             if b'"usage":{' in data or b'"usage": {' in data:
-                usage = _usage_of(data)
+                usage = usage_of_event(data)
                 if usage is not None:
                     ctx.usage = usage
                     if drop_usage_event and (b'"choices":[]' in data or b'"choices": []' in data):

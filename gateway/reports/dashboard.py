@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.features import BudgetReporter
 from gateway.reports.chart import Chart, build_chart
 from gateway.reports.costs import CostLine, CostQuery, Period, cost_report
-from gateway.runtime import BudgetReporter
 from gateway.storage import Database
 
 log = logging.getLogger("gateway.reports")

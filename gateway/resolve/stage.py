@@ -1,4 +1,4 @@
-"""Stage 3, resolve: the requested ``model`` becomes a model alias (or a prompt version).
+"""Stage 4, resolve: the requested ``model`` becomes a model alias (or a prompt version).
 
 ``model: "gpt-4o-mini"`` names an alias from ``policies/models.yaml``; ``model: "prompt:NAME"``
 names a prompt in the repository, which a ``PromptResolver`` renders into messages and maps to

@@ -1,5 +1,14 @@
-"""Stage 4, route: which of an alias' deployments to try, in which order."""
+"""Stage 5, route: which of an alias' deployments to try, in which order, as a plan.
 
-from gateway.routing.weighted import Route, order_deployments
+    plan.py      RoutingPlan, ShadowCopy and the RoutingStrategy interface
+    stage.py     the stage: asks the strategy, applies the plan
+    weighted.py  strategy: a weighted draw, the rest as fallbacks (the default)
+    uniform.py   uniform(rollout_id, subject): deterministic, sticky draws for rollouts
+"""
 
-__all__ = ["Route", "order_deployments"]
+from gateway.routing.plan import RoutingPlan, RoutingStrategy, ShadowCopy
+from gateway.routing.stage import Route
+from gateway.routing.uniform import uniform
+from gateway.routing.weighted import Weighted, order_deployments
+
+__all__ = ["Route", "RoutingPlan", "RoutingStrategy", "ShadowCopy", "Weighted", "order_deployments", "uniform"]

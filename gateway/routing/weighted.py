@@ -1,17 +1,22 @@
-"""Weighted load balancing across an alias' deployments, with the rest as fallbacks.
+"""Strategy: weighted load balancing across an alias' deployments, the rest as fallbacks.
 
 The first deployment is drawn by weight; the others follow by descending weight, so a
 failing primary falls back to the next-most-trusted deployment. A weight of 0 keeps a
-deployment as a fallback only.
+deployment as a fallback only. Each request draws afresh: this spreads load, it does not
+pin a user to a deployment (rollouts do that, with ``uniform``).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from gateway.catalog import Deployment
-from gateway.context import Reply, RequestContext
-from gateway.pipeline_types import Handler
+from gateway.routing.plan import RoutingPlan
+
+if TYPE_CHECKING:
+    from gateway.catalog import Deployment, ModelAlias
+    from gateway.context import RequestContext
 
 
 def order_deployments(deployments: tuple[Deployment, ...], draw: float) -> tuple[Deployment, ...]:
@@ -32,8 +37,13 @@ def order_deployments(deployments: tuple[Deployment, ...], draw: float) -> tuple
     return (chosen, *rest)
 
 
-class Route:
-    async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
-        assert ctx.alias is not None, "route runs after resolve"
-        ctx.deployments = order_deployments(ctx.alias.deployments, random.random())
-        return await call_next(ctx)
+class Weighted:
+    """The default strategy. ``draw`` is injectable so tests can pin the choice."""
+
+    __slots__ = ("_draw",)
+
+    def __init__(self, draw: Callable[[], float] = random.random) -> None:
+        self._draw = draw
+
+    def plan(self, ctx: RequestContext, alias: ModelAlias) -> RoutingPlan:
+        return RoutingPlan(order_deployments(alias.deployments, self._draw()))

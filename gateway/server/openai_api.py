@@ -21,6 +21,7 @@ import orjson
 
 from gateway.auth import bearer_token
 from gateway.context import Endpoint, JsonReply, RequestContext, StreamReply
+from gateway.core import CLIENT_CLOSED
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -28,12 +29,10 @@ from gateway.errors import (
     NotFound,
     RequestTooLarge,
     ServiceUnavailable,
-    UpstreamError,
     error_body,
-    internal_error,
 )
-from gateway.providers.sse import error_event
 from gateway.runtime import Runtime
+from gateway.wire import error_event
 
 log = logging.getLogger("gateway.server")
 
@@ -49,7 +48,6 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-CLIENT_CLOSED = 499  # nginx's convention: the caller went away before the answer was done
 
 
 class _Watch:
@@ -119,18 +117,9 @@ class OpenAIApi:
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(watch.watch(receive, task))
-        assert self.runtime.handler is not None
+        assert self.runtime.core is not None
         try:
-            try:
-                reply = await self.runtime.handler(ctx)
-            except GatewayError as error:
-                watch.done = True
-                ctx.status = error.status
-                ctx.error = error
-                ctx.overhead_seconds = time.perf_counter() - ctx.started - ctx.upstream_seconds
-                await _send_error(send, error, ctx.request_id.encode(), ctx.started, ctx.extra_headers)
-                watch.complete = True
-                return
+            reply = await self.runtime.core.handle(ctx)
             if isinstance(reply, JsonReply):
                 watch.done = True
                 await self._send_json(send, ctx, reply)
@@ -147,21 +136,12 @@ class OpenAIApi:
                 raise
             task.uncancel()
             ctx.status = CLIENT_CLOSED
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": ctx.request_id})
-            ctx.status = 500
-            ctx.error = internal_error()
-            if not watch.done:
-                watch.done = True
-                await _send_error(send, ctx.error, ctx.request_id.encode(), ctx.started)
-                watch.complete = True
         finally:
             if not watch.complete and not watch.disconnected:
                 watcher.cancel()
             ctx.finish()
 
     async def _send_json(self, send: Send, ctx: RequestContext, reply: JsonReply) -> None:
-        ctx.status = reply.status
         ctx.overhead_seconds = time.perf_counter() - ctx.started - ctx.upstream_seconds
         headers = [
             *_JSON_HEADERS,
@@ -173,7 +153,6 @@ class OpenAIApi:
         await send({"type": "http.response.body", "body": reply.body})
 
     async def _send_stream(self, send: Send, ctx: RequestContext, reply: StreamReply, watch: _Watch) -> None:
-        ctx.status = reply.status
         ctx.overhead_seconds = time.perf_counter() - ctx.started - ctx.upstream_seconds
         headers = [*_SSE_HEADERS, *_common_headers(ctx), *reply.headers]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
@@ -181,11 +160,6 @@ class OpenAIApi:
         try:
             async for chunk in events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError as error:
-            # The status line is gone: tell the caller in-band, and record the failure.
-            ctx.status = error.status
-            ctx.error = error
-            await send({"type": "http.response.body", "body": error_event(error), "more_body": True})
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:

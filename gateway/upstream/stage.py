@@ -1,10 +1,13 @@
-"""The last stage: call the provider, retrying and falling back across deployments.
+"""Stage 9, the terminal: call the provider, retrying and falling back across deployments.
 
 Retries happen only before the caller has seen a byte: providers return a stream only once
 its first event has arrived, so every failure up to then can still go to the next attempt.
 Errors the caller caused (an upstream 400) are not retried; timeouts, connection errors,
 429 and 5xx are, with exponential backoff, first on the same deployment (``retries``) and
 then on the alias' next deployment.
+
+Every reply it returns carries the one answer tap (``gateway.answer``): ``ctx.answer`` is set
+here, once, and every later reader (cache, usage, evaluators, tracing) reads that.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import random
 import time
 from collections.abc import Callable
 
+from gateway.answer import tap_reply
 from gateway.catalog import Deployment
-from gateway.context import Endpoint, JsonReply, Reply, RequestContext
+from gateway.context import Endpoint, Reply, RequestContext
 from gateway.errors import UpstreamError, UpstreamUnavailable
 from gateway.providers import ProviderRegistry
 
@@ -24,12 +28,6 @@ log = logging.getLogger("gateway.upstream")
 
 _BACKOFF_BASE_S = 0.05
 _BACKOFF_MAX_S = 2.0
-
-
-def price_usage(ctx: RequestContext) -> None:
-    """Meter: turn the usage the upstream reported into money (see ``RequestContext.finish``)."""
-    if ctx.usage is not None and ctx.deployment is not None:
-        ctx.cost = ctx.deployment.price.cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
 
 
 class CallUpstream:
@@ -83,10 +81,7 @@ class CallUpstream:
                 elapsed = time.perf_counter() - started
                 ctx.upstream_seconds += elapsed
                 self._attempted(deployment, elapsed, "ok")
-                if isinstance(reply, JsonReply):
-                    price_usage(ctx)
-                else:
-                    ctx.on_meter(price_usage)
+                tap_reply(ctx, reply)
                 return reply
         if last_error is None:
             raise UpstreamUnavailable("The model has no deployment to send the request to.")

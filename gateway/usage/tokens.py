@@ -58,6 +58,7 @@ from tiktoken.model import encoding_name_for_model
 
 from gateway.config.yamlfile import ConfigError
 from gateway.pricing import litellm_package_dir
+from gateway.wire import CompletionBuilder, completion_text
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog, Deployment
@@ -563,56 +564,14 @@ class TokenCounter:
 
     def stream_completion_tokens(self, deployment: Deployment, events: Iterable[bytes]) -> int:
         """Output tokens of the SSE events relayed so far (builds inline)."""
-        return count_output(self.for_deployment(deployment), stream_text(events))
+        builder = CompletionBuilder()
+        builder.add_parts(events)
+        return count_output(self.for_deployment(deployment), "".join(builder.texts))
 
 
 def count_output(tokenizer: Tokenizer, text: str) -> int:
-    """Output tokens of an answer's text (from :func:`completion_text` or :func:`stream_text`)."""
+    """Output tokens of an answer's billed text (``Answer.output_text``)."""
     return tokenizer.count_text(text) if text else 0
-
-
-def completion_text(data: dict[str, Any]) -> str:
-    """The text of a whole chat completion body that is billed as output (when it has no usage)."""
-    texts: list[str] = []
-    for choice in data.get("choices") or ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            texts.extend(_message_texts(message))
-    return "".join(texts)
-
-
-def stream_text(events: Iterable[bytes]) -> str:
-    """The output text of the SSE events relayed so far (a stream without usage, or cut short).
-
-    Needs no tokenizer, so a finisher can take it at once and count it later.
-    """
-    texts: list[str] = []
-    for chunk in events:
-        for event in chunk.split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                continue
-            try:
-                data = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                continue
-            for choice in data.get("choices") or ():
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict):
-                    texts.extend(_message_texts(delta))
-    return "".join(texts)
-
-
-def _message_texts(message: dict[str, Any]) -> list[str]:
-    texts = []
-    for key in ("content", "refusal", "reasoning_content"):
-        value = message.get(key)
-        if isinstance(value, str):
-            texts.append(value)
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            texts.extend(str(function.get(part) or "") for part in ("name", "arguments"))
-    return texts
 
 
 def _count_embedding_input(tokenizer: Tokenizer, value: Any) -> int:

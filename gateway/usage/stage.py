@@ -1,0 +1,191 @@
+"""Stage 7, usage: make every answer's token usage and cost final, whoever else is installed.
+
+The upstream reports usage (the gateway asks OpenAI-compatible upstreams to, even in streams);
+this stage prices it with the deployment's price. When the upstream reported none, it counts
+the usage itself: the prompt from the request (or the count the budget stage already made for
+its reservation, ``ctx.prompt_tokens``), the output from the answer tap (``ctx.answer``).
+The ledger, the metrics and the budget's settlement all read the result, so it is installed
+whenever the ledger is (always), not only for teams with a budget.
+
+A JSON answer is metered before it is returned. A stream is metered by a *meter*
+(``ctx.on_meter``), phase 1 of ``RequestContext.finish``: after the last event, before any
+usage-known callback (a budget settlement), whatever order the stages registered in.
+
+Tokenizers are built only when needed (see ``gateway.usage.tokens``). A JSON answer awaits
+one; a stream's meter cannot wait, so without a built tokenizer it *defers* the count
+(``ctx.defer``): the settlement, and the record stage's recording, happen once it is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
+from gateway.pipeline_types import Handler
+from gateway.usage.tokens import ByteBound, TokenCounter, Tokenizer, count_output
+
+if TYPE_CHECKING:
+    from gateway.catalog import Deployment
+
+log = logging.getLogger("gateway.usage")
+
+# Prompts larger than this are counted on a worker thread so the event loop keeps serving.
+_THREAD_COUNT_BYTES = 32 * 1024
+
+
+def price_usage(ctx: RequestContext) -> None:
+    """Turn the usage the upstream reported into money, with the deployment that answered."""
+    if ctx.usage is not None and ctx.deployment is not None:
+        ctx.cost = ctx.deployment.price.cost(ctx.usage.prompt_tokens, ctx.usage.completion_tokens)
+
+
+class MeterUsage:
+    """Pipeline stage (see the module docstring)."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: TokenCounter) -> None:
+        self.tokens = tokens
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
+        reply = await call_next(ctx)
+        if isinstance(reply, JsonReply):
+            await self._meter_json(ctx, reply)
+        else:
+            ctx.on_meter(self._meter_stream)
+        return reply
+
+    async def prompt_tokens(self, ctx: RequestContext) -> dict[str, int]:
+        """Prompt tokens per deployment id, counted once per distinct tokenizer (usually one).
+
+        The budget stage asks for them before its reservation (it is a ``PromptCounter``).
+        Waits for tokenizers still being built (on worker threads, shared with every request
+        that needs the same one): a reservation must not be guessed.
+        """
+        deployments = ctx.deployments
+        found = [self.tokens.built(deployment) for deployment in deployments]
+        if any(tokenizer is None for tokenizer in found):
+            found = list(await asyncio.gather(*(self.tokens.tokenizer(d) for d in deployments)))
+        tokenizers: list[Tokenizer] = [tokenizer for tokenizer in found if tokenizer is not None]
+        endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
+
+        def count() -> dict[str, int]:
+            counted: dict[int, int] = {}
+            prompt: dict[str, int] = {}
+            for deployment, tokenizer in zip(deployments, tokenizers, strict=True):
+                tokens = counted.get(id(tokenizer))
+                if tokens is None:
+                    tokens = counted[id(tokenizer)] = TokenCounter.count_prompt(tokenizer, endpoint, ctx.body)
+                prompt[deployment.id] = tokens
+            return prompt
+
+        if len(ctx.raw_body) > _THREAD_COUNT_BYTES:
+            return await asyncio.to_thread(count)
+        return count()
+
+    def prepare(self, deployments: Iterable[Deployment]) -> None:
+        """Start building, in the background, the tokenizers ``deployments`` will need."""
+        self.tokens.prepare(deployments)
+
+    async def _meter_json(self, ctx: RequestContext, reply: JsonReply) -> None:
+        """Price a JSON answer's reported usage, or count it when there is none.
+
+        Awaits the tokenizer if it is not built yet; if the request is cancelled meanwhile (the
+        caller hung up), the count is deferred, so the spend is still counted, settled and
+        recorded, once.
+        """
+        if ctx.usage is not None:
+            price_usage(ctx)
+            return
+        deployment = ctx.deployment
+        if deployment is None or reply.status != 200:
+            return
+        answer = ctx.answer
+        text = answer.output_text if ctx.endpoint is Endpoint.CHAT and answer is not None else ""
+        tokenizer = self.tokens.built(deployment)
+        if tokenizer is None:
+            try:
+                tokenizer = await self.tokens.tokenizer(deployment)  # the build itself is not cancelled
+            except asyncio.CancelledError:
+                self._count_later(ctx, deployment, text)
+                raise
+            except Exception:
+                tokenizer = self._no_tokenizer(ctx, deployment)
+        self._count_with(ctx, tokenizer, text)
+
+    def _meter_stream(self, ctx: RequestContext) -> None:
+        """Meter of a stream: price its usage, or count it if none was reported.
+
+        Cannot wait: without a built tokenizer the count is deferred (settlement and recording
+        wait for it). The answer is reduced to its text at once, so a deferred count holds only that.
+        """
+        if ctx.usage is not None:
+            price_usage(ctx)
+            return
+        deployment = ctx.deployment
+        answer = ctx.answer
+        if deployment is None or answer is None or answer.empty:
+            return  # nothing was relayed: nothing to charge
+        text = answer.output_text
+        tokenizer = self.tokens.built(deployment)
+        prompt = ctx.prompt_tokens
+        if tokenizer is not None:
+            self._count_with(ctx, tokenizer, text)
+        elif not text and prompt is not None and deployment.id in prompt:
+            _set_usage(ctx, prompt[deployment.id], 0)  # no output, and the prompt is known
+        else:
+            self._count_later(ctx, deployment, text)
+
+    def _count_later(self, ctx: RequestContext, deployment: Deployment, text: str) -> None:
+        """Defer the count until the deployment's tokenizer is built (see ``RequestContext.defer``)."""
+
+        def now() -> None:
+            # Builds inline if it must (or waits for the build in flight): blocks the loop, but
+            # only when nothing can wait (see the record stage), and the spend is never lost.
+            self._count_with(ctx, self.tokens.for_deployment(deployment), text)
+
+        async def wait() -> None:
+            tokenizer: Tokenizer
+            try:
+                tokenizer = await self.tokens.tokenizer(deployment)
+            except asyncio.CancelledError:
+                now()
+                raise
+            except Exception:
+                tokenizer = self._no_tokenizer(ctx, deployment)
+            self._count_with(ctx, tokenizer, text)
+
+        ctx.defer(wait, now)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to build on: whoever takes the work calls `now`
+        self.tokens.prepare((deployment,))  # start the build now, not when the record's task runs
+
+    @staticmethod
+    def _no_tokenizer(ctx: RequestContext, deployment: Deployment) -> Tokenizer:
+        """Not expected (a failed build gives ByteBound already): an upper bound still counts,
+        and a budget reservation is settled rather than leaked."""
+        log.exception("no tokenizer for %s", deployment.label, extra={"request_id": ctx.request_id})
+        return ByteBound()
+
+    def _count_with(self, ctx: RequestContext, tokenizer: Tokenizer, text: str) -> None:
+        """Set the usage and cost from the answer's ``text`` and the prompt."""
+        deployment = ctx.deployment
+        assert deployment is not None
+        prompt = ctx.prompt_tokens
+        if prompt is not None and deployment.id in prompt:
+            prompt_tokens = prompt[deployment.id]
+        else:
+            endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
+            prompt_tokens = self.tokens.count_prompt(tokenizer, endpoint, ctx.body)
+        _set_usage(ctx, prompt_tokens, count_output(tokenizer, text))
+
+
+def _set_usage(ctx: RequestContext, prompt_tokens: int, completion_tokens: int) -> None:
+    assert ctx.deployment is not None
+    ctx.usage = Usage(prompt_tokens, completion_tokens)
+    ctx.cost = ctx.deployment.price.cost(prompt_tokens, completion_tokens)
