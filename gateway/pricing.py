@@ -46,7 +46,7 @@ def price_map() -> dict[str, Any]:
     package = litellm_package_dir()
     if package is None or not (package / _PRICE_FILE).exists():
         return {}
-    data = orjson.loads((package / _PRICE_FILE).read_bytes())
+    data: dict[str, Any] = orjson.loads((package / _PRICE_FILE).read_bytes())
     data.pop("sample_spec", None)
     return data
 

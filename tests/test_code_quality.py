@@ -1,5 +1,5 @@
 """The project's own rules, checked where CI will see them: ruff-clean, and the package and the
-benchmarks fully type-checked (mypy with pydantic's plugin; configuration in pyproject.toml)."""
+benchmarks fully type-checked (mypy in strict mode with pydantic's plugin; configuration in pyproject.toml)."""
 
 from __future__ import annotations
 

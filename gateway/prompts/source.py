@@ -40,9 +40,10 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.prompts.errors import RenderError
 from gateway.prompts.evals.evaluators import EvaluatorSet
 from gateway.prompts.refs import NAME_RE
-from gateway.prompts.render import RenderError, TemplateProblem, compile_prompt, variables_used
+from gateway.prompts.render import TemplateProblem, compile_prompt, variables_used
 from gateway.prompts.signing import content_sha256
 
 FOLDER_FILES = ("prompt.yaml", "prompt.yml")
@@ -461,10 +462,10 @@ def render_source(spec: PromptSpec) -> str:
         document["evaluation"] = spec.evaluation.model_dump()
     if spec.golden:
         document["golden"] = [case.model_dump(exclude_defaults=True) for case in spec.golden]
-    return yaml.dump(document, Dumper=_SourceDumper, sort_keys=False, allow_unicode=True, width=110)
+    return str(yaml.dump(document, Dumper=_SourceDumper, sort_keys=False, allow_unicode=True, width=110))
 
 
-class _SourceDumper(yaml.SafeDumper):
+class _SourceDumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML ships no annotations
     pass
 
 

@@ -193,7 +193,7 @@ class _EngineAppender:
             if self._conn is None:
                 self._conn = await self._db.engine.connect()
             async with self._conn.begin():
-                await self._conn.exec_driver_sql(self._statement.sql, parameters)  # type: ignore[arg-type]
+                await self._conn.exec_driver_sql(self._statement.sql, parameters)
         except (IntegrityError, DataError) as exc:
             raise RowsRefused(str(exc.orig)) from exc
         except (SQLAlchemyError, OSError) as exc:

@@ -148,9 +148,9 @@ def _credential(scope: Scope) -> str:
     for name, value in scope["headers"]:
         lowered = name.lower()
         if lowered == b"authorization":
-            return value.decode("latin-1").removeprefix("Bearer ")
+            return str(value.decode("latin-1")).removeprefix("Bearer ")
         if lowered == b"x-api-key":
-            return value.decode("latin-1")
+            return str(value.decode("latin-1"))
     return ""
 
 
