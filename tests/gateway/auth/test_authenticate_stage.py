@@ -14,7 +14,7 @@ import pytest
 from gateway.auth import Authenticate, CreatedKey, KeyStore, Principal, bearer_token
 from gateway.catalog import Catalog, build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
-from gateway.context import Endpoint, JsonReply, Reply, RequestContext
+from gateway.context import Endpoint, JsonReply, Origin, Reply, RequestContext
 from gateway.errors import AuthenticationFailed, error_body
 from gateway.storage import open_database
 
@@ -203,16 +203,21 @@ async def test_errors_from_the_next_stage_pass_through(keys: KeyStore, alpha_key
     assert ctx.principal is not None
 
 
-# -- the preset-principal bypass ------------------------------------------------------------
-# Isolated on purpose: RequestContext is gaining an ``origin``, and a preset principal will be
-# trusted only for internal origins. When that lands, this is the one test to update.
+# -- who is checked: decided by the request's origin ------------------------------------------
 
 
-async def test_preset_principal_bypass__current_behaviour__update_with_context_origin(keys: KeyStore) -> None:
+async def test_a_preset_principal_is_trusted_only_for_internal_origins(keys: KeyStore) -> None:
     preset = Principal(key_id="eval", team="alpha", roles=frozenset({"app"}))
-    ctx = context(None)
-    ctx.principal = preset
+    smuggled = context(None)
+    smuggled.principal = preset  # a caller's request: the preset principal counts for nothing
+    with pytest.raises(AuthenticationFailed) as caught:
+        await Authenticate(keys)(smuggled, Next())
+    assert caught.value.code == "missing_api_key"
+
+    internal = context(None)
+    internal.origin = Origin.EVAL
+    internal.principal = preset
     after = Next()
-    assert await Authenticate(keys)(ctx, after) is after.reply
-    assert after.calls == [ctx]
-    assert ctx.principal is preset
+    assert await Authenticate(keys)(internal, after) is after.reply
+    assert after.calls == [internal]
+    assert internal.principal is preset
