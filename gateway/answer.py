@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.context import JsonReply, Reply, RequestContext, Usage
-from gateway.wire import DONE_EVENT, CompletionBuilder, completion_text, first_answer
+from gateway.wire import DONE_EVENT, CompletionBuilder, completion_text, first_answer, usage_from
 
 #: Raw stream bytes held before they are folded into the assembled answer.
 COMPACT_AT: Final = 256 * 1024
@@ -129,6 +129,15 @@ class Answer:
     def text(self) -> str:
         """The first choice's text, or its first tool call's arguments (what evaluators judge)."""
         return first_answer(self._view())
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the answer itself carries (a JSON body's, a stream's usage chunk), if any.
+
+        ``ctx.usage`` is the request's final usage (counted when the upstream reported none);
+        this is only what was on the wire.
+        """
+        return usage_from(self._view())
 
     @property
     def finish_reasons(self) -> list[str | None]:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from gateway.catalog import Deployment
-from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply
+from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream import CallUpstream
 from gateway.upstream import stage as upstream_stage
@@ -77,6 +77,7 @@ async def test_retries_then_falls_back_and_reports_every_attempt() -> None:
     assert [outcome for _, outcome in attempts][-1] == "ok" and len(attempts) == 3
     assert ctx.attempts == 3 and ctx.deployment is not None and ctx.deployment.model == "second"
     assert ctx.answer is not None and ctx.answer.text == "Paris." and ctx.answer.complete
+    assert ctx.answer.usage is None and ctx.answer.tool_calls == []  # none on the wire
 
 
 async def test_a_callers_mistake_is_not_retried() -> None:
@@ -105,6 +106,7 @@ async def test_a_streamed_answer_is_tapped_as_it_passes() -> None:
     async def events() -> AsyncIterator[bytes]:
         yield b'data: {"choices":[{"index":0,"delta":{"content":"Par"}}]}\n\n'
         yield (b'data: {"choices":[{"index":0,"delta":{"content":"is."},"finish_reason":"stop"}]}\n\n'
+               b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}\n\n'
                b"data: [DONE]\n\n")
 
     ctx = context()
@@ -113,3 +115,4 @@ async def test_a_streamed_answer_is_tapped_as_it_passes() -> None:
     relayed = [chunk async for chunk in reply.events]
     assert len(relayed) == 2 and ctx.answer.complete
     assert ctx.answer.text == "Paris." and ctx.answer.finish_reasons == ["stop"]
+    assert ctx.answer.usage == Usage(7, 2)
