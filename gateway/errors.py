@@ -127,6 +127,17 @@ class UpstreamRejected(UpstreamError):
             self.code = f"upstream_status_{status}"
 
 
+class UpstreamStreamError(UpstreamError):
+    """The upstream put an error event in its stream (OpenAI's in-band failure): it ends there.
+
+    Before the caller saw a byte it may be retried like any upstream failure; after, the core
+    handler turns it into the stream's one closing error event.
+    """
+
+    code = "upstream_stream_error"
+    retryable = True
+
+
 class UpstreamUnavailable(UpstreamError):
     status = 503
     code = "upstream_unavailable"

@@ -9,6 +9,7 @@ both kinds of key, the fake upstream echoing whatever key it was sent.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,12 @@ def test_an_upstream_error_event_mid_stream_is_scrubbed(leaky: tuple[GatewayProc
     assert response.status_code == 200
     assert '"error"' in response.text and REDACTED in response.text
     assert provider_key not in response.text
+    # One closing error event (the upstream's failure, scrubbed), not the upstream's own event
+    # followed by the gateway's "ended without [DONE]".
+    events = [line for line in response.text.split("\n\n") if line.startswith("data: {")]
+    errors = [json.loads(event[6:])["error"] for event in events if '"error"' in event]
+    assert len(errors) == 1 and errors[0]["code"] == "upstream_stream_error"
+    assert '"error"' in events[-1] and "[DONE]" not in response.text  # it ends the stream
 
 
 def test_the_log_never_holds_a_configured_secret(leaky: tuple[GatewayProcess, str, str], fake: FakeHandle) -> None:

@@ -2,47 +2,42 @@
 
 Upstream bytes arrive in arbitrary pieces; the relay cuts them at event boundaries so the
 client (and the cache, which assembles whole answers) only ever sees complete events.
-Usage is taken from the stream itself (``gateway.wire`` reads it). When the gateway asked the upstream for usage on the
-caller's behalf (``stream_options.include_usage``), the usage-only event is kept from the
-caller, who did not ask for it.
+Usage is taken from the stream itself (``gateway.wire`` reads it). When the gateway asked the
+upstream for usage on the caller's behalf (``stream_options.include_usage``), the usage-only
+event is kept from the caller, who did not ask for it. An upstream's in-band error event ends
+the relay with ``UpstreamStreamError``: the caller gets one error event, not the upstream's
+and then the gateway's.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 
 from gateway.context import RequestContext
-from gateway.errors import UpstreamMalformed
+from gateway.errors import UpstreamMalformed, UpstreamStreamError
 from gateway.redact import redact
 from gateway.wire import DONE_EVENT, usage_of_event
 
 
-def _scrubbed_error(data: bytes) -> bytes:
-    """An upstream's in-band ``{"error": ...}`` event with every secret scrubbed from its text.
+def _stream_error(data: bytes) -> UpstreamStreamError | None:
+    """The failure an upstream's in-band ``{"error": ...}`` event reports, or ``None``.
 
-    Upstreams echo credentials in error messages; a relayed event must not carry them to the
-    caller. Only events whose top level is an error are re-framed: answer chunks pass as sent.
+    It is not relayed as sent: the stream ends there, and the core handler closes it with one
+    error event in the gateway's shape. The upstream's message is kept (scrubbed: upstreams
+    echo credentials in error messages), answer chunks that merely mention "error" pass as sent.
     """
     try:
         event = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return data
-    if not isinstance(event, dict) or "error" not in event:
-        return data
-    return orjson.dumps(_scrub_strings(event))
-
-
-def _scrub_strings(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: _scrub_strings(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_scrub_strings(item) for item in value]
-    return value
+        return None
+    if not isinstance(event, dict) or "error" not in event or "choices" in event:
+        return None
+    error = event["error"]
+    message = error.get("message") if isinstance(error, dict) else error
+    said = redact(str(message)) if message else "no message"
+    return UpstreamStreamError(f"The upstream failed mid-answer: {said}")
 
 
 async def relay_events(
@@ -79,7 +74,11 @@ async def relay_events(
                 done = True
                 break
             if b'"error"' in data:
-                data = _scrubbed_error(data)
+                failure = _stream_error(data)
+                if failure is not None:
+                    if out:
+                        yield b"".join(out)  # what came before the failure reaches the caller
+                    raise failure
             if b'"usage":{' in data or b'"usage": {' in data:
                 usage = usage_of_event(data)
                 if usage is not None:
