@@ -140,7 +140,7 @@ async def test_no_team_overspends_on_any_path(
     for proc in procs:
         proc.config.root.mkdir(parents=True, exist_ok=True)
     try:
-        await asyncio.gather(*(asyncio.to_thread(proc.start, 60) for proc in procs))
+        await asyncio.gather(*(asyncio.to_thread(proc.start, 120) for proc in procs))
         combos = [(provider, mode) for provider in PROVIDERS for mode in MODES]
         keys = {combo: procs[0].create_key(team_name(*combo)) for combo in combos}
         clients = {
