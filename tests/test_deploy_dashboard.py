@@ -156,3 +156,24 @@ def test_every_metric_and_label_is_exported(live_metrics: str, source: str) -> N
 
 def test_the_new_prompt_series_counts_by_version(live_metrics: str) -> None:
     assert 'gateway_prompt_requests_total{label="latest",prompt="ops-check",version="1"} 1.0' in live_metrics
+
+
+def test_the_dashboard_is_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+        taken = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not cells & taken, f"{panel['title']!r} overlaps another panel"
+        cells |= taken
+        for target in panel.get("targets", []):
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    alert_names = {rule["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for rule in g["rules"]}
+    for panel in panels:
+        for named in re.findall(r"Alerts?: ([\w, ]+)\.", panel.get("description", "")):
+            assert {n.strip() for n in named.split(",")} <= alert_names, panel["title"]
+    assert {"team", "model", "deployment"} <= {v["name"] for v in dashboard["templating"]["list"]}
