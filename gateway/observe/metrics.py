@@ -62,6 +62,12 @@ class Metrics:
             ("kind",),
             registry=r,
         )
+        self.prompt_requests = Counter(
+            "gateway_prompt_requests_total",
+            "Requests served from a stored prompt, by prompt, version and the label it was asked by.",
+            ("prompt", "version", "label"),
+            registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:

@@ -130,6 +130,9 @@ class Record:
             m.child(m.tokens, team, model, "output").inc(ctx.usage.completion_tokens)
         if ctx.cost:
             m.child(m.cost, team, model).inc(ctx.cost)
+        if ctx.prompt_version is not None and ctx.prompt_name is not None:
+            # Names and versions come from the prompt repository, never from a caller.
+            m.child(m.prompt_requests, ctx.prompt_name, str(ctx.prompt_version), ctx.prompt_label or "").inc()
         for sink in self._sinks:
             try:
                 sink.record(ctx)
