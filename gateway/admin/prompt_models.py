@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from gateway.admin.types import UtcDateTime
 
 if TYPE_CHECKING:
-    from gateway.prompts.service import LabelResult, PushResult, VersionView
+    from gateway.prompts.service import History, LabelResult, PushResult, VersionView
     from gateway.prompts.store import EvalRecord, LabelMove, PromptSummary, VersionRecord
 
 
@@ -170,6 +170,11 @@ class HistoryOut(BaseModel):
     labels: dict[str, int]
     versions: list[VersionOut]
     moves: list[MoveOut]
+
+    @classmethod
+    def of(cls, name: str, history: History) -> HistoryOut:
+        return cls(name=name, labels=history.labels, versions=[VersionOut.of(v) for v in history.versions],
+                   moves=[MoveOut.of(move) for move in history.moves])
 
 
 class DiffOut(BaseModel):

@@ -18,14 +18,12 @@ from gateway.admin.prompt_models import (
     HistoryOut,
     LabelIn,
     LabelOut,
-    MoveOut,
     PromoteIn,
     PushIn,
     PushOut,
     RollbackIn,
     ShowOut,
     SummaryOut,
-    VersionOut,
 )
 from gateway.auth import Principal
 from gateway.errors import ServiceUnavailable
@@ -84,9 +82,7 @@ async def show_prompt(
 async def prompt_history(
     name: str, service: PromptService = Depends(get_service), caller: Caller = Depends(get_caller)
 ) -> HistoryOut:
-    history = await service.history(name, caller)
-    return HistoryOut(name=name, labels=history.labels, versions=[VersionOut.of(v) for v in history.versions],
-                      moves=[MoveOut.of(move) for move in history.moves])
+    return HistoryOut.of(name, await service.history(name, caller))
 
 
 @router.get("/{name}/diff", response_model=DiffOut, summary="Unified diff between two versions or labels")
