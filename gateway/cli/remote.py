@@ -13,12 +13,16 @@ cut from every message this module prints.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import typer
 
 from gateway.cli.common import fail
+
+T = TypeVar("T")
 
 UrlOption = Annotated[
     str | None,
@@ -118,4 +122,33 @@ def remote(url: str | None, key: str | None) -> Remote | None:
 def refuse_local_only(option: str, value: object) -> None:
     """Options that only mean something in local mode are refused remotely, not ignored."""
     if value:
-        fail(f"{option} applies to local mode only; in remote mode the key is who acts.")
+        fail(f"{option} applies to local mode only; remote mode acts through the admin API with the key's roles.")
+
+
+def call(work: Callable[[], T]) -> T:
+    """Run a remote call; the gateway's refusal becomes the CLI's usual error line (exit 1)."""
+    try:
+        return work()
+    except RemoteError as exc:
+        if not exc.problems:
+            fail(exc.message)
+        for problem in exc.problems:  # one line each, as local mode lists them
+            _error_line(problem)
+        raise typer.Exit(1) from None
+
+
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    from gateway.cli.common import err_console
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def utc(value: datetime) -> datetime:
+    """A stored time (SQLite hands back naive UTC) as the API writes it: with its offset."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_time(value: str) -> datetime:
+    return utc(datetime.fromisoformat(value))
