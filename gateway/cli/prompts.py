@@ -17,7 +17,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -30,10 +30,14 @@ from gateway.cli.remote import KeyOption, Remote, RemoteError, UrlOption, refuse
 from gateway.config.settings import Settings
 from gateway.config.yamlfile import ConfigError
 from gateway.errors import GatewayError
-from gateway.prompts import Caller, PromptRepository, PromptService, open_service
 from gateway.prompts.errors import InvalidPrompt
 from gateway.prompts.refs import parse_version
-from gateway.prompts.signing import Signer, SigningKeyError, generate_key
+from gateway.prompts.signing import SigningKeyError
+
+if TYPE_CHECKING:
+    # Loaded when a local command runs: the service and its storage are a good part of a
+    # second of start-up that remote mode (GATEWAY_URL) never needs.
+    from gateway.prompts import Caller, PromptService
 
 T = TypeVar("T")
 
@@ -49,6 +53,8 @@ FormatOption = Annotated[str, typer.Option("--format", help="table or json.")]
 
 
 def _caller(author: str | None) -> Caller:
+    from gateway.prompts import Caller
+
     if not author:
         try:
             author = getpass.getuser()
@@ -58,6 +64,8 @@ def _caller(author: str | None) -> Caller:
 
 
 def _with_service(settings: Settings, work: Callable[[PromptService], Awaitable[T]]) -> T:
+    from gateway.prompts import open_service
+
     async def go() -> T:
         async with open_service(settings) as service:
             return await work(service)
@@ -516,6 +524,7 @@ def evaluate(
 
 def _evaluate_locally(reference: str, author: str | None, config: str | None) -> EvalOut:
     # Imported here: the whole server runtime is heavy and only evaluations need it in the CLI.
+    from gateway.prompts import PromptRepository
     from gateway.runtime import create_runtime
 
     settings = settings_or_exit(config)
@@ -538,6 +547,8 @@ def _evaluate_locally(reference: str, author: str | None, config: str | None) ->
 @app.command()
 def keygen() -> None:
     """Print a new signing key for GATEWAY_PROMPT_SIGNING_KEY (share it with every replica and CLI)."""
+    from gateway.prompts.signing import Signer, generate_key
+
     key = generate_key()
     console.print(f"public key (for prompts.trusted_public_keys when rotating): {Signer(key).public_key}",
                   highlight=False)
