@@ -43,6 +43,9 @@ def test_keys(gw: ShippedGateway, admin: RemoteCli) -> None:
         " for team support with roles author. Store it now: it is not shown again.")
     assert secret.startswith("gw-")
     key_id = first.split()[1]
+    typo = admin("keys", "create", "--team", "suport", check=False)
+    assert typo.returncode == 1 and typo.stderr.startswith("error: no policy names the team 'suport' (known teams: ")
+    assert admin("keys", "create", "--team", "coming-soon", "--force").stdout.startswith("Created ")
     assert admin("keys", "list", "--format", "json").stdout == gw.gateway("keys", "list", "--format", "json").stdout
     assert admin("keys", "list", "--team", "support").stdout == gw.gateway("keys", "list", "--team", "support").stdout
     assert admin("keys", "revoke", key_id).stdout == f"Revoked {key_id}.\n"

@@ -43,10 +43,10 @@ def create(
     """Create a key. The key itself is printed once, alone on the last line."""
     api = remote(url, key)
     if api is not None:
-        # The gateway creates it with the admin role's say-so; it checks the roles, and the
-        # team against nothing: --force is implied, as in the admin API.
+        # The gateway checks the team against the policies it serves (unless --force).
         refuse_local_only("--config", config)
-        made = call(lambda: api.post("/admin/keys", {"team": team, "roles": role or ["app"], "name": name}))
+        body = {"team": team, "roles": role or ["app"], "name": name, "check_team": not force}
+        made = call(lambda: api.post("/admin/keys", body))
         console.print(f"Created {made['key_id']} for team {team} with roles {','.join(made['roles'])}. Store it now: "
                       "it is not shown again.", highlight=False)
         print(made["key"])
