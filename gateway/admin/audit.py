@@ -72,6 +72,8 @@ async def verify_audit(
 class PoliciesOut(BaseModel):
     version: int | None = Field(None, description="The applied version; null when never applied.")
     serving_version: int | None = Field(None, description="The version this replica serves.")
+    applied_at: UtcDateTime | None = Field(None, description="When the applied version was applied.")
+    applied_by: str | None = Field(None, description="Who applied it (the audit actor).")
     files: dict[str, str] = Field(default_factory=dict)
 
 
@@ -95,6 +97,8 @@ async def get_policies(
     return PoliciesOut(
         version=snapshot.version if snapshot else None,
         serving_version=runtime.policy_version,
+        applied_at=snapshot.applied_at if snapshot else None,
+        applied_by=snapshot.actor if snapshot else None,
         files=snapshot.files if snapshot else {},
     )
 
@@ -110,7 +114,8 @@ async def apply_policies(
             body.files, actor_of(principal), reason=body.reason, ticket=body.ticket, dry_run=body.dry_run
         )
     except ConfigError as exc:
-        raise InvalidRequest("; ".join(exc.problems), param="files", code="invalid_policy") from None
+        raise InvalidRequest("; ".join(exc.problems), param="files", code="invalid_policy",
+                             extra={"problems": exc.problems}) from None
     if result.version is not None:
         runtime.use_catalog(result.catalog, result.version)  # this replica at once; the others poll
     return PoliciesApplied(version=result.version, diff=result.diff)

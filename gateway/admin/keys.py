@@ -18,6 +18,8 @@ class KeyCreate(BaseModel):
     team: str = Field(..., min_length=1, description="The team the key spends for.")
     roles: list[str] = Field(default_factory=lambda: ["app"], description=f"Any of {', '.join(ROLES)}.")
     name: str = Field("", description="A label for humans.")
+    check_team: bool = Field(False, description="Refuse a team that no applied policy names (a key for it would "
+                             "be refused at every request): the CLI's check, skipped by its --force.")
 
 
 class KeyOut(BaseModel):
@@ -45,6 +47,11 @@ class KeyCreated(KeyOut):
 async def create_key(
     body: KeyCreate, runtime: Runtime = Depends(get_runtime), principal: Principal = Depends(require("admin"))
 ) -> KeyCreated:
+    if body.check_team and runtime.catalog.team(body.team) is None:
+        known = ", ".join(sorted(runtime.catalog.teams)) or "none"
+        raise InvalidRequest(
+            f"no policy names the team {body.team!r} (known teams: {known}). Keys for it would be refused; add "
+            "the team to the policy, or pass --force if it is coming.", param="team", code="unknown_team")
     try:
         created = await runtime.keys.create(body.team, tuple(body.roles), body.name, actor=actor_of(principal))
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sys
 from datetime import UTC, datetime
 from typing import Annotated
@@ -13,9 +14,13 @@ from rich.table import Table
 
 from gateway.audit import AuditEntry, AuditLog, ChainBreak
 from gateway.cli.common import ConfigOption, console, fail, settings_or_exit, with_database
+from gateway.cli.remote import KeyOption, UrlOption, call, parse_time, refuse_local_only, remote, utc
 from gateway.storage import Database
 
 app = typer.Typer(help="The audit log of every change to traffic or access.", no_args_is_help=True)
+
+# The admin API's page-size ceiling: local mode lists every entry, and so does remote mode up to this.
+_REMOTE_LIMIT = 100_000
 
 
 def _since(value: str | None) -> datetime | None:
@@ -37,15 +42,26 @@ def list_entries(
     action: Annotated[str | None, typer.Option(help="e.g. prompt.promote, key.create, policy.apply.")] = None,
     output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     config: ConfigOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """List audit entries, oldest first."""
-    settings = settings_or_exit(config)
     since_at = _since(since)
+    api = remote(url, key)
+    if api is not None:
+        refuse_local_only("--config", config)
+        filters = {"since": since_at.isoformat() if since_at else None, "target": target, "actor": actor,
+                   "action": action, "limit": str(_REMOTE_LIMIT)}
+        found = call(lambda: api.get("/admin/audit", **{k: v for k, v in filters.items() if v is not None}))
+        entries = [AuditEntry(**{**row, "ts": parse_time(row["ts"])}) for row in found]
+    else:
+        settings = settings_or_exit(config)
 
-    async def fetch(db: Database) -> list[AuditEntry]:
-        return await AuditLog(db).list(since=since_at, target=target, actor=actor, action=action)
+        async def fetch(db: Database) -> list[AuditEntry]:
+            return await AuditLog(db).list(since=since_at, target=target, actor=actor, action=action)
 
-    entries = with_database(settings, fetch)
+        # Times with their offset, as the admin API writes them (SQLite hands back naive UTC).
+        entries = [dataclasses.replace(e, ts=utc(e.ts)) for e in with_database(settings, fetch)]
     if output == "json":
         print(orjson.dumps([e.as_dict() for e in entries], option=orjson.OPT_INDENT_2).decode())
     elif output == "csv":
@@ -67,8 +83,16 @@ def list_entries(
 
 
 @app.command()
-def verify(config: ConfigOption = None) -> None:
+def verify(config: ConfigOption = None, url: UrlOption = None, key: KeyOption = None) -> None:
     """Check the hash chain; exit 1 naming the first broken link."""
+    api = remote(url, key)
+    if api is not None:
+        refuse_local_only("--config", config)
+        result = call(lambda: api.get("/admin/audit/verify"))
+        if not result["ok"]:
+            fail(f"audit log broken at entry {result['broken_at']}: {result['problem']}")
+        console.print(f"ok: {result['entries']} entries, chain intact")
+        return
     settings = settings_or_exit(config)
 
     async def check(db: Database) -> tuple[ChainBreak | None, int]:

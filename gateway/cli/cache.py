@@ -1,14 +1,16 @@
 """``gateway cache purge|stats`` — through the running server's admin API.
 
 The embedded store lives inside the server process, so the CLI asks the server (``--url``,
-default the config's host and port; ``--key``, default ``$GATEWAY_ADMIN_KEY`` or the config's
-admin key; with none, a one-off key of the local operator, as ``gateway prompts`` acts). With
-Redis, ``purge --direct`` deletes the entries in Redis itself, which works
-while no gateway is running.
+default ``$GATEWAY_URL`` or the config's host and port; ``--key``, default ``$GATEWAY_KEY``
+with a URL, else ``$GATEWAY_ADMIN_KEY`` or the config's admin key; with none, a one-off key of
+the local operator, as ``gateway prompts`` acts). With a URL and a key no config is read: the
+remote mode of the other commands. With Redis, ``purge --direct`` deletes the entries in Redis
+itself, which works while no gateway is running.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import aiohttp
@@ -30,7 +32,9 @@ from gateway.redis.conn import connect_redis
 app = typer.Typer(help="The response cache.", no_args_is_help=True)
 
 UrlOption = Annotated[
-    str | None, typer.Option("--url", help="The gateway's base URL (default: host and port from the config).")
+    str | None,
+    typer.Option("--url", envvar="GATEWAY_URL", show_default=False,
+                 help="The gateway's base URL (default: host and port from the config)."),
 ]
 KeyOption = Annotated[
     str | None,
@@ -60,13 +64,12 @@ def purge(
         fail("--prompt-version needs --prompt")
     if team is None and alias is None and prompt is None and not everything:
         fail("say what to purge: --team, --alias, --prompt [--prompt-version], or --all")
-    settings = settings_or_exit(config)
     if direct:
-        purged = _purge_direct(settings, team, alias, prompt, prompt_version)
+        purged = _purge_direct(settings_or_exit(config), team, alias, prompt, prompt_version)
         console.print(f"Purged {purged} entries from Redis.")
         return
     body = {"team": team, "alias": alias, "prompt": prompt, "prompt_version": prompt_version, "all": everything}
-    result = _call(settings, url, key, "POST", "/admin/cache/purge", body)
+    result = _request(config, url, key, "POST", "/admin/cache/purge", body)
     scopes = f" (scopes {', '.join(result['scopes'])})" if result.get("scopes") else ""
     console.print(f"Purged {result['purged']} entries from the {result['backend']} cache{scopes}.", highlight=False)
 
@@ -74,9 +77,23 @@ def purge(
 @app.command()
 def stats(url: UrlOption = None, key: KeyOption = None, config: ConfigOption = None) -> None:
     """The server process's cache state: backend, breaker, hits/misses/bypasses, size."""
-    settings = settings_or_exit(config)
-    result = _call(settings, url, key, "GET", "/admin/cache/stats", None)
+    result = _request(config, url, key, "GET", "/admin/cache/stats", None)
     console.print_json(data=result)
+
+
+def _request(config: str | None, url: str | None, key: str | None, method: str, path: str, body: Any) -> Any:
+    # With a URL, the key is --key, else $GATEWAY_KEY (remote mode), else the admin key below.
+    token = key or (os.environ.get("GATEWAY_KEY") if url else None)
+    if url and token:
+        from gateway.cli.remote import RemoteError, remote
+
+        api = remote(url, token)
+        assert api is not None
+        try:
+            return api.request(method, path, json=body, timeout=120)
+        except RemoteError as exc:
+            fail(f"{exc.status}: {exc.message}" if exc.status else exc.message)
+    return _call(settings_or_exit(config), url, key, method, path, body)
 
 
 def _base_url(settings: Settings, url: str | None) -> str:

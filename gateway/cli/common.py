@@ -12,10 +12,11 @@ import typer
 
 from gateway.config.settings import Settings, load_settings
 from gateway.config.yamlfile import ConfigError
-from gateway.storage import Database, open_database
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from gateway.storage import Database
 
 T = TypeVar("T")
 
@@ -75,6 +76,9 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
 def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Open storage, run ``work`` on it and close it: the shape of every command that reads
     or changes state, so each command says only what it does with the database."""
+
+    # Imported here: SQLAlchemy is a third of the CLI's start-up, and remote mode never needs it.
+    from gateway.storage import open_database
 
     async def run_work() -> T:
         db = await open_database(settings.database_url)

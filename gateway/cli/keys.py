@@ -11,6 +11,17 @@ from rich.table import Table
 
 from gateway.auth import ROLES, KeyRecord, KeyStore
 from gateway.cli.common import ConfigOption, console, err_console, fail, settings_or_exit, with_database
+from gateway.cli.remote import (
+    KeyOption,
+    RemoteError,
+    UrlOption,
+    call,
+    parse_time,
+    refuse_local_only,
+    remote,
+    segment,
+    utc,
+)
 from gateway.config.applied import catalog_in_force
 from gateway.config.yamlfile import ConfigError
 from gateway.redact import redact_url
@@ -26,8 +37,20 @@ def create(
     name: Annotated[str, typer.Option(help="A label for humans.")] = "",
     force: Annotated[bool, typer.Option("--force", help="Create it even if no policy names the team (yet).")] = False,
     config: ConfigOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
+    api = remote(url, key)
+    if api is not None:
+        # The gateway checks the team against the policies it serves (unless --force).
+        refuse_local_only("--config", config)
+        body = {"team": team, "roles": role or ["app"], "name": name, "check_team": not force}
+        made = call(lambda: api.post("/admin/keys", body))
+        console.print(f"Created {made['key_id']} for team {team} with roles {','.join(made['roles'])}. Store it now: "
+                      "it is not shown again.", highlight=False)
+        print(made["key"])
+        return
     settings = settings_or_exit(config)
     database = settings.database_url
     sqlite_file = Path(database.removeprefix("sqlite:///")) if database.startswith("sqlite:///") else None
@@ -84,19 +107,30 @@ def list_keys(
     all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     config: ConfigOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
 ) -> None:
     """List keys (ids and prefixes only; keys themselves are never stored)."""
-    settings = settings_or_exit(config)
+    api = remote(url, key)
+    if api is not None:
+        refuse_local_only("--config", config)
+        params = {"include_revoked": "true" if all_keys else "false", **({"team": team} if team else {})}
+        found = call(lambda: api.get("/admin/keys", **params))
+        records = [KeyRecord(key_id=r["key_id"], prefix=r["prefix"], team=r["team"], roles=tuple(r["roles"]),
+                             name=r["name"], created_at=parse_time(r["created_at"]),
+                             revoked_at=parse_time(r["revoked_at"]) if r["revoked_at"] else None) for r in found]
+    else:
+        settings = settings_or_exit(config)
 
-    async def fetch(db: Database) -> list[KeyRecord]:
-        return await KeyStore(db).list(team, all_keys)
+        async def fetch(db: Database) -> list[KeyRecord]:
+            return await KeyStore(db).list(team, all_keys)
 
-    records = with_database(settings, fetch)
+        records = with_database(settings, fetch)
     if output == "json":
         print(orjson.dumps([
             {"key_id": r.key_id, "prefix": r.prefix, "team": r.team, "roles": list(r.roles), "name": r.name,
-             "created_at": r.created_at.isoformat(),
-             "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
+             "created_at": utc(r.created_at).isoformat(),
+             "revoked_at": utc(r.revoked_at).isoformat() if r.revoked_at else None}
             for r in records
         ], option=orjson.OPT_INDENT_2).decode())
         return
@@ -112,8 +146,17 @@ def list_keys(
 
 
 @app.command()
-def revoke(key_id: str, config: ConfigOption = None) -> None:
+def revoke(key_id: str, config: ConfigOption = None, url: UrlOption = None, key: KeyOption = None) -> None:
     """Revoke a key by id; replicas stop accepting it within the key cache TTL."""
+    api = remote(url, key)
+    if api is not None:
+        refuse_local_only("--config", config)
+        try:
+            api.request("DELETE", f"/admin/keys/{segment(key_id)}")
+        except RemoteError as exc:
+            fail(f"no active key {key_id!r}" if exc.status == 404 else exc.message)
+        console.print(f"Revoked {key_id}.")
+        return
     settings = settings_or_exit(config)
 
     async def do_revoke(db: Database) -> bool:

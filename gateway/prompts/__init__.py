@@ -16,19 +16,24 @@
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.prompts.repository import PromptRepository, build_prompts, open_service
-
 if TYPE_CHECKING:
+    from gateway.prompts.repository import PromptRepository, build_prompts, open_service
     from gateway.prompts.service import Caller, PromptService
 
 __all__ = ["Caller", "PromptRepository", "PromptService", "build_prompts", "open_service"]
 
 
 def __getattr__(name: str) -> Any:
-    # The authoring side (service: YAML, JSON Schema, Jinja2, evaluators) loads only when the
-    # admin API or the CLI first asks for it; the serving side does not need it at start-up.
+    # Each side loads when first asked for: the authoring side (service: YAML, JSON Schema,
+    # Jinja2, evaluators) only for the admin API or the CLI, and the wiring (storage, Redis,
+    # metrics) not at all for the CLI's remote mode, which imports this package's light
+    # modules (errors, refs, source) to validate prompt files.
     if name in ("Caller", "PromptService"):
         from gateway.prompts import service
 
         return getattr(service, name)
+    if name in ("PromptRepository", "build_prompts", "open_service"):
+        from gateway.prompts import repository
+
+        return getattr(repository, name)
     raise AttributeError(f"module 'gateway.prompts' has no attribute {name!r}")

@@ -6,7 +6,7 @@ The CLI (``gateway report costs``), the admin API (``GET /admin/reports/costs``)
 """
 
 from gateway.reports.costs import DIMENSIONS, CostLine, CostQuery, CostReport, Period, cost_report, parse_by
-from gateway.reports.formats import exact_usd, money, to_csv, to_json, to_json_dict, to_table
+from gateway.reports.formats import exact_usd, from_json_dict, money, to_csv, to_json, to_json_dict, to_table
 
 __all__ = [
     "DIMENSIONS",
@@ -16,6 +16,7 @@ __all__ = [
     "Period",
     "cost_report",
     "exact_usd",
+    "from_json_dict",
     "money",
     "parse_by",
     "to_csv",

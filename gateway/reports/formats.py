@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import date
 from typing import Any, Final
 
 import orjson
 from rich.table import Table
 
 from gateway.pricing import NANOS_PER_USD
-from gateway.reports.costs import CostLine, CostReport
+from gateway.reports.costs import CostLine, CostReport, Period
 
 NUMBER_COLUMNS: Final = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "saved_usd")
 # Spreadsheets run cells starting with these as formulas; a team or prompt name must stay text.
@@ -89,6 +90,23 @@ def to_json_dict(report: CostReport) -> dict[str, Any]:
         "rows": [_line_json(line) for line in report.lines],
         "totals": _line_json(report.totals),
     }
+
+
+_METRICS = frozenset({"requests", "prompt_tokens", "completion_tokens", "cost_nanos", "cost_usd", "saved_nanos",
+                      "saved_usd"})
+
+
+def from_json_dict(data: dict[str, Any]) -> CostReport:
+    """The report back from ``to_json_dict`` (the admin API's JSON), for the remote CLI."""
+
+    def line(row: dict[str, Any]) -> CostLine:
+        return CostLine(group={k: v for k, v in row.items() if k not in _METRICS}, requests=row["requests"],
+                        prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
+                        cost_nanos=row["cost_nanos"], saved_nanos=row["saved_nanos"])
+
+    return CostReport(period=Period(date.fromisoformat(data["from"]), date.fromisoformat(data["to"])),
+                      by=tuple(data["by"]), lines=[line(row) for row in data["rows"]], totals=line(data["totals"]),
+                      filters=dict(data["filters"]))
 
 
 def to_json(report: CostReport) -> bytes:
