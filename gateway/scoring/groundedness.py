@@ -235,7 +235,12 @@ def words(text: str) -> list[str]:
 
 
 def content_words(tokens: Iterable[str]) -> list[str]:
-    return [canonical(t) for t in tokens
+    """The canonical forms of the content words: no stopwords, negations, numbers or single letters."""
+    return [canonical(t) for t in content_tokens(tokens)]
+
+
+def content_tokens(tokens: Iterable[str]) -> list[str]:
+    return [t for t in tokens
             if t not in STOPWORDS and t not in NEGATIONS and not any(ch.isdigit() for ch in t) and len(t) > 1]
 
 
@@ -417,7 +422,7 @@ def extract_facts(text: str) -> Facts:
         else:
             hour, minute = int(match["h24"]), int(match["m24"])
         if hour < 24 and minute < 60:
-            facts.times.setdefault(f"{hour:02d}:{minute:02d}", match.group().strip())
+            facts.times.setdefault(f"{hour:02d}:{minute:02d}", match.group().strip(" ."))
             spans.append(match.span())
     masked = _mask(text, spans)
     for match in _NUMBER.finditer(masked):
@@ -426,7 +431,9 @@ def extract_facts(text: str) -> Facts:
             before = _CURRENCY_BEFORE.search(masked, max(0, match.start() - 6), match.start())
             unit = before.group(1).lower() if before else None
         surface_end = match.end()
-        if unit is None and not match["ord"]:
+        if match["ord"]:
+            unit = "th"  # an ordinal is not the count "5 days"
+        elif unit is None:
             unit, surface_end = _unit_after(masked, match.end())
         facts.quantities.append(Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip()))
     for match in _WORD_NUMBER.finditer(masked):
@@ -515,6 +522,7 @@ def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
 
 
 def _analyse_context(text: str) -> _Context:
+    text = _CITATION.sub(" ", text)  # passage markers "[1]" are not numbers of the context
     tokens = words(text)
     cws = frozenset(content_words(tokens))
     facts = extract_facts(text)
@@ -572,7 +580,8 @@ class GroundednessEvaluator:
 
     def _judge(self, claim: str, at_start: bool, ctx: _Context, question_words: frozenset[str]) -> ClaimVerdict:
         tokens = words(claim)
-        cws = content_words(tokens)
+        surface_words = content_tokens(tokens)
+        cws = [canonical(t) for t in surface_words]
         weight = float(max(1, len(cws)))
         if is_abstention(claim):
             return ClaimVerdict(claim, Verdict.ABSTENTION, ("abstains",), None, weight)
@@ -594,13 +603,13 @@ class GroundednessEvaluator:
 
         matched = 0.0
         unmatched: list[str] = []
-        for word in cws:
+        for word, surface in zip(cws, surface_words, strict=True):
             if word in ctx.words or (len(word) >= 5 and word[:5] in ctx.prefixes):
                 matched += 1.0
             elif word in question_words:
                 matched += 0.5
             else:
-                unmatched.append(word)
+                unmatched.append(surface)
         overlap = matched / len(cws) if cws else 1.0
         if cws and overlap < self.min_overlap:
             reasons.append(f"content overlap {overlap:.2f} < {self.min_overlap:.2f} "
