@@ -97,6 +97,7 @@ _SYNONYMS: Final = (
     ("email", "mail"),
     ("problem", "issue"),
     ("week", "weekly"),
+    ("additional", "extra"),
     ("day", "daily"),
 )
 
@@ -326,6 +327,10 @@ _UNITS: Final = {
     "member": "member", "members": "member", "project": "project", "projects": "project",
     "device": "device", "devices": "device", "license": "license", "licenses": "license",
 }
+#: Absolute terms an answer must not add: "unlimited seats" against "10 seats" fails.
+ABSOLUTE_TERMS: Final = frozenset({"unlimited", "lifetime", "forever", "permanent", "permanently", "guarantee",
+                                   "guaranteed", "guarantees", "instant", "instantly", "immediately", "immediate",
+                                   "infinite", "everywhere"})
 _UNIT_QUALIFIERS: Final = frozenset({"business", "working", "calendar", "full", "additional", "more", "extra",
                                      "consecutive", "whole"})
 _NUMBER: Final = re.compile(
@@ -464,12 +469,17 @@ _CODE: Final = re.compile(r"\b[A-Za-z]+\d[\w-]*\b")
 _NOT_ENTITIES: Final = frozenset(w.capitalize() for w in (*_MONTHS, *_WEEKDAYS)) | {"I", "OK", "Yes", "No", "AM", "PM"}
 
 
+def _is_acronym(word: str) -> bool:
+    return len(word) >= 2 and word.isupper() and word not in _NOT_ENTITIES
+
+
 def entities(claim: str, at_sentence_start: bool) -> list[str]:
     """Named entities: capitalised spans (not a lone word opening a sentence), acronyms, codes."""
     found: list[str] = []
     for match in _CAPITALISED_SPAN.finditer(claim):
         span_words = [w.strip(".'-&") for w in match.group().split()]
-        while span_words and (span_words[0].lower() in STOPWORDS or span_words[0] in _NOT_ENTITIES):
+        while span_words and not _is_acronym(span_words[0]) and (span_words[0].lower() in STOPWORDS or
+                                                                 span_words[0] in _NOT_ENTITIES):
             span_words.pop(0)
         while span_words and (span_words[-1].lower() in {"of", "de", "von", "van", ""} or
                               span_words[-1] in _NOT_ENTITIES):
@@ -477,7 +487,7 @@ def entities(claim: str, at_sentence_start: bool) -> list[str]:
         if not span_words:
             continue
         at_start = claim[:match.start()].strip(" \"'([-:") == ""
-        is_acronym = len(span_words) == 1 and len(span_words[0]) >= 2 and span_words[0].isupper()
+        is_acronym = len(span_words) == 1 and _is_acronym(span_words[0])
         if at_start and at_sentence_start and len(span_words) == 1 and not is_acronym and \
                 match.group().split()[0].strip(".'-&") == span_words[0]:
             continue  # "Refunds are ..." opens a sentence; it is not a name
@@ -504,6 +514,7 @@ class _Context:
     facts: Facts
     sentences: list[_ContextSentence]
     years: frozenset[int]
+    values: frozenset[str]
 
     @property
     def empty(self) -> bool:
@@ -539,6 +550,7 @@ def _analyse_context(text: str) -> _Context:
         facts=facts,
         sentences=context_sentences,
         years=years,
+        values=frozenset(q.value for q in facts.quantities),
     )
 
 
@@ -596,21 +608,29 @@ class GroundednessEvaluator:
         reasons: list[str] = []
         reasons.extend(self._check_quantities(facts, ctx))
         reasons.extend(self._check_dates(facts, ctx))
+        n_facts = len(facts.quantities) + len(facts.dates) + len(facts.weekdays) + len(facts.times)
+        facts_ok = n_facts - len(reasons)
         for name in names:
             missing = [w for w in words(name) if w not in ctx.raw_words and canonical(w) not in ctx.raw_words]
             if missing:
                 reasons.append(f"entity '{name}' not in context")
+        for token in dict.fromkeys(tokens):
+            if token in ABSOLUTE_TERMS and token not in ctx.raw_words and canonical(token) not in ctx.raw_words:
+                reasons.append(f"absolute term '{token}' not in context")
 
-        matched = 0.0
+        # Verified numbers, dates and times are evidence too: "extra seats are $5 apiece" against
+        # "additional seats cost $5 each" shares one content word, and the amount.
+        matched = float(facts_ok)
         unmatched: list[str] = []
         for word, surface in zip(cws, surface_words, strict=True):
-            if word in ctx.words or (len(word) >= 5 and word[:5] in ctx.prefixes):
+            if word in ctx.words or (len(word) >= 5 and word[:5] in ctx.prefixes) or \
+                    (surface in _NUMBER_WORDS and str(_NUMBER_WORDS[surface]) in ctx.values):
                 matched += 1.0
             elif word in question_words:
                 matched += 0.5
             else:
                 unmatched.append(surface)
-        overlap = matched / len(cws) if cws else 1.0
+        overlap = matched / (len(cws) + n_facts) if cws else 1.0
         if cws and overlap < self.min_overlap:
             reasons.append(f"content overlap {overlap:.2f} < {self.min_overlap:.2f} "
                            f"(not in context: {', '.join(dict.fromkeys(unmatched))})")

@@ -174,6 +174,22 @@ CASES = [
         id="added-claim-low-overlap",
     ),
     pytest.param(
+        "Enterprise customers get unlimited phone support.",
+        [("Enterprise customers get unlimited phone support.", U, ("absolute term 'unlimited' not in context",))],
+        id="added-absolute-term",
+    ),
+    pytest.param(
+        "The US data centre moves to Frankfurt on 2027-03-01.",
+        [("The US data centre moves to Frankfurt on 2027-03-01.", U, ("entity 'US' not in context",))],
+        id="swapped-acronym",
+    ),
+    pytest.param(
+        "Resellers get 12.5% off; unpaid enterprise bills carry an extra charge of $1,200.50 once 15 days pass.",
+        [("Resellers get 12.5% off", S, ()),
+         ("unpaid enterprise bills carry an extra charge of $1,200.50 once 15 days pass.", S, ())],
+        id="verified-amounts-carry-a-loose-paraphrase",
+    ),
+    pytest.param(
         "",
         [],
         id="empty-answer",
@@ -213,6 +229,7 @@ def test_a_fully_invented_answer_scores_one() -> None:
     assert judgement.score == 1.0
     assert judgement.claims[0].reasons == (
         "entity 'Berlin' not in context",
+        "absolute term 'lifetime' not in context",
         "content overlap 0.17 < 0.50 (not in context: berlin, offers, lifetime, warranty, laptops)",
     )
 
