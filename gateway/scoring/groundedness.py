@@ -236,13 +236,14 @@ def words(text: str) -> list[str]:
 
 
 def content_words(tokens: Iterable[str]) -> list[str]:
-    """The canonical forms of the content words: no stopwords, negations, numbers or single letters."""
+    """The canonical forms of the content words (:func:`content_tokens`)."""
     return [canonical(t) for t in content_tokens(tokens)]
 
 
 def content_tokens(tokens: Iterable[str]) -> list[str]:
-    return [t for t in tokens
-            if t not in STOPWORDS and t not in NEGATIONS and not any(ch.isdigit() for ch in t) and len(t) > 1]
+    """Content words: no stopwords, negations, numbers, single letters, or units ("days": the number checks it)."""
+    return [t for t in tokens if t not in STOPWORDS and t not in NEGATIONS and t not in _MEASURE_WORDS
+            and not any(ch.isdigit() for ch in t) and len(t) > 1]
 
 
 # --- abstentions and filler --------------------------------------------------------------------
@@ -327,6 +328,10 @@ _UNITS: Final = {
     "member": "member", "members": "member", "project": "project", "projects": "project",
     "device": "device", "devices": "device", "license": "license", "licenses": "license",
 }
+#: Units of measure, time and money: not content words, since the number before them is checked.
+_MEASURE_WORDS: Final = frozenset(word for word, unit in _UNITS.items() if unit in {
+    "%", "usd", "eur", "gbp", "jpy", "inr", "day", "week", "month", "year", "hour", "minute", "second", "ms", "kb",
+    "mb", "gb", "tb", "km", "mile", "kg", "lb"})
 #: Absolute terms an answer must not add: "unlimited seats" against "10 seats" fails.
 ABSOLUTE_TERMS: Final = frozenset({"unlimited", "lifetime", "forever", "permanent", "permanently", "guarantee",
                                    "guaranteed", "guarantees", "instant", "instantly", "immediately", "immediate",
