@@ -184,9 +184,9 @@ CASES = [
         id="swapped-acronym",
     ),
     pytest.param(
-        "Resellers get 12.5% off; unpaid enterprise bills carry an extra charge of $1,200.50 once 15 days pass.",
+        "Resellers get 12.5% off; unpaid enterprise statements carry an extra charge of $1,200.50 once 15 days pass.",
         [("Resellers get 12.5% off", S, ()),
-         ("unpaid enterprise bills carry an extra charge of $1,200.50 once 15 days pass.", S, ())],
+         ("unpaid enterprise statements carry an extra charge of $1,200.50 once 15 days pass.", S, ())],
         id="verified-amounts-carry-a-loose-paraphrase",
     ),
     pytest.param(
