@@ -3,6 +3,7 @@
     evaluator.py     the interface: ``Evaluator.score(context, question, answer) -> Judgement``
     groundedness.py  the default evaluator: offline, standard library only
     nli.py           a hook for a local NLI model the operator supplies on disk
+    context.py       where an answer's context comes from (request field, prompt variable)
 
 Evaluators are synchronous and CPU-bounded; they run off the request path (docs/scoring.md).
 """
