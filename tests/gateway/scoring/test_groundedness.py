@@ -208,6 +208,20 @@ def test_support_answers(answer: str, expected: list[tuple[str, Verdict, tuple[s
         assert judgement.label == "grounded"
 
 
+def test_un_prefixes_negate_only_against_the_bare_word() -> None:
+    context = "Phone support is unavailable on weekends. Unlimited projects are included in every plan."
+    evaluator = GroundednessEvaluator()
+    assert verdicts(evaluator.score(context, "", "Phone support is available on weekends.")) == [
+        ("Phone support is available on weekends.", U,
+         ("negation disagrees with context: 'Phone support is unavailable on weekends.'",)),
+    ]
+    assert [c.verdict for c in evaluator.score(context, "", "Phone support is not available on weekends.").claims] \
+        == [S]
+    assert [c.verdict for c in evaluator.score(context, "", "Every plan includes unlimited projects.").claims] == [S]
+    assert [c.verdict for c in evaluator.score(context, "", "Every plan does not include unlimited projects.").claims] \
+        == [U]
+
+
 def test_one_bad_claim_of_three_scores_about_a_third() -> None:
     judgement = judge(
         "Annual plans can be refunded within 30 days of purchase. "
