@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -241,9 +241,20 @@ def content_words(tokens: Iterable[str]) -> list[str]:
 
 
 def content_tokens(tokens: Iterable[str]) -> list[str]:
-    """Content words: no stopwords, negations, numbers, single letters, or units ("days": the number checks it)."""
-    return [t for t in tokens if t not in STOPWORDS and t not in NEGATIONS and t not in _MEASURE_WORDS
-            and not any(ch.isdigit() for ch in t) and len(t) > 1]
+    """Content words: no stopwords, negations, numbers or single letters, and no unit right after a
+    number ("30 days": the number check covers it; "per year" stays a content word)."""
+    out: list[str] = []
+    previous = ""
+    for t in tokens:
+        after_number = any(ch.isdigit() for ch in previous) or previous in _NUMBER_WORDS or \
+            previous in _UNIT_QUALIFIERS
+        if t in _MEASURE_WORDS and after_number:
+            previous = previous if previous in _UNIT_QUALIFIERS else t
+            continue
+        previous = t
+        if t not in STOPWORDS and t not in NEGATIONS and not any(ch.isdigit() for ch in t) and len(t) > 1:
+            out.append(t)
+    return out
 
 
 # --- abstentions and filler --------------------------------------------------------------------
@@ -253,6 +264,7 @@ _SOURCE: Final = (r"(?:passages?|context|documents?|articles?|sources?|informati
 _ABSTENTION: Final = re.compile(
     "|".join((
         rf"\b(?:the|these|this|those|our|my)\s+(?:provided\s+|available\s+|given\s+|retrieved\s+)?{_SOURCE}\s+"
+        r"(?:(?:provided|given|available|above|here|retrieved|i\s+have|we\s+have)\s+)?"
         r"(?:do|does|did|is|are|was|were)\s+not\s+(?:say|mention|specify|state|cover|contain|include|provide|"
         r"address|answer|tell|indicate|describe|explain|list|discuss|give|clarify|show|seem)",
         r"\b(?:i|we)\s+(?:do\s+not|can\s+not|could\s+not|am\s+not\s+able\s+to|are\s+not\s+able\s+to|am\s+unable\s+to"
@@ -335,7 +347,7 @@ _MEASURE_WORDS: Final = frozenset(word for word, unit in _UNITS.items() if unit 
 #: Absolute terms an answer must not add: "unlimited seats" against "10 seats" fails.
 ABSOLUTE_TERMS: Final = frozenset({"unlimited", "lifetime", "forever", "permanent", "permanently", "guarantee",
                                    "guaranteed", "guarantees", "instant", "instantly", "immediately", "immediate",
-                                   "infinite", "everywhere"})
+                                   "infinite", "everywhere", "automatic", "automatically", "free"})
 _UNIT_QUALIFIERS: Final = frozenset({"business", "working", "calendar", "full", "additional", "more", "extra",
                                      "consecutive", "whole"})
 _NUMBER: Final = re.compile(
@@ -365,6 +377,8 @@ class Quantity:
     value: str
     unit: str | None
     surface: str
+    #: "per month" in "$20 per user per month", "/month", "monthly"; None when none is given.
+    rate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,11 +459,41 @@ def extract_facts(text: str) -> Facts:
             unit = "th"  # an ordinal is not the count "5 days"
         elif unit is None:
             unit, surface_end = _unit_after(masked, match.end())
-        facts.quantities.append(Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip()))
+        rate, surface_end = _rate_after(masked, surface_end)
+        facts.quantities.append(
+            Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip(), rate)
+        )
     for match in _WORD_NUMBER.finditer(masked):
         unit, surface_end = _unit_after(masked, match.end())
-        facts.quantities.append(Quantity(str(_word_value(match["w"])), unit, masked[match.start():surface_end]))
+        rate, surface_end = _rate_after(masked, surface_end)
+        facts.quantities.append(Quantity(str(_word_value(match["w"])), unit, masked[match.start():surface_end], rate))
     return facts
+
+
+_RATE: Final = re.compile(
+    r"\s*(?:(?:/|per\s|an?\s|each\s|every\s)\s*(?:user|seat|member|person|key|device|project)s?\s*)?"
+    r"(?:(?:/|per\s|an?\s|each\s|every\s)\s*(?P<period>second|minute|hour|day|week|month|year|annum|mo|yr)\b"
+    r"|(?P<adverb>hourly|daily|weekly|monthly|yearly|annually)\b)",
+    re.IGNORECASE,
+)
+_RATE_PERIODS: Final = {"annum": "year", "annually": "year", "yearly": "year", "mo": "month", "yr": "year",
+                        "hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}
+
+
+def _rate_after(text: str, at: int) -> tuple[str | None, int]:
+    match = _RATE.match(text, at)
+    if match is None:
+        return None, at
+    word = (match["period"] or match["adverb"]).lower()
+    return _RATE_PERIODS.get(word, word), match.end()
+
+
+def _compatible(claim: Quantity, context: Quantity) -> bool:
+    """Same value assumed: the units agree unless the claim names one the context does not, and the
+    rates agree when both give one."""
+    if claim.unit is not None and context.unit not in (claim.unit, None):
+        return False
+    return claim.rate is None or context.rate is None or claim.rate == context.rate
 
 
 def _unit_after(text: str, at: int) -> tuple[str | None, int]:
@@ -509,6 +553,10 @@ class _ContextSentence:
     text: str
     tokens: list[str]
     words: frozenset[str]
+    quantities: list[Quantity]
+    #: Each entity's lowercased words.
+    entities: list[frozenset[str]]
+    raw: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -545,7 +593,10 @@ def _analyse_context(text: str) -> _Context:
     context_sentences = []
     for sentence in sentences(text):
         stoks = words(sentence)
-        context_sentences.append(_ContextSentence(sentence, stoks, frozenset(content_words(stoks))))
+        context_sentences.append(_ContextSentence(
+            sentence, stoks, frozenset(content_words(stoks)), extract_facts(sentence).quantities,
+            [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
+        ))
     years = frozenset(int(q.value) for q in facts.quantities if q.value.isdigit() and len(q.value) == 4)
     years |= frozenset(d.year for d in facts.dates if d.year)
     return _Context(
@@ -619,9 +670,13 @@ class GroundednessEvaluator:
             missing = [w for w in words(name) if w not in ctx.raw_words and canonical(w) not in ctx.raw_words]
             if missing:
                 reasons.append(f"entity '{name}' not in context")
-        for token in dict.fromkeys(tokens):
+        for i, token in enumerate(tokens):
             if token in ABSOLUTE_TERMS and token not in ctx.raw_words and canonical(token) not in ctx.raw_words:
+                if token == "free" and (tokens[i - 1:i] == ["feel"] or {"no", "cost"} <= ctx.raw_words):
+                    continue  # "feel free to ..."; "free" against "at no cost"
                 reasons.append(f"absolute term '{token}' not in context")
+        if not reasons:
+            reasons.extend(self._check_substitution(frozenset(cws), facts, names, ctx))
 
         # Verified numbers, dates and times are evidence too: "extra seats are $5 apiece" against
         # "additional seats cost $5 each" shares one content word, and the amount.
@@ -655,7 +710,7 @@ class GroundednessEvaluator:
                 continue
             if not same_value:
                 yield f"number '{q.surface}' not in context"
-            elif q.unit is not None and not any(c.unit in (q.unit, None) for c in same_value):
+            elif not any(_compatible(q, c) for c in same_value):
                 units = ", ".join(sorted({c.surface for c in same_value}))
                 yield f"number '{q.surface}' not in context (context has {units})"
 
@@ -680,6 +735,62 @@ class GroundednessEvaluator:
         for time, surface in facts.times.items():
             if time not in ctx.facts.times:
                 yield f"time '{surface}' not in context"
+
+    def _check_substitution(self, claim_words: frozenset[str], facts: Facts, names: list[str],
+                            ctx: _Context) -> Iterator[str]:
+        """A number or name found in the context, but attached to another statement.
+
+        The context sentence that shares most of the claim's content words (at least two, and
+        60 %) is the statement the claim restates. If it lacks one of the claim's numbers or names
+        and has one of the same kind the claim lacks, the claim swapped it in ("the Team plan
+        includes SSO" against "the Enterprise plan includes SSO"), unless another sentence that
+        holds the claim's value shares nearly as many of its words (the claim combined two).
+        """
+        if len(claim_words) < 2 or not (facts.quantities or names):
+            return
+        shared = [len(claim_words & sentence.words) for sentence in ctx.sentences]
+        best_shared = max(shared, default=0)
+        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
+            return
+        best = [sentence for sentence, n in zip(ctx.sentences, shared, strict=True) if n == best_shared]
+        for q in facts.quantities:
+            def holds(sentence: _ContextSentence, q: Quantity = q) -> bool:
+                return any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
+
+            rivals = [c for c in best[0].quantities if not any(c.value == m.value for m in facts.quantities)
+                      and (c.unit == q.unit or c.unit is None or q.unit is None)]
+            if any(holds(sentence) for sentence in best) or not rivals or len(best) > 1:
+                continue
+            if not self._elsewhere(holds, claim_words, frozenset(), best_shared, ctx, names):
+                yield f"number '{q.surface}' is not what the context says: '{best[0].text}'"
+        claim_raw = frozenset(w for name in names for w in words(name))
+        for name in names:
+            name_words = frozenset(words(name))
+
+            def has_name(sentence: _ContextSentence, name_words: frozenset[str] = name_words) -> bool:
+                return name_words <= sentence.raw
+
+            rivals_e = [e for e in best[0].entities if e and not e & claim_raw]
+            if any(has_name(sentence) for sentence in best) or not rivals_e or len(best) > 1:
+                continue
+            own = frozenset(canonical(w) for w in name_words)
+            if not self._elsewhere(has_name, claim_words, own, best_shared, ctx, names):
+                yield f"entity '{name}' is not what the context says: '{best[0].text}'"
+
+    @staticmethod
+    def _elsewhere(holds: Callable[[_ContextSentence], bool], claim_words: frozenset[str], own: frozenset[str],
+                   best_shared: int, ctx: _Context, names: list[str]) -> bool:
+        """Another sentence holds the value, shares nearly as many of the claim's words, and is not
+        about another named thing (a name of its own while the claim's name is missing from it)."""
+        claim_raw = frozenset(w for name in names for w in words(name))
+        for sentence in ctx.sentences:
+            if not holds(sentence) or len((claim_words - own) & sentence.words) < best_shared - 1:
+                continue
+            other_name = any(e and not e & claim_raw for e in sentence.entities)
+            if other_name and any(not frozenset(words(name)) <= sentence.raw for name in names):
+                continue
+            return True
+        return False
 
     def _check_negation(self, tokens: list[str], cws: list[str], ctx: _Context) -> str | None:
         """The claim and the context sentence sharing most of its content words agree on negation.
