@@ -33,6 +33,7 @@ judgement's ``extra["truncated"]`` says so), which bounds the time per answer.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -144,7 +145,9 @@ def _build_synonyms() -> dict[str, str]:
 _SYNONYM_OF: Final = _build_synonyms()
 
 
+@functools.lru_cache(maxsize=16384)
 def canonical(word: str) -> str:
+    """A word's stem, folded to its synonym group's (cached: answers reuse a small vocabulary)."""
     s = stem(word)
     return _SYNONYM_OF.get(s, s)
 
@@ -164,11 +167,15 @@ _GREETING: Final = re.compile(r"^(?:hi|hello|hey|dear|good (?:morning|afternoon|
 _ABBREVIATIONS: Final = frozenset({"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "st", "no", "jan", "feb",
                                    "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "approx",
                                    "incl", "inc", "ltd", "co"})
+_ASCII_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
 
 
 def normalise(text: str) -> str:
+    """NFKC, ASCII quotes and dashes, and control or format characters (but line breaks) as spaces."""
     text = unicodedata.normalize("NFKC", text).translate(_PUNCT_MAP)
+    if text.isascii():
+        return _ASCII_CONTROL.sub(" ", text)
     return "".join(ch if unicodedata.category(ch)[0] != "C" or ch in "\n\t" else " " for ch in text)
 
 
