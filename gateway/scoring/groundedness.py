@@ -59,6 +59,7 @@ STOPWORDS: Final = frozenset(
     able get gets got getting make makes made need needs want wants go goes going s t d m
     according passage passages context document documents article articles source sources
     information info based stated states say says said mention mentions mentioned note
+    unfortunately fortunately sadly additionally furthermore moreover therefore hence basically actually
     """.split()  # noqa: SIM905 - a word list reads better as text
 )
 
@@ -242,20 +243,21 @@ def words(text: str) -> list[str]:
     return [w[:-2] if w.endswith("'s") else w for w in _WORD.findall(lowered)]
 
 
-def content_words(tokens: Iterable[str]) -> list[str]:
+def content_words(tokens: Iterable[str], *, units: bool = False) -> list[str]:
     """The canonical forms of the content words (:func:`content_tokens`)."""
-    return [canonical(t) for t in content_tokens(tokens)]
+    return [canonical(t) for t in content_tokens(tokens, units=units)]
 
 
-def content_tokens(tokens: Iterable[str]) -> list[str]:
-    """Content words: no stopwords, negations, numbers or single letters, and no unit right after a
-    number ("30 days": the number check covers it; "per year" stays a content word)."""
+def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
+    """Content words: no stopwords, negations, numbers or single letters, and (unless ``units``, as
+    for the context) no unit right after a number ("30 days": the number check covers it; "per
+    year" stays a content word)."""
     out: list[str] = []
     previous = ""
     for t in tokens:
         after_number = any(ch.isdigit() for ch in previous) or previous in _NUMBER_WORDS or \
             previous in _UNIT_QUALIFIERS
-        if t in _MEASURE_WORDS and after_number:
+        if t in _MEASURE_WORDS and after_number and not units:
             previous = previous if previous in _UNIT_QUALIFIERS else t
             continue
         previous = t
@@ -530,7 +532,7 @@ def _is_acronym(word: str) -> bool:
 
 
 def entities(claim: str, at_sentence_start: bool) -> list[str]:
-    """Named entities: capitalised spans (not a lone word opening a sentence), acronyms, codes."""
+    """Named entities: capitalised spans (without the word that opens a sentence), acronyms, codes."""
     found: list[str] = []
     for match in _CAPITALISED_SPAN.finditer(claim):
         span_words = [w.strip(".'-&") for w in match.group().split()]
@@ -544,9 +546,11 @@ def entities(claim: str, at_sentence_start: bool) -> list[str]:
             continue
         at_start = claim[:match.start()].strip(" \"'([-:") == ""
         is_acronym = len(span_words) == 1 and _is_acronym(span_words[0])
-        if at_start and at_sentence_start and len(span_words) == 1 and not is_acronym and \
+        if at_start and at_sentence_start and not is_acronym and \
                 match.group().split()[0].strip(".'-&") == span_words[0]:
-            continue  # "Refunds are ..." opens a sentence; it is not a name
+            span_words.pop(0)  # "Refunds are ...", "Click Forgot password": a sentence's first word is no name
+            if not span_words:
+                continue
         found.append(" ".join(span_words))
     found.extend(m.group() for m in _CODE.finditer(claim) if not re.fullmatch(r"[A-Za-z]+\d+(?:st|nd|rd|th)?",
                                                                                m.group()) or m.group()[0].isupper())
@@ -595,13 +599,13 @@ def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
 def _analyse_context(text: str) -> _Context:
     text = _CITATION.sub(" ", text)  # passage markers "[1]" are not numbers of the context
     tokens = words(text)
-    cws = frozenset(content_words(tokens))
+    cws = frozenset(content_words(tokens, units=True))
     facts = extract_facts(text)
     context_sentences = []
     for sentence in sentences(text):
         stoks = words(sentence)
         context_sentences.append(_ContextSentence(
-            sentence, stoks, frozenset(content_words(stoks)), extract_facts(sentence).quantities,
+            sentence, stoks, frozenset(content_words(stoks, units=True)), extract_facts(sentence).quantities,
             [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
         ))
     years = frozenset(int(q.value) for q in facts.quantities if q.value.isdigit() and len(q.value) == 4)

@@ -254,6 +254,18 @@ def test_rates_and_values_swapped_between_statements(answer: str, expected: list
     assert [(c.verdict, c.reasons) for c in judgement.claims] == expected
 
 
+def test_the_word_opening_a_sentence_is_not_part_of_a_name() -> None:
+    context = "Use 'Forgot password' on the sign-in page. PayPal is not accepted. The link is valid for 1 hour."
+    evaluator = GroundednessEvaluator()
+    for answer in ("Click Forgot password on the sign-in page.", "Unfortunately PayPal isn't accepted."):
+        assert [(c.verdict, c.reasons) for c in evaluator.score(context, "", answer).claims] == [(S, ())]
+    assert verdicts(evaluator.score(context, "", "Unfortunately Stripe isn't accepted.")) == [
+        ("Unfortunately Stripe isn't accepted.", U, ("entity 'Stripe' not in context",)),
+    ]
+    # A unit the context puts after a number is still a word of the context: "an hour".
+    assert [c.verdict for c in evaluator.score(context, "", "The sign-in link is valid for an hour.").claims] == [S]
+
+
 def test_one_bad_claim_of_three_scores_about_a_third() -> None:
     judgement = judge(
         "Annual plans can be refunded within 30 days of purchase. "
