@@ -237,9 +237,26 @@ def claims_of(sentence: str) -> list[tuple[str, bool]]:
 _WORD: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
+#: A few common idioms, read as the word they mean before tokenising.
+_PHRASES: Final = (
+    (re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"), "refund"),
+    (re.compile(r"\bmoney[- ]back\b"), "refund"),
+    (re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"), "return"),
+    (re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
+    (re.compile(r"\bfor good\b"), "permanently"),
+    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
+    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:out|off)\b"), "logout"),
+    (re.compile(r"\bround the clock\b|\baround the clock\b"), "24/7"),
+)
+_CONTRACTION: Final = re.compile(r"'(?:ll|re|ve|d|m)\b")
+
+
 def words(text: str) -> list[str]:
-    """Lowercased word tokens, with "n't" as "not" and "cannot" as "can not"."""
-    lowered = text.lower().replace("n't", " not").replace("cannot", "can not")
+    """Lowercased word tokens: "n't" as "not", "cannot" as "can not", "you'll" as "you", a few
+    idioms as the word they mean ("money back" as "refund"), "'s" dropped."""
+    lowered = _CONTRACTION.sub("", text.lower().replace("n't", " not").replace("cannot", "can not"))
+    for pattern, replacement in _PHRASES:
+        lowered = pattern.sub(replacement, lowered)
     return [w[:-2] if w.endswith("'s") else w for w in _WORD.findall(lowered)]
 
 
@@ -354,7 +371,7 @@ _MEASURE_WORDS: Final = frozenset(word for word, unit in _UNITS.items() if unit 
     "%", "usd", "eur", "gbp", "jpy", "inr", "day", "week", "month", "year", "hour", "minute", "second", "ms", "kb",
     "mb", "gb", "tb", "km", "mile", "kg", "lb"})
 #: Absolute terms an answer must not add: "unlimited seats" against "10 seats" fails.
-ABSOLUTE_TERMS: Final = frozenset({"unlimited", "lifetime", "forever", "permanent", "permanently", "guarantee",
+ABSOLUTE_TERMS: Final = frozenset({"unlimited", "lifetime", "forever", "worldwide", "globally", "guarantee",
                                    "guaranteed", "guarantees", "instant", "instantly", "immediately", "immediate",
                                    "infinite", "everywhere", "automatic", "automatically", "free"})
 _UNIT_QUALIFIERS: Final = frozenset({"business", "working", "calendar", "full", "additional", "more", "extra",

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gateway.scoring import Evaluator, GroundednessEvaluator, Judgement, Verdict
-from gateway.scoring.groundedness import claims_of, extract_facts, sentences, stem
+from gateway.scoring.groundedness import claims_of, extract_facts, sentences, stem, words
 
 CONTEXT = """\
 [1] Refunds: Annual plans can be refunded within 30 days of purchase. Monthly plans are not refundable.
@@ -54,6 +54,16 @@ CASES = [
         [("Annual subscriptions are refundable during the first 30 days after purchase", S, ()),
          ("the money goes back to your original payment method.", S, ())],
         id="paraphrase-two-clauses",
+    ),
+    pytest.param(
+        "You'll get your money back if you cancel an annual plan within 30 days of buying it.",
+        [("You'll get your money back if you cancel an annual plan within 30 days of buying it.", S, ())],
+        id="idiomatic-paraphrase",
+    ),
+    pytest.param(
+        "Refunds for annual plans are paid back worldwide.",
+        [("Refunds for annual plans are paid back worldwide.", U, ("absolute term 'worldwide' not in context",))],
+        id="added-scope",
     ),
     pytest.param(
         "Annual plans can be refunded within 60 days of purchase.",
@@ -383,6 +393,13 @@ def test_claims_split_on_clauses_not_on_noun_phrases() -> None:
     assert claims_of("Refunds are available, but not for monthly plans.") == [
         ("Refunds are available, but not for monthly plans.", True),
     ]
+
+
+def test_words_read_contractions_and_a_few_idioms() -> None:
+    assert words("You'll get your money back; we can't send it back right away.") == [
+        "you", "refund", "we", "ca", "not", "return", "immediately",
+    ]
+    assert words("Sign in, then log out. The owner's key.") == ["login", "then", "logout", "the", "owner", "key"]
 
 
 def test_light_stemming_matches_inflections() -> None:
