@@ -151,6 +151,8 @@ class NliEvaluator:
         self._model: EntailmentModel | None = None
         self._manifest: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: The model is called from one thread at a time (the contract), however many workers share this.
+        self._calls = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -195,7 +197,8 @@ class NliEvaluator:
             if not windows:
                 verdicts.append(ClaimVerdict(claim, Verdict.UNSUPPORTED, ("context is empty",), None, weight))
                 continue
-            best = max(self._entailment(model, window, claim) for window in windows)
+            with self._calls:
+                best = max(self._entailment(model, window, claim) for window in windows)
             if best < self.entailment_threshold:
                 reason = f"entailment {best:.2f} < {self.entailment_threshold:.2f}"
                 verdicts.append(ClaimVerdict(claim, Verdict.UNSUPPORTED, (reason,), None, weight))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,34 @@ def test_a_model_answer_that_is_not_a_probability_is_refused(tmp_path: Path, ans
     (tmp_path / "adapter.py").write_text(f"def load(model_dir):\n    return lambda p, h: {answer}\n")
     with pytest.raises(NliModelError, match="not a probability in"):
         NliEvaluator(tmp_path).score(CONTEXT, "", "Annual plans can be refunded.")
+
+
+def test_the_model_is_called_from_one_thread_at_a_time(tmp_path: Path) -> None:
+    (tmp_path / "adapter.py").write_text(textwrap.dedent('''
+        import threading, time
+        class Model:
+            def __init__(self):
+                self.inside = 0
+                self.most = 0
+                self.guard = threading.Lock()
+            def __call__(self, premise, hypothesis):
+                with self.guard:
+                    self.inside += 1
+                    self.most = max(self.most, self.inside)
+                time.sleep(0.001)
+                with self.guard:
+                    self.inside -= 1
+                return 0.9
+        def load(model_dir):
+            return Model()
+    '''))
+    evaluator = NliEvaluator(tmp_path)
+    model = evaluator.load()
+    threads = [threading.Thread(target=evaluator.score, args=(CONTEXT, "", "Annual plans can be refunded. Monthly "
+                                                              "plans are not refundable."))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert model.most == 1  # type: ignore[attr-defined]
