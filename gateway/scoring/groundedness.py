@@ -596,10 +596,23 @@ class _Context:
     sentences: list[_ContextSentence]
     years: frozenset[int]
     values: frozenset[str]
+    #: content word -> the indexes of the sentences holding it
+    postings: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return not self.words and not self.facts.quantities and not self.facts.dates
+
+    def best_sentences(self, claim_words: frozenset[str]) -> tuple[list[_ContextSentence], int]:
+        """The sentences sharing the most content words with a claim (in context order), and how many."""
+        counts: dict[int, int] = {}
+        for word in claim_words:
+            for index in self.postings.get(word, ()):
+                counts[index] = counts.get(index, 0) + 1
+        if not counts:
+            return [], 0
+        most = max(counts.values())
+        return [self.sentences[i] for i in sorted(i for i, n in counts.items() if n == most)], most
 
 
 def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
@@ -625,6 +638,10 @@ def _analyse_context(text: str) -> _Context:
             sentence, stoks, frozenset(content_words(stoks, units=True)), extract_facts(sentence).quantities,
             [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
         ))
+    postings: dict[str, list[int]] = {}
+    for index, sentence in enumerate(context_sentences):
+        for word in sentence.words:
+            postings.setdefault(word, []).append(index)
     years = frozenset(int(q.value) for q in facts.quantities if q.value.isdigit() and len(q.value) == 4)
     years |= frozenset(d.year for d in facts.dates if d.year)
     return _Context(
@@ -635,6 +652,7 @@ def _analyse_context(text: str) -> _Context:
         sentences=context_sentences,
         years=years,
         values=frozenset(q.value for q in facts.quantities),
+        postings=postings,
     )
 
 
@@ -776,11 +794,9 @@ class GroundednessEvaluator:
         """
         if len(claim_words) < 2 or not (facts.quantities or names):
             return
-        shared = [len(claim_words & sentence.words) for sentence in ctx.sentences]
-        best_shared = max(shared, default=0)
+        best, best_shared = ctx.best_sentences(claim_words)
         if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
             return
-        best = [sentence for sentence, n in zip(ctx.sentences, shared, strict=True) if n == best_shared]
         for q in facts.quantities:
             def holds(sentence: _ContextSentence, q: Quantity = q) -> bool:
                 return any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
@@ -829,14 +845,7 @@ class GroundednessEvaluator:
         claim_words = frozenset(cws)
         if len(claim_words) < 2:
             return None
-        best: list[_ContextSentence] = []
-        best_shared = 0
-        for sentence in ctx.sentences:
-            shared = len(claim_words & sentence.words)
-            if shared > best_shared:
-                best, best_shared = [sentence], shared
-            elif shared == best_shared and shared:
-                best.append(sentence)
+        best, best_shared = ctx.best_sentences(claim_words)
         if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
             return None
         for sentence in best:
