@@ -639,8 +639,8 @@ def _analyse_context(text: str) -> _Context:
             [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
         ))
     postings: dict[str, list[int]] = {}
-    for index, sentence in enumerate(context_sentences):
-        for word in sentence.words:
+    for index, analysed in enumerate(context_sentences):
+        for word in analysed.words:
             postings.setdefault(word, []).append(index)
     years = frozenset(int(q.value) for q in facts.quantities if q.value.isdigit() and len(q.value) == 4)
     years |= frozenset(d.year for d in facts.dates if d.year)
