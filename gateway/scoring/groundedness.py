@@ -216,22 +216,47 @@ def claims_of(sentence: str) -> list[tuple[str, bool]]:
     It splits on ";" and before a coordinating conjunction that opens a clause; a piece too short
     to be a clause (under four words, or opening with "not", a preposition, ...) stays with the
     piece before it, so "refunds and exchanges" or "available, but not for monthly plans" stay
-    whole.
+    whole. A bare "and" splits only before a clause with its own subject and verb ("... and no
+    credit card is required"), both sides at least four words long.
     """
-    pieces: list[str] = []
-    start = 0
+    pieces: list[tuple[str, str]] = []  # (separator before, text)
+    start, separator = 0, ""
     for match in _CLAUSE_BREAK.finditer(sentence):
-        pieces.append(sentence[start:match.start()])
-        start = match.end()
-    pieces.append(sentence[start:])
+        pieces.append((separator, sentence[start:match.start()]))
+        start, separator = match.end(), match.group()
+    pieces.append((separator, sentence[start:]))
     merged: list[str] = []
-    for piece in pieces:
-        body = _CONJUNCTION.sub("", piece.strip())
+    for separator, piece in pieces:
+        piece = piece.strip()
+        body = _CONJUNCTION.sub("", piece)
         if merged and (len(body.split()) < 4 or _FRAGMENT_START.match(body)):
-            merged[-1] = f"{merged[-1]}, {piece.strip()}" if piece.strip() else merged[-1]
-        elif piece.strip():
-            merged.append(piece.strip() if not merged else body)
-    return [(claim.strip(" ,"), i == 0) for i, claim in enumerate(merged) if claim.strip(" ,")]
+            merged[-1] = f"{merged[-1]}{separator}{piece}" if piece else merged[-1]
+        elif piece:
+            merged.append(piece if not merged else body)
+    claims: list[str] = []
+    for claim in merged:
+        claims.extend(_split_bare_and(claim))
+    return [(claim.strip(" ,"), i == 0) for i, claim in enumerate(claims) if claim.strip(" ,")]
+
+
+_AUXILIARY: Final = (r"(?:is|are|was|were|can|cannot|can't|will|won't|must|may|should|has|have|had|does|do|did"
+                     r"|isn't|aren't|doesn't|don't|gets?|takes?|costs?|includes?|requires?|needs?|applies|apply)")
+_BARE_AND: Final = re.compile(
+    r"\s+and\s+(?=(?:it|you|we|they|he|she|this|that|there|i)\s+\w|(?:[\w'-]+\s+){1,3}" + _AUXILIARY + r"\b)",
+    re.IGNORECASE,
+)
+
+
+def _split_bare_and(claim: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    for match in _BARE_AND.finditer(claim):
+        left, right = claim[start:match.start()], claim[match.end():]
+        if len(left.split()) >= 4 and len(right.split()) >= 4:
+            parts.append(left)
+            start = match.end()
+    parts.append(claim[start:])
+    return parts
 
 
 _WORD: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)?")

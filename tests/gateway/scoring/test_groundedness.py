@@ -393,6 +393,13 @@ def test_claims_split_on_clauses_not_on_noun_phrases() -> None:
     assert claims_of("Refunds are available, but not for monthly plans.") == [
         ("Refunds are available, but not for monthly plans.", True),
     ]
+    assert claims_of("Paid plans include a 14-day free trial and no credit card is required.") == [
+        ("Paid plans include a 14-day free trial", True), ("no credit card is required.", False),
+    ]
+    assert claims_of("Annual plans and monthly plans are refundable but only within 30 days.") == [
+        ("Annual plans and monthly plans are refundable but only within 30 days.", True),
+    ]
+    assert claims_of("It adds dark mode and offline sync.") == [("It adds dark mode and offline sync.", True)]
 
 
 def test_words_read_contractions_and_a_few_idioms() -> None:
