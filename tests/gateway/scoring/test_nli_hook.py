@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.scoring import Evaluator, Verdict
+from gateway.scoring import Evaluator, Verdict, build_evaluator
 from gateway.scoring.nli import NliEvaluator, NliModelError, premise_windows
 
 # A stub "model": entailment is 1.0 when every word of the hypothesis occurs in the premise, else
@@ -187,3 +187,13 @@ def test_the_model_is_called_from_one_thread_at_a_time(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert model.most == 1  # type: ignore[attr-defined]
+
+
+def test_evaluators_are_built_by_name(model_dir: Path) -> None:
+    assert build_evaluator().name == "groundedness"
+    nli = build_evaluator("nli", model_dir=model_dir)
+    assert isinstance(nli, NliEvaluator) and not nli.loaded
+    with pytest.raises(ValueError, match="needs the directory"):
+        build_evaluator("nli")
+    with pytest.raises(ValueError, match="unknown evaluator 'llm'; known: groundedness, nli"):
+        build_evaluator("llm")
