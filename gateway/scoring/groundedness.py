@@ -163,6 +163,11 @@ _CITATION: Final = re.compile(r"\[\d{1,3}(?:\s*[,-]\s*\d{1,3})*\]")
 _SPACE_BEFORE_PUNCT: Final = re.compile(r"[ \t]+([.,;:!?])")
 _MARKDOWN: Final = re.compile(r"[*_`#>]+")
 _LIST_MARKER: Final = re.compile(r"(?m)^\s*(?:[-+\u2022]|\d{1,2}[.)])\s+")
+#: A yes/no word opening an answer is not part of its claim's polarity ("No, annual plans can ...");
+#: it needs its punctuation ("No one can ..." keeps its "No").
+_INTERJECTION: Final = re.compile(
+    r"^(?:yes|no|nope|yeah|yep|sure|ok|okay|of course|absolutely|sorry)[,!.:;]\s+(?=\S)", re.IGNORECASE
+)
 _GREETING: Final = re.compile(r"^(?:hi|hello|hey|dear|good (?:morning|afternoon|evening))\b[^,.!\n]{0,40}[,!]\s*",
                               re.IGNORECASE)
 _ABBREVIATIONS: Final = frozenset({"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "st", "no", "jan", "feb",
@@ -189,8 +194,10 @@ def sentences(text: str) -> list[str]:
         piece = text[start:match.start()]
         if match.group().strip(" \t\"')]") == "" and "\n" not in match.group():
             last = piece.rstrip(".!?\"')]").rsplit(None, 1)
-            if last and last[-1].lower().rstrip(".") in _ABBREVIATIONS and piece.endswith("."):
-                continue
+            abbreviation = last[-1].lower().rstrip(".") if last else ""
+            if abbreviation in _ABBREVIATIONS and piece.endswith(".") and \
+                    (abbreviation != "no" or text[match.end():match.end() + 1].isdigit()):
+                continue  # "e.g. the", "Dec. 5", "No. 5" (but "No. Annual plans ..." ends a sentence)
             nxt = text[match.end():match.end() + 1]
             if nxt and nxt.islower() and piece.endswith("."):
                 continue  # "approx. three", "vs. the"
@@ -714,7 +721,7 @@ class GroundednessEvaluator:
 
     def _claims(self, answer: str) -> Iterator[tuple[str, bool]]:
         for sentence in sentences(answer):
-            sentence = _GREETING.sub("", sentence)
+            sentence = _INTERJECTION.sub("", _GREETING.sub("", sentence))
             yield from claims_of(sentence)
 
     def _judge(self, claim: str, at_start: bool, ctx: _Context, question_words: frozenset[str]) -> ClaimVerdict:

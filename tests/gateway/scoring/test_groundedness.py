@@ -136,6 +136,14 @@ CASES = [
         id="negation-agrees",
     ),
     pytest.param(
+        "No, monthly plans can't be refunded. No. Enterprise invoices have no late fee.",
+        [("monthly plans can't be refunded.", S, ()), ("No.", S, ("nothing to check",)),
+         ("Enterprise invoices have no late fee.", U,
+          ("negation disagrees with context: 'A late fee of $1,200.50 applies to enterprise invoices unpaid after 15 "
+           "days.'",))],
+        id="a-yes-or-no-word-is-not-the-claims-negation",
+    ),
+    pytest.param(
         "The passages do not say whether gift cards can be refunded.",
         [("The passages do not say whether gift cards can be refunded.", A, ("abstains",))],
         id="abstention-passages",
@@ -216,6 +224,15 @@ def test_support_answers(answer: str, expected: list[tuple[str, Verdict, tuple[s
     if not bad:
         assert judgement.score == 0.0
         assert judgement.label == "grounded"
+
+
+def test_no_one_keeps_its_negation() -> None:
+    context = "Only workspace owners can delete a workspace."
+    judgement = GroundednessEvaluator().score(context, "", "No one can delete a workspace.")
+    assert verdicts(judgement) == [
+        ("No one can delete a workspace.", U, ("negation disagrees with context: 'Only workspace owners can delete a "
+                                                "workspace.'",)),
+    ]
 
 
 def test_un_prefixes_negate_only_against_the_bare_word() -> None:
