@@ -1,7 +1,8 @@
-"""The default groundedness evaluator: offline, standard library only, about a millisecond.
+"""The default groundedness evaluator: offline, standard library only, one or two milliseconds.
 
 The answer is split into sentences, and sentences into claims (on ";" and on a coordinating
-conjunction that joins two clauses: ", but", ", and", "whereas", ...). Each claim is then:
+conjunction that joins two clauses: ", but", ", and", "whereas", a bare "and" before a clause
+with its own subject and verb). Each claim is then:
 
 - an **abstention** ("the passages do not say", "I don't know", "not mentioned in the context",
   "a human agent will follow up"): supported, never a hallucination;
@@ -11,18 +12,24 @@ conjunction that joins two clauses: ", but", ", and", "whereas", ...). Each clai
   * *numbers and amounts*: every number in the claim (decimals, "1,200" == "1200", "30%" ==
     "30 percent", "$1,200.50", "€30", "30 USD", ordinals, "thirty days" before a unit) occurs in
     the context with the same unit or currency when both name one ("60 days" fails against
-    "30 days"; "30 weeks" fails against "30 days"; "$30" fails against "€30");
+    "30 days"; "30 weeks" fails against "30 days"; "$30" fails against "€30"), and the same
+    rate when both give one ("$20 per user per month" against "per year");
   * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", weekdays
     (context ranges like "Monday to Friday" count every day between), "9am", "17:00";
-  * *named entities*: capitalised spans not at the start of a sentence, acronyms ("EU", "SSO")
+  * *named entities*: capitalised spans (less a sentence's opening word), acronyms ("EU", "SSO")
     and letter-digit codes ("S3", "v2"): every word occurs in the context;
+  * *absolute terms* ("unlimited", "lifetime", "guaranteed", "instantly", "free", ...) occur in
+    the context;
+  * *swapped values*: the context sentence the claim restates (most shared content words) does
+    not hold a different number or name of the same kind in place of the claim's ("the Team plan
+    includes SAML" against "the Enterprise plan includes SAML");
   * *negation*: the context sentence that shares the most content words with the claim (at
     least two, and 60 % of the claim's) must agree with it on negation ("are not available"
     against "are available" fails, and so does "non-refundable" against "refundable");
   * *content overlap*: the share of the claim's content words (lowercased, stopwords dropped,
-    lightly stemmed, a few common synonyms folded) found in the context is at least
-    ``min_overlap`` (0.5). Words of the question count half: restating the question is not
-    support, but it is not invention either.
+    lightly stemmed, a few common synonyms and idioms folded) found in the context is at least
+    ``min_overlap`` (0.5). Verified numbers and dates count as matched words; words of the
+    question count half: restating the question is not support, but it is not invention either.
 
 The score is the share of unsupported claims **weighted by claim length** (its number of
 content words, at least 1), so a long invented sentence weighs more than a short one. An empty
