@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.scoring import Evaluator, GroundednessEvaluator, Judgement, Verdict
 from gateway.scoring.groundedness import claims_of, extract_facts, sentences, stem, words
@@ -447,3 +449,12 @@ def test_dates_are_parsed_in_several_formats() -> None:
         (12, 5, 2026), (12, 5, 2026), (12, 5, None), (12, 5, None), (12, None, 2026),
     ]
     assert facts.quantities == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(context=st.text(max_size=400), answer=st.text(max_size=400))
+def test_any_text_gets_a_score_in_the_unit_interval(context: str, answer: str) -> None:
+    judgement = GroundednessEvaluator().score(context, "", answer)
+    assert 0.0 <= judgement.score <= 1.0
+    assert all(c.weight >= 1.0 for c in judgement.claims)
+    assert (judgement.score > 0) == any(c.verdict is U for c in judgement.claims)
