@@ -22,13 +22,15 @@ from jsonschema.validators import validator_for
 from gateway.prompts.source import variable_error
 
 # Keywords with the same meaning in draft-07 (fastjsonschema) and 2020-12 (jsonschema's default),
-# plus pure annotations. `format` is an annotation in both as configured (no format assertion).
+# plus pure annotations (both ignore the gateway's own `x-` ones). `format` is an annotation in
+# both as configured (no format assertion).
 _SHARED_KEYWORDS = frozenset({
     "type", "enum", "const", "properties", "required", "additionalProperties", "patternProperties",
     "propertyNames", "minProperties", "maxProperties", "items", "minItems", "maxItems", "uniqueItems",
     "contains", "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "multipleOf", "anyOf", "oneOf", "allOf", "not",
     "title", "description", "default", "examples", "$comment", "format", "deprecated", "readOnly", "writeOnly",
+    "x-scoring",  # marks the context variable that answers are scored against (gateway/scoring/context.py)
 })
 _SCHEMA_MAPS = ("properties", "patternProperties")
 _SCHEMA_VALUES = ("additionalProperties", "items", "propertyNames", "contains", "not")

@@ -1,0 +1,893 @@
+"""The default groundedness evaluator: offline, standard library only, one or two milliseconds.
+
+The answer is split into sentences, and sentences into claims (on ";" and on a coordinating
+conjunction that joins two clauses: ", but", ", and", "whereas", a bare "and" before a clause
+with its own subject and verb). Each claim is then:
+
+- an **abstention** ("the passages do not say", "I don't know", "not mentioned in the context",
+  "a human agent will follow up"): supported, never a hallucination;
+- dropped when it carries nothing to check (a courtesy like "Hope this helps!", a question back);
+- otherwise checked against the context, and **unsupported** if any check fails:
+
+  * *numbers and amounts*: every number in the claim (decimals, "1,200" == "1200", "30%" ==
+    "30 percent", "$1,200.50", "€30", "30 USD", ordinals, "thirty days" before a unit) occurs in
+    the context with the same unit or currency when both name one ("60 days" fails against
+    "30 days"; "30 weeks" fails against "30 days"; "$30" fails against "€30"), and the same
+    rate when both give one ("$20 per user per month" against "per year");
+  * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", weekdays
+    (context ranges like "Monday to Friday" count every day between), "9am", "17:00";
+  * *named entities*: capitalised spans (less a sentence's opening word), acronyms ("EU", "SSO")
+    and letter-digit codes ("S3", "v2"): every word occurs in the context;
+  * *absolute terms* ("unlimited", "lifetime", "guaranteed", "instantly", "free", ...) occur in
+    the context;
+  * *swapped values*: the context sentence the claim restates (most shared content words) does
+    not hold a different number or name of the same kind in place of the claim's ("the Team plan
+    includes SAML" against "the Enterprise plan includes SAML");
+  * *negation*: the context sentence that shares the most content words with the claim (at
+    least two, and 60 % of the claim's) must agree with it on negation ("are not available"
+    against "are available" fails, and so does "non-refundable" against "refundable");
+  * *content overlap*: the share of the claim's content words (lowercased, stopwords dropped,
+    lightly stemmed, a few common synonyms and idioms folded) found in the context is at least
+    ``min_overlap`` (0.5). Verified numbers and dates count as matched words; words of the
+    question count half: restating the question is not support, but it is not invention either.
+
+The score is the share of unsupported claims **weighted by claim length** (its number of
+content words, at least 1), so a long invented sentence weighs more than a short one. An empty
+answer scores 0 with no claims; with an empty context every claim but an abstention is
+unsupported. Input beyond ``max_answer_chars`` / ``max_context_chars`` is not read (the
+judgement's ``extra["truncated"]`` says so), which bounds the time per answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from gateway.scoring.evaluator import ClaimVerdict, Judgement, Verdict, weighted_score
+
+# --- words -------------------------------------------------------------------------------------
+
+STOPWORDS: Final = frozenset(
+    """
+    a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing done down during each either
+    else etc even ever every few for from further had has have having he her here hers herself
+    him himself his how however i if in into is it its itself just let lets like ll may me
+    might more most much must my myself neither nor now of off on once one only onto or other
+    our ours ourselves out over own per please re same shall she should since so some still
+    such than that the their theirs them themselves then there these they this those though
+    through thus to too under until up upon us ve very via was we were what when where whether
+    which while who whom whose why will with within would yes yet you your yours yourself
+    yourselves ca wo sure simply really certainly definitely absolutely okay ok well
+    able get gets got getting make makes made need needs want wants go goes going s t d m
+    according passage passages context document documents article articles source sources
+    information info based stated states say says said mention mentions mentioned note
+    unfortunately fortunately sadly additionally furthermore moreover therefore hence basically actually
+    """.split()  # noqa: SIM905 - a word list reads better as text
+)
+
+#: Negation cues; "n't" is rewritten to " not" before tokenising.
+NEGATIONS: Final = frozenset({"not", "no", "never", "none", "nothing", "nobody", "neither", "nor", "without",
+                              "non", "cannot", "nowhere"})
+_NEGATION_PREFIXES: Final = ("non", "un")
+
+_IRREGULAR: Final = {
+    "bought": "buy", "paid": "pay", "took": "take", "taken": "take", "sent": "send", "gave": "give",
+    "given": "give", "kept": "keep", "left": "leave", "held": "hold", "chose": "choose",
+    "chosen": "choose", "written": "write", "wrote": "write", "spent": "spend", "lost": "lose",
+    "children": "child", "people": "person", "data": "data", "does": "do", "did": "do",
+}
+
+#: Small groups of common synonyms in support answers, folded to one token.
+_SYNONYMS: Final = (
+    ("refund", "reimburse", "reimbursement", "repay", "repayment"),
+    ("buy", "purchase", "order"),
+    ("cost", "price", "fee", "charge", "pricing"),
+    ("cancel", "cancellation", "terminate", "termination"),
+    ("start", "begin", "commence"),
+    ("end", "finish", "expire", "expiry", "expiration"),
+    ("help", "assist", "assistance", "support"),
+    ("receive", "obtain"),
+    ("allow", "permit", "enable"),
+    ("require", "requirement", "mandatory"),
+    ("contact", "reach"),
+    ("free", "complimentary"),
+    ("quick", "fast", "rapid"),
+    ("delete", "remove", "erase", "deletion", "removal"),
+    ("move", "migrate", "migration", "transfer"),
+    ("show", "display"),
+    ("use", "utilize", "utilise"),
+    ("customer", "client"),
+    ("login", "signin"),
+    ("email", "mail"),
+    ("problem", "issue"),
+    ("week", "weekly"),
+    ("additional", "extra"),
+    ("day", "daily"),
+)
+
+_SUFFIXES: Final = ("ational", "ation", "ition", "ability", "ibility", "ments", "ment", "ness", "ingly", "ing",
+                    "ies", "ied", "edly", "ed", "able", "ible", "ly", "es", "s", "ion", "ate", "ity", "ive",
+                    "ize", "ise")
+
+
+def stem(word: str) -> str:
+    """A light stemmer: "refunds"/"refunded"/"refundable" -> "refund", "shipped"/"shipping" -> "ship"."""
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            if suffix == "s" and word.endswith(("ss", "us", "is")):
+                continue
+            if suffix in ("ies", "ied"):
+                word = word[: -len(suffix)] + "y"
+            elif suffix == "es" and not word.endswith(("ses", "xes", "zes", "ches", "shes")):
+                word = word[:-1]
+            else:
+                word = word[: -len(suffix)]
+            break
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+        word = word[:-1]  # shipp -> ship, committ -> commit (but not "process", "call")
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]  # purchase/purchas
+    if len(word) > 4 and word.endswith("ll"):
+        word = word[:-1]  # cancell -> cancel
+    return word
+
+
+def _build_synonyms() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for group in _SYNONYMS:
+        head = stem(group[0])
+        for word in group:
+            table[stem(word)] = head
+    return table
+
+
+_SYNONYM_OF: Final = _build_synonyms()
+
+
+@functools.lru_cache(maxsize=16384)
+def canonical(word: str) -> str:
+    """A word's stem, folded to its synonym group's (cached: answers reuse a small vocabulary)."""
+    s = stem(word)
+    return _SYNONYM_OF.get(s, s)
+
+
+# --- text normalisation and splitting ----------------------------------------------------------
+
+_PUNCT_MAP: Final = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": "'", "\u201c": '"', "\u201d": '"',
+    "\u2013": "-", "\u2014": " - ", "\u2212": "-", "\u00a0": " ", "\u202f": " ", "\u2009": " ",
+})
+_CITATION: Final = re.compile(r"\[\d{1,3}(?:\s*[,-]\s*\d{1,3})*\]")
+_SPACE_BEFORE_PUNCT: Final = re.compile(r"[ \t]+([.,;:!?])")
+_MARKDOWN: Final = re.compile(r"[*_`#>]+")
+_LIST_MARKER: Final = re.compile(r"(?m)^\s*(?:[-+\u2022]|\d{1,2}[.)])\s+")
+#: A yes/no word opening an answer is not part of its claim's polarity ("No, annual plans can ...");
+#: it needs its punctuation ("No one can ..." keeps its "No").
+_INTERJECTION: Final = re.compile(
+    r"^(?:yes|no|nope|yeah|yep|sure|ok|okay|of course|absolutely|sorry)[,!.:;]\s+(?=\S)", re.IGNORECASE
+)
+_GREETING: Final = re.compile(r"^(?:hi|hello|hey|dear|good (?:morning|afternoon|evening))\b[^,.!\n]{0,40}[,!]\s*",
+                              re.IGNORECASE)
+_ABBREVIATIONS: Final = frozenset({"e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "st", "no", "jan", "feb",
+                                   "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "approx",
+                                   "incl", "inc", "ltd", "co"})
+_ASCII_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+
+
+def normalise(text: str) -> str:
+    """NFKC, ASCII quotes and dashes, and control or format characters (but line breaks) as spaces."""
+    text = unicodedata.normalize("NFKC", text).translate(_PUNCT_MAP)
+    if text.isascii():
+        return _ASCII_CONTROL.sub(" ", text)
+    return "".join(ch if unicodedata.category(ch)[0] != "C" or ch in "\n\t" else " " for ch in text)
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences, on ., ! or ? followed by a space (not after a common abbreviation) or a line break."""
+    text = _LIST_MARKER.sub("", _MARKDOWN.sub("", _SPACE_BEFORE_PUNCT.sub(r"\1", _CITATION.sub("", text))))
+    out: list[str] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        piece = text[start:match.start()]
+        if match.group().strip(" \t\"')]") == "" and "\n" not in match.group():
+            last = piece.rstrip(".!?\"')]").rsplit(None, 1)
+            abbreviation = last[-1].lower().rstrip(".") if last else ""
+            if abbreviation in _ABBREVIATIONS and piece.endswith(".") and \
+                    (abbreviation != "no" or text[match.end():match.end() + 1].isdigit()):
+                continue  # "e.g. the", "Dec. 5", "No. 5" (but "No. Annual plans ..." ends a sentence)
+            nxt = text[match.end():match.end() + 1]
+            if nxt and nxt.islower() and piece.endswith("."):
+                continue  # "approx. three", "vs. the"
+        out.append(piece)
+        start = match.end()
+    out.append(text[start:])
+    return [s.strip() for s in out if s.strip()]
+
+
+_CLAUSE_BREAK: Final = re.compile(
+    r";\s*|,\s+(?=(?:and|but|yet|so|while|whereas|although|though|however|or)\s)|\s+(?=(?:but|whereas)\s)",
+    re.IGNORECASE,
+)
+_CONJUNCTION: Final = re.compile(r"^(?:and|but|yet|so|while|whereas|although|though|however|or)\s+,?\s*",
+                                 re.IGNORECASE)
+_FRAGMENT_START: Final = re.compile(r"^(?:not|no|only|also|for|with|without|in|on|at|by|to|from|of|as|than)\b",
+                                    re.IGNORECASE)
+
+
+def claims_of(sentence: str) -> list[tuple[str, bool]]:
+    """A sentence's claims, each with whether it starts the sentence.
+
+    It splits on ";" and before a coordinating conjunction that opens a clause; a piece too short
+    to be a clause (under four words, or opening with "not", a preposition, ...) stays with the
+    piece before it, so "refunds and exchanges" or "available, but not for monthly plans" stay
+    whole. A bare "and" splits only before a clause with its own subject and verb ("... and no
+    credit card is required"), both sides at least four words long.
+    """
+    pieces: list[tuple[str, str]] = []  # (separator before, text)
+    start, separator = 0, ""
+    for match in _CLAUSE_BREAK.finditer(sentence):
+        pieces.append((separator, sentence[start:match.start()]))
+        start, separator = match.end(), match.group()
+    pieces.append((separator, sentence[start:]))
+    merged: list[str] = []
+    for separator, piece in pieces:
+        piece = piece.strip()
+        body = _CONJUNCTION.sub("", piece)
+        if merged and (len(body.split()) < 4 or _FRAGMENT_START.match(body)):
+            merged[-1] = f"{merged[-1]}{separator}{piece}" if piece else merged[-1]
+        elif piece:
+            merged.append(piece if not merged else body)
+    claims: list[str] = []
+    for claim in merged:
+        claims.extend(_split_bare_and(claim))
+    return [(claim.strip(" ,"), i == 0) for i, claim in enumerate(claims) if claim.strip(" ,")]
+
+
+_AUXILIARY: Final = (r"(?:is|are|was|were|can|cannot|can't|will|won't|must|may|should|has|have|had|does|do|did"
+                     r"|isn't|aren't|doesn't|don't|gets?|takes?|costs?|includes?|requires?|needs?|applies|apply)")
+_BARE_AND: Final = re.compile(
+    r"\s+and\s+(?=(?:it|you|we|they|he|she|this|that|there|i)\s+\w|(?:[\w'-]+\s+){1,3}" + _AUXILIARY + r"\b)",
+    re.IGNORECASE,
+)
+
+
+def _split_bare_and(claim: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    for match in _BARE_AND.finditer(claim):
+        left, right = claim[start:match.start()], claim[match.end():]
+        if len(left.split()) >= 4 and len(right.split()) >= 4:
+            parts.append(left)
+            start = match.end()
+    parts.append(claim[start:])
+    return parts
+
+
+_WORD: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+#: A few common idioms, read as the word they mean before tokenising.
+_PHRASES: Final = (
+    (re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"), "refund"),
+    (re.compile(r"\bmoney[- ]back\b"), "refund"),
+    (re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"), "return"),
+    (re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
+    (re.compile(r"\bfor good\b"), "permanently"),
+    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
+    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:out|off)\b"), "logout"),
+    (re.compile(r"\bround the clock\b|\baround the clock\b"), "24/7"),
+)
+_CONTRACTION: Final = re.compile(r"'(?:ll|re|ve|d|m)\b")
+
+
+def words(text: str) -> list[str]:
+    """Lowercased word tokens: "n't" as "not", "cannot" as "can not", "you'll" as "you", a few
+    idioms as the word they mean ("money back" as "refund"), "'s" dropped."""
+    lowered = _CONTRACTION.sub("", text.lower().replace("n't", " not").replace("cannot", "can not"))
+    for pattern, replacement in _PHRASES:
+        lowered = pattern.sub(replacement, lowered)
+    return [w[:-2] if w.endswith("'s") else w for w in _WORD.findall(lowered)]
+
+
+def content_words(tokens: Iterable[str], *, units: bool = False) -> list[str]:
+    """The canonical forms of the content words (:func:`content_tokens`)."""
+    return [canonical(t) for t in content_tokens(tokens, units=units)]
+
+
+def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
+    """Content words: no stopwords, negations, numbers or single letters, and (unless ``units``, as
+    for the context) no unit right after a number ("30 days": the number check covers it; "per
+    year" stays a content word)."""
+    out: list[str] = []
+    previous = ""
+    for t in tokens:
+        after_number = any(ch.isdigit() for ch in previous) or previous in _NUMBER_WORDS or \
+            previous in _UNIT_QUALIFIERS
+        if t in _MEASURE_WORDS and after_number and not units:
+            previous = previous if previous in _UNIT_QUALIFIERS else t
+            continue
+        previous = t
+        if t not in STOPWORDS and t not in NEGATIONS and not any(ch.isdigit() for ch in t) and len(t) > 1:
+            out.append(t)
+    return out
+
+
+# --- abstentions and filler --------------------------------------------------------------------
+
+_SOURCE: Final = (r"(?:passages?|context|documents?|articles?|sources?|information|text|help[- ]?cent(?:re|er)"
+                  r"|knowledge base|materials?|provided|available)")
+_ABSTENTION: Final = re.compile(
+    "|".join((
+        rf"\b(?:the|these|this|those|our|my)\s+(?:provided\s+|available\s+|given\s+|retrieved\s+)?{_SOURCE}\s+"
+        r"(?:(?:provided|given|available|above|here|retrieved|i\s+have|we\s+have)\s+)?"
+        r"(?:do|does|did|is|are|was|were)\s+not\s+(?:say|mention|specify|state|cover|contain|include|provide|"
+        r"address|answer|tell|indicate|describe|explain|list|discuss|give|clarify|show|seem)",
+        r"\b(?:i|we)\s+(?:do\s+not|can\s+not|could\s+not|am\s+not\s+able\s+to|are\s+not\s+able\s+to|am\s+unable\s+to"
+        r"|are\s+unable\s+to|was\s+unable\s+to|have\s+no|don't|can't)\s+(?:know|find|answer|determine|tell|say|confirm"
+        r"|see|locate|verify|access|information|details|data on|record|have\s+(?:that|this|enough|any))",
+        r"\b(?:i'm|i am|we're|we are)\s+not\s+(?:sure|certain|aware)",
+        r"\bnot\s+(?:mentioned|specified|stated|documented|discussed|addressed|described|explained|indicated|"
+        r"clarified|detailed)\b",
+        rf"\bnot\s+(?:covered|provided|included|given|found|listed|available)\s+(?:in|by|from)\s+(?:the\s+)?{_SOURCE}",
+        r"\bno\s+(?:information|mention|details?|indication|data)\s+(?:about|on|regarding|of|as to|is given|in)\b",
+        r"\b(?:not|insufficient|isn't)\s+enough\s+information\b|\binsufficient\s+information\b",
+        r"\b(?:can\s+not|could\s+not)\s+be\s+(?:determined|confirmed|answered|found)\b",
+        r"\b(?:unclear|unknown)\s+(?:from|based on|in)\b",
+        r"\b(?:human|support)?\s*(?:agent|colleague|someone|team|representative)\s+will\s+(?:follow\s+up|get\s+back"
+        r"|reach\s+out|contact\s+you)",
+        r"\bbeyond\s+(?:the\s+)?(?:scope|information)\b|\boutside\s+(?:the\s+)?(?:scope|information)\b",
+    )),
+    re.IGNORECASE,
+)
+_FILLER: Final = re.compile(
+    r"^(?:thanks?|thank you|hope (?:this|that) helps|i hope|let (?:me|us) know|feel free|happy to help|"
+    r"glad to help|is there anything else|have a (?:great|nice|good|lovely)|please (?:let|reach|feel|don't|do not)|"
+    r"great question|good question|of course|certainly|sure|absolutely|no problem|you're welcome|best regards|"
+    r"kind regards|cheers)\b",
+    re.IGNORECASE,
+)
+
+
+def is_abstention(claim: str) -> bool:
+    return _ABSTENTION.search(claim.replace("n't", " not").replace("cannot", "can not")) is not None
+
+
+# --- numbers, amounts, dates, times ------------------------------------------------------------
+
+_MONTHS: Final = {name: i for i, names in enumerate((
+    ("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"), ("may",), ("june", "jun"),
+    ("july", "jul"), ("august", "aug"), ("september", "sep", "sept"), ("october", "oct"), ("november", "nov"),
+    ("december", "dec")), start=1) for name in names}
+_WEEKDAYS: Final = {name: i for i, names in enumerate((
+    ("monday", "mon"), ("tuesday", "tue", "tues"), ("wednesday", "wed"), ("thursday", "thu", "thur", "thurs"),
+    ("friday", "fri"), ("saturday", "sat"), ("sunday", "sun")), start=0) for name in names}
+_MONTH_RE: Final = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
+                    r"|Sept?(?:ember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
+_WEEKDAY_RE: Final = (r"(?:Mon(?:day)?|Tue(?:s|sday)?|Wed(?:nesday)?|Thu(?:r|rs|rsday)?|Fri(?:day)?|Sat(?:urday)?"
+                      r"|Sun(?:day)?)")
+_DATE_PATTERNS: Final = (
+    re.compile(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b"),
+    re.compile(rf"\b(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<mn>{_MONTH_RE})\b\.?(?:,?\s+(?P<y>\d{{4}})\b)?"),
+    re.compile(rf"\b(?P<mn>{_MONTH_RE})\b\.?\s+(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*(?:%|[:.,]\d))"
+               rf"(?:,?\s+(?P<y>\d{{4}})\b)?"),
+    re.compile(rf"\b(?P<mn>{_MONTH_RE})\b\.?,?\s+(?P<y>\d{{4}})\b"),
+    re.compile(r"\b(?P<mn>January|February|March|April|June|July|August|September|October|November|December)\b"),
+)
+_WEEKDAY_RANGE: Final = re.compile(rf"\b(?P<a>{_WEEKDAY_RE})\b\.?\s*(?:-|to|through|thru|until|till)\s*"
+                                   rf"(?P<b>{_WEEKDAY_RE})\b")
+_WEEKDAY: Final = re.compile(rf"\b{_WEEKDAY_RE}\b")
+_TIME: Final = re.compile(
+    r"\b(?P<h>\d{1,2})(?::(?P<min>\d{2}))?\s*(?P<ap>[ap])\.?m\b\.?|\b(?P<h24>\d{1,2}):(?P<m24>\d{2})\b", re.IGNORECASE
+)
+
+_CURRENCY_SIGNS: Final = {"$": "usd", "\u20ac": "eur", "\u00a3": "gbp", "\u00a5": "jpy", "\u20b9": "inr"}
+_UNITS: Final = {
+    "%": "%", "percent": "%", "pct": "%",
+    "usd": "usd", "dollar": "usd", "dollars": "usd", "eur": "eur", "euro": "eur", "euros": "eur",
+    "gbp": "gbp", "pound": "gbp", "pounds": "gbp", "jpy": "jpy", "yen": "jpy", "inr": "inr", "rupees": "inr",
+    "day": "day", "days": "day", "week": "week", "weeks": "week", "month": "month", "months": "month",
+    "year": "year", "years": "year", "yr": "year", "yrs": "year", "hour": "hour", "hours": "hour", "hr": "hour",
+    "hrs": "hour", "h": "hour", "minute": "minute", "minutes": "minute", "min": "minute", "mins": "minute",
+    "second": "second", "seconds": "second", "sec": "second", "secs": "second", "ms": "ms",
+    "kb": "kb", "mb": "mb", "gb": "gb", "tb": "tb", "user": "user", "users": "user", "seat": "seat",
+    "seats": "seat", "km": "km", "mile": "mile", "miles": "mile", "kg": "kg", "lb": "lb", "lbs": "lb",
+    "item": "item", "items": "item", "request": "request", "requests": "request", "times": "times",
+    "member": "member", "members": "member", "project": "project", "projects": "project",
+    "device": "device", "devices": "device", "license": "license", "licenses": "license",
+}
+#: Units of measure, time and money: not content words, since the number before them is checked.
+_MEASURE_WORDS: Final = frozenset(word for word, unit in _UNITS.items() if unit in {
+    "%", "usd", "eur", "gbp", "jpy", "inr", "day", "week", "month", "year", "hour", "minute", "second", "ms", "kb",
+    "mb", "gb", "tb", "km", "mile", "kg", "lb"})
+#: Absolute terms an answer must not add: "unlimited seats" against "10 seats" fails.
+ABSOLUTE_TERMS: Final = frozenset({"unlimited", "lifetime", "forever", "worldwide", "globally", "guarantee",
+                                   "guaranteed", "guarantees", "instant", "instantly", "immediately", "immediate",
+                                   "infinite", "everywhere", "automatic", "automatically", "free"})
+_UNIT_QUALIFIERS: Final = frozenset({"business", "working", "calendar", "full", "additional", "more", "extra",
+                                     "consecutive", "whole"})
+_NUMBER: Final = re.compile(
+    r"(?P<cur>[$\u20ac\u00a3\u00a5\u20b9])?\s?(?<![\w.,])(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?P<ord>st|nd|rd|th)?(?![\w.]*\d)"
+)
+_UNIT_AFTER: Final = re.compile(r"\s*-?\s*(?:per\s+cent\b|%|[A-Za-z]+)")
+_CURRENCY_BEFORE: Final = re.compile(r"\b(usd|eur|gbp|jpy|inr)\s*$", re.IGNORECASE)
+_NUMBER_WORDS: Final = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+    "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17,
+    "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100,
+}
+_WORD_NUMBER: Final = re.compile(
+    r"\b(?P<w>(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)(?:-(?:one|two|three|four|five|six|seven"
+    r"|eight|nine))?|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen"
+    r"|sixteen|seventeen|eighteen|nineteen|hundred)(?=[\s-]+(?:(?:business|working|calendar|full|additional|extra"
+    r"|consecutive)\s+)?(?:days?|weeks?|months?|years?|hours?|minutes?|seconds?|percent|per cent|dollars?|euros?"
+    r"|users?|seats?|times)\b)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    value: str
+    unit: str | None
+    surface: str
+    #: "per month" in "$20 per user per month", "/month", "monthly"; None when none is given.
+    rate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DateRef:
+    month: int
+    day: int | None
+    year: int | None
+    surface: str
+
+
+def _number_value(raw: str) -> str:
+    raw = raw.replace(",", "")
+    if "." in raw:
+        raw = raw.rstrip("0").rstrip(".")
+    return raw.lstrip("0") or "0"
+
+
+def _word_value(word: str) -> int:
+    parts = word.lower().split("-")
+    return sum(_NUMBER_WORDS[p] for p in parts)
+
+
+def _mask(text: str, spans: list[tuple[int, int]]) -> str:
+    chars = list(text)
+    for a, b in spans:
+        chars[a:b] = " " * (b - a)
+    return "".join(chars)
+
+
+@dataclass(slots=True)
+class Facts:
+    """The hard facts of a piece of text: quantities, dates, weekdays, times."""
+
+    quantities: list[Quantity] = field(default_factory=list)
+    dates: list[DateRef] = field(default_factory=list)
+    weekdays: dict[int, str] = field(default_factory=dict)
+    times: dict[str, str] = field(default_factory=dict)
+
+
+def extract_facts(text: str) -> Facts:
+    facts = Facts()
+    spans: list[tuple[int, int]] = []
+    for match in _WEEKDAY_RANGE.finditer(text):
+        a, b = _WEEKDAYS[match["a"].lower()], _WEEKDAYS[match["b"].lower()]
+        for weekday in range(a, (b if b >= a else b + 7) + 1):
+            facts.weekdays.setdefault(weekday % 7, match.group())
+        spans.append(match.span())
+    for match in _WEEKDAY.finditer(_mask(text, spans)):
+        facts.weekdays.setdefault(_WEEKDAYS[match.group().lower().rstrip(".")], match.group())
+    for pattern in _DATE_PATTERNS:
+        for match in pattern.finditer(_mask(text, spans)):
+            groups = match.groupdict()
+            month = int(groups["m"]) if groups.get("m") else _MONTHS[groups["mn"].lower()]
+            if not 1 <= month <= 12:
+                continue
+            day = int(groups["d"]) if groups.get("d") else None
+            year = int(groups["y"]) if groups.get("y") else None
+            facts.dates.append(DateRef(month, day, year, match.group().strip()))
+            spans.append(match.span())
+    masked = _mask(text, spans)
+    for match in _TIME.finditer(masked):
+        if match["h"] is not None:
+            hour = int(match["h"]) % 12 + (12 if match["ap"].lower() == "p" else 0)
+            minute = int(match["min"] or 0)
+        else:
+            hour, minute = int(match["h24"]), int(match["m24"])
+        if hour < 24 and minute < 60:
+            facts.times.setdefault(f"{hour:02d}:{minute:02d}", match.group().strip(" ."))
+            spans.append(match.span())
+    masked = _mask(text, spans)
+    for match in _NUMBER.finditer(masked):
+        unit: str | None = _CURRENCY_SIGNS.get(match["cur"] or "")
+        if unit is None:
+            before = _CURRENCY_BEFORE.search(masked, max(0, match.start() - 6), match.start())
+            unit = before.group(1).lower() if before else None
+        surface_end = match.end()
+        if match["ord"]:
+            unit = "th"  # an ordinal is not the count "5 days"
+        elif unit is None:
+            unit, surface_end = _unit_after(masked, match.end())
+        rate, surface_end = _rate_after(masked, surface_end)
+        facts.quantities.append(
+            Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip(), rate)
+        )
+    for match in _WORD_NUMBER.finditer(masked):
+        unit, surface_end = _unit_after(masked, match.end())
+        rate, surface_end = _rate_after(masked, surface_end)
+        facts.quantities.append(Quantity(str(_word_value(match["w"])), unit, masked[match.start():surface_end], rate))
+    return facts
+
+
+_RATE: Final = re.compile(
+    r"\s*(?:(?:/|per\s|an?\s|each\s|every\s)\s*(?:user|seat|member|person|key|device|project)s?\s*)?"
+    r"(?:(?:/|per\s|an?\s|each\s|every\s)\s*(?P<period>second|minute|hour|day|week|month|year|annum|mo|yr)\b"
+    r"|(?P<adverb>hourly|daily|weekly|monthly|yearly|annually)\b)",
+    re.IGNORECASE,
+)
+_RATE_PERIODS: Final = {"annum": "year", "annually": "year", "yearly": "year", "mo": "month", "yr": "year",
+                        "hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}
+
+
+def _rate_after(text: str, at: int) -> tuple[str | None, int]:
+    match = _RATE.match(text, at)
+    if match is None:
+        return None, at
+    word = (match["period"] or match["adverb"]).lower()
+    return _RATE_PERIODS.get(word, word), match.end()
+
+
+def _compatible(claim: Quantity, context: Quantity) -> bool:
+    """Same value assumed: the units agree unless the claim names one the context does not, and the
+    rates agree when both give one."""
+    if claim.unit is not None and context.unit not in (claim.unit, None):
+        return False
+    return claim.rate is None or context.rate is None or claim.rate == context.rate
+
+
+def _unit_after(text: str, at: int) -> tuple[str | None, int]:
+    pos = at
+    for _ in range(2):
+        match = _UNIT_AFTER.match(text, pos)
+        if match is None:
+            return None, at
+        word = re.sub(r"[\s-]+", " ", match.group()).strip().lower()
+        if word in _UNIT_QUALIFIERS:
+            pos = match.end()
+            continue
+        unit = _UNITS.get(word.replace("per cent", "percent"))
+        return (unit, match.end()) if unit else (None, at)
+    return None, at
+
+
+# --- entities ----------------------------------------------------------------------------------
+
+_CAPITALISED_SPAN: Final = re.compile(r"\b[A-Z][\w'&.-]*(?:\s+(?:[A-Z][\w'&.-]*|&|of|de|von|van)(?=\s|\b))*")
+_CODE: Final = re.compile(r"\b[A-Za-z]+\d[\w-]*\b")
+_NOT_ENTITIES: Final = frozenset(w.capitalize() for w in (*_MONTHS, *_WEEKDAYS)) | {"I", "OK", "Yes", "No", "AM", "PM"}
+
+
+def _is_acronym(word: str) -> bool:
+    return len(word) >= 2 and word.isupper() and word not in _NOT_ENTITIES
+
+
+def entities(claim: str, at_sentence_start: bool) -> list[str]:
+    """Named entities: capitalised spans (without the word that opens a sentence), acronyms, codes."""
+    found: list[str] = []
+    for match in _CAPITALISED_SPAN.finditer(claim):
+        span_words = [w.strip(".'-&") for w in match.group().split()]
+        while span_words and not _is_acronym(span_words[0]) and (span_words[0].lower() in STOPWORDS or
+                                                                 span_words[0] in _NOT_ENTITIES):
+            span_words.pop(0)
+        while span_words and (span_words[-1].lower() in {"of", "de", "von", "van", ""} or
+                              span_words[-1] in _NOT_ENTITIES):
+            span_words.pop()
+        if not span_words:
+            continue
+        at_start = claim[:match.start()].strip(" \"'([-:") == ""
+        is_acronym = len(span_words) == 1 and _is_acronym(span_words[0])
+        if at_start and at_sentence_start and not is_acronym and \
+                match.group().split()[0].strip(".'-&") == span_words[0]:
+            span_words.pop(0)  # "Refunds are ...", "Click Forgot password": a sentence's first word is no name
+            if not span_words:
+                continue
+        found.append(" ".join(span_words))
+    found.extend(m.group() for m in _CODE.finditer(claim) if not re.fullmatch(r"[A-Za-z]+\d+(?:st|nd|rd|th)?",
+                                                                               m.group()) or m.group()[0].isupper())
+    return list(dict.fromkeys(found))
+
+
+# --- the context, analysed once ----------------------------------------------------------------
+
+@dataclass(slots=True)
+class _ContextSentence:
+    text: str
+    tokens: list[str]
+    words: frozenset[str]
+    quantities: list[Quantity]
+    #: Each entity's lowercased words.
+    entities: list[frozenset[str]]
+    raw: frozenset[str]
+
+
+@dataclass(slots=True)
+class _Context:
+    words: frozenset[str]
+    prefixes: frozenset[str]
+    raw_words: frozenset[str]
+    facts: Facts
+    sentences: list[_ContextSentence]
+    years: frozenset[int]
+    values: frozenset[str]
+    #: content word -> the indexes of the sentences holding it
+    postings: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.words and not self.facts.quantities and not self.facts.dates
+
+    def best_sentences(self, claim_words: frozenset[str]) -> tuple[list[_ContextSentence], int]:
+        """The sentences sharing the most content words with a claim (in context order), and how many."""
+        counts: dict[int, int] = {}
+        for word in claim_words:
+            for index in self.postings.get(word, ()):
+                counts[index] = counts.get(index, 0) + 1
+        if not counts:
+            return [], 0
+        most = max(counts.values())
+        return [self.sentences[i] for i in sorted(i for i, n in counts.items() if n == most)], most
+
+
+def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
+    for token in tokens:
+        if token in NEGATIONS:
+            return True
+        for prefix in _NEGATION_PREFIXES:
+            if token.startswith(prefix) and len(token) - len(prefix) >= 4 and canonical(token[len(prefix):]) in \
+                    vocabulary and canonical(token) not in vocabulary:
+                return True
+    return False
+
+
+def _analyse_context(text: str) -> _Context:
+    text = _CITATION.sub(" ", text)  # passage markers "[1]" are not numbers of the context
+    tokens = words(text)
+    cws = frozenset(content_words(tokens, units=True))
+    facts = extract_facts(text)
+    context_sentences = []
+    for sentence in sentences(text):
+        stoks = words(sentence)
+        context_sentences.append(_ContextSentence(
+            sentence, stoks, frozenset(content_words(stoks, units=True)), extract_facts(sentence).quantities,
+            [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
+        ))
+    postings: dict[str, list[int]] = {}
+    for index, analysed in enumerate(context_sentences):
+        for word in analysed.words:
+            postings.setdefault(word, []).append(index)
+    years = frozenset(int(q.value) for q in facts.quantities if q.value.isdigit() and len(q.value) == 4)
+    years |= frozenset(d.year for d in facts.dates if d.year)
+    return _Context(
+        words=cws,
+        prefixes=frozenset(w[:5] for w in cws if len(w) >= 5),
+        raw_words=frozenset(tokens) | frozenset(canonical(t) for t in tokens),
+        facts=facts,
+        sentences=context_sentences,
+        years=years,
+        values=frozenset(q.value for q in facts.quantities),
+        postings=postings,
+    )
+
+
+# --- the evaluator -----------------------------------------------------------------------------
+
+class GroundednessEvaluator:
+    """The default evaluator (scope 1 a of issue 14): see the module docstring."""
+
+    def __init__(self, *, min_overlap: float = 0.5, negation_overlap: float = 0.6, threshold: float = 0.2,
+                 max_answer_chars: int = 20_000, max_context_chars: int = 200_000) -> None:
+        self.min_overlap = min_overlap
+        self.negation_overlap = negation_overlap
+        self.threshold = threshold
+        self.max_answer_chars = max_answer_chars
+        self.max_context_chars = max_context_chars
+
+    @property
+    def name(self) -> str:
+        return "groundedness"
+
+    def score(self, context: str, question: str, answer: str) -> Judgement:
+        truncated = len(answer) > self.max_answer_chars or len(context) > self.max_context_chars
+        ctx = _analyse_context(normalise(context[: self.max_context_chars]))
+        question_words = frozenset(content_words(words(normalise(question[: self.max_answer_chars]))))
+        verdicts = tuple(self._judge(claim, start, ctx, question_words)
+                         for claim, start in self._claims(normalise(answer[: self.max_answer_chars])))
+        return Judgement(
+            score=weighted_score(verdicts),
+            claims=verdicts,
+            evaluator=self.name,
+            threshold=self.threshold,
+            extra={"truncated": 1.0} if truncated else {},
+        )
+
+    def _claims(self, answer: str) -> Iterator[tuple[str, bool]]:
+        for sentence in sentences(answer):
+            sentence = _INTERJECTION.sub("", _GREETING.sub("", sentence))
+            yield from claims_of(sentence)
+
+    def _judge(self, claim: str, at_start: bool, ctx: _Context, question_words: frozenset[str]) -> ClaimVerdict:
+        tokens = words(claim)
+        surface_words = content_tokens(tokens)
+        cws = [canonical(t) for t in surface_words]
+        weight = float(max(1, len(cws)))
+        if is_abstention(claim):
+            return ClaimVerdict(claim, Verdict.ABSTENTION, ("abstains",), None, weight)
+        facts = extract_facts(claim)
+        names = entities(claim, at_start)
+        has_hard = bool(facts.quantities or facts.dates or facts.weekdays or facts.times or names)
+        if not has_hard and (not cws or claim.rstrip().endswith("?") or _FILLER.match(claim.strip(" \"'"))):
+            return ClaimVerdict(claim, Verdict.SUPPORTED, ("nothing to check",), None, weight)
+        if ctx.empty:
+            return ClaimVerdict(claim, Verdict.UNSUPPORTED, ("context is empty",), 0.0, weight)
+
+        reasons: list[str] = []
+        reasons.extend(self._check_quantities(facts, ctx))
+        reasons.extend(self._check_dates(facts, ctx))
+        n_facts = len(facts.quantities) + len(facts.dates) + len(facts.weekdays) + len(facts.times)
+        facts_ok = n_facts - len(reasons)
+        for name in names:
+            missing = [w for w in words(name) if w not in ctx.raw_words and canonical(w) not in ctx.raw_words]
+            if missing:
+                reasons.append(f"entity '{name}' not in context")
+        for i, token in enumerate(tokens):
+            if token in ABSOLUTE_TERMS and token not in ctx.raw_words and canonical(token) not in ctx.raw_words:
+                if token == "free" and (tokens[i - 1:i] == ["feel"] or {"no", "cost"} <= ctx.raw_words):
+                    continue  # "feel free to ..."; "free" against "at no cost"
+                reasons.append(f"absolute term '{token}' not in context")
+        if not reasons:
+            reasons.extend(self._check_substitution(frozenset(cws), facts, names, ctx))
+
+        # Verified numbers, dates and times are evidence too: "extra seats are $5 apiece" against
+        # "additional seats cost $5 each" shares one content word, and the amount.
+        matched = float(facts_ok)
+        unmatched: list[str] = []
+        for word, surface in zip(cws, surface_words, strict=True):
+            if word in ctx.words or (len(word) >= 5 and word[:5] in ctx.prefixes) or \
+                    (surface in _NUMBER_WORDS and str(_NUMBER_WORDS[surface]) in ctx.values):
+                matched += 1.0
+            elif word in question_words:
+                matched += 0.5
+            else:
+                unmatched.append(surface)
+        overlap = matched / (len(cws) + n_facts) if cws else 1.0
+        if cws and overlap < self.min_overlap:
+            reasons.append(f"content overlap {overlap:.2f} < {self.min_overlap:.2f} "
+                           f"(not in context: {', '.join(dict.fromkeys(unmatched))})")
+
+        negation = self._check_negation(tokens, cws, ctx)
+        if negation:
+            reasons.append(negation)
+        verdict = Verdict.UNSUPPORTED if reasons else Verdict.SUPPORTED
+        return ClaimVerdict(claim, verdict, tuple(reasons), round(overlap, 4), weight)
+
+    @staticmethod
+    def _check_quantities(facts: Facts, ctx: _Context) -> Iterator[str]:
+        for q in facts.quantities:
+            same_value = [c for c in ctx.facts.quantities if c.value == q.value]
+            if q.unit is None and not same_value and len(q.value) == 4 and q.value.isdigit() and \
+                    int(q.value) in ctx.years:
+                continue
+            if not same_value:
+                yield f"number '{q.surface}' not in context"
+            elif not any(_compatible(q, c) for c in same_value):
+                units = ", ".join(sorted({c.surface for c in same_value}))
+                yield f"number '{q.surface}' not in context (context has {units})"
+
+    @staticmethod
+    def _check_dates(facts: Facts, ctx: _Context) -> Iterator[str]:
+        for d in facts.dates:
+            ok = False
+            for c in ctx.facts.dates:
+                if c.month != d.month:
+                    continue
+                if d.day is not None and c.day != d.day:
+                    continue
+                if d.year is not None and c.year != d.year and not (c.year is None and d.year in ctx.years):
+                    continue
+                ok = True
+                break
+            if not ok:
+                yield f"date '{d.surface}' not in context"
+        for day, surface in facts.weekdays.items():
+            if day not in ctx.facts.weekdays:
+                yield f"date '{surface}' not in context"
+        for time, surface in facts.times.items():
+            if time not in ctx.facts.times:
+                yield f"time '{surface}' not in context"
+
+    def _check_substitution(self, claim_words: frozenset[str], facts: Facts, names: list[str],
+                            ctx: _Context) -> Iterator[str]:
+        """A number or name found in the context, but attached to another statement.
+
+        The context sentence that shares most of the claim's content words (at least two, and
+        60 %) is the statement the claim restates. If it lacks one of the claim's numbers or names
+        and has one of the same kind the claim lacks, the claim swapped it in ("the Team plan
+        includes SSO" against "the Enterprise plan includes SSO"), unless another sentence that
+        holds the claim's value shares nearly as many of its words (the claim combined two).
+        """
+        if len(claim_words) < 2 or not (facts.quantities or names):
+            return
+        best, best_shared = ctx.best_sentences(claim_words)
+        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
+            return
+        for q in facts.quantities:
+            def holds(sentence: _ContextSentence, q: Quantity = q) -> bool:
+                return any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
+
+            rivals = [c for c in best[0].quantities if not any(c.value == m.value for m in facts.quantities)
+                      and (c.unit == q.unit or c.unit is None or q.unit is None)]
+            if any(holds(sentence) for sentence in best) or not rivals or len(best) > 1:
+                continue
+            if not self._elsewhere(holds, claim_words, frozenset(), best_shared, ctx, names):
+                yield f"number '{q.surface}' is not what the context says: '{best[0].text}'"
+        claim_raw = frozenset(w for name in names for w in words(name))
+        for name in names:
+            name_words = frozenset(words(name))
+
+            def has_name(sentence: _ContextSentence, name_words: frozenset[str] = name_words) -> bool:
+                return name_words <= sentence.raw
+
+            rivals_e = [e for e in best[0].entities if e and not e & claim_raw]
+            if any(has_name(sentence) for sentence in best) or not rivals_e or len(best) > 1:
+                continue
+            own = frozenset(canonical(w) for w in name_words)
+            if not self._elsewhere(has_name, claim_words, own, best_shared, ctx, names):
+                yield f"entity '{name}' is not what the context says: '{best[0].text}'"
+
+    @staticmethod
+    def _elsewhere(holds: Callable[[_ContextSentence], bool], claim_words: frozenset[str], own: frozenset[str],
+                   best_shared: int, ctx: _Context, names: list[str]) -> bool:
+        """Another sentence holds the value, shares nearly as many of the claim's words, and is not
+        about another named thing (a name of its own while the claim's name is missing from it)."""
+        claim_raw = frozenset(w for name in names for w in words(name))
+        for sentence in ctx.sentences:
+            if not holds(sentence) or len((claim_words - own) & sentence.words) < best_shared - 1:
+                continue
+            other_name = any(e and not e & claim_raw for e in sentence.entities)
+            if other_name and any(not frozenset(words(name)) <= sentence.raw for name in names):
+                continue
+            return True
+        return False
+
+    def _check_negation(self, tokens: list[str], cws: list[str], ctx: _Context) -> str | None:
+        """The claim and the context sentence sharing most of its content words agree on negation.
+
+        A "non-"/"un-" word counts as a negation only when the other side has the word without it
+        ("unavailable" against "available"), so "unlimited" or "update" never do.
+        """
+        claim_words = frozenset(cws)
+        if len(claim_words) < 2:
+            return None
+        best, best_shared = ctx.best_sentences(claim_words)
+        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
+            return None
+        for sentence in best:
+            if _negated(tokens, sentence.words) == _negated(sentence.tokens, claim_words):
+                return None
+        return f"negation disagrees with context: '{best[0].text}'"
