@@ -1,0 +1,70 @@
+"""The rollouts feature: the live book of weights, kept in step with the stored state.
+
+``build_rollouts_feature(db)`` returns the book (which the routing strategy reads) and a
+watcher that polls the state's revision (one small query) and swaps in every rollout's state
+when it moved, so a pause, an abort or a step taken on any replica applies on every replica
+within ``interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from gateway.features import Feature
+from gateway.rollouts.book import RolloutBook
+from gateway.rollouts.state import RolloutStateStore
+from gateway.storage import Database
+
+log = logging.getLogger("gateway.rollouts")
+
+
+class RolloutWatcher:
+    def __init__(self, store: RolloutStateStore, book: RolloutBook, *, interval_s: float = 0.5) -> None:
+        self._store = store
+        self._book = book
+        self._interval = interval_s
+        self._revision: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        revision = await self._store.revision()
+        if revision == self._revision:
+            return False
+        self._book.use(await self._store.all())
+        self._revision = revision
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("rollout watcher failed; retrying")
+
+
+@dataclass
+class RolloutsFeature(Feature):
+    book: RolloutBook | None = None
+    store: RolloutStateStore | None = None
+    watcher: RolloutWatcher | None = None
+
+
+async def build_rollouts_feature(db: Database, *, interval_s: float = 0.5) -> RolloutsFeature:
+    """Load the stored states now (the first request already routes by them) and watch them."""
+    book = RolloutBook()
+    store = RolloutStateStore(db)
+    watcher = RolloutWatcher(store, book, interval_s=interval_s)
+    await watcher.check()
+    watcher.start()
+    return RolloutsFeature(closers=[watcher.stop], book=book, store=store, watcher=watcher)
