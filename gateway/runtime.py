@@ -36,7 +36,9 @@ from gateway.providers import ProviderRegistry
 from gateway.redact import SECRETS
 from gateway.redis.conn import connect_redis
 from gateway.resolve import Resolve
-from gateway.routing import Route, RoutingStrategy, Weighted
+from gateway.rollouts import RolloutBook
+from gateway.rollouts.feature import build_rollouts_feature
+from gateway.routing import RolloutStrategy, Route, RoutingStrategy, Weighted
 from gateway.storage import Database, open_database
 from gateway.upstream import CallUpstream
 from gateway.usage import build_usage
@@ -67,6 +69,8 @@ class Runtime:
     # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
     ledger: LedgerWriter | None = None
     routing: RoutingStrategy = field(default_factory=Weighted)
+    # Each rollout's live weight (gateway.rollouts), read by the rollout routing strategy.
+    rollouts: RolloutBook | None = None
     handler: Handler | None = None  # the assembled pipeline
     core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
     # The applied policy snapshot being served (None: the files under policies_dir, never applied).
@@ -238,5 +242,10 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(prompts)
     runtime.prompts = prompts.repository
+    rollouts = await build_rollouts_feature(db)
+    runtime.install(rollouts)
+    assert rollouts.book is not None
+    runtime.rollouts = rollouts.book
+    runtime.routing = RolloutStrategy(rollouts.book)
     runtime.build()
     return runtime
