@@ -1,0 +1,119 @@
+"""Rollouts through a real gateway process: a policy applied with `gateway policies apply`
+splits an alias' traffic stickily by user, and the ledger records the variant and rollout."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from conftest import FakeHandle, make_gateway
+
+from gateway.storage.schema import ledger
+from support.gateway_proc import ADMIN_KEY, GatewayProcess, default_models
+from support.ledger import new_key, wait_for_rows
+
+ROLLOUT = {
+    "rollouts": {
+        "split-next": {
+            "description": "mock-next behind split",
+            "target": {"alias": "split", "canary": {"deployment": 1}},
+            "steps": [{"weight": 30}, {"weight": 60}, {"weight": 100}],
+            "interval_s": 60,
+            "match": {"teams": ["alpha"]},
+        }
+    }
+}
+
+TEAMS = {"teams": {"alpha": {}, "beta": {}, "gamma": {}}}
+
+
+def models(upstream: str) -> dict[str, Any]:
+    found = default_models(upstream)
+    found["aliases"]["split"] = {"deployments": [
+        {"provider": "mock", "model": "mock-stable", "free": True},
+        {"provider": "mock", "model": "mock-next", "free": True, "weight": 0},
+    ]}
+    return found
+
+
+@pytest.fixture
+def rollout_gateway(tmp_path: Path, fake_upstream: FakeHandle):  # type: ignore[no-untyped-def]
+    proc = make_gateway(tmp_path, fake_upstream.url, f"sqlite:///{tmp_path / 'gateway.db'}",
+                        models=models(fake_upstream.url), teams=TEAMS).start()
+    yield proc
+    proc.stop()
+
+
+def ask(client: httpx.Client, key: str, request_id: str, *, user: str | None = None,
+        session: str | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"model": "split", "messages": [{"role": "user", "content": "hi"}]}
+    if user is not None:
+        body["user"] = user
+    headers = {"Authorization": f"Bearer {key}", "x-request-id": request_id}
+    if session is not None:
+        headers["x-session-id"] = session
+    response = client.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def apply_rollouts(proc: GatewayProcess, rollouts: dict[str, Any]) -> None:
+    (proc.config.root / "policies" / "rollouts.yaml").write_text(yaml.safe_dump(rollouts))
+    proc.cli("policies", "apply", "-m", "start a rollout")
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_an_applied_rollout_splits_traffic_stickily_by_user(rollout_gateway: GatewayProcess) -> None:
+    proc = rollout_gateway
+    _, alpha = new_key(proc.url, ADMIN_KEY, "alpha")
+    _, beta = new_key(proc.url, ADMIN_KEY, "beta")
+    with httpx.Client(base_url=proc.url, timeout=20) as client:
+        before = ask(client, alpha, "before-1", user="u-0")
+        assert "x-gateway-variant" not in before.headers
+        apply_rollouts(proc, ROLLOUT)
+        wait_until(lambda: "x-gateway-variant" in ask(client, alpha, "probe", user="u-0").headers)
+
+        seen: dict[str, set[str]] = {}
+        for round_ in range(3):
+            for i in range(80):
+                response = ask(client, alpha, f"ro-{round_}-{i}", user=f"user-{i}")
+                assert response.headers["x-gateway-rollout"] == "split-next"
+                seen.setdefault(f"user-{i}", set()).add(response.headers["x-gateway-variant"])
+                answered_by = response.json()["model"]
+                expected = "mock-next" if response.headers["x-gateway-variant"] == "canary" else "mock-stable"
+                assert answered_by == expected
+        assert all(len(variants) == 1 for variants in seen.values()), "a user saw both variants"
+        shares = Counter(next(iter(v)) for v in seen.values())
+        assert 10 <= shares["canary"] <= 40 and shares["canary"] + shares["stable"] == 80
+
+        # Without a user, the x-session-id header is the sticky subject.
+        by_session = {ask(client, alpha, f"s-{i}", session="session-7").headers["x-gateway-variant"]
+                      for i in range(10)}
+        assert len(by_session) == 1
+        # A team the rollout does not match is routed as before: no variant, no rollout.
+        other = ask(client, beta, "beta-1", user="user-1")
+        assert "x-gateway-variant" not in other.headers and other.json()["model"] == "mock-stable"
+
+    rows = await wait_for_rows(proc.config.database_url, ledger.c.request_id.like("ro-%"),
+                               until=lambda found: len(found) >= 240)
+    assert len(rows) == 240
+    for row in rows:
+        user = row["user"]
+        assert row["rollout_id"] == "split-next"
+        assert {row["variant"]} == seen[user]
+        assert row["model"] == ("mock-next" if row["variant"] == "canary" else "mock-stable")
+    beta_rows = await wait_for_rows(proc.config.database_url, ledger.c.request_id == "beta-1", until=bool)
+    assert (beta_rows[0]["variant"], beta_rows[0]["rollout_id"]) == (None, None)
