@@ -38,6 +38,7 @@ from gateway.redis.conn import connect_redis
 from gateway.resolve import Resolve
 from gateway.rollouts import RolloutBook
 from gateway.rollouts.feature import build_rollouts_feature
+from gateway.rollouts.prompt_choice import PromptRollouts
 from gateway.routing import RolloutStrategy, Route, RoutingStrategy, Weighted
 from gateway.storage import Database, open_database
 from gateway.upstream import CallUpstream
@@ -236,16 +237,16 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(budgets)
     runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
-    prompts = await build_prompts(
-        settings, db, registry=metrics.registry, redis=redis, audit=runtime.audit, catalog=current,
-        core=lambda: runtime.core,
-    )
-    runtime.install(prompts)
-    runtime.prompts = prompts.repository
     rollouts = await build_rollouts_feature(db)
     runtime.install(rollouts)
     assert rollouts.book is not None
     runtime.rollouts = rollouts.book
     runtime.routing = RolloutStrategy(rollouts.book)
+    prompts = await build_prompts(
+        settings, db, registry=metrics.registry, redis=redis, audit=runtime.audit, catalog=current,
+        core=lambda: runtime.core, version_chooser=PromptRollouts(rollouts.book),
+    )
+    runtime.install(prompts)
+    runtime.prompts = prompts.repository
     runtime.build()
     return runtime

@@ -117,3 +117,55 @@ async def test_an_applied_rollout_splits_traffic_stickily_by_user(rollout_gatewa
         assert row["model"] == ("mock-next" if row["variant"] == "canary" else "mock-stable")
     beta_rows = await wait_for_rows(proc.config.database_url, ledger.c.request_id == "beta-1", until=bool)
     assert (beta_rows[0]["variant"], beta_rows[0]["rollout_id"]) == (None, None)
+
+
+PROMPT = """\
+name: greet
+model: split
+messages:
+  - role: user
+    content: "Greet {marker}"
+"""
+
+
+async def test_a_prompt_rollout_serves_the_canary_version_to_a_sticky_share(rollout_gateway: GatewayProcess) -> None:
+    proc = rollout_gateway
+    for marker in ("one", "two"):
+        (proc.config.root / "greet.yaml").write_text(PROMPT.format(marker=marker))
+        proc.cli("prompts", "push", str(proc.config.root / "greet.yaml"), "-m", marker)
+    proc.cli("prompts", "label", "set", "greet", "beta", "1")
+    apply_rollouts(proc, {"rollouts": {"greet-two": {
+        "target": {"prompt": "greet", "label": "beta", "canary": {"version": 2}},
+        "steps": [{"weight": 50}, {"weight": 100}],
+    }}})
+    _, key = new_key(proc.url, ADMIN_KEY, "gamma")
+
+    def greet(client: httpx.Client, request_id: str, user: str, model: str = "prompt:greet@beta") -> httpx.Response:
+        response = client.post("/v1/chat/completions", json={"model": model, "user": user},
+                               headers={"Authorization": f"Bearer {key}", "x-request-id": request_id})
+        assert response.status_code == 200, response.text
+        return response
+
+    with httpx.Client(base_url=proc.url, timeout=20) as client:
+        wait_until(lambda: "x-gateway-rollout" in greet(client, "probe", "u").headers)
+        versions: dict[str, set[tuple[str, str]]] = {}
+        for round_ in range(2):
+            for i in range(40):
+                response = greet(client, f"pr-{round_}-{i}", f"user-{i}")
+                variant = response.headers["x-gateway-variant"]
+                version = response.headers["x-prompt-version"]
+                assert (variant, version) in {("stable", "1"), ("canary", "2")}
+                assert response.headers["x-gateway-rollout"] == "greet-two"
+                answer = response.json()["choices"][0]["message"]["content"]
+                assert f"Greet {'two' if version == '2' else 'one'}" in answer
+                versions.setdefault(f"user-{i}", set()).add((variant, version))
+        assert all(len(seen) == 1 for seen in versions.values())
+        assert {next(iter(seen))[0] for seen in versions.values()} == {"stable", "canary"}
+        # Another label, or a pinned version, is not part of the rollout.
+        pinned = greet(client, "pinned", "user-1", "prompt:greet@v1")
+        assert "x-gateway-rollout" not in pinned.headers and pinned.headers["x-prompt-version"] == "1"
+
+    rows = await wait_for_rows(proc.config.database_url, ledger.c.request_id.like("pr-%"),
+                               until=lambda found: len(found) >= 80)
+    assert {(row["variant"], row["prompt_version"], row["rollout_id"]) for row in rows} == {
+        ("stable", 1, "greet-two"), ("canary", 2, "greet-two")}

@@ -46,8 +46,9 @@ class Rollout:
     _labels: frozenset[str] = frozenset()
     _team_seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
-    def matches(self, ctx: RequestContext) -> bool:
-        """Whether the request takes part, by the rollout's ``match`` conditions."""
+    def matches(self, ctx: RequestContext, label: str | None = None) -> bool:
+        """Whether the request takes part, by the rollout's ``match`` conditions (``label``: the
+        prompt label asked for, when the resolve stage asks before it set ``ctx.prompt_label``)."""
         if self._teams:
             team = ctx.team
             allowed = self._team_seen.get(team)
@@ -59,7 +60,7 @@ class Rollout:
                 return False
         if self._key_ids and (ctx.principal is None or ctx.principal.key_id not in self._key_ids):
             return False
-        return not self._labels or ctx.prompt_label in self._labels
+        return not self._labels or (label or ctx.prompt_label) in self._labels
 
 
 def subject_of(rollout: Rollout, ctx: RequestContext) -> str:

@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from gateway.rollouts.model import Rollout
 
 
-def variant_for(rollout: Rollout, ctx: RequestContext, weight: float) -> str:
-    """``canary`` or ``stable`` for this request at this canary weight (a share in [0, 1])."""
+def assign(rollout: Rollout, ctx: RequestContext, weight: float) -> str:
+    """``canary`` or ``stable`` for this request at this canary weight (a share in [0, 1]):
+    canary when ``uniform(rollout.id, subject) < weight``, so raising the weight only ever
+    moves subjects from stable to canary. Prompt rollouts use it too (in the resolve stage)."""
     if weight >= 1.0:
         return CANARY
     if weight <= 0.0:
@@ -66,7 +68,7 @@ class RolloutStrategy:
                 weight = self._book.weight(rollout)
                 if weight is None or not rollout.matches(ctx):
                     continue
-                if variant_for(rollout, ctx, weight) == CANARY:
+                if assign(rollout, ctx, weight) == CANARY:
                     return RoutingPlan(order_deployments(rollout.canary, self._draw()), CANARY, rollout.id)
                 return RoutingPlan(order_deployments(rollout.stable, self._draw()), STABLE, rollout.id)
         return self._fallback.plan(ctx, alias)
