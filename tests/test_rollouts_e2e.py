@@ -169,3 +169,50 @@ async def test_a_prompt_rollout_serves_the_canary_version_to_a_sticky_share(roll
                                until=lambda found: len(found) >= 80)
     assert {(row["variant"], row["prompt_version"], row["rollout_id"]) for row in rows} == {
         ("stable", 1, "greet-two"), ("canary", 2, "greet-two")}
+
+
+def test_operators_pause_and_abort_through_the_cli_and_the_admin_api(rollout_gateway: GatewayProcess) -> None:
+    proc = rollout_gateway
+    _, alpha = new_key(proc.url, ADMIN_KEY, "alpha")
+    _, author = new_key(proc.url, ADMIN_KEY, "alpha", "author")
+    apply_rollouts(proc, {"rollouts": {"split-next": {**ROLLOUT["rollouts"]["split-next"], "start": "manual"}}})
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=proc.url, timeout=20) as client:
+        def variants() -> Counter[str | None]:
+            return Counter(ask(client, alpha, f"v-{time.monotonic_ns()}-{i}", user=f"user-{i}").headers
+                           .get("x-gateway-variant") for i in range(40))
+
+        wait_until(lambda: [r["status"] for r in client.get("/admin/rollouts", headers=admin).json()] == ["pending"])
+        assert variants() == Counter({None: 40})  # manual: nothing routes until started
+
+        started = proc.cli("rollouts", "start", "split-next", "-m", "go", "--ticket", "OPS-9")
+        assert "started split-next: running, step 1 of 3, canary weight 30 %" in started.stdout
+        wait_until(lambda: variants()["canary"] > 0)
+        assert set(variants()) == {"stable", "canary"}
+
+        denied = client.post("/admin/rollouts/split-next/abort", json={"reason": "x"},
+                             headers={"Authorization": f"Bearer {author}"})
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "insufficient_role"
+        paused = client.post("/admin/rollouts/split-next/pause", json={"reason": "look at p95"},
+                             headers={"Authorization": f"Bearer {author}"})
+        assert paused.status_code == 200 and paused.json()["status"] == "paused"
+        assert client.post("/admin/rollouts/split-next/pause", headers=admin).status_code == 409
+
+        status = yaml.safe_load(proc.cli("rollouts", "status", "split-next", "--format", "json").stdout)
+        assert (status["status"], status["weight"], status["step"]) == ("paused", 30.0, 0)
+        table = proc.cli("rollouts", "list").stdout
+        assert "split-next" in table and "paused" in table
+
+        aborted = proc.cli("rollouts", "abort", "split-next", "-m", "errors up")
+        assert "aborted split-next: aborted" in aborted.stdout
+        # This replica applies the change at its next poll (0.5 s): no request gets the canary.
+        wait_until(lambda: variants() == Counter({None: 40}), timeout=2.0)
+        refused = proc.cli("rollouts", "pause", "split-next", check=False)
+        assert refused.returncode == 1 and "aborted (final)" in refused.stderr
+
+    import json
+
+    entries = json.loads(proc.cli("audit", "list", "--target", "rollout:split-next", "--format", "json").stdout)
+    assert [e["action"] for e in entries] == ["rollout.start", "rollout.pause", "rollout.abort"]
+    assert entries[0]["reason"] == "go" and entries[0]["ticket"] == "OPS-9"
+    assert entries[2]["after"]["weight"] == 0 and entries[2]["before"]["status"] == "paused"

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.features import Feature
+from gateway.audit import AuditLog
+from gateway.features import CatalogSource, Feature
+from gateway.prompts.store import PromptStore
 from gateway.rollouts.book import RolloutBook
+from gateway.rollouts.control import RolloutControl, ServiceSource
 from gateway.rollouts.state import RolloutStateStore
 from gateway.storage import Database
 
@@ -58,13 +62,36 @@ class RolloutsFeature(Feature):
     book: RolloutBook | None = None
     store: RolloutStateStore | None = None
     watcher: RolloutWatcher | None = None
+    control: RolloutControl | None = None
 
 
-async def build_rollouts_feature(db: Database, *, interval_s: float = 0.5) -> RolloutsFeature:
-    """Load the stored states now (the first request already routes by them) and watch them."""
+async def build_rollouts_feature(
+    db: Database, *, audit: AuditLog, catalog: CatalogSource, prompts: ServiceSource | None = None,
+    interval_s: float = 0.5,
+) -> RolloutsFeature:
+    """Load the stored states now (the first request already routes by them) and watch them.
+
+    ``prompts`` opens the prompt service (to move a label when a prompt rollout is promoted).
+    """
     book = RolloutBook()
     store = RolloutStateStore(db)
     watcher = RolloutWatcher(store, book, interval_s=interval_s)
     await watcher.check()
     watcher.start()
-    return RolloutsFeature(closers=[watcher.stop], book=book, store=store, watcher=watcher)
+
+    async def refreshed() -> None:
+        await watcher.check()  # this replica at once; the others at their next poll
+
+    control = RolloutControl(store, audit, catalog, prompts=prompts, eval_passed=eval_gate(PromptStore(db)),
+                             on_change=refreshed)
+    return RolloutsFeature(closers=[watcher.stop], book=book, store=store, watcher=watcher, control=control)
+
+
+def eval_gate(prompts: PromptStore) -> Callable[[str, int], Awaitable[bool]]:
+    """Whether the latest evaluation of a prompt version passed (the protected labels' gate)."""
+
+    async def passed(name: str, version: int) -> bool:
+        evaluation = await prompts.latest_eval(name, version)
+        return evaluation is not None and evaluation.passed
+
+    return passed
