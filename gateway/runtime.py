@@ -246,7 +246,8 @@ async def create_runtime(settings: Settings) -> Runtime:
         assert runtime.prompts is not None, "the prompt feature is built before any request"
         return using(runtime.prompts.service)
 
-    rollouts = await build_rollouts_feature(db, audit=runtime.audit, catalog=current, prompts=prompt_service)
+    rollouts = await build_rollouts_feature(db, audit=runtime.audit, catalog=current, prompts=prompt_service,
+                                            registry=metrics.registry)
     runtime.install(rollouts)
     assert rollouts.book is not None and rollouts.control is not None
     runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,73 @@ def test_operators_pause_and_abort_through_the_cli_and_the_admin_api(rollout_gat
     assert [e["action"] for e in entries] == ["rollout.start", "rollout.pause", "rollout.abort"]
     assert entries[0]["reason"] == "go" and entries[0]["ticket"] == "OPS-9"
     assert entries[2]["after"]["weight"] == 0 and entries[2]["before"]["status"] == "paused"
+
+
+def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upstream: FakeHandle) -> None:
+    import json
+    import threading
+
+    from support.budgets import WebhookReceiver
+
+    found = models(fake_upstream.url)
+    found["aliases"]["split"]["deployments"][1].update(retries=0, mock={"error_rate": 0.3, "error_status": 500})
+    proc = make_gateway(tmp_path, fake_upstream.url, f"sqlite:///{tmp_path / 'gateway.db'}", models=found,
+                        teams=TEAMS, extra={"ledger": {"flush_interval_ms": 50}}).start()
+    receiver = WebhookReceiver().start()
+    stop = threading.Event()
+    try:
+        _, alpha = new_key(proc.url, ADMIN_KEY, "alpha")
+        apply_rollouts(proc, {"rollouts": {"split-next": {
+            "target": {"alias": "split", "canary": {"deployment": 1}},
+            "steps": [{"weight": 50}, {"weight": 100}], "interval_s": 1, "min_requests": 10, "failure_limit": 2,
+            "checks": [{"metric": "error_rate", "max_over_stable": 0.05}], "webhook_url": receiver.url,
+        }}})
+        seen: list[tuple[float, str | None, int]] = []
+
+        def traffic() -> None:
+            with httpx.Client(base_url=proc.url, timeout=20) as client:
+                i = 0
+                while not stop.is_set():
+                    response = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {alpha}"},
+                                           json={"model": "split", "user": f"user-{i % 200}",
+                                                 "messages": [{"role": "user", "content": "hi"}]})
+                    seen.append((time.monotonic(), response.headers.get("x-gateway-variant"), response.status_code))
+                    i += 1
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+
+        def status() -> dict[str, Any]:
+            found: dict[str, Any] = httpx.get(f"{proc.url}/admin/rollouts/split-next",
+                                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+            return found
+
+        wait_until(lambda: status().get("status") == "aborted", timeout=15)
+        aborted_at = time.monotonic()
+        final = status()
+        took = (datetime.fromisoformat(final["updated_at"]) - datetime.fromisoformat(final["started_at"]))
+        # interval x failure_limit, plus one interval, plus the loop's tick and the ledger's flush.
+        assert took.total_seconds() <= 1 * 2 + 1 + 1.0, final
+        metrics = httpx.get(f"{proc.url}/metrics").text
+        assert 'gateway_rollout_rollbacks_total{rollout="split-next"} 1.0' in metrics
+        verdicts = [entry["verdict"] for entry in final["history"]]
+        assert verdicts[-2:] == ["fail", "fail"], final["history"]
+        time.sleep(1.0)  # every replica's watcher has polled by now
+        stop.set()
+        sender.join(10)
+        late = [variant for at, variant, _ in seen if at > aborted_at + 0.6]
+        assert late and set(late) == {None}, "a request got the canary after the rollback"
+    finally:
+        stop.set()
+        proc.stop()
+        receiver.stop()
+
+    [hook] = receiver.received
+    assert hook["event"] == "rollout.rolled_back" and hook["rollout"] == "split-next" and hook["verdict"] == "fail"
+    assert next(c for c in hook["checks"] if c["metric"] == "error_rate")["ok"] is False
+    entries = json.loads(proc.cli("audit", "list", "--target", "rollout:split-next", "--format", "json").stdout)
+    assert entries[-1]["action"] == "rollout.abort" and entries[-1]["actor_key_id"] == "rollout-controller"
+    assert entries[-1]["reason"] == "automatic rollback: failed: error_rate"
+    assert entries[-1]["after"]["detail"]["analysis"]["variants"]["canary"]["errors"] > 0
+    log_lines = [line for line in proc.log().splitlines() if "rollout rolled back" in line]
+    assert len(log_lines) == 1

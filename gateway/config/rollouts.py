@@ -155,6 +155,7 @@ class RolloutSpec(_Strict):
         description="Who is sticky when a request has neither a `user` field nor an x-session-id header: "
         "`request` draws per request, `key` pins the whole API key to one variant.",
     )
+    webhook_url: str = Field("", description="POSTed a JSON alert when the rollout is rolled back; use ${ENV_VAR}.")
     start: Literal["auto", "manual"] = Field(
         "auto", description="auto: the rollout runs once applied; manual: it waits for `gateway rollouts start`."
     )
@@ -164,6 +165,8 @@ class RolloutSpec(_Strict):
         weights = [step.weight for step in self.steps]
         if any(later <= earlier for earlier, later in itertools.pairwise(weights)):
             raise ValueError(f"steps: weights must increase ({weights})")
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http(s) URL")
         return self
 
 

@@ -170,10 +170,10 @@ class RolloutControl:
                                   reason=reason, ticket=ticket, detail=detail)
 
     async def advance(self, rollout_id: str, *, detail: dict[str, Any] | None = None,
-                      expected_revision: int | None = None) -> RolloutView:
-        """The analysis: move a running rollout to its next step (never past the last)."""
+                      expected_revision: int | None = None, at: datetime | None = None) -> RolloutView:
+        """The analysis: move a running rollout to its next step (never past the last) at ``at``."""
         rollout = self.rollout(rollout_id)
-        now = datetime.now(UTC)
+        now = at or datetime.now(UTC)
 
         def change(state: RolloutState) -> RolloutState:
             if state.status != "running":

@@ -13,9 +13,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from gateway.audit import AuditLog
-from gateway.features import CatalogSource, Feature
+from gateway.features import CatalogSource, Closer, Feature
 from gateway.prompts.store import PromptStore
+from gateway.rollouts.alerts import RolloutAlerts
+from gateway.rollouts.analysis import LedgerMetrics, RolloutAnalyzer
 from gateway.rollouts.book import RolloutBook
 from gateway.rollouts.control import RolloutControl, ServiceSource
 from gateway.rollouts.state import RolloutStateStore
@@ -67,9 +71,10 @@ class RolloutsFeature(Feature):
 
 async def build_rollouts_feature(
     db: Database, *, audit: AuditLog, catalog: CatalogSource, prompts: ServiceSource | None = None,
-    interval_s: float = 0.5,
+    registry: CollectorRegistry | None = None, interval_s: float = 0.5, analysis: bool = True,
 ) -> RolloutsFeature:
-    """Load the stored states now (the first request already routes by them) and watch them.
+    """Load the stored states now (the first request already routes by them) and watch them,
+    and run the analysis loop (every replica does; see ``gateway.rollouts.analysis``).
 
     ``prompts`` opens the prompt service (to move a label when a prompt rollout is promoted).
     """
@@ -84,7 +89,13 @@ async def build_rollouts_feature(
 
     control = RolloutControl(store, audit, catalog, prompts=prompts, eval_passed=eval_gate(PromptStore(db)),
                              on_change=refreshed)
-    return RolloutsFeature(closers=[watcher.stop], book=book, store=store, watcher=watcher, control=control)
+    closers: list[Closer] = [watcher.stop]
+    if analysis:
+        alerts = RolloutAlerts(registry)
+        analyzer = RolloutAnalyzer(control, catalog, LedgerMetrics(db), alerts=alerts, tick_s=interval_s)
+        analyzer.start()
+        closers += [alerts.close, analyzer.stop]  # run in reverse: the loop stops, then the webhooks drain
+    return RolloutsFeature(closers=closers, book=book, store=store, watcher=watcher, control=control)
 
 
 def eval_gate(prompts: PromptStore) -> Callable[[str, int], Awaitable[bool]]:
