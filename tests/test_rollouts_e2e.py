@@ -287,3 +287,63 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
     assert entries[-1]["after"]["detail"]["analysis"]["variants"]["canary"]["errors"] > 0
     log_lines = [line for line in proc.log().splitlines() if "rollout rolled back" in line]
     assert len(log_lines) == 1
+
+
+def test_a_healthy_prompt_canary_advances_through_every_step_and_its_label_moves(
+    tmp_path: Path, fake_upstream: FakeHandle
+) -> None:
+    import json
+    import threading
+
+    proc = make_gateway(tmp_path, fake_upstream.url, f"sqlite:///{tmp_path / 'gateway.db'}",
+                        models=models(fake_upstream.url), teams=TEAMS,
+                        extra={"ledger": {"flush_interval_ms": 50}}).start()
+    stop = threading.Event()
+    try:
+        for marker in ("one", "two"):
+            (proc.config.root / "greet.yaml").write_text(PROMPT.format(marker=marker))
+            proc.cli("prompts", "push", str(proc.config.root / "greet.yaml"), "-m", marker)
+        proc.cli("prompts", "label", "set", "greet", "beta", "1")
+        _, key = new_key(proc.url, ADMIN_KEY, "gamma")
+        apply_rollouts(proc, {"rollouts": {"greet-two": {
+            "target": {"prompt": "greet", "label": "beta", "canary": {"version": 2}},
+            "steps": [{"weight": 20}, {"weight": 50}, {"weight": 100}],
+            "interval_s": 0.7, "min_requests": 5, "failure_limit": 2,
+            "checks": [{"metric": "error_rate", "max_over_stable": 0.05}, {"metric": "p95_ms", "max": 5000}],
+        }}})
+
+        def traffic() -> None:
+            with httpx.Client(base_url=proc.url, timeout=20) as client:
+                i = 0
+                while not stop.is_set():
+                    client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                json={"model": "prompt:greet@beta", "user": f"user-{i % 300}"})
+                    i += 1
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+
+        def state() -> dict[str, Any]:
+            found: dict[str, Any] = httpx.get(f"{proc.url}/admin/rollouts/greet-two",
+                                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+            return found
+
+        wait_until(lambda: state().get("status") == "promoted", timeout=30)
+        stop.set()
+        sender.join(10)
+        final = state()
+        assert [(e["step"], e["action"]) for e in final["history"] if e["action"] != "record"] == [
+            (0, "advance"), (1, "advance"), (2, "promote")]
+        labels = json.loads(proc.cli("prompts", "show", "greet@beta", "--format", "json").stdout)
+        assert labels["version"] == 2
+        entries = json.loads(proc.cli("audit", "list", "--format", "json").stdout)
+        targets = ("rollout:greet-two", "prompt:greet@beta")
+        moves = [(e["action"], e["target"]) for e in entries if e["target"] in targets]
+        assert moves == [("prompt.label", "prompt:greet@beta"), ("rollout.advance", "rollout:greet-two"),
+                         ("rollout.advance", "rollout:greet-two"), ("prompt.label", "prompt:greet@beta"),
+                         ("rollout.promote", "rollout:greet-two")]
+        promoted = next(e for e in entries if e["action"] == "rollout.promote")
+        assert promoted["actor_key_id"] == "rollout-controller" and promoted["after"]["weight"] == 100
+    finally:
+        stop.set()
+        proc.stop()
