@@ -266,6 +266,10 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
         assert took.total_seconds() <= 1 * 2 + 1 + 1.0, final
         metrics = httpx.get(f"{proc.url}/metrics").text
         assert 'gateway_rollout_rollbacks_total{rollout="split-next"} 1.0' in metrics
+        assert 'gateway_rollout_status{rollout="split-next",status="aborted"} 1.0' in metrics
+        assert 'gateway_rollout_weight_percent{rollout="split-next"} 0.0' in metrics
+        assert 'gateway_rollout_checks_total{action="abort",rollout="split-next",verdict="fail"} 1.0' in metrics
+        assert 'gateway_rollout_last_check{number="errors",rollout="split-next",variant="canary"}' in metrics
         verdicts = [entry["verdict"] for entry in final["history"]]
         assert verdicts[-2:] == ["fail", "fail"], final["history"]
         time.sleep(1.0)  # every replica's watcher has polled by now

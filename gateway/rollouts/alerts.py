@@ -1,4 +1,4 @@
-"""What the analysis tells the outside world: Prometheus counters, and a webhook on rollback.
+"""What the analysis tells the outside world: Prometheus counters and gauges, and a webhook on rollback.
 
 A rollback is also an ERROR log line (``gateway.rollouts``, "rollout rolled back") and an
 audit entry carrying the failed checks' numbers (``rollout.abort`` by ``rollout-controller``).
@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from gateway.catalog import Catalog
     from gateway.rollouts.analysis import Analysis
+    from gateway.rollouts.book import RolloutBook
     from gateway.rollouts.model import Rollout
 
 log = logging.getLogger("gateway.rollouts")
@@ -83,3 +87,39 @@ class RolloutAlerts:
                                                                "rollout": payload["rollout"]})
                 finally:
                     self._queue.task_done()
+
+
+class RolloutCollector:
+    """Per-rollout gauges, read at scrape time from the replica's book (the stored state, so
+    every replica reports the same): the canary weight, the step, the status, and the last
+    check's numbers per variant."""
+
+    def __init__(self, book: RolloutBook, catalog: Callable[[], Catalog]) -> None:
+        self._book = book
+        self._catalog = catalog
+
+    def describe(self) -> list[Any]:
+        return []  # collected on scrape only (no duplicate-name checks at registration)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from gateway.rollouts.state import STATUSES, initial_state
+
+        weight = GaugeMetricFamily("gateway_rollout_weight_percent", "The canary's share of the matching traffic.",
+                                   labels=["rollout"])
+        step = GaugeMetricFamily("gateway_rollout_step", "The rollout's current step (0-based).", labels=["rollout"])
+        status = GaugeMetricFamily("gateway_rollout_status", "1 for the rollout's current status.",
+                                   labels=["rollout", "status"])
+        window = GaugeMetricFamily("gateway_rollout_last_check", "The last check's numbers per variant.",
+                                   labels=["rollout", "variant", "number"])
+        for rollout in self._catalog().rollouts.by_id.values():
+            state = self._book.state(rollout.id) or initial_state(rollout)
+            weight.add_metric([rollout.id], (self._book.weight(rollout) or 0.0) * 100)
+            step.add_metric([rollout.id], state.step)
+            for name in STATUSES:
+                status.add_metric([rollout.id, name], 1.0 if state.status == name else 0.0)
+            last = state.history[-1] if state.history else {}
+            for variant, numbers in (last.get("variants") or {}).items():
+                for number in ("requests", "errors", "error_rate", "p95_ms", "p99_ms", "cost_per_request"):
+                    if isinstance(numbers.get(number), int | float):
+                        window.add_metric([rollout.id, variant, number], float(numbers[number]))
+        yield from (weight, step, status, window)

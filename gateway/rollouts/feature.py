@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from gateway.audit import AuditLog
 from gateway.features import CatalogSource, Closer, Feature
 from gateway.prompts.store import PromptStore
-from gateway.rollouts.alerts import RolloutAlerts
+from gateway.rollouts.alerts import RolloutAlerts, RolloutCollector
 from gateway.rollouts.analysis import LedgerMetrics, RolloutAnalyzer
 from gateway.rollouts.book import RolloutBook
 from gateway.rollouts.control import RolloutControl, ServiceSource
@@ -90,6 +90,8 @@ async def build_rollouts_feature(
     control = RolloutControl(store, audit, catalog, prompts=prompts, eval_passed=eval_gate(PromptStore(db)),
                              on_change=refreshed)
     closers: list[Closer] = [watcher.stop]
+    if registry is not None:
+        registry.register(RolloutCollector(book, catalog))
     if analysis:
         alerts = RolloutAlerts(registry)
         analyzer = RolloutAnalyzer(control, catalog, LedgerMetrics(db), alerts=alerts, tick_s=interval_s)
