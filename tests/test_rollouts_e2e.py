@@ -3,9 +3,10 @@ splits an alias' traffic stickily by user, and the ledger records the variant an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,72 @@ def test_a_healthy_prompt_canary_advances_through_every_step_and_its_label_moves
     finally:
         stop.set()
         proc.stop()
+
+
+def test_two_replicas_on_postgresql_one_killed_mid_rollout(
+    tmp_path: Path, fake_upstream: FakeHandle, fresh_pg_url: str
+) -> None:
+    """Both replicas run the analysis; the stored state decides. One is SIGKILLed mid-rollout:
+    the other carries on from the stored step, no step repeated or skipped."""
+    import json
+    import threading
+
+    config: dict[str, Any] = {"models": models(fake_upstream.url), "teams": TEAMS,
+                              "extra": {"ledger": {"flush_interval_ms": 50}}}
+    first = make_gateway(tmp_path / "a", fake_upstream.url, fresh_pg_url, **config).start()
+    second = make_gateway(tmp_path / "b", fake_upstream.url, fresh_pg_url, **config).start()
+    stop = threading.Event()
+    try:
+        _, alpha = new_key(first.url, ADMIN_KEY, "alpha")
+        steps = [{"weight": w} for w in (10, 20, 30, 40, 50, 60, 100)]
+        apply_rollouts(first, {"rollouts": {"split-next": {
+            "target": {"alias": "split", "canary": {"deployment": 1}}, "steps": steps,
+            "interval_s": 1, "min_requests": 3, "failure_limit": 2,
+            "checks": [{"metric": "error_rate", "max_over_stable": 0.05}],
+        }}})
+        alive = [first, second]
+
+        def traffic() -> None:
+            i = 0
+            while not stop.is_set():
+                target = alive[i % len(alive)]
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.post(f"{target.url}/v1/chat/completions", headers={"Authorization": f"Bearer {alpha}"},
+                               json={"model": "split", "user": f"user-{i % 300}",
+                                     "messages": [{"role": "user", "content": "hi"}]}, timeout=5)
+                i += 1
+
+        senders = [threading.Thread(target=traffic, daemon=True) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+
+        def state(proc: GatewayProcess) -> dict[str, Any]:
+            found: dict[str, Any] = httpx.get(f"{proc.url}/admin/rollouts/split-next",
+                                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+            return found
+
+        wait_until(lambda: state(second).get("step", 0) >= 2, timeout=30)
+        alive.remove(first)
+        first.kill()
+        killed_at = datetime.now(UTC)
+        wait_until(lambda: state(second).get("status") == "promoted", timeout=40)
+        stop.set()
+        for sender in senders:
+            sender.join(10)
+        final = state(second)
+    finally:
+        stop.set()
+        first.stop()
+        second.stop()
+
+    decisions = [(e["step"], e["action"]) for e in final["history"] if e["action"] != "record"]
+    assert decisions == [*((step, "advance") for step in range(6)), (6, "promote")]
+    after_kill = {e["by"] for e in final["history"] if datetime.fromisoformat(e["at"]) > killed_at}
+    assert len(after_kill) == 1  # the survivor alone
+    # The survivor took over within two intervals (plus its tick) of the kill.
+    first_after = min(datetime.fromisoformat(e["at"]) for e in final["history"]
+                      if datetime.fromisoformat(e["at"]) > killed_at)
+    assert (first_after - killed_at).total_seconds() <= 2 * 1 + 0.5
+    entries = json.loads(second.cli("audit", "list", "--target", "rollout:split-next", "--format", "json").stdout)
+    assert [e["action"] for e in entries] == ["rollout.advance"] * 6 + ["rollout.promote"]
+    assert [e["after"]["step"] for e in entries[:6]] == [1, 2, 3, 4, 5, 6]

@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -290,8 +292,9 @@ class RolloutAnalyzer:
         weight = rollout.weights[min(state.step, len(rollout.weights) - 1)]
         analysis = evaluate(rollout, weight, await self._metrics.window(rollout.id, since))
         action, failures = decide(rollout, state, analysis, now)
-        entry = {"at": now.isoformat(), "step": state.step, "weight": weight * 100, "action": action,
-                 **analysis.as_dict()}
+        replica = f"{socket.gethostname()}:{os.getpid()}"  # who checked, for whoever reads it after a failover
+        entry = {"at": now.isoformat(), "by": replica, "step": state.step, "weight": weight * 100,
+                 "action": action, **analysis.as_dict()}
         # First the check itself, compare-and-set: only one replica gets to act on this interval.
         recorded = await self._control.record(rollout.id, state, replace(
             state, failures=failures, history=(*state.history, entry)))
