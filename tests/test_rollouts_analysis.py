@@ -215,3 +215,35 @@ async def test_ledger_metrics_count_what_says_something_about_a_variant(db: Data
     assert (found["stable"].requests, found["stable"].errors) == (3, 0)  # a caller's 429 is not the variant's
     assert (found["canary"].requests, found["canary"].errors) == (4, 3)
     assert found["stable"].percentile(95) == 300 and found["canary"].cost_usd == pytest.approx(4e-6)
+
+
+def test_twenty_healthy_rollouts_with_realistic_noise_are_never_rolled_back() -> None:
+    """Both variants alike: log-normal latency and a 1 % error rate. With 200 requests per
+    variant and window and two failures in a row needed, noise alone does not roll back."""
+    import random
+
+    rng = random.Random(11)
+    cat = catalog(steps=[{"weight": w} for w in (5, 10, 25, 50, 100)], min_requests=200, failure_limit=2,
+                  checks=[{"metric": "error_rate", "max_over_stable": 0.02},
+                          {"metric": "p95_ms", "max_ratio_to_stable": 1.3}])
+    rollout = cat.rollouts.by_id["ro"]
+
+    def window(requests: int) -> VariantStats:
+        latencies = sorted(rng.lognormvariate(6.0, 0.5) for _ in range(requests))
+        return VariantStats(requests, sum(rng.random() < 0.01 for _ in range(requests)), tuple(latencies), 0.0)
+
+    outcomes = []
+    for _ in range(20):
+        state = RolloutState("ro", "running", started_at=T0, step_started_at=T0, revision=1)
+        for _check in range(40):
+            weight = rollout.weights[state.step]
+            numbers = {"canary": window(rng.randint(200, 400))}
+            if weight < 1.0:
+                numbers["stable"] = window(rng.randint(200, 400))
+            action, failures = decide(rollout, state, evaluate(rollout, weight, numbers), T0)
+            if action in ("abort", "promote"):
+                break
+            state = RolloutState("ro", "running", step=state.step + (action == "advance"), failures=failures,
+                                 step_started_at=T0, revision=1)
+        outcomes.append(action)
+    assert outcomes == ["promote"] * 20
