@@ -158,7 +158,7 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
             )
         aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments))
     teams = {name: Team(name, spec) for name, spec in bundle.teams.teams.items()}
-    rollouts = build_rollouts(bundle.rollouts, aliases, problems)
+    rollouts = build_rollouts(bundle.rollouts, aliases, problems, bundle.prompts.protected_labels)
     # The price map is ~9 MiB of Python objects needed only while pricing deployments:
     # drop it rather than carry it for the life of the process (a reload reads it again).
     price_map.cache_clear()

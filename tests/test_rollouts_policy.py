@@ -39,6 +39,7 @@ rollouts:
       label: production
       canary: {version: 3}
     steps: [{weight: 10}, {weight: 100}]
+    start: manual
 """
 
 
@@ -121,3 +122,13 @@ def test_ids_must_be_plain_and_one_rollout_per_prompt_label(tmp_path: Path) -> N
     data["rollouts"]["greet-v4"] = {**data["rollouts"]["greet-v3"],
                                     "target": {"prompt": "greet", "canary": {"version": 4}}}
     assert "already has rollout 'greet-v3'" in problems(tmp_path, yaml.safe_dump(data))
+
+
+def test_a_protected_label_is_never_rolled_out_by_applying_a_file(tmp_path: Path) -> None:
+    data = yaml.safe_load(GOOD)
+    data["rollouts"]["greet-v3"]["start"] = "auto"
+    found = problems(tmp_path, yaml.safe_dump(data))
+    assert "rollouts.yaml: rollouts.greet-v3.start: the label 'production' is protected" in found
+    data["rollouts"]["greet-v3"]["target"]["label"] = "beta"  # not protected: auto is fine
+    (tmp_path / "rollouts.yaml").write_text(yaml.safe_dump(data))
+    assert build_catalog(load_policies(tmp_path)).rollouts.by_prompt["greet"][0].label == "beta"

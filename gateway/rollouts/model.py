@@ -90,8 +90,14 @@ def _stable_of(deployments: tuple[Deployment, ...], skip: int | None) -> tuple[D
     return tuple(d for index, d in enumerate(deployments) if index != skip)
 
 
-def build_rollouts(file: RolloutsFile, aliases: dict[str, ModelAlias], problems: list[str]) -> RolloutIndex:
-    """The runtime rollouts; what cannot be resolved is appended to ``problems`` (file and field)."""
+def build_rollouts(file: RolloutsFile, aliases: dict[str, ModelAlias], problems: list[str],
+                   protected_labels: tuple[str, ...] | list[str] = ()) -> RolloutIndex:
+    """The runtime rollouts; what cannot be resolved is appended to ``problems`` (file and field).
+
+    A rollout of a protected prompt label must say ``start: manual``: it starts with
+    ``gateway rollouts start``, which checks the approver role and the canary's evaluation,
+    never merely because a policy file was applied.
+    """
     by_id: dict[str, Rollout] = {}
     by_alias: dict[str, list[Rollout]] = {}
     by_prompt: dict[str, list[Rollout]] = {}
@@ -134,6 +140,11 @@ def build_rollouts(file: RolloutsFile, aliases: dict[str, ModelAlias], problems:
             by_alias.setdefault(alias.name, []).append(rollout)
         else:
             assert target.prompt is not None
+            if target.label in protected_labels and spec.start == "auto":
+                problems.append(f"rollouts.yaml: rollouts.{rollout_id}.start: the label {target.label!r} is protected; "
+                                "its rollout needs `start: manual` and `gateway rollouts start` (approver role, "
+                                "a passing evaluation of the canary)")
+                continue
             rollout = Rollout(kind="prompt", alias=None, prompt=target.prompt, label=target.label,
                               canary_version=target.canary.version, **common)  # type: ignore[arg-type]
             same = [r for r in by_prompt.get(target.prompt, []) if r.label == target.label]
