@@ -242,6 +242,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(budgets)
     runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
+
     def prompt_service() -> AbstractAsyncContextManager[PromptService]:
         assert runtime.prompts is not None, "the prompt feature is built before any request"
         return using(runtime.prompts.service)

@@ -48,7 +48,10 @@ class Rollout:
 
     def matches(self, ctx: RequestContext, label: str | None = None) -> bool:
         """Whether the request takes part, by the rollout's ``match`` conditions (``label``: the
-        prompt label asked for, when the resolve stage asks before it set ``ctx.prompt_label``)."""
+        prompt label asked for, when the resolve stage asks before it set ``ctx.prompt_label``).
+        Only callers' requests take part: an evaluation or a shadow copy keeps to stable routing."""
+        if ctx.origin.internal:
+            return False
         if self._teams:
             team = ctx.team
             allowed = self._team_seen.get(team)

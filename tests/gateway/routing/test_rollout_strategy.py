@@ -10,7 +10,7 @@ from gateway.auth import Principal
 from gateway.catalog import Catalog, build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 from gateway.config.rollouts import RolloutsFile
-from gateway.context import Endpoint, RequestContext
+from gateway.context import Endpoint, Origin, RequestContext
 from gateway.rollouts import RolloutBook
 from gateway.rollouts.state import RolloutState
 from gateway.routing import RolloutStrategy, Weighted
@@ -158,3 +158,13 @@ def test_a_variant_chosen_by_a_prompt_rollout_is_kept() -> None:
     ctx.variant, ctx.rollout_id = "canary", "prompt-ro"
     plan = RolloutStrategy(RolloutBook()).plan(ctx, cat.aliases["chat"])
     assert (plan.variant, plan.rollout_id) == ("canary", "prompt-ro")
+
+
+def test_internal_requests_never_take_part() -> None:
+    cat = catalog({"ro": rollout(steps=[{"weight": 100}])})
+    principal = Principal("key_1", "t", frozenset())
+    for origin in (Origin.EVAL, Origin.SHADOW):
+        ctx = RequestContext.internal(origin, principal, cat, {}, request_id="r")
+        ctx.user = "a"
+        plan = RolloutStrategy(RolloutBook(), fallback=Weighted(lambda: 0.0)).plan(ctx, cat.aliases["chat"])
+        assert (plan.variant, plan.rollout_id) == (None, None)
