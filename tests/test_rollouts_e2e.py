@@ -309,6 +309,8 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
     assert entries[-1]["reason"] == f"automatic rollback: failed: {metric}"
     failed = next(c for c in entries[-1]["after"]["detail"]["analysis"]["checks"] if c["metric"] == metric)
     assert failed["ok"] is False and failed["canary"] > failed["bound"]
+    shown = proc.cli("rollouts", "status", "split-next").stdout
+    assert "last check's window" in shown and "│ abort " in shown and f"failed: {metric}" in shown
     log_lines = [line for line in proc.log().splitlines() if "rollout rolled back" in line]
     assert len(log_lines) == 1
 

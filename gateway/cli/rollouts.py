@@ -124,12 +124,21 @@ def _print_view(view: RolloutView) -> None:
     table.add_row("checks", "; ".join(orjson.dumps(check).decode() for check in data["checks"]))
     table.add_row("match", orjson.dumps(data["match"]).decode())
     console.print(table)
-    if view.state.history:
-        history = Table("at", "verdict", "detail", title="checks (latest last)")
-        for entry in view.state.history[-10:]:
-            history.add_row(str(entry.get("at", "")), str(entry.get("verdict", "")),
-                            orjson.dumps({k: v for k, v in entry.items() if k not in ("at", "verdict")}).decode())
-        console.print(history)
+    if not view.state.history:
+        return
+    last = view.state.history[-1]
+    variants = Table("variant", "requests", "errors", "error rate", "p95 ms", "p99 ms", "cost/request USD",
+                     title=f"last check's window ({last.get('at', '')})")
+    for variant, numbers in sorted((last.get("variants") or {}).items()):
+        variants.add_row(variant, *(str(numbers.get(name, "")) for name in (
+            "requests", "errors", "error_rate", "p95_ms", "p99_ms", "cost_per_request")))
+    console.print(variants)
+    history = Table("at", "step", "weight %", "verdict", "action", "why", "by", title="checks (latest last)")
+    for entry in view.state.history[-20:]:
+        history.add_row(str(entry.get("at", "")), str(int(entry.get("step", 0)) + 1), f"{entry.get('weight', 0):g}",
+                        str(entry.get("verdict", "")), str(entry.get("action", "")), str(entry.get("why", "")),
+                        str(entry.get("by", "")))
+    console.print(history)
 
 
 def _changed(view: RolloutView, verb: str) -> None:
