@@ -13,6 +13,7 @@ from typing import Literal
 from gateway.config.policies import DeploymentSpec, MockBehaviour, PolicyBundle, TeamSpec
 from gateway.config.yamlfile import ConfigError
 from gateway.pricing import FREE, Price, lookup, price_map
+from gateway.rollouts.model import RolloutIndex, build_rollouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Catalog:
     aliases: dict[str, ModelAlias]
     teams: dict[str, Team]
     bundle: PolicyBundle
+    rollouts: RolloutIndex = field(default_factory=RolloutIndex)  # policies/rollouts.yaml
 
     def team(self, name: str) -> Team | None:
         if name == ADMIN_TEAM.name and name not in self.teams:
@@ -156,9 +158,10 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
             )
         aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments))
     teams = {name: Team(name, spec) for name, spec in bundle.teams.teams.items()}
+    rollouts = build_rollouts(bundle.rollouts, aliases, problems, bundle.prompts.protected_labels)
     # The price map is ~9 MiB of Python objects needed only while pricing deployments:
     # drop it rather than carry it for the life of the process (a reload reads it again).
     price_map.cache_clear()
     if problems:
         raise ConfigError(problems)
-    return Catalog(aliases=aliases, teams=teams, bundle=bundle)
+    return Catalog(aliases=aliases, teams=teams, bundle=bundle, rollouts=rollouts)

@@ -129,6 +129,7 @@ class RequestContext:
     stream: bool = False
     include_usage: bool = False  # the caller asked for stream_options.include_usage
     user: str | None = None  # the caller's `user` field, for the ledger (never used as a key)
+    session_id: str | None = None  # the caller's x-session-id header (a rollout's sticky subject)
     alias: ModelAlias | None = None
     prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
     prompt_version: int | None = None
@@ -222,6 +223,7 @@ class RequestContext:
             parent_id=self.request_id,
             principal=self.principal,
             user=self.user,
+            session_id=self.session_id,
         )
 
     def on_meter(self, meter: Finisher) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,13 +37,19 @@ from gateway.providers import ProviderRegistry
 from gateway.redact import SECRETS
 from gateway.redis.conn import connect_redis
 from gateway.resolve import Resolve
-from gateway.routing import Route, RoutingStrategy, Weighted
+from gateway.rollouts import RolloutBook
+from gateway.rollouts.control import RolloutControl, using
+from gateway.rollouts.feature import build_rollouts_feature
+from gateway.rollouts.prompt_choice import PromptRollouts
+from gateway.routing import RolloutStrategy, Route, RoutingStrategy, Weighted
 from gateway.storage import Database, open_database
 from gateway.upstream import CallUpstream
 from gateway.usage import build_usage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from gateway.prompts import PromptService
 
 log = logging.getLogger("gateway.runtime")
 
@@ -67,6 +74,9 @@ class Runtime:
     # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
     ledger: LedgerWriter | None = None
     routing: RoutingStrategy = field(default_factory=Weighted)
+    # Each rollout's live weight (gateway.rollouts), read by the rollout routing strategy.
+    rollouts: RolloutBook | None = None
+    rollout_control: RolloutControl | None = None  # start/pause/.../abort, for /admin/rollouts
     handler: Handler | None = None  # the assembled pipeline
     core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
     # The applied policy snapshot being served (None: the files under policies_dir, never applied).
@@ -232,9 +242,20 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(budgets)
     runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
+
+    def prompt_service() -> AbstractAsyncContextManager[PromptService]:
+        assert runtime.prompts is not None, "the prompt feature is built before any request"
+        return using(runtime.prompts.service)
+
+    rollouts = await build_rollouts_feature(db, audit=runtime.audit, catalog=current, prompts=prompt_service,
+                                            registry=metrics.registry)
+    runtime.install(rollouts)
+    assert rollouts.book is not None and rollouts.control is not None
+    runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control
+    runtime.routing = RolloutStrategy(rollouts.book)
     prompts = await build_prompts(
         settings, db, registry=metrics.registry, redis=redis, audit=runtime.audit, catalog=current,
-        core=lambda: runtime.core,
+        core=lambda: runtime.core, version_chooser=PromptRollouts(rollouts.book),
     )
     runtime.install(prompts)
     runtime.prompts = prompts.repository

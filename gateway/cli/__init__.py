@@ -27,6 +27,7 @@ _GROUPS = {
     "models": "gateway.cli.models",
     "config": "gateway.cli.config_cmd",
     "policies": "gateway.cli.policies_cmd",
+    "rollouts": "gateway.cli.rollouts",
     "audit": "gateway.cli.audit_cmd",
     "report": "gateway.cli.report",
     "budgets": "gateway.cli.budgets",

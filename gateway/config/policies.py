@@ -1,4 +1,5 @@
-"""Policy files under ``policies/``: model aliases (``models.yaml``) and teams (``teams.yaml``).
+"""Policy files under ``policies/``: model aliases (``models.yaml``), teams (``teams.yaml``),
+the prompt policy (``prompts.yaml``) and rollouts (``rollouts.yaml``, see ``rollouts.py``).
 
 These are the edge models: strict pydantic schemas with a description per field, validated
 with file and line in every error. The request path never sees them; ``gateway.catalog``
@@ -13,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.config.rollouts import RolloutsFile
 from gateway.config.yamlfile import ConfigError, load_yaml, validate
 
 
@@ -203,6 +205,7 @@ class PolicyBundle(_Strict):
     models: ModelsFile
     teams: TeamsFile
     prompts: PromptsPolicy = PromptsPolicy()
+    rollouts: RolloutsFile = RolloutsFile()
 
 
 def load_policies(policies_dir: Path) -> PolicyBundle:
@@ -228,6 +231,13 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             prompts = validate(PromptsPolicy, load_yaml(prompts_path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    rollouts = RolloutsFile()
+    rollouts_path = policies_dir / "rollouts.yaml"
+    if rollouts_path.exists():
+        try:
+            rollouts = validate(RolloutsFile, load_yaml(rollouts_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return PolicyBundle(models=models, teams=teams, prompts=prompts)
+    return PolicyBundle(models=models, teams=teams, prompts=prompts, rollouts=rollouts)

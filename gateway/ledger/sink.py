@@ -93,6 +93,7 @@ def ledger_row(ctx: RequestContext) -> dict[str, Any] | None:
         "prompt_name": _cut(ctx.prompt_name, _SHORT_MAX),
         "prompt_version": ctx.prompt_version,
         "variant": _cut(ctx.variant, 100),
+        "rollout_id": _cut(ctx.rollout_id, 100),
         "kind": kind_of(ctx),
         "status": ctx.status,
         "prompt_tokens": usage.prompt_tokens if usage is not None else 0,

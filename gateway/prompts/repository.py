@@ -24,7 +24,7 @@ from gateway.config.settings import Settings
 from gateway.context import RequestContext
 from gateway.features import CatalogSource, Feature
 from gateway.prompts.limits import RenderLimits
-from gateway.prompts.resolver import CachedPromptResolver
+from gateway.prompts.resolver import CachedPromptResolver, VersionChooser
 from gateway.prompts.signing import load_signer
 from gateway.prompts.store import PromptStore
 from gateway.prompts.sync import LabelSync, publish_change
@@ -85,6 +85,7 @@ async def build_prompts(
     audit: AuditLog,
     catalog: CatalogSource,
     core: Callable[[], Core | None],
+    version_chooser: VersionChooser | None = None,
 ) -> PromptsFeature:
     """The prompt feature: the resolver the resolve stage calls, the authoring service for the
     admin API (built on first use), and the label sync between replicas.
@@ -103,7 +104,7 @@ async def build_prompts(
     limits = RenderLimits(timeout_s=settings.prompts.render_timeout_ms / 1000,
                           max_output_chars=settings.prompts.render_max_output_chars)
     resolver = CachedPromptResolver(store, signer, on_integrity_failure=lambda name: refused.labels(name).inc(),
-                                    render_limits=limits)
+                                    render_limits=limits, version_chooser=version_chooser)
     await resolver.refresh()
     sync = LabelSync(resolver.refresh, redis, settings.prompts.poll_interval_s)
     sync.start()

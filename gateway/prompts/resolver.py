@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.catalog import Team
 from gateway.context import RequestContext
@@ -80,6 +80,12 @@ def prepare(spec: PromptSpec, version: int) -> ServedVersion:
     )
 
 
+class VersionChooser(Protocol):
+    """Picks another version than the label's for this request (a rollout's canary), or None."""
+
+    def choose(self, ctx: RequestContext, name: str, label: str, latest: int) -> int | None: ...
+
+
 class CachedPromptResolver:
     """Implements ``gateway.resolve.PromptResolver`` from in-process caches."""
 
@@ -92,8 +98,10 @@ class CachedPromptResolver:
         max_versions: int = 4096,
         failure_ttl_s: float = 5.0,
         render_limits: RenderLimits | None = None,
+        version_chooser: VersionChooser | None = None,
     ) -> None:
         self._store = store
+        self._chooser = version_chooser
         self._render_limits = render_limits or RenderLimits()
         self._inline_limits = dataclasses.replace(
             self._render_limits, timeout_s=min(INLINE_RENDER_S, self._render_limits.timeout_s)
@@ -150,6 +158,8 @@ class CachedPromptResolver:
                 raise NotFound(f"The prompt '{name}' has no label '{label}'{hint}.", param="model",
                                code="prompt_label_not_found")
             version = found
+            if self._chooser is not None:
+                version = self._chooser.choose(ctx, name, label, labels.get(LATEST, 0)) or version
         served = self._versions.get((name, version))
         if served is None:
             served = await self._load(name, version)

@@ -2,13 +2,18 @@
 
     plan.py      RoutingPlan, ShadowCopy and the RoutingStrategy interface
     stage.py     the stage: asks the strategy, applies the plan
-    weighted.py  strategy: a weighted draw, the rest as fallbacks (the default)
+    weighted.py  strategy: a weighted draw, the rest as fallbacks
+    rollout.py   strategy: sticky canary/stable per rollout, else weighted (the runtime's)
     uniform.py   uniform(rollout_id, subject): deterministic, sticky draws for rollouts
 """
 
 from gateway.routing.plan import RoutingPlan, RoutingStrategy, ShadowCopy
+from gateway.routing.rollout import RolloutStrategy
 from gateway.routing.stage import Route
 from gateway.routing.uniform import uniform
 from gateway.routing.weighted import Weighted, order_deployments
 
-__all__ = ["Route", "RoutingPlan", "RoutingStrategy", "ShadowCopy", "Weighted", "order_deployments", "uniform"]
+__all__ = [
+    "RolloutStrategy", "Route", "RoutingPlan", "RoutingStrategy", "ShadowCopy", "Weighted", "order_deployments",
+    "uniform",
+]

@@ -2,7 +2,8 @@
 
 The plan's deployments become ``ctx.deployments`` (tried in order by the upstream stage), its
 variant and rollout id go on the context for the ledger and traces, and the whole plan stays
-on ``ctx.plan`` for whoever acts on its shadow copies after the answer.
+on ``ctx.plan`` for whoever acts on its shadow copies after the answer. A request in a rollout
+answers with ``x-gateway-variant`` and ``x-gateway-rollout``.
 """
 
 from __future__ import annotations
@@ -26,4 +27,7 @@ class Route:
         ctx.deployments = plan.deployments
         ctx.variant = plan.variant
         ctx.rollout_id = plan.rollout_id
+        if plan.rollout_id is not None:
+            ctx.extra_headers.append((b"x-gateway-rollout", plan.rollout_id.encode()))
+            ctx.extra_headers.append((b"x-gateway-variant", (plan.variant or "").encode()))
         return await call_next(ctx)

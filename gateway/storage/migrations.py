@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Table, insert, select, text
+from sqlalchemy import Connection, Table, insert, inspect, select, text
 
 from gateway.storage import schema
 
@@ -36,8 +36,16 @@ def _seed_prompt_state(conn: Connection) -> None:
     conn.execute(insert(schema.prompt_state).values(id=1, revision=0))
 
 
+def _rollouts(conn: Connection) -> None:
+    """The rollout state table, and the ledger's ``rollout_id`` column (a ledger created by
+    migration 20 from today's schema already has it)."""
+    schema.rollout_state.create(conn, checkfirst=True)
+    if "rollout_id" not in {column["name"] for column in inspect(conn).get_columns("ledger")}:
+        conn.execute(text("ALTER TABLE ledger ADD COLUMN rollout_id VARCHAR(100)"))
+
+
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
-# ledger and budgets 20-29, audit 30-39, cache 40-49.
+# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
     Migration(2, "applied policy snapshots", create_tables(schema.policy_snapshots)),
@@ -50,6 +58,7 @@ MIGRATIONS: list[Migration] = [
     Migration(20, "cost ledger", create_tables(schema.ledger)),
     Migration(29, "finance page sessions", create_tables(schema.report_sessions)),
     Migration(30, "audit log", create_tables(schema.audit_log)),
+    Migration(50, "rollouts", _rollouts),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"

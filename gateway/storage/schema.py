@@ -60,6 +60,7 @@ ledger = Table(
     Column("prompt_name", String(200), nullable=True),
     Column("prompt_version", Integer, nullable=True),
     Column("variant", String(100), nullable=True),
+    Column("rollout_id", String(100), nullable=True),  # added by migration 50 (rollouts)
     # request | cache_hit | rejected | error | cancelled | cut | shadow | reconciled (gateway.ledger.KINDS)
     Column("kind", String(20), nullable=False),
     Column("status", Integer, nullable=False),
@@ -197,4 +198,23 @@ prompt_state = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("revision", BigInteger, nullable=False),
+)
+
+# Progressive rollouts (gateway.rollouts): one row per rollout id, its live state. The policy
+# (steps, checks, match) lives in the applied policy snapshot; this is what moves: the step,
+# the status and the check history. ``revision`` is bumped on every change so that replicas
+# poll one number, and so that two controllers cannot both move a rollout (compare-and-set).
+rollout_state = Table(
+    "rollout_state",
+    metadata,
+    Column("rollout_id", String(100), primary_key=True),
+    Column("status", String(20), nullable=False),  # pending | running | paused | promoted | aborted
+    Column("step", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),  # failed checks in a row
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("step_started_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("revision", Integer, nullable=False, default=1),
+    Column("history", Text, nullable=False, default="[]"),  # JSON list of check verdicts (newest last)
 )

@@ -1,0 +1,110 @@
+"""The rollouts feature: the live book of weights, kept in step with the stored state.
+
+``build_rollouts_feature(db)`` returns the book (which the routing strategy reads) and a
+watcher that polls the state's revision (one small query) and swaps in every rollout's state
+when it moved, so a pause, an abort or a step taken on any replica applies on every replica
+within ``interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from gateway.audit import AuditLog
+from gateway.features import CatalogSource, Closer, Feature
+from gateway.prompts.store import PromptStore
+from gateway.rollouts.alerts import RolloutAlerts, RolloutCollector
+from gateway.rollouts.analysis import LedgerMetrics, RolloutAnalyzer
+from gateway.rollouts.book import RolloutBook
+from gateway.rollouts.control import RolloutControl, ServiceSource
+from gateway.rollouts.state import RolloutStateStore
+from gateway.storage import Database
+
+log = logging.getLogger("gateway.rollouts")
+
+
+class RolloutWatcher:
+    def __init__(self, store: RolloutStateStore, book: RolloutBook, *, interval_s: float = 0.5) -> None:
+        self._store = store
+        self._book = book
+        self._interval = interval_s
+        self._revision: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        revision = await self._store.revision()
+        if revision == self._revision:
+            return False
+        self._book.use(await self._store.all())
+        self._revision = revision
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("rollout watcher failed; retrying")
+
+
+@dataclass
+class RolloutsFeature(Feature):
+    book: RolloutBook | None = None
+    store: RolloutStateStore | None = None
+    watcher: RolloutWatcher | None = None
+    control: RolloutControl | None = None
+
+
+async def build_rollouts_feature(
+    db: Database, *, audit: AuditLog, catalog: CatalogSource, prompts: ServiceSource | None = None,
+    registry: CollectorRegistry | None = None, interval_s: float = 0.5, analysis: bool = True,
+) -> RolloutsFeature:
+    """Load the stored states now (the first request already routes by them) and watch them,
+    and run the analysis loop (every replica does; see ``gateway.rollouts.analysis``).
+
+    ``prompts`` opens the prompt service (to move a label when a prompt rollout is promoted).
+    """
+    book = RolloutBook()
+    store = RolloutStateStore(db)
+    watcher = RolloutWatcher(store, book, interval_s=interval_s)
+    await watcher.check()
+    watcher.start()
+
+    async def refreshed() -> None:
+        await watcher.check()  # this replica at once; the others at their next poll
+
+    control = RolloutControl(store, audit, catalog, prompts=prompts, eval_passed=eval_gate(PromptStore(db)),
+                             on_change=refreshed)
+    closers: list[Closer] = [watcher.stop]
+    if registry is not None:
+        registry.register(RolloutCollector(book, catalog))
+    if analysis:
+        alerts = RolloutAlerts(registry)
+        analyzer = RolloutAnalyzer(control, catalog, LedgerMetrics(db), alerts=alerts, tick_s=interval_s)
+        analyzer.start()
+        closers += [alerts.close, analyzer.stop]  # run in reverse: the loop stops, then the webhooks drain
+    return RolloutsFeature(closers=closers, book=book, store=store, watcher=watcher, control=control)
+
+
+def eval_gate(prompts: PromptStore) -> Callable[[str, int], Awaitable[bool]]:
+    """Whether the latest evaluation of a prompt version passed (the protected labels' gate)."""
+
+    async def passed(name: str, version: int) -> bool:
+        evaluation = await prompts.latest_eval(name, version)
+        return evaluation is not None and evaluation.passed
+
+    return passed
