@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.context import Deferred, Reply, RequestContext
@@ -32,6 +33,11 @@ log = logging.getLogger("gateway.record")
 class RequestSink(Protocol):
     def record(self, ctx: RequestContext) -> None:
         """Take a finished request; must not block (enqueue, never await or do I/O inline)."""
+
+
+#: Called as a request enters the pipeline, before any stage ran (tracing assigns the trace id
+#: here, so it can go out as a response header). Must cost next to nothing and never raise.
+RequestStarter = Callable[[RequestContext], None]
 
 
 #: Requests whose recording may wait on deferred work at once. Deferral happens only while a
@@ -50,6 +56,7 @@ class Record:
     ) -> None:
         self._metrics = metrics
         self._sinks = sinks
+        self._starters: list[RequestStarter] = []
         self._access_log = access_log
         self._max_waiting = max_waiting
         self._waiting: set[asyncio.Task[None]] = set()
@@ -57,6 +64,8 @@ class Record:
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         self._metrics.in_flight.inc()
+        for start in self._starters:
+            start(ctx)
         ctx.on_finish(self._finish)
         try:
             return await call_next(ctx)
@@ -67,6 +76,9 @@ class Record:
 
     def add_sink(self, sink: RequestSink) -> None:
         self._sinks.append(sink)
+
+    def add_starter(self, starter: RequestStarter) -> None:
+        self._starters.append(starter)
 
     @property
     def waiting(self) -> int:

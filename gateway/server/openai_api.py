@@ -110,6 +110,8 @@ class OpenAIApi:
         )
         if headers.cache_control is not None:
             ctx.cache_control = headers.cache_control.decode("latin-1")
+        if headers.session_id:
+            ctx.session_id = headers.session_id[:200].decode("latin-1")
         await self._serve(ctx, receive, send)
 
     async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
@@ -221,13 +223,14 @@ class _Headers:
     instead of once per wanted header matters on a path that must cost microseconds.
     """
 
-    __slots__ = ("authorization", "cache_control", "content_length", "request_id")
+    __slots__ = ("authorization", "cache_control", "content_length", "request_id", "session_id")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
         self.cache_control: bytes | None = None
         self.content_length: bytes | None = None
         self.request_id: bytes | None = None
+        self.session_id: bytes | None = None
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
@@ -237,6 +240,8 @@ class _Headers:
                 self.request_id = value
             elif name == b"cache-control":
                 self.cache_control = value
+            elif name == b"x-session-id":
+                self.session_id = value
 
 
 def _request_id(given: bytes | None) -> bytes:

@@ -252,8 +252,13 @@ class LangfuseReceiver:
 
     # -- handlers ----------------------------------------------------------------------------
 
-    async def _gate(self) -> web.Response | None:
+    async def _gate(self, request: web.Request) -> web.Response | None:
         """What the mode says to answer instead of handling the call (or None to handle it)."""
+        if self.mode == "stopped":
+            # A keep-alive connection from before the stop: cut it, as a dead server would.
+            if request.transport is not None:
+                request.transport.abort()
+            raise web.HTTPServiceUnavailable()
         if self.mode == "hang":
             await self._release.wait()  # until the mode changes or the receiver stops
             raise web.HTTPServiceUnavailable()
@@ -268,7 +273,7 @@ class LangfuseReceiver:
     async def _traces(self, request: web.Request) -> web.Response:
         with self._lock:
             self._store.trace_posts += 1
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         if not self._authorized(request):
@@ -304,7 +309,7 @@ class LangfuseReceiver:
         return body
 
     async def _create_prompt(self, request: web.Request) -> web.Response:
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         if not self._authorized(request):
@@ -322,7 +327,7 @@ class LangfuseReceiver:
         return web.json_response(version)
 
     async def _get_prompt(self, request: web.Request) -> web.Response:
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         await self._json_call(request)
@@ -340,7 +345,7 @@ class LangfuseReceiver:
         return web.json_response(found[-1])
 
     async def _update_labels(self, request: web.Request) -> web.Response:
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         body = await self._json_call(request)
@@ -358,7 +363,7 @@ class LangfuseReceiver:
         return web.json_response(answer)
 
     async def _score(self, request: web.Request) -> web.Response:
-        gated = await self._gate()
+        gated = await self._gate(request)
         if gated is not None:
             return gated
         body = await self._json_call(request)
