@@ -30,11 +30,8 @@ import time
 from typing import TYPE_CHECKING
 
 import aiohttp
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from gateway.tracing import otlp
 from gateway.tracing.spans import failed, span_of
 
 if TYPE_CHECKING:
@@ -82,11 +79,9 @@ class TraceExporter:
         self._last_warning = 0.0
         self._lost_since_warning = 0
         self._unsent = 0  # lost to a stop (counted under reason "shutdown")
-        self._resource = Resource(attributes=[
-            KeyValue(key="service.name", value=AnyValue(string_value=service_name)),
-            KeyValue(key="deployment.environment", value=AnyValue(string_value=settings.environment)),
-        ])
-        self._scope = InstrumentationScope(name="llm-gateway")
+        self._resource: list[otlp.Attribute] = [
+            ("service.name", service_name), ("deployment.environment", settings.environment),
+        ]
 
     # -- on the request path -----------------------------------------------------------------
 
@@ -158,7 +153,7 @@ class TraceExporter:
 
     async def _encode(self, taken: list[tuple[RequestContext, int]]) -> bytes:
         environment = self.settings.environment
-        spans: list[Span] = []
+        spans: list[bytes] = []
         for index, (ctx, end_ns) in enumerate(taken, start=1):
             try:
                 spans.append(span_of(ctx, end_ns, environment=environment))
@@ -167,10 +162,7 @@ class TraceExporter:
                 self._dropped_export.inc()
             if index % ENCODE_SLICE == 0:
                 await asyncio.sleep(0)
-        request = ExportTraceServiceRequest(resource_spans=[
-            ResourceSpans(resource=self._resource, scope_spans=[ScopeSpans(scope=self._scope, spans=spans)])
-        ])
-        payload: bytes = request.SerializeToString()
+        payload = otlp.export_request(self._resource, "llm-gateway", spans)
         if self.settings.compression == "gzip":
             payload = gzip.compress(payload, compresslevel=1)
         return payload

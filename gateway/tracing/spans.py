@@ -22,10 +22,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from gateway.redact import SECRETS
+from gateway.tracing import otlp
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -33,16 +32,6 @@ if TYPE_CHECKING:
 #: Longest input or output sent (characters of JSON); longer ones are cut and say so.
 MAX_FIELD_CHARS = 256 * 1024
 _CUT = "…[cut by the gateway]"
-
-
-def _kv(key: str, value: str | int | float | bool) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=value))
 
 
 def _json_field(value: Any) -> str:
@@ -67,9 +56,10 @@ def request_input(ctx: RequestContext) -> Any:
 
 
 def request_output(ctx: RequestContext) -> Any:
-    """What was answered: the first choice as an assistant message (chat), or nothing."""
+    """What was answered: the first choice as an assistant message (chat), or nothing (an error
+    answer says its error in the status message)."""
     answer = ctx.answer
-    if answer is None or answer.empty or ctx.endpoint.value != "chat":
+    if answer is None or answer.empty or answer.status >= 400 or ctx.endpoint.value != "chat":
         return None
     message: dict[str, Any] = {"role": "assistant", "content": answer.text}
     tool_calls = answer.tool_calls
@@ -79,58 +69,66 @@ def request_output(ctx: RequestContext) -> Any:
     return message
 
 
+_METADATA: dict[str, str] = {}
+
+
+def _metadata_key(name: str) -> str:
+    key = _METADATA[name] = "langfuse.observation.metadata." + name
+    return key
+
+
 def failed(ctx: RequestContext) -> bool:
     return ctx.error is not None or ctx.status >= 400
 
 
-def span_of(ctx: RequestContext, end_ns: int, *, environment: str) -> Span:
-    """The request's span. ``ctx.trace_id`` is set (by the tracing start hook)."""
+def span_of(ctx: RequestContext, end_ns: int, *, environment: str) -> bytes:
+    """The request's span, encoded (an OTLP ``Span``). ``ctx.trace_id`` is set (by the start hook)."""
     assert ctx.trace_id is not None
     elapsed = ctx.elapsed_seconds if ctx.elapsed_seconds is not None else 0.0
     alias = ctx.alias.name if ctx.alias is not None else (ctx.requested_model or "unknown")
     deployment = ctx.deployment
-    attributes = [
-        _kv("langfuse.observation.type", "generation"),
-        _kv("langfuse.trace.name", ctx.prompt_name or alias),
-        _kv("langfuse.environment", environment),
-        _kv("gen_ai.operation.name", "chat" if ctx.endpoint.value == "chat" else "embeddings"),
-        _kv("gen_ai.request.model", ctx.requested_model or alias),
+    attributes: list[otlp.Attribute] = [
+        ("langfuse.observation.type", "generation"),
+        ("langfuse.trace.name", ctx.prompt_name or alias),
+        ("langfuse.environment", environment),
+        ("gen_ai.operation.name", "chat" if ctx.endpoint.value == "chat" else "embeddings"),
+        ("gen_ai.request.model", ctx.requested_model or alias),
     ]
     add = attributes.append
     if ctx.user:
-        add(_kv("user.id", ctx.user))
+        add(("user.id", ctx.user))
     if ctx.session_id:
-        add(_kv("session.id", ctx.session_id))
+        add(("session.id", ctx.session_id))
     if deployment is not None:
-        add(_kv("langfuse.observation.model.name", deployment.model))
-        add(_kv("gen_ai.response.model", deployment.model))
-        add(_kv("gen_ai.provider.name", deployment.provider))
+        add(("langfuse.observation.model.name", deployment.model))
+        add(("gen_ai.response.model", deployment.model))
+        add(("gen_ai.provider.name", deployment.provider))
     if ctx.prompt_name is not None and ctx.prompt_version is not None:
-        add(_kv("langfuse.observation.prompt.name", ctx.prompt_name))
-        add(_kv("langfuse.observation.prompt.version", ctx.prompt_version))
+        add(("langfuse.observation.prompt.name", ctx.prompt_name))
+        add(("langfuse.observation.prompt.version", ctx.prompt_version))
     given = request_input(ctx)
     if given is not None:
-        add(_kv("langfuse.observation.input", _json_field(given)))
+        add(("langfuse.observation.input", _json_field(given)))
     output = request_output(ctx)
     if output is not None:
-        add(_kv("langfuse.observation.output", _json_field(output)))
+        add(("langfuse.observation.output", _json_field(output)))
     usage = ctx.usage
     if usage is not None:
-        add(_kv("langfuse.observation.usage_details", orjson.dumps(
+        add(("langfuse.observation.usage_details", orjson.dumps(
             {"input": usage.prompt_tokens, "output": usage.completion_tokens, "total": usage.total_tokens}
         ).decode()))
-        add(_kv("gen_ai.usage.input_tokens", usage.prompt_tokens))
-        add(_kv("gen_ai.usage.output_tokens", usage.completion_tokens))
+        add(("gen_ai.usage.input_tokens", usage.prompt_tokens))
+        add(("gen_ai.usage.output_tokens", usage.completion_tokens))
     # The ledger's number, as is: a Langfuse cost equal to the ledger row's to the nano-dollar.
-    add(_kv("langfuse.observation.cost_details", orjson.dumps({"total": ctx.cost}).decode()))
-    status = Status()
+    add(("langfuse.observation.cost_details", orjson.dumps({"total": ctx.cost}).decode()))
+    status_code, message = 0, ""
     if failed(ctx):
         message = SECRETS.scrub(str(ctx.error)) if ctx.error is not None else f"HTTP {ctx.status}"
-        add(_kv("langfuse.observation.level", "ERROR" if ctx.status != 499 else "WARNING"))
-        add(_kv("langfuse.observation.status_message", message))
-        status = Status(code=Status.STATUS_CODE_ERROR, message=message)
+        add(("langfuse.observation.level", "ERROR" if ctx.status != 499 else "WARNING"))
+        add(("langfuse.observation.status_message", message))
+        status_code = otlp.STATUS_ERROR
         if ctx.error is not None and ctx.error.code:
-            add(_kv("error.type", ctx.error.code))
+            add(("error.type", ctx.error.code))
     metadata: dict[str, str | int | float | bool | None] = {
         "request_id": ctx.request_id,
         "team": ctx.team,
@@ -155,14 +153,15 @@ def span_of(ctx: RequestContext, end_ns: int, *, environment: str) -> Span:
     }
     for key, value in metadata.items():
         if value is not None:
-            add(_kv(f"langfuse.observation.metadata.{key}", value))
-    return Span(
+            add((_METADATA.get(key) or _metadata_key(key), value))
+    return otlp.span(
         trace_id=bytes.fromhex(ctx.trace_id),
         span_id=os.urandom(8),
         name=f"{ctx.endpoint.value} {alias}",
-        kind=Span.SPAN_KIND_SERVER,
-        start_time_unix_nano=end_ns - int(elapsed * 1e9),
-        end_time_unix_nano=end_ns,
-        attributes=attributes,
-        status=status,
+        kind=otlp.SPAN_KIND_SERVER,
+        start_ns=max(end_ns - int(elapsed * 1e9), 0),
+        end_ns=end_ns,
+        attributes_bytes=otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG),
+        status_code=status_code,
+        status_message=message,
     )
