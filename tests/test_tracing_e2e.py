@@ -134,6 +134,8 @@ async def test_a_request_is_one_generation_with_its_fields_and_the_ledgers_cost(
     [row] = await wait_for_rows(traced.config.database_url, ledger.c.request_id == request_id, until=bool)
     cost = span.json("langfuse.observation.cost_details")["total"]
     assert to_nanos(cost) == row["cost_nanos"] > 0
+    assert row["trace_id"] == trace_id  # finance, logs and traces join
+    assert f'"trace_id":"{trace_id}"' in traced.log()
 
 
 def test_streams_embeddings_and_fallbacks_are_traced(

@@ -148,25 +148,26 @@ class Record:
             except Exception:
                 log.exception("request sink failed", extra={"request_id": ctx.request_id})
         if self._access_log is not None:
-            self._access_log.write(
-                {
-                    "request_id": ctx.request_id,
-                    "team": team,
-                    "key_id": ctx.principal.key_id if ctx.principal else None,
-                    "model": model,
-                    "deployment": ctx.deployment.label if ctx.deployment else None,
-                    "endpoint": ctx.endpoint.value,
-                    "stream": ctx.stream,
-                    "status": ctx.status,
-                    "attempts": ctx.attempts,
-                    "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
-                    "completion_tokens": ctx.usage.completion_tokens if ctx.usage else None,
-                    "cost_usd": round(ctx.cost, 8),
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
-                    "error": ctx.error.code if ctx.error else None,
-                }
-            )
+            line = {
+                "request_id": ctx.request_id,
+                "team": team,
+                "key_id": ctx.principal.key_id if ctx.principal else None,
+                "model": model,
+                "deployment": ctx.deployment.label if ctx.deployment else None,
+                "endpoint": ctx.endpoint.value,
+                "stream": ctx.stream,
+                "status": ctx.status,
+                "attempts": ctx.attempts,
+                "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
+                "completion_tokens": ctx.usage.completion_tokens if ctx.usage else None,
+                "cost_usd": round(ctx.cost, 8),
+                "latency_ms": round(elapsed * 1000, 3),
+                "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
+                "error": ctx.error.code if ctx.error else None,
+            }
+            if ctx.trace_id is not None:  # tracing is on: logs, ledger rows and traces join on it
+                line["trace_id"] = ctx.trace_id
+            self._access_log.write(line)
 
 
 def _run_now(ctx: RequestContext, work: list[Deferred]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Table, insert, select, text
+from sqlalchemy import Connection, Table, insert, inspect, select, text
 
 from gateway.storage import schema
 
@@ -36,8 +36,22 @@ def _seed_prompt_state(conn: Connection) -> None:
     conn.execute(insert(schema.prompt_state).values(id=1, revision=0))
 
 
+def add_column(table: Table, name: str) -> Callable[[Connection], None]:
+    """Add ``table``'s column ``name`` (as ``schema`` declares it) to a table created before it
+    existed. A table created after the column was declared already has it: nothing to do."""
+
+    def apply(conn: Connection) -> None:
+        if name in {column["name"] for column in inspect(conn).get_columns(table.name)}:
+            return
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{name}" {kind}'))
+
+    return apply
+
+
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
-# ledger and budgets 20-29, audit 30-39, cache 40-49.
+# ledger and budgets 20-29, audit 30-39, cache 40-49, tracing 50-59.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
     Migration(2, "applied policy snapshots", create_tables(schema.policy_snapshots)),
@@ -50,6 +64,7 @@ MIGRATIONS: list[Migration] = [
     Migration(20, "cost ledger", create_tables(schema.ledger)),
     Migration(29, "finance page sessions", create_tables(schema.report_sessions)),
     Migration(30, "audit log", create_tables(schema.audit_log)),
+    Migration(50, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"
