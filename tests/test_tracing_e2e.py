@@ -238,3 +238,33 @@ def test_a_graceful_stop_with_a_hanging_langfuse_ends_within_its_bound(
         assert "gateway stopped cleanly" in log and "traces not sent at shutdown" in log
     finally:
         proc.stop(signal.SIGKILL)
+
+
+def test_a_prompts_generation_names_its_version(
+    traced: GatewayProcess, key: tuple[str, str], receiver: LangfuseReceiver
+) -> None:
+    import shutil
+
+    from support.gateway_proc import REPO
+
+    for name in ("summarise.yaml", "summarise.golden.jsonl"):
+        shutil.copy(REPO / "prompts" / name, traced.config.root / "prompts" / name)
+    pushed = traced.cli("prompts", "push", "prompts/summarise.yaml", "-m", "Summariser", check=False)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    client = _client(traced, key[1])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="prompt:summarise@latest", messages=[], extra_body={"variables": {"text": "Traces join."}},
+            )
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    span = _span(receiver, raw.headers["x-gateway-trace-id"])
+    assert span.attributes["langfuse.observation.prompt.name"] == "summarise" == raw.headers["x-prompt-name"]
+    assert span.attributes["langfuse.observation.prompt.version"] == int(raw.headers["x-prompt-version"])
+    assert span.attributes["langfuse.trace.name"] == "summarise"
+    assert "Traces join." in span.json("langfuse.observation.input")[-1]["content"]  # as rendered and sent
