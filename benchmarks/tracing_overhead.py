@@ -14,6 +14,12 @@ connection.
   went out, upstream excluded), to show that export happens off the request path.
 
 At the end it checks that the receiver got one span per traced request.
+
+``--in-process`` measures instead, in this process, the CPU (``time.thread_time``) of one
+request's tracing as the gateway does it (the start hook, the sink, building and encoding the
+span, its share of the envelope and of gzip) next to what the official Langfuse SDK spends on
+the calling thread for one generation with the same fields (before its own export thread does
+anything): the measurement behind the choice of writing OTLP directly.
 """
 
 from __future__ import annotations
@@ -146,12 +152,94 @@ def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict
     }
 
 
+def _finished_request(n: int) -> Any:
+    from benchmarks.servers import stage_catalog
+    from gateway.answer import Answer
+    from gateway.auth import Principal
+    from gateway.context import Endpoint, RequestContext, Usage
+
+    catalog = stage_catalog("bench", {})
+    alias = catalog.aliases["bench"]
+    ctx = RequestContext(request_id=secrets.token_hex(16), endpoint=Endpoint.CHAT, raw_body=b"",
+                         authorization=None, catalog=catalog)
+    ctx.principal = Principal(key_id="key_0123456789ab", team="bench", roles=frozenset({"app"}))
+    ctx.body = {"model": "bench", "messages": [*MESSAGES, {"role": "user", "content": f"Question {n}"}]}
+    ctx.requested_model, ctx.alias = "bench", alias
+    ctx.deployment, ctx.deployments = alias.deployments[0], alias.deployments
+    ctx.user, ctx.usage, ctx.cost, ctx.elapsed_seconds, ctx.attempts = f"user-{n % 7}", Usage(31, 24), 1.8e-5, 0.004, 1
+    answer = {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+              "message": {"role": "assistant", "content": "Paris, known for its museums and cafés. " * 3}}]}
+    ctx.answer = Answer.of_json(200, orjson.dumps(answer), None)
+    return ctx
+
+
+def in_process(requests: int) -> dict[str, Any]:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from gateway.config.settings import TracingSettings
+    from gateway.tracing.exporter import TraceExporter
+
+    contexts = [_finished_request(n) for n in range(requests)]
+    with LangfuseReceiver() as receiver:
+        settings = TracingSettings.model_validate({
+            "host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
+            "queue_size": requests,
+        })
+
+        async def ours() -> float:
+            registry = CollectorRegistry()
+            exporter = TraceExporter(
+                settings, dropped=Counter("d", "d", ("reason",), registry=registry),
+                exported=Counter("e", "e", registry=registry),
+            )
+            started = time.thread_time()
+            for ctx in contexts:
+                exporter.start(ctx)
+                exporter.record(ctx)
+            while exporter.queued:
+                await exporter.export_batch()
+            spent = time.thread_time() - started
+            await exporter.close()
+            return spent
+
+        gateway_s = asyncio.run(ours())
+        assert len(receiver.spans()) == requests
+
+        from langfuse import Langfuse
+
+        client = Langfuse(public_key=receiver.public_key, secret_key=receiver.secret_key, host=receiver.url)
+        started = time.thread_time()
+        for ctx in contexts:
+            generation = client.start_observation(
+                name="chat bench", as_type="generation", model="gpt-4o-mini", input=ctx.body["messages"],
+                metadata={"team": "bench", "key_id": "key_0123456789ab", "alias": "bench",
+                          "deployment": "openai/gpt-4o-mini", "request_id": ctx.request_id, "status": 200},
+                usage_details={"input": 31, "output": 24}, cost_details={"total": ctx.cost},
+            )
+            generation.update(output={"role": "assistant", "content": ctx.answer.text})
+            generation.end()
+        sdk_s = time.thread_time() - started
+        client.flush()
+        client.shutdown()
+    return {
+        "requests": requests,
+        "gateway_tracing_cpu_us_per_request": round(gateway_s / requests * 1e6, 1),
+        "langfuse_sdk_calling_thread_cpu_us_per_generation": round(sdk_s / requests * 1e6, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=500, help="Requests per block.")
     parser.add_argument("--blocks", type=int, default=8, help="Blocks per gateway (alternating).")
     parser.add_argument("--compression", choices=["gzip", "none"], default="gzip")
+    parser.add_argument("--in-process", action="store_true", help="Per-request CPU in process, vs the Langfuse SDK.")
     args = parser.parse_args()
+    if args.in_process:
+        print(orjson.dumps(in_process(args.requests), option=orjson.OPT_INDENT_2).decode())
+        return
     with tempfile.TemporaryDirectory(prefix="tracing-bench-") as workdir:
         result = measure(Path(workdir), args.requests, args.blocks, args.compression)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

@@ -39,7 +39,10 @@ def varint(value: int) -> bytes:
 
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2) with a one-byte tag."""
-    return bytes((tag,)) + varint(len(payload)) + payload
+    size = len(payload)
+    if size < 0x80:
+        return bytes((tag, size)) + payload
+    return bytes((tag,)) + varint(size) + payload
 
 
 def _key(key: str) -> bytes:
