@@ -129,7 +129,10 @@ class RequestContext:
     stream: bool = False
     include_usage: bool = False  # the caller asked for stream_options.include_usage
     user: str | None = None  # the caller's `user` field, for the ledger (never used as a key)
-    session_id: str | None = None  # the caller's x-session-id header (a rollout's sticky subject)
+    session_id: str | None = None  # the caller's x-session-id header (a rollout's sticky subject, traces)
+    # The request's trace (32 hex digits), set when it starts if tracing is on; a fork keeps
+    # its parent's, so a shadow copy is an observation in its primary's trace.
+    trace_id: str | None = None
     alias: ModelAlias | None = None
     prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
     prompt_version: int | None = None
@@ -224,6 +227,7 @@ class RequestContext:
             principal=self.principal,
             user=self.user,
             session_id=self.session_id,
+            trace_id=self.trace_id,
         )
 
     def on_meter(self, meter: Finisher) -> None:

@@ -43,6 +43,7 @@ from gateway.rollouts.feature import build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
 from gateway.routing import RolloutStrategy, Route, RoutingStrategy, Weighted
 from gateway.storage import Database, open_database
+from gateway.tracing import build_tracing
 from gateway.upstream import CallUpstream
 from gateway.usage import build_usage
 
@@ -225,6 +226,13 @@ async def create_runtime(settings: Settings) -> Runtime:
     runtime.ledger = ledger.writer
     assert ledger.sink is not None
     record.add_sink(ledger.sink)
+    # Installed after the ledger, so its closer runs before the ledger's final flush.
+    tracing = build_tracing(settings.tracing, metrics.registry)
+    if tracing is not None:
+        assert tracing.exporter is not None
+        runtime.install(tracing)
+        record.add_starter(tracing.exporter.start)
+        record.add_sink(tracing.exporter)
     watcher = PolicyWatcher(policy_store, runtime.use_catalog, version=in_force.version or 0)
     watcher.start()
     runtime.install(Feature(closers=[watcher.stop]))

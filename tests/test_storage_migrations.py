@@ -54,3 +54,24 @@ def test_processes_migrating_a_fresh_database_together_all_start(fresh_database_
             versions = conn.execute(text("SELECT version FROM schema_migrations ORDER BY version")).scalars().all()
         engine.dispose()
         assert len(versions) == len(set(versions)) > 0, "each migration recorded exactly once"
+
+
+async def test_a_ledger_from_before_trace_ids_gets_the_column(fresh_database_url: str) -> None:
+    from sqlalchemy import inspect as inspect_schema
+
+    from gateway.storage import open_database
+
+    db = await open_database(fresh_database_url)
+    async with db.engine.begin() as conn:  # back to a database migrated before migration 60
+        await conn.execute(text("ALTER TABLE ledger DROP COLUMN trace_id"))
+        await conn.execute(text("DELETE FROM schema_migrations WHERE version = 60"))
+    await db.close()
+
+    db = await open_database(fresh_database_url)
+    try:
+        async with db.engine.connect() as conn:
+            columns = await conn.run_sync(lambda sync: [c["name"] for c in inspect_schema(sync).get_columns("ledger")])
+            versions = (await conn.execute(text("SELECT version FROM schema_migrations"))).scalars().all()
+        assert "trace_id" in columns and 60 in versions
+    finally:
+        await db.close()

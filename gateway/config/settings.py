@@ -199,6 +199,44 @@ class PromptSettings(_Strict):
     eval_concurrency: int = Field(4, ge=1, le=64, description="Golden cases sent at once during an evaluation.")
 
 
+class TracingSettings(_Strict):
+    """Tracing every request to Langfuse (its OTLP endpoint). Off while ``host`` or a key is empty.
+
+    Export never touches the request path: finished requests wait in a bounded queue and a
+    background task sends them in batches. When Langfuse is down, slow or failing, requests are
+    served as usual and what could not be sent is dropped and counted
+    (``gateway_trace_spans_dropped_total``).
+    """
+
+    host: str = Field(
+        "", description="Langfuse's base URL (from LANGFUSE_HOST or LANGFUSE_BASE_URL); empty turns tracing off."
+    )
+    public_key: str = Field("", description="Langfuse project public key (from LANGFUSE_PUBLIC_KEY).")
+    secret_key: SecretStr = Field(SecretStr(""), description="Langfuse project secret key (from LANGFUSE_SECRET_KEY).")
+    environment: str = Field("default", description="Langfuse environment the traces are filed under.")
+    sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of successful requests traced; failed requests are always traced."
+    )
+    queue_size: int = Field(
+        2048, ge=1, description="Finished requests that may wait for export; beyond it they are dropped and counted."
+    )
+    batch_size: int = Field(
+        256, ge=1, le=10_000, description="Spans per export call (fewer, bigger calls cost less CPU per span)."
+    )
+    flush_interval_ms: float = Field(500.0, gt=0, le=60_000, description="Longest a span waits for its batch.")
+    timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Deadline of one export call; past it the batch is dropped and counted."
+    )
+    compression: Literal["gzip", "none"] = Field("gzip", description="Compression of the OTLP payloads.")
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, le=300, description="How long a graceful stop tries to send what is still queued."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and self.public_key and self.secret_key.get_secret_value())
+
+
 class Settings(_Strict):
     """Everything ``gateway.yaml`` may say. ``base_dir`` anchors the relative paths in it."""
 
@@ -214,6 +252,7 @@ class Settings(_Strict):
     policies_dir: Path = Field(Path("policies"), description="Team, model, routing and budget policies.")
     prompts_dir: Path = Field(Path("prompts"), description="The prompt source repository.")
     prompts: PromptSettings = PromptSettings()
+    tracing: TracingSettings = TracingSettings()
 
     def resolve_path(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)
@@ -227,6 +266,7 @@ class Settings(_Strict):
             self.prompts.signing_key.get_secret_value(),
             url_password(self.storage.database_url),
             url_password(self.redis.url),
+            self.tracing.secret_key.get_secret_value(),
         ]
 
     @property

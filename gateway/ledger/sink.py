@@ -102,6 +102,7 @@ def ledger_row(ctx: RequestContext) -> dict[str, Any] | None:
         "saved_nanos": to_nanos(ctx.saved_cost),
         "latency_ms": round(elapsed * 1000, 3),
         "error_code": _cut(error.code, _CODE_MAX) if error is not None else None,
+        "trace_id": ctx.trace_id,
     }
 
 

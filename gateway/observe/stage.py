@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.context import Deferred, Reply, RequestContext
@@ -32,6 +33,11 @@ log = logging.getLogger("gateway.record")
 class RequestSink(Protocol):
     def record(self, ctx: RequestContext) -> None:
         """Take a finished request; must not block (enqueue, never await or do I/O inline)."""
+
+
+#: Called as a request enters the pipeline, before any stage ran (tracing assigns the trace id
+#: here, so it can go out as a response header). Must cost next to nothing and never raise.
+RequestStarter = Callable[[RequestContext], None]
 
 
 #: Requests whose recording may wait on deferred work at once. Deferral happens only while a
@@ -50,6 +56,7 @@ class Record:
     ) -> None:
         self._metrics = metrics
         self._sinks = sinks
+        self._starters: list[RequestStarter] = []
         self._access_log = access_log
         self._max_waiting = max_waiting
         self._waiting: set[asyncio.Task[None]] = set()
@@ -57,6 +64,8 @@ class Record:
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         self._metrics.in_flight.inc()
+        for start in self._starters:
+            start(ctx)
         ctx.on_finish(self._finish)
         try:
             return await call_next(ctx)
@@ -67,6 +76,9 @@ class Record:
 
     def add_sink(self, sink: RequestSink) -> None:
         self._sinks.append(sink)
+
+    def add_starter(self, starter: RequestStarter) -> None:
+        self._starters.append(starter)
 
     @property
     def waiting(self) -> int:
@@ -139,25 +151,26 @@ class Record:
             except Exception:
                 log.exception("request sink failed", extra={"request_id": ctx.request_id})
         if self._access_log is not None:
-            self._access_log.write(
-                {
-                    "request_id": ctx.request_id,
-                    "team": team,
-                    "key_id": ctx.principal.key_id if ctx.principal else None,
-                    "model": model,
-                    "deployment": ctx.deployment.label if ctx.deployment else None,
-                    "endpoint": ctx.endpoint.value,
-                    "stream": ctx.stream,
-                    "status": ctx.status,
-                    "attempts": ctx.attempts,
-                    "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
-                    "completion_tokens": ctx.usage.completion_tokens if ctx.usage else None,
-                    "cost_usd": round(ctx.cost, 8),
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
-                    "error": ctx.error.code if ctx.error else None,
-                }
-            )
+            line = {
+                "request_id": ctx.request_id,
+                "team": team,
+                "key_id": ctx.principal.key_id if ctx.principal else None,
+                "model": model,
+                "deployment": ctx.deployment.label if ctx.deployment else None,
+                "endpoint": ctx.endpoint.value,
+                "stream": ctx.stream,
+                "status": ctx.status,
+                "attempts": ctx.attempts,
+                "prompt_tokens": ctx.usage.prompt_tokens if ctx.usage else None,
+                "completion_tokens": ctx.usage.completion_tokens if ctx.usage else None,
+                "cost_usd": round(ctx.cost, 8),
+                "latency_ms": round(elapsed * 1000, 3),
+                "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
+                "error": ctx.error.code if ctx.error else None,
+            }
+            if ctx.trace_id is not None:  # tracing is on: logs, ledger rows and traces join on it
+                line["trace_id"] = ctx.trace_id
+            self._access_log.write(line)
 
 
 def _run_now(ctx: RequestContext, work: list[Deferred]) -> None:

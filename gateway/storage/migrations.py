@@ -44,8 +44,22 @@ def _rollouts(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE ledger ADD COLUMN rollout_id VARCHAR(100)"))
 
 
+def add_column(table: Table, name: str) -> Callable[[Connection], None]:
+    """Add ``table``'s column ``name`` (as ``schema`` declares it) to a table created before it
+    existed. A table created after the column was declared already has it: nothing to do."""
+
+    def apply(conn: Connection) -> None:
+        if name in {column["name"] for column in inspect(conn).get_columns(table.name)}:
+            return
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{name}" {kind}'))
+
+    return apply
+
+
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
-# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59.
+# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
     Migration(2, "applied policy snapshots", create_tables(schema.policy_snapshots)),
@@ -59,6 +73,7 @@ MIGRATIONS: list[Migration] = [
     Migration(29, "finance page sessions", create_tables(schema.report_sessions)),
     Migration(30, "audit log", create_tables(schema.audit_log)),
     Migration(50, "rollouts", _rollouts),
+    Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"

@@ -70,6 +70,8 @@ ledger = Table(
     Column("saved_nanos", BigInteger, nullable=False, default=0),
     Column("latency_ms", Float, nullable=False, default=0.0),
     Column("error_code", String(100), nullable=True),
+    # The request's trace in Langfuse (32 hex digits), when tracing is on (added by migration 60).
+    Column("trace_id", String(32), nullable=True),
     Index("ix_ledger_team_ts", "team", "ts"),
 )
 

@@ -50,7 +50,7 @@ _REQUEST_TIMEOUT_S: Final = 30.0
 #: Response headers dropped: set by the HTTP server from the clock or its own name.
 _DROPPED_HEADERS: Final = frozenset({"date", "server"})
 #: Ledger columns dropped: wall-clock time, run time, and the row's own id.
-_DROPPED_COLUMNS: Final = frozenset({"id", "ts", "latency_ms"})
+_DROPPED_COLUMNS: Final = frozenset({"id", "ts", "latency_ms", "trace_id"})
 #: Ledger columns holding the request id, replaced by the request's name.
 _REQUEST_ID_COLUMN: Final = "request_id"
 #: Environment variables the shipped configuration reads; cleared so the run is hermetic.

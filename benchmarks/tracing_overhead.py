@@ -1,0 +1,249 @@
+"""What tracing every request to Langfuse costs: ``python -m benchmarks.tracing_overhead``.
+
+Two ``gateway serve`` processes against one fake upstream: tracing off, and tracing at 100 %
+sampling to a local Langfuse receiver (``gateway.testing.langfuse_receiver``, in this process,
+so its work is not charged to the gateway). Requests go one at a time over a kept-alive
+connection.
+
+- **CPU per request**: the gateway process's CPU time (from /proc, children included) over
+  blocks of requests, alternating between the two gateways so that drift on the machine hits
+  both alike. The traced gateway's figure includes everything tracing does in that process:
+  the trace id, the queue, and the background task that builds, encodes, compresses and sends
+  the spans. "added" is the difference of the medians over the blocks.
+- **Overhead p50**: the ``x-gateway-overhead-ms`` header (the gateway's time until the answer
+  went out, upstream excluded), to show that export happens off the request path.
+
+At the end it checks that the receiver got one span per traced request.
+
+``--in-process`` measures instead, in this process, the CPU (``time.thread_time``) of one
+request's tracing as the gateway does it (the start hook, the sink, building and encoding the
+span, its share of the envelope and of gzip) next to what the official Langfuse SDK spends on
+the calling thread for one generation with the same fields (before its own export thread does
+anything): the measurement behind the choice of writing OTLP directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import yaml
+
+from benchmarks.procs import Server, start_server
+from gateway.testing.langfuse_receiver import LangfuseReceiver
+
+ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant that answers briefly."},
+    {"role": "user", "content": "What is the capital of France, and what is it known for?"},
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gateway(workdir: Path, name: str, upstream: str, tracing: dict[str, Any] | None) -> tuple[Server, str]:
+    root = workdir / name
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "prompts").mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "access_log": True, "log_level": "warning"},
+        "storage": {"database_url": f"sqlite:///{root / 'gateway.db'}"},
+        "auth": {"admin_key": ADMIN_KEY},
+    }
+    if tracing is not None:
+        config["tracing"] = tracing
+    deployment = {"provider": "openai", "base_url": f"{upstream}/v1", "model": "gpt-4o-mini", "retries": 0}
+    (root / "gateway.yaml").write_text(yaml.safe_dump(config))
+    (root / "policies" / "models.yaml").write_text(
+        yaml.safe_dump({"aliases": {"gpt-4o-mini": {"deployments": [deployment]}}})
+    )
+    (root / "policies" / "teams.yaml").write_text(yaml.safe_dump({"teams": {"bench": {}}}))
+    port = free_port()
+    server = start_server(
+        f"gateway ({name})",
+        [sys.executable, "-m", "gateway", "serve", "--config", str(root / "gateway.yaml"), "--port", str(port),
+         "--workers", "1"],
+        base_url=f"http://127.0.0.1:{port}", ready_path="/health/ready", log_path=root / "gateway.log",
+        core=None, env={**os.environ, "GATEWAY_CONFIG": str(root / "gateway.yaml")}, cwd=root,
+    )
+    created = httpx.post(f"{server.base_url}/admin/keys", json={"team": "bench"},
+                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    created.raise_for_status()
+    return server, created.json()["key"]
+
+
+def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict[str, Any]:
+    fake_port = free_port()
+    fake = start_server(
+        "fake upstream",
+        [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
+        base_url=f"http://127.0.0.1:{fake_port}", ready_path="/health", log_path=workdir / "fake.log", core=None,
+    )
+    servers = [fake]
+    with LangfuseReceiver() as receiver:
+        try:
+            tracing = {"host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
+                       "sample_rate": 1.0, "compression": compression}
+            gateways: dict[str, tuple[Server, str]] = {}
+            for name, settings in (("off", None), ("on", tracing)):
+                gateways[name] = start_gateway(workdir, name, fake.base_url, settings)
+                servers.append(gateways[name][0])
+            overhead: dict[str, list[float]] = {name: [] for name in gateways}
+            cpu: dict[str, list[float]] = {name: [] for name in gateways}
+            sent = 0
+            with httpx.Client(timeout=30) as client:
+
+                def ask(name: str, n: int) -> float:
+                    server, key = gateways[name]
+                    body = {"model": "gpt-4o-mini", "user": f"user-{n % 7}",
+                            "messages": [*MESSAGES, {"role": "user", "content": f"Question {n}"}]}
+                    response = client.post(f"{server.base_url}/v1/chat/completions", content=orjson.dumps(body),
+                                           headers={"Authorization": f"Bearer {key}",
+                                                    "content-type": "application/json"})
+                    response.raise_for_status()
+                    return float(response.headers["x-gateway-overhead-ms"])
+
+                for n in range(300):  # warm up: connections, imports, the exporter's session
+                    for name in gateways:
+                        ask(name, n)
+                sent += 300
+                time.sleep(1.0)
+                for block in range(blocks):
+                    for name in (("off", "on") if block % 2 == 0 else ("on", "off")):
+                        server = gateways[name][0]
+                        before = server.cpu_seconds()
+                        for n in range(requests):
+                            overhead[name].append(ask(name, n))
+                        time.sleep(0.6)  # let the exporter's last batch go out inside the block
+                        cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
+                sent += blocks * requests
+            deadline = time.monotonic() + 10
+            while len(receiver.spans()) < sent and time.monotonic() < deadline:
+                time.sleep(0.1)
+            received = len(receiver.spans())
+        finally:
+            for server in reversed(servers):
+                server.stop()
+    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    return {
+        "requests_per_block": requests,
+        "blocks": blocks,
+        "compression": compression,
+        "cpu_us_per_request": {"off": round(cpu_off, 1), "on": round(cpu_on, 1)},
+        "cpu_us_added_by_tracing": round(cpu_on - cpu_off, 1),
+        "overhead_p50_ms": {name: round(statistics.median(v), 3) for name, v in overhead.items()},
+        "spans_received": received,
+        "traced_requests": sent,
+    }
+
+
+def _finished_request(n: int) -> Any:
+    from benchmarks.servers import stage_catalog
+    from gateway.answer import Answer
+    from gateway.auth import Principal
+    from gateway.context import Endpoint, RequestContext, Usage
+
+    catalog = stage_catalog("bench", {})
+    alias = catalog.aliases["bench"]
+    ctx = RequestContext(request_id=secrets.token_hex(16), endpoint=Endpoint.CHAT, raw_body=b"",
+                         authorization=None, catalog=catalog)
+    ctx.principal = Principal(key_id="key_0123456789ab", team="bench", roles=frozenset({"app"}))
+    ctx.body = {"model": "bench", "messages": [*MESSAGES, {"role": "user", "content": f"Question {n}"}]}
+    ctx.requested_model, ctx.alias = "bench", alias
+    ctx.deployment, ctx.deployments = alias.deployments[0], alias.deployments
+    ctx.user, ctx.usage, ctx.cost, ctx.elapsed_seconds, ctx.attempts = f"user-{n % 7}", Usage(31, 24), 1.8e-5, 0.004, 1
+    answer = {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "stop",
+              "message": {"role": "assistant", "content": "Paris, known for its museums and cafés. " * 3}}]}
+    ctx.answer = Answer.of_json(200, orjson.dumps(answer), None)
+    return ctx
+
+
+def in_process(requests: int) -> dict[str, Any]:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from gateway.config.settings import TracingSettings
+    from gateway.tracing.exporter import TraceExporter
+
+    contexts = [_finished_request(n) for n in range(requests)]
+    with LangfuseReceiver() as receiver:
+        settings = TracingSettings.model_validate({
+            "host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
+            "queue_size": requests,
+        })
+
+        async def ours() -> float:
+            registry = CollectorRegistry()
+            exporter = TraceExporter(
+                settings, dropped=Counter("d", "d", ("reason",), registry=registry),
+                exported=Counter("e", "e", registry=registry),
+            )
+            started = time.thread_time()
+            for ctx in contexts:
+                exporter.start(ctx)
+                exporter.record(ctx)
+            while exporter.queued:
+                await exporter.export_batch()
+            spent = time.thread_time() - started
+            await exporter.close()
+            return spent
+
+        gateway_s = asyncio.run(ours())
+        assert len(receiver.spans()) == requests
+
+        from langfuse import Langfuse
+
+        client = Langfuse(public_key=receiver.public_key, secret_key=receiver.secret_key, host=receiver.url)
+        started = time.thread_time()
+        for ctx in contexts:
+            generation = client.start_observation(
+                name="chat bench", as_type="generation", model="gpt-4o-mini", input=ctx.body["messages"],
+                metadata={"team": "bench", "key_id": "key_0123456789ab", "alias": "bench",
+                          "deployment": "openai/gpt-4o-mini", "request_id": ctx.request_id, "status": 200},
+                usage_details={"input": 31, "output": 24}, cost_details={"total": ctx.cost},
+            )
+            generation.update(output={"role": "assistant", "content": ctx.answer.text})
+            generation.end()
+        sdk_s = time.thread_time() - started
+        client.flush()
+        client.shutdown()
+    return {
+        "requests": requests,
+        "gateway_tracing_cpu_us_per_request": round(gateway_s / requests * 1e6, 1),
+        "langfuse_sdk_calling_thread_cpu_us_per_generation": round(sdk_s / requests * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=500, help="Requests per block.")
+    parser.add_argument("--blocks", type=int, default=8, help="Blocks per gateway (alternating).")
+    parser.add_argument("--compression", choices=["gzip", "none"], default="gzip")
+    parser.add_argument("--in-process", action="store_true", help="Per-request CPU in process, vs the Langfuse SDK.")
+    args = parser.parse_args()
+    if args.in_process:
+        print(orjson.dumps(in_process(args.requests), option=orjson.OPT_INDENT_2).decode())
+        return
+    with tempfile.TemporaryDirectory(prefix="tracing-bench-") as workdir:
+        result = measure(Path(workdir), args.requests, args.blocks, args.compression)
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()

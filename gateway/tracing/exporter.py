@@ -1,0 +1,229 @@
+"""Traces off the request path: a bounded queue the record stage feeds, and one export task.
+
+On the request path tracing does two things, both cheap: ``start`` gives the request its trace
+id (and the ``x-gateway-trace-id`` response header), and ``record`` appends the finished
+request to a bounded queue, or drops and counts it when the queue is full. Nothing is built,
+serialised or sent there.
+
+A background task does the rest: it turns queued requests into OTLP spans (``spans.span_of``),
+encodes a batch with the official OpenTelemetry protobuf definitions, compresses it and POSTs
+it to Langfuse's OTLP endpoint. One export is in flight at a time, bounded by ``timeout_s``.
+A batch Langfuse did not take (down, hanging, 5xx, 401) is dropped and counted, never retried
+into a growing backlog: tracing is fail-open, a Langfuse outage costs traces, not requests.
+
+Why not the Langfuse SDK: it builds an OpenTelemetry SDK span per request on the request
+path (measured 126 to 197 µs CPU per generation, above the 100 µs budget). The gateway sends the
+same attributes the SDK would, straight to the same endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import gzip
+import logging
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from gateway.tracing import otlp
+from gateway.tracing.spans import failed, span_of
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from gateway.config.settings import TracingSettings
+    from gateway.context import RequestContext
+
+log = logging.getLogger("gateway.tracing")
+
+TRACES_PATH = "/api/public/otel/v1/traces"
+TRACE_HEADER = b"x-gateway-trace-id"
+#: Spans encoded between two yields to the event loop, so a big batch never stalls requests.
+ENCODE_SLICE = 16
+#: At most one warning per this many seconds about traces being dropped.
+LOG_EVERY_S = 30.0
+
+
+class TraceExporter:
+    """The tracing feature's request-path hooks (``start``, ``record``) and its export task."""
+
+    def __init__(
+        self,
+        settings: TracingSettings,
+        *,
+        dropped: Counter,
+        exported: Counter,
+        service_name: str = "llm-gateway",
+    ) -> None:
+        self.settings = settings
+        self.endpoint = settings.host.rstrip("/") + TRACES_PATH
+        credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
+        self.authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+        self._queue: collections.deque[tuple[RequestContext, int]] = collections.deque()
+        self._max = settings.queue_size
+        self._batch = settings.batch_size
+        self._rate = settings.sample_rate
+        self._dropped_full = dropped.labels("queue_full")
+        self._dropped_export = dropped.labels("export_failed")
+        self._dropped_shutdown = dropped.labels("shutdown")
+        self._exported = exported
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._last_warning = 0.0
+        self._lost_since_warning = 0
+        self._unsent = 0  # lost to a stop (counted under reason "shutdown")
+        self._resource: list[otlp.Attribute] = [
+            ("service.name", service_name), ("deployment.environment", settings.environment),
+        ]
+
+    # -- on the request path -----------------------------------------------------------------
+
+    def start(self, ctx: RequestContext) -> None:
+        """Give the request its trace id and say it in the response headers."""
+        if ctx.trace_id is None:
+            ctx.trace_id = os.urandom(16).hex()
+        ctx.extra_headers.append((TRACE_HEADER, ctx.trace_id.encode()))
+
+    def record(self, ctx: RequestContext) -> None:
+        """Queue the finished request (a request sink: never blocks, never raises on a full queue)."""
+        if ctx.trace_id is None:
+            return
+        if self._rate < 1.0 and not failed(ctx) and random.random() >= self._rate:
+            return
+        queue = self._queue
+        if len(queue) >= self._max:
+            self._dropped_full.inc()
+            self._lost(1)
+            return
+        queue.append((ctx, time.time_ns()))
+        if len(queue) >= self._batch:
+            self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- in the background -------------------------------------------------------------------
+
+    def start_task(self) -> None:
+        """Start exporting (inside the running event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="trace-exporter")
+
+    async def _run(self) -> None:
+        interval = self.settings.flush_interval_ms / 1000
+        while True:
+            if len(self._queue) < self._batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            while self._queue:
+                await self.export_batch()
+
+    async def export_batch(self) -> bool:
+        """Send up to one batch from the queue; False if Langfuse did not take it (dropped)."""
+        queue = self._queue
+        taken = [queue.popleft() for _ in range(min(self._batch, len(queue)))]
+        if not taken:
+            return True
+        try:
+            payload = await self._encode(taken)
+        except Exception:
+            log.exception("could not encode traces; dropped", extra={"spans": len(taken)})
+            self._dropped_export.inc(len(taken))
+            return False
+        try:
+            error = await self._post(payload)
+        except asyncio.CancelledError:  # stopped mid-export: the batch is lost, say so
+            self._dropped_shutdown.inc(len(taken))
+            self._unsent += len(taken)
+            raise
+        if error is None:
+            self._exported.inc(len(taken))
+            return True
+        self._dropped_export.inc(len(taken))
+        self._lost(len(taken), error)
+        return False
+
+    async def _encode(self, taken: list[tuple[RequestContext, int]]) -> bytes:
+        environment = self.settings.environment
+        spans: list[bytes] = []
+        for index, (ctx, end_ns) in enumerate(taken, start=1):
+            try:
+                spans.append(span_of(ctx, end_ns, environment=environment))
+            except Exception:
+                log.exception("could not build a trace span; dropped", extra={"request_id": ctx.request_id})
+                self._dropped_export.inc()
+            if index % ENCODE_SLICE == 0:
+                await asyncio.sleep(0)
+        payload = otlp.export_request(self._resource, "llm-gateway", spans)
+        if self.settings.compression == "gzip":
+            payload = gzip.compress(payload, compresslevel=1)
+        return payload
+
+    async def _post(self, payload: bytes) -> str | None:
+        """POST one payload; None when Langfuse took it, else why not."""
+        session = self._session
+        if session is None or session.closed:
+            session = self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+                connector=aiohttp.TCPConnector(limit=2),
+            )
+        headers = {"Authorization": self.authorization, "Content-Type": "application/x-protobuf"}
+        if self.settings.compression == "gzip":
+            headers["Content-Encoding"] = "gzip"
+        try:
+            async with session.post(self.endpoint, data=payload, headers=headers) as response:
+                await response.read()
+                if response.status >= 300:
+                    return f"HTTP {response.status}"
+                return None
+        except TimeoutError:
+            return f"no answer within {self.settings.timeout_s}s"
+        except aiohttp.ClientError as error:
+            return type(error).__name__
+
+    def _lost(self, count: int, reason: str = "the queue is full") -> None:
+        """Log dropped traces at a bounded rate (the counter has the exact numbers)."""
+        self._lost_since_warning += count
+        now = time.monotonic()
+        if now - self._last_warning >= LOG_EVERY_S:
+            log.warning(
+                "traces dropped: %s", reason,
+                extra={"dropped": self._lost_since_warning, "endpoint": self.endpoint},
+            )
+            self._last_warning = now
+            self._lost_since_warning = 0
+
+    async def close(self) -> None:
+        """Stop the task, send what is queued within ``shutdown_timeout_s``, count the rest."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        try:
+            while self._queue and time.monotonic() < deadline:
+                remaining = deadline - time.monotonic()
+                try:
+                    ok = await asyncio.wait_for(self.export_batch(), max(remaining, 0.001))
+                except TimeoutError:
+                    ok = False
+                if not ok:
+                    break  # Langfuse is not taking them: do not spend the bound retrying
+        finally:
+            if self._queue:
+                self._dropped_shutdown.inc(len(self._queue))
+                self._unsent += len(self._queue)
+                self._queue.clear()
+            if self._unsent:
+                log.warning("traces not sent at shutdown", extra={"dropped": self._unsent})
+            if self._session is not None:
+                await self._session.close()

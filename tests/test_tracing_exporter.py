@@ -1,0 +1,92 @@
+"""The tracing exporter's request-path hooks and its bounds, in process (no gateway, no Langfuse)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter
+
+from benchmarks.servers import stage_catalog
+from gateway.config.settings import Settings, TracingSettings
+from gateway.context import Endpoint, RequestContext
+from gateway.errors import InvalidRequest
+from gateway.tracing import build_tracing
+from gateway.tracing.exporter import TRACE_HEADER, TraceExporter
+from support.servers import free_port
+
+CATALOG = stage_catalog("t", {})
+
+
+def _exporter(**settings: object) -> tuple[TraceExporter, CollectorRegistry]:
+    registry = CollectorRegistry()
+    config = TracingSettings.model_validate(
+        {"host": f"http://127.0.0.1:{free_port()}", "public_key": "pk-lf-1", "secret_key": "sk-lf-1", **settings}
+    )
+    exporter = TraceExporter(
+        config, dropped=Counter("dropped", "d", ("reason",), registry=registry),
+        exported=Counter("exported", "e", registry=registry),
+    )
+    return exporter, registry
+
+
+def _ctx(n: int = 0) -> RequestContext:
+    return RequestContext(request_id=f"r{n}", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None,
+                          catalog=CATALOG)
+
+
+def _dropped(registry: CollectorRegistry, reason: str) -> float:
+    return registry.get_sample_value("dropped_total", {"reason": reason}) or 0.0
+
+
+def test_off_without_host_and_keys() -> None:
+    assert build_tracing(Settings().tracing, CollectorRegistry()) is None
+    assert not TracingSettings(host="http://x", public_key="pk").enabled
+
+
+def test_start_gives_each_request_a_trace_id_and_its_header() -> None:
+    exporter, _ = _exporter()
+    first, second = _ctx(1), _ctx(2)
+    exporter.start(first)
+    exporter.start(second)
+    assert first.trace_id and second.trace_id and first.trace_id != second.trace_id
+    assert len(first.trace_id) == 32 and int(first.trace_id, 16)
+    assert (TRACE_HEADER, first.trace_id.encode()) in first.extra_headers
+    forked = first.fork(first.origin.SHADOW)
+    exporter.start(forked)
+    assert forked.trace_id == first.trace_id  # a shadow copy lands in its primary's trace
+
+
+def test_sampling_keeps_every_failure() -> None:
+    exporter, _ = _exporter(sample_rate=0.0)
+    ok, failed = _ctx(1), _ctx(2)
+    failed.error, failed.status = InvalidRequest("no"), 400
+    for ctx in (ok, failed):
+        exporter.start(ctx)
+        exporter.record(ctx)
+    assert exporter.queued == 1
+
+
+def test_a_full_queue_drops_and_counts_without_blocking() -> None:
+    exporter, registry = _exporter(queue_size=3)
+    started = time.perf_counter()
+    for n in range(10):
+        ctx = _ctx(n)
+        exporter.start(ctx)
+        exporter.record(ctx)
+    assert time.perf_counter() - started < 0.05
+    assert exporter.queued == 3 and _dropped(registry, "queue_full") == 7
+
+
+async def test_an_unreachable_langfuse_loses_the_batch_and_the_stop_is_bounded() -> None:
+    exporter, registry = _exporter(batch_size=2, shutdown_timeout_s=0.5)
+    for n in range(5):
+        ctx = _ctx(n)
+        exporter.start(ctx)
+        exporter.record(ctx)
+    assert await exporter.export_batch() is False  # nothing listens on that port
+    assert _dropped(registry, "export_failed") == 2
+    started = time.monotonic()
+    await exporter.close()
+    assert time.monotonic() - started < 1.5
+    assert exporter.queued == 0
+    assert _dropped(registry, "export_failed") + _dropped(registry, "shutdown") == 5

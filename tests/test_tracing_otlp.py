@@ -1,0 +1,90 @@
+"""The hand-written OTLP encoder, decoded with the official OpenTelemetry protobuf definitions."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from benchmarks.servers import stage_catalog
+from gateway.answer import Answer
+from gateway.auth import Principal
+from gateway.context import Endpoint, RequestContext, Usage
+from gateway.errors import InvalidRequest
+from gateway.testing.langfuse_receiver import _attributes
+from gateway.tracing import otlp
+from gateway.tracing.spans import span_of
+
+VALUES: list[str | int | float | bool] = [
+    "", "plain", "ünïcødé ✓", "x" * 100_000, 0, 1, 127, 128, 300, 2**40, 2**63 - 1, -1, -(2**63),
+    0.0, 1.5, -2.25e-9, 1.234e-5, True, False,
+]
+
+
+def _decode(payload: bytes) -> Span:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(payload)
+    [resource_spans] = request.resource_spans
+    [scope_spans] = resource_spans.scope_spans
+    assert scope_spans.scope.name == "scope"
+    assert _attributes(resource_spans.resource.attributes) == {"service.name": "svc"}
+    [span] = scope_spans.spans
+    return span
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: repr(v)[:20])
+def test_each_attribute_value_decodes_to_itself(value: str | int | float | bool) -> None:
+    encoded = otlp.span(
+        trace_id=bytes(range(16)), span_id=bytes(range(8)), name="n", kind=otlp.SPAN_KIND_SERVER,
+        start_ns=1, end_ns=2, attributes_bytes=otlp.attributes([("k", value)], otlp.SPAN_ATTRIBUTE_TAG),
+    )
+    span = _decode(otlp.export_request([("service.name", "svc")], "scope", [encoded]))
+    decoded = _attributes(span.attributes)["k"]
+    assert decoded == value and type(decoded) is type(value)
+
+
+def test_a_span_with_every_field() -> None:
+    attrs = [("a", "1"), ("b", 2), ("c", 3.5), ("d", True)]
+    encoded = [
+        otlp.span(
+            trace_id=bytes.fromhex("0af7651916cd43dd8448eb211c80319c"), span_id=bytes.fromhex("b7ad6b7169203331"),
+            name=f"span {n} ✓", kind=otlp.SPAN_KIND_SERVER, start_ns=1_700_000_000_000_000_000 + n,
+            end_ns=1_700_000_000_500_000_000, attributes_bytes=otlp.attributes(attrs, otlp.SPAN_ATTRIBUTE_TAG),
+            status_code=otlp.STATUS_ERROR, status_message="upstream failed", parent_span_id=bytes(range(8)),
+        )
+        for n in range(3)
+    ]
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(otlp.export_request([("service.name", "svc")], "scope", encoded))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    assert [span.name for span in spans] == ["span 0 ✓", "span 1 ✓", "span 2 ✓"]
+    span = spans[2]
+    assert span.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c" and span.span_id.hex() == "b7ad6b7169203331"
+    assert span.parent_span_id == bytes(range(8)) and span.kind == Span.SPAN_KIND_SERVER
+    assert span.start_time_unix_nano == 1_700_000_000_000_000_002
+    assert span.end_time_unix_nano == 1_700_000_000_500_000_000
+    assert _attributes(span.attributes) == {"a": "1", "b": 2, "c": 3.5, "d": True}
+    assert (span.status.code, span.status.message) == (Status.STATUS_CODE_ERROR, "upstream failed")
+
+
+def test_a_failed_request_as_a_span() -> None:
+    catalog = stage_catalog("t", {})
+    alias = catalog.aliases["bench"]
+    ctx = RequestContext(request_id="r1", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None, catalog=catalog)
+    ctx.principal = Principal(key_id="key_1", team="t", roles=frozenset({"app"}))
+    ctx.body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+    ctx.alias, ctx.deployment, ctx.deployments = alias, alias.deployments[0], alias.deployments
+    ctx.usage, ctx.cost, ctx.elapsed_seconds = Usage(3, 0), 1.5e-7, 0.25
+    ctx.answer = Answer.of_json(400, b'{"error": {"message": "no"}}', None)
+    ctx.error, ctx.status = InvalidRequest("Bad field sk-abcdefghijklmnop."), 400
+    ctx.trace_id = "0af7651916cd43dd8448eb211c80319c"
+    span = Span()
+    span.ParseFromString(span_of(ctx, 2_000_000_000, environment="env"))
+    attributes = _attributes(span.attributes)
+    assert span.start_time_unix_nano == 1_750_000_000 and span.status.code == Status.STATUS_CODE_ERROR
+    assert attributes["langfuse.observation.level"] == "ERROR"
+    assert "sk-abcdefghijklmnop" not in span.status.message and "[redacted]" in span.status.message
+    assert orjson.loads(attributes["langfuse.observation.cost_details"]) == {"total": 1.5e-7}
+    assert attributes["langfuse.observation.metadata.team"] == "t"
+    assert "langfuse.observation.output" not in attributes
