@@ -86,19 +86,35 @@ def _check_chat(body: dict[str, Any], ctx: RequestContext) -> None:
             )
 
 
+#: Embedding sizes a request may ask for: OpenAI's spec says at least 1; no model has more than a
+#: few thousand, and the bound keeps a caller from having a vector of absurd size built for it.
+_MAX_DIMENSIONS = 65_536
+
+
 def _check_embeddings(body: dict[str, Any]) -> None:
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        _require(
+            isinstance(dimensions, int) and not isinstance(dimensions, bool) and 1 <= dimensions <= _MAX_DIMENSIONS,
+            f"'dimensions' must be an integer from 1 to {_MAX_DIMENSIONS}.",
+            "dimensions",
+        )
     value = body.get("input")
     _require(value is not None, "'input' is required.", "input")
     _require(
-        isinstance(value, str) or (isinstance(value, list) and len(value) > 0),
-        "'input' must be a string or a non-empty array.",
+        (isinstance(value, str) and value != "") or (isinstance(value, list) and len(value) > 0),
+        "'input' must be a non-empty string or a non-empty array.",
         "input",
     )
+    encoding = body.get("encoding_format")
+    _require(encoding is None or encoding in ("float", "base64"),
+             "'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     if isinstance(value, list):
         # OpenAI's four forms: strings, token ids, or arrays of token ids (one form a request).
+        # Like OpenAI, no string may be empty.
         first = value[0]
         if isinstance(first, str):
-            ok = all(isinstance(item, str) for item in value)
+            ok = all(isinstance(item, str) and item != "" for item in value)
         elif isinstance(first, list):
             ok = all(isinstance(item, list) and item and all(_is_token(t) for t in item) for item in value)
         else:

@@ -49,7 +49,11 @@ class MockProvider:
 
     async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply:
         await self._behave(deployment)
-        data = mock_responses.embeddings(ctx.body, model=deployment.model)
+        try:
+            data = mock_responses.embeddings(ctx.body, model=deployment.model)
+        except ValueError as exc:
+            # What a real upstream does with a body it cannot take: a 400 naming the problem.
+            raise UpstreamRejected(str(exc), status=400) from None
         usage = data.get("usage") or {}
         ctx.usage = Usage(int(usage.get("prompt_tokens", 0)), 0)
         return JsonReply(200, orjson.dumps(data), data)

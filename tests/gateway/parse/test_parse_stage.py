@@ -334,9 +334,9 @@ def test_embeddings_input_is_required() -> None:
     assert reject(embed(None), Endpoint.EMBEDDINGS) == invalid_value("input", "'input' is required.")
 
 
-@pytest.mark.parametrize("value", [[], {}, 3, True, {"text": "x"}])
+@pytest.mark.parametrize("value", ["", [], {}, 3, True, {"text": "x"}])
 def test_embeddings_input_must_be_a_string_or_a_non_empty_array(value: Any) -> None:
-    expected = invalid_value("input", "'input' must be a string or a non-empty array.")
+    expected = invalid_value("input", "'input' must be a non-empty string or a non-empty array.")
     assert reject(embed(value), Endpoint.EMBEDDINGS) == expected
 
 
@@ -344,9 +344,7 @@ def test_embeddings_input_must_be_a_string_or_a_non_empty_array(value: Any) -> N
     "value",
     [
         "hello",
-        "",
         ["hello", "world"],
-        [""],
         [0, 1, 2**31 - 1],
         [[1, 2], [3]],
         [[2**31 - 1]],
@@ -388,6 +386,33 @@ def test_embeddings_bodies_are_not_checked_as_chat_bodies() -> None:
     ctx = accept(orjson.dumps({"model": "e", "input": "x", "stream": "yes", "n": 0}), Endpoint.EMBEDDINGS)
     assert ctx.stream is False
     assert ctx.include_usage is False
+
+
+@pytest.mark.parametrize("dimensions", [0, -1, 65_537, True, 1.5, "8", 2**40])
+def test_embedding_dimensions_out_of_range_are_refused(dimensions: object) -> None:
+    # dimensions=0 once reached the mock provider and came back as a 500 (found by the fuzz test).
+    body = orjson.dumps({"model": "e", "input": "x", "dimensions": dimensions})
+    assert reject(body, Endpoint.EMBEDDINGS) == invalid_value(
+        "dimensions", "'dimensions' must be an integer from 1 to 65536."
+    )
+
+
+@pytest.mark.parametrize("encoding", [True, "int8", 0, ""])
+def test_embedding_encoding_format_must_be_float_or_base64(encoding: object) -> None:
+    body = orjson.dumps({"model": "e", "input": "x", "encoding_format": encoding})
+    assert reject(body, Endpoint.EMBEDDINGS) == invalid_value(
+        "encoding_format", "'encoding_format' must be 'float' or 'base64'."
+    )
+
+
+def test_an_empty_string_in_an_input_array_is_refused() -> None:
+    assert reject(embed(["a", ""]), Endpoint.EMBEDDINGS)["param"] == "input"
+
+
+@pytest.mark.parametrize("dimensions", [1, 256, 65_536])
+def test_embedding_dimensions_in_range_pass(dimensions: int) -> None:
+    ctx = accept(orjson.dumps({"model": "e", "input": "x", "dimensions": dimensions}), Endpoint.EMBEDDINGS)
+    assert ctx.body["dimensions"] == dimensions
 
 
 def test_a_chat_body_without_input_is_refused_on_the_embeddings_endpoint() -> None:
