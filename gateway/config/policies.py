@@ -1,5 +1,6 @@
 """Policy files under ``policies/``: model aliases (``models.yaml``), teams (``teams.yaml``),
-the prompt policy (``prompts.yaml``) and rollouts (``rollouts.yaml``, see ``rollouts.py``).
+the prompt policy (``prompts.yaml``), rollouts (``rollouts.yaml``, see ``rollouts.py``) and shadow
+traffic (``shadows.yaml``, see ``shadows.py``).
 
 These are the edge models: strict pydantic schemas with a description per field, validated
 with file and line in every error. The request path never sees them; ``gateway.catalog``
@@ -15,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.config.rollouts import RolloutsFile
+from gateway.config.shadows import ShadowsFile
 from gateway.config.yamlfile import ConfigError, load_yaml, validate
 
 
@@ -137,6 +139,11 @@ class BudgetSpec(_Strict):
     webhook_url: str = Field("", description="POSTed a JSON alert per threshold crossing; use ${ENV_VAR}.")
     keys: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per API key id (key_...).")
     aliases: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per model alias.")
+    shadow_limit_usd: float | None = Field(
+        None, ge=0,
+        description="USD per period for shadow copies (policies/shadows.yaml), counted apart from limit_usd and "
+        "always hard: past it copies are skipped. Default: 10 % of limit_usd.",
+    )
 
     @model_validator(mode="after")
     def _sane(self) -> BudgetSpec:
@@ -206,6 +213,7 @@ class PolicyBundle(_Strict):
     teams: TeamsFile
     prompts: PromptsPolicy = PromptsPolicy()
     rollouts: RolloutsFile = RolloutsFile()
+    shadows: ShadowsFile = ShadowsFile()
 
 
 def load_policies(policies_dir: Path) -> PolicyBundle:
@@ -238,6 +246,13 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             rollouts = validate(RolloutsFile, load_yaml(rollouts_path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    shadows = ShadowsFile()
+    shadows_path = policies_dir / "shadows.yaml"
+    if shadows_path.exists():
+        try:
+            shadows = validate(ShadowsFile, load_yaml(shadows_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return PolicyBundle(models=models, teams=teams, prompts=prompts, rollouts=rollouts)
+    return PolicyBundle(models=models, teams=teams, prompts=prompts, rollouts=rollouts, shadows=shadows)

@@ -3,17 +3,20 @@
     plan.py      RoutingPlan, ShadowCopy and the RoutingStrategy interface
     stage.py     the stage: asks the strategy, applies the plan
     weighted.py  strategy: a weighted draw, the rest as fallbacks
-    rollout.py   strategy: sticky canary/stable per rollout, else weighted (the runtime's)
+    rollout.py   strategy: sticky canary/stable per rollout, else weighted
+    shadow.py    strategy: another's plan plus the shadow copies policy asks for (the runtime's)
     uniform.py   uniform(rollout_id, subject): deterministic, sticky draws for rollouts
 """
 
 from gateway.routing.plan import RoutingPlan, RoutingStrategy, ShadowCopy
 from gateway.routing.rollout import RolloutStrategy
+from gateway.routing.shadow import ShadowStrategy
 from gateway.routing.stage import Route
 from gateway.routing.uniform import uniform
 from gateway.routing.weighted import Weighted, order_deployments
 
 __all__ = [
-    "RolloutStrategy", "Route", "RoutingPlan", "RoutingStrategy", "ShadowCopy", "Weighted", "order_deployments",
+    "RolloutStrategy", "Route", "RoutingPlan", "RoutingStrategy", "ShadowCopy", "ShadowStrategy", "Weighted",
+    "order_deployments",
     "uniform",
 ]

@@ -1,0 +1,101 @@
+"""Shadow rules as the request path sees them, built once per policy load with the catalog.
+
+``build_shadow_index`` checks what the schema alone cannot (the aliases and the rollout exist, both
+ends are chat aliases) and indexes the rules by what a request is looked up by: its alias, its
+prompt and label, its rollout. The shadow routing strategy (``gateway.routing.shadow``) asks
+``ShadowIndex.rules_for`` once per caller request; with no rules that is one truth test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway.config.shadows import PROMPT_TARGET, ShadowRuleSpec, ShadowsFile
+
+if TYPE_CHECKING:
+    from gateway.catalog import ModelAlias
+    from gateway.rollouts.model import RolloutIndex
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRule:
+    id: str
+    target: str  # an alias, or prompt:NAME@vN
+    sample_rate: float
+    spec: ShadowRuleSpec
+    target_alias: str | None = None  # the target when it is an alias (None for a prompt target)
+    variant: str | None = None  # with a rollout attachment: only this variant
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowIndex:
+    """Every shadow rule of a catalog, by what it is attached to."""
+
+    by_id: dict[str, ShadowRule] = field(default_factory=dict)
+    by_alias: dict[str, tuple[ShadowRule, ...]] = field(default_factory=dict)
+    by_prompt: dict[tuple[str, str], tuple[ShadowRule, ...]] = field(default_factory=dict)
+    by_rollout: dict[str, tuple[ShadowRule, ...]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_id)
+
+    def rules_for(self, alias: str, prompt: tuple[str, str] | None, rollout: str | None,
+                  variant: str | None) -> list[ShadowRule]:
+        """The rules a request matches: by its alias, its ``(prompt, label)`` and its rollout."""
+        found = list(self.by_alias.get(alias, ()))
+        if prompt is not None:
+            found.extend(self.by_prompt.get(prompt, ()))
+        if rollout is not None:
+            found.extend(rule for rule in self.by_rollout.get(rollout, ())
+                         if rule.variant is None or rule.variant == variant)
+        return found
+
+
+def build_shadow_index(file: ShadowsFile, aliases: dict[str, ModelAlias], rollouts: RolloutIndex,
+                  problems: list[str]) -> ShadowIndex:
+    """The runtime rules; what cannot be resolved is appended to ``problems`` (file and field)."""
+    by_id: dict[str, ShadowRule] = {}
+    by_alias: dict[str, list[ShadowRule]] = {}
+    by_prompt: dict[tuple[str, str], list[ShadowRule]] = {}
+    by_rollout: dict[str, list[ShadowRule]] = {}
+    for rule_id, spec in file.shadows.items():
+        where = f"shadows.yaml: shadows.{rule_id}"
+        target_alias: str | None = None
+        if not PROMPT_TARGET.match(spec.target):
+            found = aliases.get(spec.target)
+            if found is None:
+                problems.append(f"{where}.target: no model alias {spec.target!r} in models.yaml")
+                continue
+            if found.kind != "chat":
+                problems.append(f"{where}.target: {spec.target!r} is an {found.kind} alias; shadows compare chat "
+                                "answers")
+                continue
+            target_alias = found.name
+        on = spec.on
+        rule = ShadowRule(rule_id, spec.target, spec.sample_rate, spec, target_alias, on.variant)
+        if on.alias is not None:
+            attached = aliases.get(on.alias)
+            if attached is None:
+                problems.append(f"{where}.on.alias: no model alias {on.alias!r} in models.yaml")
+                continue
+            if attached.kind != "chat":
+                problems.append(f"{where}.on.alias: {on.alias!r} is an {attached.kind} alias; shadows copy chat "
+                                "requests")
+                continue
+            by_alias.setdefault(on.alias, []).append(rule)
+        elif on.prompt is not None:
+            by_prompt.setdefault((on.prompt, on.label), []).append(rule)
+        else:
+            assert on.rollout is not None
+            if on.rollout not in rollouts.by_id:
+                problems.append(f"{where}.on.rollout: no rollout {on.rollout!r} in rollouts.yaml")
+                continue
+            by_rollout.setdefault(on.rollout, []).append(rule)
+        by_id[rule_id] = rule
+    return ShadowIndex(
+        by_id,
+        {name: tuple(rules) for name, rules in by_alias.items()},
+        {key: tuple(rules) for key, rules in by_prompt.items()},
+        {name: tuple(rules) for name, rules in by_rollout.items()},
+    )
