@@ -7,6 +7,7 @@ team's shadow scope, never to its budget counter (in process and on Redis)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from support.budgets import period_key
 from support.gateway_proc import ADMIN_KEY, GatewayProcess
 from support.servers import start_uvicorn_in_thread
 
-TIMEOUT_S = 2.0
+TIMEOUT_S = 1.0
 BOUND = 2
 
 
@@ -52,25 +53,40 @@ def shadow_fake(shadow_upstream: FakeHandle) -> FakeHandle:
 
 def _deployment(upstream: str, model: str, *, priced: bool) -> dict[str, Any]:
     price = {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-5} if priced else {"free": True}
-    return {"provider": "openai", "base_url": f"{upstream}/v1", "api_key": "${TEST_PROVIDER_KEY}", "model": model,
-            "timeout_s": 10, "retries": 0, **price}
+    return {
+        "provider": "openai",
+        "base_url": f"{upstream}/v1",
+        "api_key": "${TEST_PROVIDER_KEY}",
+        "model": model,
+        "timeout_s": 10,
+        "retries": 0,
+        **price,
+    }
 
 
 def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) -> None:
-    models = {"aliases": {
-        "primary": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=False)]},
-        "primary-priced": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=True)]},
-        "shadow-target": {"deployments": [_deployment(shadow, "gpt-4o", priced=True)]},
-    }}
-    teams = {"teams": {
-        team: {"models": ["*"], "budget": {"limit_usd": 10.0, "period": "daily", "hard": True}},
-        f"{team}-tight": {"models": ["*"], "budget": {"limit_usd": 10.0, "period": "daily",
-                                                     "shadow_limit_usd": 0.0}},
-    }}
-    shadows = {"shadows": {
-        "mirror": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary"}},
-        "mirror-priced": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary-priced"}},
-    }}
+    models = {
+        "aliases": {
+            "primary": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=False)]},
+            "primary-priced": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=True)]},
+            "shadow-target": {"deployments": [_deployment(shadow, "gpt-4o", priced=True)]},
+        }
+    }
+    teams = {
+        "teams": {
+            team: {"models": ["*"], "budget": {"limit_usd": 10.0, "period": "daily", "hard": True}},
+            f"{team}-tight": {
+                "models": ["*"],
+                "budget": {"limit_usd": 10.0, "period": "daily", "shadow_limit_usd": 0.0},
+            },
+        }
+    }
+    shadows = {
+        "shadows": {
+            "mirror": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary"}},
+            "mirror-priced": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary-priced"}},
+        }
+    }
     policies = proc.config.root / "policies"
     (policies / "models.yaml").write_text(yaml.safe_dump(models))
     (policies / "teams.yaml").write_text(yaml.safe_dump(teams))
@@ -79,9 +95,13 @@ def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) 
 
 def _start(root: Path, fake: FakeHandle, shadow: FakeHandle, team: str, redis_url: str = "") -> GatewayProcess:
     root.mkdir(parents=True, exist_ok=True)
-    proc = make_gateway(root, fake.url, f"sqlite:///{root / 'gateway.db'}", redis_url=redis_url,
-                        extra={"shadow": {"max_concurrent": BOUND, "timeout_s": TIMEOUT_S},
-                               "ledger": {"flush_interval_ms": 20}})
+    proc = make_gateway(
+        root,
+        fake.url,
+        f"sqlite:///{root / 'gateway.db'}",
+        redis_url=redis_url,
+        extra={"shadow": {"max_concurrent": BOUND, "timeout_s": TIMEOUT_S}, "ledger": {"flush_interval_ms": 20}},
+    )
     _write_policies(proc, fake.url, shadow.url, team)
     return proc.start()
 
@@ -90,8 +110,9 @@ TEAM = "shadowers"
 
 
 @pytest.fixture(scope="module")
-def gateway_proc(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle,
-                 shadow_upstream: FakeHandle) -> Iterator[GatewayProcess]:
+def gateway_proc(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle, shadow_upstream: FakeHandle
+) -> Iterator[GatewayProcess]:
     proc = _start(tmp_path_factory.mktemp("shadow"), fake_upstream, shadow_upstream, TEAM)
     yield proc
     proc.stop()
@@ -145,14 +166,23 @@ def _ask(client: openai.OpenAI, *, stream: bool, model: str = "primary", text: s
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize(("fault", "outcome"), [
-    ({"delay_ms": 5000}, "timeout"),
-    ({"status": 500}, "error"),
-    ({"close": True}, "error"),
-], ids=["sleeps-5s", "answers-500", "closes-connection"])
+@pytest.mark.parametrize(
+    ("fault", "outcome"),
+    [
+        ({"delay_ms": 5000}, "timeout"),
+        ({"status": 500}, "error"),
+        ({"close": True}, "error"),
+    ],
+    ids=["sleeps-5s", "answers-500", "closes-connection"],
+)
 def test_a_failing_shadow_target_changes_nothing_for_the_caller(
-    gateway_proc: GatewayProcess, key: str, fake: FakeHandle, shadow_fake: FakeHandle, fault: dict[str, Any],
-    outcome: str, stream: bool,
+    gateway_proc: GatewayProcess,
+    key: str,
+    fake: FakeHandle,
+    shadow_fake: FakeHandle,
+    fault: dict[str, Any],
+    outcome: str,
+    stream: bool,
 ) -> None:
     _wait(lambda: _in_flight(gateway_proc) == 0)
     before = _copies(gateway_proc, "mirror", outcome)
@@ -204,21 +234,32 @@ def test_comparisons_are_stored_and_reported(
     rule = "mirror-priced"
     completed = _copies(gateway_proc, rule, "completed")
     http = httpx.Client(base_url=gateway_proc.url, timeout=30, headers={"authorization": f"Bearer {key}"})
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
     bodies = [
         {"messages": [{"role": "user", "content": "same words"}]},
         {"messages": [{"role": "user", "content": "same words again"}], "stream": True},
-        {"messages": [{"role": "user", "content": "where?"}],
-         "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}},
-        {"messages": [{"role": "user", "content": "call it"}],
-         "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
-         "tool_choice": "required"},
+        {
+            "messages": [{"role": "user", "content": "where?"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+        },
+        {
+            "messages": [{"role": "user", "content": "call it"}],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+            "tool_choice": "required",
+        },
     ]
     request_id = "cmp-" + uuid.uuid4().hex[:12]
     for index, body in enumerate(bodies):
-        response = http.post("/v1/chat/completions", json={"model": "primary-priced", **body},
-                             headers={"x-request-id": f"{request_id}-{index}"})
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": "primary-priced", **body},
+            headers={"x-request-id": f"{request_id}-{index}"},
+        )
         assert response.status_code == 200
         _wait(lambda: _in_flight(gateway_proc) == 0)  # one at a time: well inside the bound
     _wait(lambda: _copies(gateway_proc, rule, "completed") == completed + len(bodies))
@@ -243,20 +284,22 @@ def test_comparisons_are_stored_and_reported(
     # The ledger files each copy as kind shadow, joinable with the primary by request id.
     rows = asyncio.run(_ledger_rows(gateway_proc.config.root, request_id))
     kinds = sorted((row["request_id"], row["kind"]) for row in rows)
-    assert kinds == sorted([(f"{request_id}-{i}", "request") for i in range(len(bodies))]
-                           + [(f"{request_id}-{i}-shadow-0", "shadow") for i in range(len(bodies))])
+    assert kinds == sorted(
+        [(f"{request_id}-{i}", "request") for i in range(len(bodies))]
+        + [(f"{request_id}-{i}-shadow-0", "shadow") for i in range(len(bodies))]
+    )
 
     # The same report through the admin API (remote mode), as a table.
-    remote = gateway_proc.cli("shadow", "report", rule, "--url", gateway_proc.url, "--key", ADMIN_KEY,
-                              "--since", "1h")
+    remote = gateway_proc.cli("shadow", "report", rule, "--url", gateway_proc.url, "--key", ADMIN_KEY, "--since", "1h")
     assert "agreement with the primary" in remote.stdout and "100.0%" in remote.stdout
     missing = gateway_proc.cli("shadow", "report", "no-such-rule", check=False)
     assert missing.returncode == 1 and "no-such-rule" in missing.stderr
 
 
 def _budget(proc: GatewayProcess, team: str) -> dict[str, dict[str, Any]]:
-    rows = httpx.get(f"{proc.url}/admin/budgets", params={"team": team}, timeout=10,
-                     headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    rows = httpx.get(
+        f"{proc.url}/admin/budgets", params={"team": team}, timeout=10, headers={"authorization": f"Bearer {ADMIN_KEY}"}
+    ).json()
     return {row["scope"]: row for row in rows}
 
 
@@ -290,6 +333,7 @@ def test_a_spent_shadow_scope_skips_the_copy(
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_shadow_spend_never_touches_the_team_budget_on_redis(
     tmp_path: Path, fake: FakeHandle, shadow_fake: FakeHandle, redis_url: str
 ) -> None:
@@ -315,3 +359,26 @@ def test_shadow_spend_never_touches_the_team_budget_on_redis(
         assert counter("r:t") == 0 and counter("r:sh") == 0
     finally:
         proc.stop()
+
+
+def test_graceful_shutdown_does_not_wait_for_a_hanging_copy(
+    gateway_proc: GatewayProcess, key: str, fake: FakeHandle, shadow_fake: FakeHandle
+) -> None:
+    """Runs last: it stops the module's gateway while a copy hangs on its target."""
+    _wait(lambda: _in_flight(gateway_proc) == 0)
+    shadow_fake.configure(latency_ms=60_000)
+    request_id = "bye-" + uuid.uuid4().hex[:12]
+    response = httpx.post(
+        f"{gateway_proc.url}/v1/chat/completions",
+        timeout=30,
+        headers={"authorization": f"Bearer {key}", "x-request-id": request_id},
+        json={"model": "primary", "messages": [{"role": "user", "content": "bye"}]},
+    )
+    assert response.status_code == 200
+    _wait(lambda: shadow_fake.stats()["requests"] == 1)
+    # SIGTERM (uvicorn exits by re-raising it once stopped); a stop that hung for 15 s would
+    # have been killed with SIGKILL instead.
+    assert gateway_proc.stop() == -signal.SIGTERM
+    assert "gateway stopped cleanly" in gateway_proc.log()
+    rows = asyncio.run(_ledger_rows(gateway_proc.config.root, request_id))
+    assert sorted((row["kind"], row["status"]) for row in rows) == [("request", 200), ("shadow", 499)]

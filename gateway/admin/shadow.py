@@ -16,14 +16,19 @@ from gateway.shadow.report import parse_since, shadow_report
 router = APIRouter(prefix="/admin/shadow", tags=["shadow"])
 
 
-@router.get("/{rule}/report", response_model=None, responses={200: {
-    "description": "The rule's report: copies by outcome, agreement, latency and cost (see docs/shadow.md).",
-    "content": {"application/json": {"schema": {"type": "object"}}},
-}})
+@router.get(
+    "/{rule}/report",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The rule's report: copies by outcome, agreement, latency and cost (see docs/shadow.md).",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def report(
     rule: str,
-    since: str | None = Query(None, description="A duration back from now (24h, 7d) or an ISO date/time; "
-                              "default 24h."),
+    since: str | None = Query(None, description="A duration back from now (24h, 7d) or an ISO date/time; default 24h."),
     runtime: Runtime = Depends(get_runtime),
     _: Principal = Depends(require("author", "approver", "finance")),
 ) -> dict[str, Any]:
@@ -34,6 +39,8 @@ async def report(
         raise InvalidRequest(str(exc), param="since") from None
     found = await shadow_report(runtime.db, rule, start)
     if not found["copies"] and rule not in runtime.catalog.shadows.by_id:
-        raise NotFound(f"No shadow rule '{rule}' in the applied policies, and no copies of it recorded.",
-                       code="shadow_rule_not_found")
+        raise NotFound(
+            f"No shadow rule '{rule}' in the applied policies, and no copies of it recorded.",
+            code="shadow_rule_not_found",
+        )
     return found

@@ -32,8 +32,9 @@ def report(
     api = remote(url, key)
     if api is not None:
         refuse_local_only("--config", config)
-        found: dict[str, Any] = call(lambda: api.get(f"/admin/shadow/{segment(rule)}/report",
-                                                     **({"since": since} if since else {})))
+        found: dict[str, Any] = call(
+            lambda: api.get(f"/admin/shadow/{segment(rule)}/report", **({"since": since} if since else {}))
+        )
     else:
         found = _local(rule, since, config)
     if output == "json":
@@ -77,20 +78,48 @@ def _print(found: dict[str, Any]) -> None:
         head.add_row("error codes", ", ".join(f"{name} {count}" for name, count in found["error_codes"].items()))
     console.print(head)
     agreement = found["agreement"]
-    table = Table("compared", "exact match", "similarity mean", "similarity p50", "similarity p10",
-                  "length ratio", "JSON valid", "schema valid", "same tools", title="agreement with the primary")
-    table.add_row(str(agreement["compared"]), _fmt(agreement["exact_match_rate"], "{:.1%}"),
-                  _fmt(agreement["similarity_mean"]), _fmt(agreement["similarity_p50"]),
-                  _fmt(agreement["similarity_p10"]), _fmt(agreement["length_ratio_mean"], "{:.2f}"),
-                  _fmt(agreement["json_valid_rate"], "{:.1%}"), _fmt(agreement["schema_valid_rate"], "{:.1%}"),
-                  _fmt(agreement["tools_match_rate"], "{:.1%}"))
+    table = Table(
+        "compared",
+        "exact match",
+        "similarity mean",
+        "similarity p50",
+        "similarity p10",
+        "length ratio",
+        "JSON valid",
+        "schema valid",
+        "same tools",
+        title="agreement with the primary",
+    )
+    table.add_row(
+        str(agreement["compared"]),
+        _fmt(agreement["exact_match_rate"], "{:.1%}"),
+        _fmt(agreement["similarity_mean"]),
+        _fmt(agreement["similarity_p50"]),
+        _fmt(agreement["similarity_p10"]),
+        _fmt(agreement["length_ratio_mean"], "{:.2f}"),
+        _fmt(agreement["json_valid_rate"], "{:.1%}"),
+        _fmt(agreement["schema_valid_rate"], "{:.1%}"),
+        _fmt(agreement["tools_match_rate"], "{:.1%}"),
+    )
     console.print(table)
     cost = found["cost_usd"]
-    side = Table("", "latency p50 ms", "latency p95 ms", "latency mean ms", "cost total $", "cost mean $",
-                 title="primary vs shadow")
+    side = Table(
+        "",
+        "latency p50 ms",
+        "latency p95 ms",
+        "latency mean ms",
+        "cost total $",
+        "cost mean $",
+        title="primary vs shadow",
+    )
     for name in ("primary", "shadow"):
         latency = found["latency_ms"][name]
-        side.add_row(name, _fmt(latency["p50"], "{:.1f}"), _fmt(latency["p95"], "{:.1f}"),
-                     _fmt(latency["mean"], "{:.1f}"), _fmt(cost[f"{name}_total"], "{:.6f}"),
-                     _fmt(cost[f"{name}_mean"], "{:.6f}"))
+        side.add_row(
+            name,
+            _fmt(latency["p50"], "{:.1f}"),
+            _fmt(latency["p95"], "{:.1f}"),
+            _fmt(latency["mean"], "{:.1f}"),
+            _fmt(cost[f"{name}_total"], "{:.6f}"),
+            _fmt(cost[f"{name}_mean"], "{:.6f}"),
+        )
     console.print(side)

@@ -64,8 +64,9 @@ class ShadowOnSpec(_Strict):
 class ShadowRuleSpec(_Strict):
     description: str = ""
     target: str = Field(..., description="Where the copy goes: a chat model alias, or prompt:NAME@vN.")
-    sample_rate: float = Field(..., gt=0, le=1, description="Share of the matching requests copied (each drawn "
-                               "independently at random).")
+    sample_rate: float = Field(
+        ..., gt=0, le=1, description="Share of the matching requests copied (each drawn independently at random)."
+    )
     on: ShadowOnSpec = Field(..., description="Which requests are copied.")
 
     @model_validator(mode="after")

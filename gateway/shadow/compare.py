@@ -48,8 +48,12 @@ class Comparison:
 
     def as_row(self) -> dict[str, Any]:
         return {
-            "exact_match": self.exact_match, "length_ratio": self.length_ratio, "similarity": self.similarity,
-            "json_valid": self.json_valid, "schema_valid": self.schema_valid, "tools_match": self.tools_match,
+            "exact_match": self.exact_match,
+            "length_ratio": self.length_ratio,
+            "similarity": self.similarity,
+            "json_valid": self.json_valid,
+            "schema_valid": self.schema_valid,
+            "tools_match": self.tools_match,
         }
 
 

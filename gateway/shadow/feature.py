@@ -40,7 +40,9 @@ def build_shadows(
     ``permits`` is the data-class check (see ``gateway.shadow.runner``).
     """
     writer = LedgerWriter(
-        db, settings.ledger, table=shadow_comparisons,
+        db,
+        settings.ledger,
+        table=shadow_comparisons,
         metrics=LedgerMetrics(registry, prefix="gateway_shadow_comparison", what="Shadow comparison"),
     )
     writer.start()

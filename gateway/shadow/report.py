@@ -45,13 +45,27 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime:
 
 async def shadow_report(db: Database, rule: str, since: datetime) -> dict[str, Any]:
     """The report for ``rule`` over the copies recorded since ``since``."""
-    columns = [table.c[name] for name in (
-        "outcome", "target", "exact_match", "length_ratio", "similarity", "json_valid", "schema_valid",
-        "tools_match", "primary_latency_ms", "shadow_latency_ms", "primary_cost_nanos", "shadow_cost_nanos",
-        "error_code",
-    )]
-    query = (select(*columns).where(table.c.rule == rule, table.c.ts >= since)
-             .order_by(table.c.ts.desc()).limit(MAX_ROWS))
+    columns = [
+        table.c[name]
+        for name in (
+            "outcome",
+            "target",
+            "exact_match",
+            "length_ratio",
+            "similarity",
+            "json_valid",
+            "schema_valid",
+            "tools_match",
+            "primary_latency_ms",
+            "shadow_latency_ms",
+            "primary_cost_nanos",
+            "shadow_cost_nanos",
+            "error_code",
+        )
+    ]
+    query = (
+        select(*columns).where(table.c.rule == rule, table.c.ts >= since).order_by(table.c.ts.desc()).limit(MAX_ROWS)
+    )
     async with db.engine.connect() as conn:
         rows = [row._mapping for row in (await conn.execute(query)).all()]
     outcomes: dict[str, int] = {}

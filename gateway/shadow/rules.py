@@ -40,20 +40,23 @@ class ShadowIndex:
     def __bool__(self) -> bool:
         return bool(self.by_id)
 
-    def rules_for(self, alias: str, prompt: tuple[str, str] | None, rollout: str | None,
-                  variant: str | None) -> list[ShadowRule]:
+    def rules_for(
+        self, alias: str, prompt: tuple[str, str] | None, rollout: str | None, variant: str | None
+    ) -> list[ShadowRule]:
         """The rules a request matches: by its alias, its ``(prompt, label)`` and its rollout."""
         found = list(self.by_alias.get(alias, ()))
         if prompt is not None:
             found.extend(self.by_prompt.get(prompt, ()))
         if rollout is not None:
-            found.extend(rule for rule in self.by_rollout.get(rollout, ())
-                         if rule.variant is None or rule.variant == variant)
+            found.extend(
+                rule for rule in self.by_rollout.get(rollout, ()) if rule.variant is None or rule.variant == variant
+            )
         return found
 
 
-def build_shadow_index(file: ShadowsFile, aliases: dict[str, ModelAlias], rollouts: RolloutIndex,
-                  problems: list[str]) -> ShadowIndex:
+def build_shadow_index(
+    file: ShadowsFile, aliases: dict[str, ModelAlias], rollouts: RolloutIndex, problems: list[str]
+) -> ShadowIndex:
     """The runtime rules; what cannot be resolved is appended to ``problems`` (file and field)."""
     by_id: dict[str, ShadowRule] = {}
     by_alias: dict[str, list[ShadowRule]] = {}
@@ -68,8 +71,9 @@ def build_shadow_index(file: ShadowsFile, aliases: dict[str, ModelAlias], rollou
                 problems.append(f"{where}.target: no model alias {spec.target!r} in models.yaml")
                 continue
             if found.kind != "chat":
-                problems.append(f"{where}.target: {spec.target!r} is an {found.kind} alias; shadows compare chat "
-                                "answers")
+                problems.append(
+                    f"{where}.target: {spec.target!r} is an {found.kind} alias; shadows compare chat answers"
+                )
                 continue
             target_alias = found.name
         on = spec.on
@@ -80,8 +84,9 @@ def build_shadow_index(file: ShadowsFile, aliases: dict[str, ModelAlias], rollou
                 problems.append(f"{where}.on.alias: no model alias {on.alias!r} in models.yaml")
                 continue
             if attached.kind != "chat":
-                problems.append(f"{where}.on.alias: {on.alias!r} is an {attached.kind} alias; shadows copy chat "
-                                "requests")
+                problems.append(
+                    f"{where}.on.alias: {on.alias!r} is an {attached.kind} alias; shadows copy chat requests"
+                )
                 continue
             by_alias.setdefault(on.alias, []).append(rule)
         elif on.prompt is not None:

@@ -59,7 +59,14 @@ log = logging.getLogger("gateway.shadow")
 Permits = Callable[[RequestContext, "Deployment"], bool]
 
 OUTCOMES: Final = (
-    "completed", "error", "timeout", "budget", "forbidden", "dropped_full", "primary_failed", "shutdown",
+    "completed",
+    "error",
+    "timeout",
+    "budget",
+    "forbidden",
+    "dropped_full",
+    "primary_failed",
+    "shutdown",
 )
 _BUDGET_CODES: Final = frozenset({"budget_exceeded", "budget_unavailable"})
 FORBIDDEN_CODE: Final = "data_class_forbidden"
@@ -73,8 +80,10 @@ def allow_all(ctx: RequestContext, deployment: Deployment) -> bool:
 class ShadowMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.copies = Counter(
-            "gateway_shadow_copies_total", "Shadow copies by rule and outcome (see docs/shadow.md).",
-            ("rule", "outcome"), registry=registry,
+            "gateway_shadow_copies_total",
+            "Shadow copies by rule and outcome (see docs/shadow.md).",
+            ("rule", "outcome"),
+            registry=registry,
         )
         self.in_flight = Gauge(
             "gateway_shadow_in_flight", "Shadow copies running now.", registry=registry, multiprocess_mode="livesum"
@@ -241,6 +250,11 @@ class ShadowRunner:
         }
         self._comparisons.submit(row)
 
+    async def idle(self) -> None:
+        """Wait until no copy is running (tests, tools)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def close(self) -> None:
         """Stop sending copies, cancel those running (each records itself as cancelled), bounded."""
         self._closing = True
@@ -252,7 +266,11 @@ class ShadowRunner:
 
 
 _NO_COMPARISON: Final[dict[str, Any]] = {
-    "exact_match": None, "length_ratio": None, "similarity": None, "json_valid": None, "schema_valid": None,
+    "exact_match": None,
+    "length_ratio": None,
+    "similarity": None,
+    "json_valid": None,
+    "schema_valid": None,
     "tools_match": None,
 }
 
