@@ -40,8 +40,7 @@ class ShadowStrategy:
         index = ctx.catalog.shadows
         if not index or ctx.origin is not Origin.CALLER:
             return plan
-        prompt = (ctx.prompt_name, ctx.prompt_label) if ctx.prompt_name and ctx.prompt_label else None
-        rules = index.rules_for(alias.name, prompt, plan.rollout_id, plan.variant)
+        rules = index.rules_for(alias.name, ctx.prompt_name, ctx.prompt_label, plan.rollout_id, plan.variant)
         if not rules:
             return plan
         draw = self._draw

@@ -41,16 +41,22 @@ class ShadowIndex:
         return bool(self.by_id)
 
     def rules_for(
-        self, alias: str, prompt: tuple[str, str] | None, rollout: str | None, variant: str | None
-    ) -> list[ShadowRule]:
-        """The rules a request matches: by its alias, its ``(prompt, label)`` and its rollout."""
-        found = list(self.by_alias.get(alias, ()))
-        if prompt is not None:
-            found.extend(self.by_prompt.get(prompt, ()))
-        if rollout is not None:
-            found.extend(
-                rule for rule in self.by_rollout.get(rollout, ()) if rule.variant is None or rule.variant == variant
-            )
+        self, alias: str, prompt_name: str | None, prompt_label: str | None, rollout: str | None, variant: str | None
+    ) -> tuple[ShadowRule, ...]:
+        """The rules a request matches: by its alias, its prompt and label, and its rollout.
+
+        Every caller's request asks, so the common cases (no rule, rules on aliases only) cost
+        a dict lookup or two and build nothing.
+        """
+        found = self.by_alias.get(alias, ())
+        if prompt_name is not None and self.by_prompt:
+            more = self.by_prompt.get((prompt_name, prompt_label or ""))
+            if more:
+                found = found + more
+        if rollout is not None and self.by_rollout:
+            candidates = self.by_rollout.get(rollout)
+            if candidates:
+                found = found + tuple(rule for rule in candidates if rule.variant is None or rule.variant == variant)
         return found
 
 
