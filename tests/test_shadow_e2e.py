@@ -33,6 +33,15 @@ from support.servers import start_uvicorn_in_thread
 
 TIMEOUT_S = 1.0
 BOUND = 2
+PROMPT = "shadowed"
+PROMPT_SOURCE = """\
+name: shadowed
+model: {model}
+variables: {{type: object, required: [topic], properties: {{topic: {{type: string}}}}}}
+messages:
+  - role: user
+    content: "{wording} {{{{ topic }}}}"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +79,7 @@ def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) 
             "primary": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=False)]},
             "primary-priced": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=True)]},
             "shadow-target": {"deployments": [_deployment(shadow, "gpt-4o", priced=True)]},
+            "shadow-target-2": {"deployments": [_deployment(shadow, "gpt-4.1-mini", priced=True)]},
         }
     }
     teams = {
@@ -85,6 +95,11 @@ def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) 
         "shadows": {
             "mirror": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary"}},
             "mirror-priced": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary-priced"}},
+            "prompt-v2": {
+                "target": f"prompt:{PROMPT}@v2",
+                "sample_rate": 1.0,
+                "on": {"prompt": PROMPT, "label": "beta"},
+            },
         }
     }
     policies = proc.config.root / "policies"
@@ -294,6 +309,38 @@ def test_comparisons_are_stored_and_reported(
     assert "agreement with the primary" in remote.stdout and "100.0%" in remote.stdout
     missing = gateway_proc.cli("shadow", "report", "no-such-rule", check=False)
     assert missing.returncode == 1 and "no-such-rule" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_prompt_version_shadows_the_label_the_caller_asked_for(
+    gateway_proc: GatewayProcess, key: str, fake: FakeHandle, shadow_fake: FakeHandle, tmp_path: Path
+) -> None:
+    """prompt:NAME@v2 gets a copy of the requests for prompt:NAME@beta, with the same variables;
+    a rule on the alias v1 runs on gets the rendered request (there is nothing else to send)."""
+    _wait(lambda: _in_flight(gateway_proc) == 0)
+    for model, wording in (("primary", "Explain"), ("shadow-target-2", "Explain briefly")):
+        (tmp_path / "prompt.yaml").write_text(PROMPT_SOURCE.format(model=model, wording=wording))
+        gateway_proc.cli("prompts", "push", str(tmp_path / "prompt.yaml"), "-m", wording)
+    gateway_proc.cli("prompts", "label", "set", PROMPT, "beta", "1")
+    http = httpx.Client(base_url=gateway_proc.url, timeout=30, headers={"authorization": f"Bearer {key}"})
+
+    def ask() -> httpx.Response:
+        body = {"model": f"prompt:{PROMPT}@beta", "variables": {"topic": "tides"}}
+        return http.post("/v1/chat/completions", json=body)
+
+    _wait(lambda: ask().status_code == 200)  # the label move has reached the gateway
+    _wait(lambda: _in_flight(gateway_proc) == 0)
+    shadow_fake.reset()
+    by_rule = {rule: _copies(gateway_proc, rule, "completed") for rule in ("prompt-v2", "mirror")}
+    response = ask()
+    assert response.status_code == 200 and "Explain tides" in response.json()["choices"][0]["message"]["content"]
+    _wait(lambda: all(_copies(gateway_proc, rule, "completed") == done + 1 for rule, done in by_rule.items()))
+    # One copy renders v2 (its own alias), the other sends v1's rendered messages to the alias rule's target.
+    assert shadow_fake.stats()["by_model"] == {"gpt-4.1-mini": 1, "gpt-4o": 1}
+    found = orjson.loads(gateway_proc.cli("shadow", "report", "prompt-v2", "--format", "json").stdout)
+    assert found["targets"] == [f"prompt:{PROMPT}@v2"] and found["outcomes"]["completed"] >= 2
+    assert found["agreement"]["exact_match_rate"] == 0.0  # "Explain briefly tides" against "Explain tides"
+    assert 0.5 < found["agreement"]["similarity_mean"] < 1.0
 
 
 def _budget(proc: GatewayProcess, team: str) -> dict[str, dict[str, Any]]:

@@ -68,6 +68,7 @@ OUTCOMES: Final = (
     "primary_failed",
     "shutdown",
 )
+PROMPT_PREFIX: Final = "prompt:"
 _BUDGET_CODES: Final = frozenset({"budget_exceeded", "budget_unavailable"})
 FORBIDDEN_CODE: Final = "data_class_forbidden"
 
@@ -199,7 +200,7 @@ class ShadowRunner:
                 outcome = "shutdown"
                 return
             primary = _snapshot(caller)
-            shadow = caller.fork(Origin.SHADOW, body=_retarget(caller.raw_body, copy.target), request_id=request_id)
+            shadow = caller.fork(Origin.SHADOW, body=_retarget(caller, copy.target), request_id=request_id)
             del caller  # the copy keeps only the snapshot of its primary
             try:
                 async with asyncio.timeout(self._settings.timeout_s):
@@ -275,9 +276,20 @@ _NO_COMPARISON: Final[dict[str, Any]] = {
 }
 
 
-def _retarget(raw_body: bytes, target: str) -> dict[str, Any]:
-    """The caller's body with ``model`` set to the shadow target; everything else as sent."""
-    body: dict[str, Any] = orjson.loads(raw_body)
+def _retarget(caller: RequestContext, target: str) -> dict[str, Any]:
+    """The copy's body: what the caller sent, with ``model`` set to the target.
+
+    A prompt target renders its own version from the caller's ``variables``, so it gets the
+    body as sent. An alias target gets the request as it went upstream when the caller asked
+    for a prompt (its rendered messages and parameters: how would this model answer it?).
+    """
+    if target.startswith(PROMPT_PREFIX) or caller.prompt_name is None:
+        body: dict[str, Any] = orjson.loads(caller.raw_body)
+    else:
+        body = orjson.loads(orjson.dumps(caller.body))  # a deep copy; the primary's is left as it was
+        body.pop("stream_options", None)
+        if caller.include_usage:
+            body["stream_options"] = {"include_usage": True}
     body["model"] = target
     return body
 
