@@ -31,6 +31,9 @@ from support.budgets import period_key
 from support.gateway_proc import ADMIN_KEY, GatewayProcess
 from support.servers import start_uvicorn_in_thread
 
+# Real gateway processes, prompt pushes and CLI runs: about a minute in all.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 1.0
 BOUND = 2
 PROMPT = "shadowed"
@@ -311,7 +314,6 @@ def test_comparisons_are_stored_and_reported(
     assert missing.returncode == 1 and "no-such-rule" in missing.stderr
 
 
-@pytest.mark.slow
 def test_a_prompt_version_shadows_the_label_the_caller_asked_for(
     gateway_proc: GatewayProcess, key: str, fake: FakeHandle, shadow_fake: FakeHandle, tmp_path: Path
 ) -> None:
@@ -380,7 +382,6 @@ def test_a_spent_shadow_scope_skips_the_copy(
 
 
 @pytest.mark.redis
-@pytest.mark.slow
 def test_shadow_spend_never_touches_the_team_budget_on_redis(
     tmp_path: Path, fake: FakeHandle, shadow_fake: FakeHandle, redis_url: str
 ) -> None:

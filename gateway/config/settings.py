@@ -245,7 +245,9 @@ class ShadowSettings(_Strict):
     ``timeout_s``. Nothing about a copy reaches the caller.
     """
 
-    enabled: bool = Field(True, description="Send the shadow copies that policies ask for (false: none at all).")
+    enabled: bool = Field(
+        True, description="Send the shadow copies that policies ask for (false: none, each counted as disabled)."
+    )
     max_concurrent: int = Field(
         16, ge=1, le=10_000, description="Copies in flight at once per process; beyond it copies are dropped and "
         "counted (gateway_shadow_copies_total{outcome=\"dropped_full\"}).",

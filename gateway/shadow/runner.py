@@ -22,6 +22,7 @@ Failure rules, each counted in ``gateway_shadow_copies_total{rule, outcome}``:
     dropped_full    ``shadow.max_concurrent`` copies were already running: dropped, never sent
     primary_failed  the primary has no complete answer to compare with: not sent
     shutdown        the server stopped first: not sent, or cancelled while running
+    disabled        ``shadow.enabled`` is false: not sent
 
 ``permits(ctx, deployment) -> bool`` is the data-class hook: it is asked with the *primary's*
 context (whose class the copy inherits) for each deployment of an alias target; a target with
@@ -154,7 +155,10 @@ class ShadowRunner:
         child.inc()
 
     def _dispatch(self, primary: RequestContext, copy: ShadowCopy, index: int) -> None:
-        if self._closing or not self._settings.enabled:
+        if not self._settings.enabled:
+            self._count(copy.rule, "disabled")
+            return
+        if self._closing:
             self._count(copy.rule, "shutdown")
             return
         answer = primary.answer

@@ -209,3 +209,11 @@ async def test_close_cancels_running_copies_and_refuses_new_ones() -> None:
     assert shadows.running == 0 and core.seen[0].status == 499
     shadows.record(primary(cat, "to-big"))
     assert count(metrics, "to-big", "shutdown") == 2
+
+
+async def test_disabled_shadows_send_nothing() -> None:
+    core = FakeCore()
+    shadows, metrics = runner(core, Rows(), enabled=False)
+    shadows.record(primary(catalog(), "to-big"))
+    assert shadows.running == 0 and core.seen == []
+    assert count(metrics, "to-big", "disabled") == 1
