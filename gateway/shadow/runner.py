@@ -68,6 +68,7 @@ OUTCOMES: Final = (
     "dropped_full",
     "primary_failed",
     "shutdown",
+    "disabled",
 )
 PROMPT_PREFIX: Final = "prompt:"
 _BUDGET_CODES: Final = frozenset({"budget_exceeded", "budget_unavailable"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from gateway.config.shadows import ShadowsFile
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import PermissionDenied, RateLimited
 from gateway.routing import RoutingPlan, ShadowCopy
-from gateway.shadow.runner import ShadowMetrics, ShadowRunner
+from gateway.shadow.runner import OUTCOMES, ShadowMetrics, ShadowRunner
 
 MODELS = {
     "aliases": {
@@ -217,3 +218,10 @@ async def test_disabled_shadows_send_nothing() -> None:
     shadows.record(primary(catalog(), "to-big"))
     assert shadows.running == 0 and core.seen == []
     assert count(metrics, "to-big", "disabled") == 1
+
+
+def test_every_outcome_is_documented() -> None:
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    shadow, operations = (docs / "shadow.md").read_text(), (docs / "operations.md").read_text()
+    assert [name for name in OUTCOMES if f"| `{name}` |" not in shadow] == []
+    assert [name for name in OUTCOMES if f"`{name}`" not in operations] == []
