@@ -51,6 +51,14 @@ def test_the_readme_quick_start_runs_as_written(quickstart: Terminal) -> None:
     assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == "Mock answer: Hi!"
 
 
+def test_the_readme_is_a_front_door() -> None:
+    readme = README.read_text()
+    assert len(readme.splitlines()) <= 300, "the README stays short: details belong under docs/"
+    for page in ("applications", "prompt-authors", "operations", "finance", "architecture"):
+        assert f"(docs/{page}.md)" in readme and (REPO / "docs" / f"{page}.md").exists()
+    assert "(benchmarks/README.md)" in readme
+
+
 def test_the_readme_test_command_is_what_ci_runs() -> None:
     section = README.read_text().split("## Running the tests", 1)[1]
     command = section.split("```bash\n", 1)[1].split("\n```", 1)[0]
