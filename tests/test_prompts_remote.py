@@ -141,5 +141,6 @@ def test_remote_errors_are_the_cli_error_lines(shipped: ShippedGateway, laptop: 
     dead = author("prompts", "list", check=False, GATEWAY_URL="http://127.0.0.1:9")
     assert dead.returncode == 1 and dead.stderr.startswith("error: Cannot reach the gateway at http://127.0.0.1:9")
     # --url/--key on the command line work like the environment.
-    assert "support-answer" in author("prompts", "list", "--url", shipped.url, "--key", author.key,
-                                      GATEWAY_URL="", GATEWAY_KEY="").stdout
+    author("prompts", "push", "summarise", "-m", "to be listed")
+    assert "summarise" in author("prompts", "list", "--url", shipped.url, "--key", author.key,
+                                 GATEWAY_URL="", GATEWAY_KEY="").stdout
