@@ -91,7 +91,7 @@ def start_gateway(workdir: Path, name: str, upstream: str, shadow_upstream: str 
         aliases["candidate"] = {
             "deployments": [{**deployment, "base_url": f"{shadow_upstream}/v1", "model": "gpt-4o", "timeout_s": 600}]
         }
-        rule = {"target": "candidate", "sample_rate": 1.0, "on": {"alias": "gpt-4o-mini"}}
+        rule = {"target": "candidate", "sample_rate": 1.0, "traffic": {"alias": "gpt-4o-mini"}}
         (root / "policies" / "shadows.yaml").write_text(yaml.safe_dump({"shadows": {"bench": rule}}))
     (root / "gateway.yaml").write_text(yaml.safe_dump(config))
     (root / "policies" / "models.yaml").write_text(yaml.safe_dump({"aliases": aliases}))
@@ -224,7 +224,7 @@ def in_process(number: int) -> dict[str, Any]:
     }
 
     def catalog(on: str | None) -> Any:
-        rules = {} if on is None else {"r": {"target": "candidate", "sample_rate": 0.05, "on": {"alias": on}}}
+        rules = {} if on is None else {"r": {"target": "candidate", "sample_rate": 0.05, "traffic": {"alias": on}}}
         return build_catalog(
             PolicyBundle(
                 models=ModelsFile.model_validate(models),

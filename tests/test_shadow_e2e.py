@@ -96,12 +96,12 @@ def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) 
     }
     shadows = {
         "shadows": {
-            "mirror": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary"}},
-            "mirror-priced": {"target": "shadow-target", "sample_rate": 1.0, "on": {"alias": "primary-priced"}},
+            "mirror": {"target": "shadow-target", "sample_rate": 1.0, "traffic": {"alias": "primary"}},
+            "mirror-priced": {"target": "shadow-target", "sample_rate": 1.0, "traffic": {"alias": "primary-priced"}},
             "prompt-v2": {
                 "target": f"prompt:{PROMPT}@v2",
                 "sample_rate": 1.0,
-                "on": {"prompt": PROMPT, "label": "beta"},
+                "traffic": {"prompt": PROMPT, "label": "beta"},
             },
         }
     }

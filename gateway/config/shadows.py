@@ -13,15 +13,15 @@ Example::
         description: How would gpt-4o answer chat-default's traffic?
         target: gpt-4o
         sample_rate: 0.05
-        on: {alias: chat-default}
+        traffic: {alias: chat-default}
       answer-v4:
         target: prompt:support-answer@v4
         sample_rate: 0.2
-        on: {prompt: support-answer, label: production}
+        traffic: {prompt: support-answer, label: production}
       canary-vs-4o:
         target: gpt-4o
         sample_rate: 1.0
-        on: {rollout: chat-default-4o, variant: canary}
+        traffic: {rollout: chat-default-4o, variant: canary}
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ShadowOnSpec(_Strict):
+class ShadowTrafficSpec(_Strict):
     """Which callers' requests are copied: exactly one of ``alias``, ``prompt`` or ``rollout``."""
 
     alias: str | None = Field(None, description="Requests served by this model alias (prompts on it included).")
@@ -52,7 +52,7 @@ class ShadowOnSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> ShadowOnSpec:
+    def _exactly_one(self) -> ShadowTrafficSpec:
         given = [name for name in ("alias", "prompt", "rollout") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of alias, prompt or rollout (given: {given or 'none'})")
@@ -67,7 +67,8 @@ class ShadowRuleSpec(_Strict):
     sample_rate: float = Field(
         ..., gt=0, le=1, description="Share of the matching requests copied (each drawn independently at random)."
     )
-    on: ShadowOnSpec = Field(..., description="Which requests are copied.")
+    # Not `on:`: YAML 1.1 (PyYAML) reads a bare `on` key as the boolean true.
+    traffic: ShadowTrafficSpec = Field(..., description="Which requests are copied.")
 
     @model_validator(mode="after")
     def _target_shape(self) -> ShadowRuleSpec:

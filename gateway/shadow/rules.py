@@ -82,27 +82,27 @@ def build_shadow_index(
                 )
                 continue
             target_alias = found.name
-        on = spec.on
-        rule = ShadowRule(rule_id, spec.target, spec.sample_rate, spec, target_alias, on.variant)
-        if on.alias is not None:
-            attached = aliases.get(on.alias)
+        traffic = spec.traffic
+        rule = ShadowRule(rule_id, spec.target, spec.sample_rate, spec, target_alias, traffic.variant)
+        if traffic.alias is not None:
+            attached = aliases.get(traffic.alias)
             if attached is None:
-                problems.append(f"{where}.on.alias: no model alias {on.alias!r} in models.yaml")
+                problems.append(f"{where}.traffic.alias: no model alias {traffic.alias!r} in models.yaml")
                 continue
             if attached.kind != "chat":
                 problems.append(
-                    f"{where}.on.alias: {on.alias!r} is an {attached.kind} alias; shadows copy chat requests"
+                    f"{where}.traffic.alias: {traffic.alias!r} is an {attached.kind} alias; shadows copy chat requests"
                 )
                 continue
-            by_alias.setdefault(on.alias, []).append(rule)
-        elif on.prompt is not None:
-            by_prompt.setdefault((on.prompt, on.label), []).append(rule)
+            by_alias.setdefault(traffic.alias, []).append(rule)
+        elif traffic.prompt is not None:
+            by_prompt.setdefault((traffic.prompt, traffic.label), []).append(rule)
         else:
-            assert on.rollout is not None
-            if on.rollout not in rollouts.by_id:
-                problems.append(f"{where}.on.rollout: no rollout {on.rollout!r} in rollouts.yaml")
+            assert traffic.rollout is not None
+            if traffic.rollout not in rollouts.by_id:
+                problems.append(f"{where}.traffic.rollout: no rollout {traffic.rollout!r} in rollouts.yaml")
                 continue
-            by_rollout.setdefault(on.rollout, []).append(rule)
+            by_rollout.setdefault(traffic.rollout, []).append(rule)
         by_id[rule_id] = rule
     return ShadowIndex(
         by_id,

@@ -3,13 +3,15 @@ catalog refuses to build."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.auth import Principal
 from gateway.catalog import Catalog, build_catalog
-from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
+from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile, load_policies
 from gateway.config.rollouts import RolloutsFile
 from gateway.config.shadows import ShadowsFile
 from gateway.config.yamlfile import ConfigError
@@ -74,9 +76,13 @@ def test_no_rules_leaves_the_inner_plan_untouched() -> None:
 def test_rules_on_the_alias_and_the_prompt_label_both_copy() -> None:
     cat = catalog(
         {
-            "to-big": {"target": "big", "sample_rate": 1.0, "on": {"alias": "chat"}},
-            "to-v3": {"target": "prompt:answer@v3", "sample_rate": 1.0, "on": {"prompt": "answer", "label": "beta"}},
-            "elsewhere": {"target": "big", "sample_rate": 1.0, "on": {"alias": "other"}},
+            "to-big": {"target": "big", "sample_rate": 1.0, "traffic": {"alias": "chat"}},
+            "to-v3": {
+                "target": "prompt:answer@v3",
+                "sample_rate": 1.0,
+                "traffic": {"prompt": "answer", "label": "beta"},
+            },
+            "elsewhere": {"target": "big", "sample_rate": 1.0, "traffic": {"alias": "other"}},
         }
     )
     strategy = ShadowStrategy(Weighted(draw=always), draw=always)
@@ -91,13 +97,13 @@ def test_rules_on_the_alias_and_the_prompt_label_both_copy() -> None:
 
 @pytest.mark.parametrize("origin", [Origin.EVAL, Origin.SHADOW])
 def test_internal_requests_are_never_copied(origin: Origin) -> None:
-    cat = catalog({"to-big": {"target": "big", "sample_rate": 1.0, "on": {"alias": "chat"}}})
+    cat = catalog({"to-big": {"target": "big", "sample_rate": 1.0, "traffic": {"alias": "chat"}}})
     plan = ShadowStrategy(Weighted(draw=always), draw=always).plan(request(cat, origin=origin), cat.aliases["chat"])
     assert plan.shadows == ()
 
 
 def test_the_sample_rate_is_the_share_copied() -> None:
-    cat = catalog({"to-big": {"target": "big", "sample_rate": 0.25, "on": {"alias": "chat"}}})
+    cat = catalog({"to-big": {"target": "big", "sample_rate": 0.25, "traffic": {"alias": "chat"}}})
     draws = iter([i / 1000 for i in range(1000)])
     strategy = ShadowStrategy(Weighted(draw=always), draw=lambda: next(draws))
     copied = sum(bool(strategy.plan(request(cat), cat.aliases["chat"]).shadows) for _ in range(1000))
@@ -107,8 +113,8 @@ def test_the_sample_rate_is_the_share_copied() -> None:
 def test_a_rule_on_a_rollout_follows_its_variant() -> None:
     cat = catalog(
         {
-            "canary-only": {"target": "big", "sample_rate": 1.0, "on": {"rollout": "ro", "variant": "canary"}},
-            "both": {"target": "big", "sample_rate": 1.0, "on": {"rollout": "ro"}},
+            "canary-only": {"target": "big", "sample_rate": 1.0, "traffic": {"rollout": "ro", "variant": "canary"}},
+            "both": {"target": "big", "sample_rate": 1.0, "traffic": {"rollout": "ro"}},
         },
         rollouts={"ro": ROLLOUT},
     )
@@ -126,12 +132,18 @@ def test_a_rule_on_a_rollout_follows_its_variant() -> None:
     ("rules", "problem"),
     [
         (
-            {"x": {"target": "nope", "sample_rate": 1, "on": {"alias": "chat"}}},
+            {"x": {"target": "nope", "sample_rate": 1, "traffic": {"alias": "chat"}}},
             "shadows.x.target: no model alias 'nope'",
         ),
-        ({"x": {"target": "embed", "sample_rate": 1, "on": {"alias": "chat"}}}, "shadows.x.target: 'embed' is an"),
-        ({"x": {"target": "big", "sample_rate": 1, "on": {"alias": "nope"}}}, "shadows.x.on.alias: no model alias"),
-        ({"x": {"target": "big", "sample_rate": 1, "on": {"rollout": "nope"}}}, "shadows.x.on.rollout: no rollout"),
+        ({"x": {"target": "embed", "sample_rate": 1, "traffic": {"alias": "chat"}}}, "shadows.x.target: 'embed' is an"),
+        (
+            {"x": {"target": "big", "sample_rate": 1, "traffic": {"alias": "nope"}}},
+            "shadows.x.traffic.alias: no model alias",
+        ),
+        (
+            {"x": {"target": "big", "sample_rate": 1, "traffic": {"rollout": "nope"}}},
+            "shadows.x.traffic.rollout: no rollout",
+        ),
     ],
 )
 def test_the_catalog_names_what_a_rule_refers_to_that_does_not_exist(rules: dict[str, Any], problem: str) -> None:
@@ -143,14 +155,25 @@ def test_the_catalog_names_what_a_rule_refers_to_that_does_not_exist(rules: dict
 @pytest.mark.parametrize(
     "spec",
     [
-        {"target": "prompt:answer@production", "sample_rate": 1, "on": {"alias": "chat"}},
-        {"target": "big", "sample_rate": 0, "on": {"alias": "chat"}},
-        {"target": "big", "sample_rate": 1.5, "on": {"alias": "chat"}},
-        {"target": "big", "sample_rate": 1, "on": {"alias": "chat", "prompt": "p"}},
-        {"target": "big", "sample_rate": 1, "on": {"alias": "chat", "variant": "canary"}},
-        {"target": "big", "sample_rate": 1, "on": {"alias": "chat"}, "unknown": 1},
+        {"target": "prompt:answer@production", "sample_rate": 1, "traffic": {"alias": "chat"}},
+        {"target": "big", "sample_rate": 0, "traffic": {"alias": "chat"}},
+        {"target": "big", "sample_rate": 1.5, "traffic": {"alias": "chat"}},
+        {"target": "big", "sample_rate": 1, "traffic": {"alias": "chat", "prompt": "p"}},
+        {"target": "big", "sample_rate": 1, "traffic": {"alias": "chat", "variant": "canary"}},
+        {"target": "big", "sample_rate": 1, "traffic": {"alias": "chat"}, "unknown": 1},
     ],
 )
 def test_the_schema_refuses_malformed_rules(spec: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ShadowsFile.model_validate({"shadows": {"x": spec}})
+
+
+def test_a_bad_shadows_file_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(MODELS))
+    rule = "shadows:\n  x:\n    target: big\n    sample_rate: 2\n    traffic: {alias: chat}\n"
+    (tmp_path / "shadows.yaml").write_text(rule)
+    with pytest.raises(ConfigError) as raised:
+        load_policies(tmp_path)
+    assert [line.split("/")[-1] for line in raised.value.problems] == [
+        "shadows.yaml:4: shadows.x.sample_rate: Input should be less than or equal to 1"
+    ]

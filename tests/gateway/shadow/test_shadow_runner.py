@@ -38,8 +38,8 @@ def catalog() -> Catalog:
             shadows=ShadowsFile.model_validate(
                 {
                     "shadows": {
-                        "to-big": {"target": "big", "sample_rate": 1.0, "on": {"alias": "chat"}},
-                        "to-prompt": {"target": "prompt:p@v2", "sample_rate": 1.0, "on": {"alias": "chat"}},
+                        "to-big": {"target": "big", "sample_rate": 1.0, "traffic": {"alias": "chat"}},
+                        "to-prompt": {"target": "prompt:p@v2", "sample_rate": 1.0, "traffic": {"alias": "chat"}},
                     }
                 }
             ),
