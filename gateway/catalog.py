@@ -141,6 +141,13 @@ def _price_for(alias: str, index: int, spec: DeploymentSpec) -> Price:
     return Price(input_cost, output_cost, max_out)
 
 
+def _window_for(spec: DeploymentSpec) -> int | None:
+    """The prompt's limit: the policy's, else the price map's (the mock has none of its own)."""
+    if spec.max_input_tokens is not None or spec.provider == "mock":
+        return spec.max_input_tokens
+    return context_window(spec.price_model or spec.model, spec.provider)
+
+
 def _check_classes(bundle: PolicyBundle, policy: DataClassPolicy, problems: list[str]) -> None:
     """Every class a deployment or team names exists; without classes, none may be named."""
     known = f"the classes in data_classes.yaml are {list(policy.order)}" if policy.enabled else (
@@ -206,8 +213,7 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
                     mock=spec.mock,
                     data_classes=receivable(classes, max_class, spec.tags),
                     tags=dict(spec.tags),
-                    max_input_tokens=spec.max_input_tokens or context_window(spec.price_model or spec.model,
-                                                                             spec.provider),
+                    max_input_tokens=_window_for(spec),
                 )
             )
         aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments),

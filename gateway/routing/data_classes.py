@@ -119,20 +119,23 @@ def request_class(ctx: RequestContext) -> str | None:
         if asked is not None:
             raise InvalidRequest(
                 f"The gateway defines no data classes, so x-data-class '{_clip(asked)}' cannot be honoured.",
-                code="unknown_data_class", param="x-data-class",
+                code="unknown_data_class",
+                param="x-data-class",
             )
         return None
     if asked is not None and asked not in policy.rank:
         raise InvalidRequest(
             f"Unknown data class '{_clip(asked)}' in x-data-class; the classes are {', '.join(policy.order)}.",
-            code="unknown_data_class", param="x-data-class",
+            code="unknown_data_class",
+            param="x-data-class",
         )
     declared = ctx.prompt_data_class
     if declared is not None and declared not in policy.rank:
         raise InvalidRequest(
             f"The prompt '{ctx.prompt_name}' declares the data class '{declared}', which the policy does not "
             f"define (classes: {', '.join(policy.order)}).",
-            code="unknown_data_class", param="model",
+            code="unknown_data_class",
+            param="model",
         )
     team = catalog.team(ctx.team)
     default = team.spec.data_class if team is not None else None
