@@ -12,7 +12,9 @@ Whatever strategy drew the plan (weighted, a rollout), the route stage passes it
 
 A rollout's canary gets no fallbacks: its failures must count against the canary (the same
 reason it never falls back to stable). A plan left with no deployment because of the rule is
-a 403 ``data_class_forbidden`` naming the class.
+a 403 ``data_class_forbidden`` naming the class; so is a request whose permitted deployments
+all failed while the rule withheld others (``RoutingPlan.withheld``, read by the upstream
+stage): no permitted deployment is left, and the caller learns why.
 """
 
 from __future__ import annotations
@@ -35,25 +37,32 @@ def within_policy(plan: RoutingPlan, ctx: RequestContext, alias: ModelAlias, dra
     """``plan`` with forbidden deployments removed and permitted fallbacks appended."""
     data_class = ctx.data_class
     chosen = permitted(plan.deployments, data_class)
+    withheld = len(plan.deployments) - len(chosen)
     fallbacks = alias.fallbacks
     if fallbacks and plan.variant != CANARY:
-        chosen = chosen + _fallback_deployments(ctx, fallbacks, data_class, draw)
-    if not chosen and data_class is not None and plan.deployments:
+        extra, forbidden_count = _fallback_deployments(ctx, fallbacks, data_class, draw)
+        chosen += extra
+        withheld += forbidden_count
+    if not chosen and data_class is not None and withheld:
         raise forbidden(data_class, alias.name)
-    if len(chosen) == len(plan.deployments) and not fallbacks:
+    if not withheld and not fallbacks:
         return plan  # the common case: nothing removed, nothing added
-    return replace(plan, deployments=chosen)
+    return replace(plan, deployments=chosen, withheld=withheld)
 
 
 def _fallback_deployments(
     ctx: RequestContext, names: tuple[str, ...], data_class: str | None, draw: Callable[[], float]
-) -> tuple[Deployment, ...]:
+) -> tuple[tuple[Deployment, ...], int]:
+    """The permitted deployments of the fallback aliases, in order, and how many were forbidden."""
     catalog = ctx.catalog
     team = catalog.team(ctx.team)
     found: list[Deployment] = []
+    withheld = 0
     for name in names:
         fallback = catalog.aliases.get(name)
         if fallback is None or team is None or not team.allows_model(name):
             continue
-        found.extend(permitted(order_deployments(fallback.deployments, draw()), data_class))
-    return tuple(found)
+        allowed = permitted(order_deployments(fallback.deployments, draw()), data_class)
+        withheld += len(fallback.deployments) - len(allowed)
+        found.extend(allowed)
+    return tuple(found), withheld

@@ -10,7 +10,9 @@ The data-class rule is checked again right here, at the provider-call boundary: 
 that may not receive the request's class (``Deployment.admits``) is never called, whatever the
 plan says; it is skipped, logged and counted as an attempt with outcome ``forbidden``. The
 route stage already filtered the plan, so this only ever fires on a bug, and then it fails
-closed (403 ``data_class_forbidden`` when nothing else is left).
+closed. When every permitted deployment failed and the rule withheld others (here or in the
+plan, ``RoutingPlan.withheld``), the caller gets 403 ``data_class_forbidden`` naming the class
+(and the last failure): no permitted deployment is left.
 
 A deployment of another alias than the one routed to (a fallback alias, see
 ``gateway.routing.fallbacks``) that answers adds ``x-gateway-fallback: ALIAS``.
@@ -104,9 +106,14 @@ class CallUpstream:
                     ctx.extra_headers.append((b"x-gateway-fallback", deployment.alias.encode()))
                 tap_reply(ctx, reply)
                 return reply
-        if last_error is None and refused and data_class is not None:
+        plan = ctx.plan
+        withheld = refused + (plan.withheld if plan is not None else 0)
+        if withheld and data_class is not None:
+            # Every permitted deployment failed (or none was left): the rest may not have the data.
+            failed = f" The permitted ones failed (last: {last_error.message})" if last_error is not None else ""
             raise DataClassForbidden(
-                f"No deployment left for this request may receive data of class '{data_class}'.",
+                f"No deployment left for this request may receive data of class '{data_class}'; "
+                f"{withheld} were withheld by the data-class policy.{failed}",
                 data_class=data_class, param="model",
             )
         if last_error is None:
