@@ -56,6 +56,11 @@ class ModelAlias:
     description: str
     deployments: tuple[Deployment, ...]
     fallbacks: tuple[str, ...] = ()  # aliases to try when every deployment failed
+    # Per (team, data class): the fallbacks' permitted deployments and how many were withheld
+    # (gateway.routing.fallbacks); fixed for the life of the catalog, so found once.
+    fallbacks_seen: dict[tuple[str, str | None], tuple[tuple[tuple[tuple[Deployment, ...], float], ...], int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,11 @@ stage): no permitted deployment is left, and the caller learns why.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gateway.rollouts.model import CANARY
 from gateway.routing.data_classes import forbidden, permitted
 from gateway.routing.plan import RoutingPlan
-from gateway.routing.weighted import order_deployments
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment, ModelAlias
@@ -38,31 +36,58 @@ def within_policy(plan: RoutingPlan, ctx: RequestContext, alias: ModelAlias, dra
     data_class = ctx.data_class
     chosen = permitted(plan.deployments, data_class)
     withheld = len(plan.deployments) - len(chosen)
-    fallbacks = alias.fallbacks
-    if fallbacks and plan.variant != CANARY:
-        extra, forbidden_count = _fallback_deployments(ctx, fallbacks, data_class, draw)
-        chosen += extra
+    if alias.fallbacks and plan.variant != CANARY:
+        groups, forbidden_count = _fallback_groups(ctx, alias, data_class)
+        point = draw()  # one draw orders every fallback alias: each spreads its own load by weight
+        for group, total in groups:
+            chosen += _weighted_first(group, total, point)
         withheld += forbidden_count
+    elif not withheld:
+        return plan  # the common case: nothing removed, nothing added
     if not chosen and data_class is not None and withheld:
         raise forbidden(data_class, alias.name)
-    if not withheld and not fallbacks:
-        return plan  # the common case: nothing removed, nothing added
-    return replace(plan, deployments=chosen, withheld=withheld)
+    return RoutingPlan(chosen, plan.variant, plan.rollout_id, plan.shadows, withheld)
 
 
-def _fallback_deployments(
-    ctx: RequestContext, names: tuple[str, ...], data_class: str | None, draw: Callable[[], float]
-) -> tuple[tuple[Deployment, ...], int]:
-    """The permitted deployments of the fallback aliases, in order, and how many were forbidden."""
+def _weighted_first(group: tuple[Deployment, ...], total: float, point: float) -> tuple[Deployment, ...]:
+    """``group`` (sorted by descending weight) with one deployment drawn by weight first: the
+    order ``order_deployments`` gives, without sorting per request."""
+    if len(group) < 2 or total <= 0:
+        return group
+    left = point * total
+    for index, deployment in enumerate(group):
+        if left < deployment.weight:
+            return group if index == 0 else (deployment, *group[:index], *group[index + 1 :])
+        left -= deployment.weight
+    return (group[-1], *group[:-1])
+
+
+Groups = tuple[tuple[tuple["Deployment", ...], float], ...]
+
+
+def _fallback_groups(ctx: RequestContext, alias: ModelAlias, data_class: str | None) -> tuple[Groups, int]:
+    """The permitted deployments of each fallback alias the team may use (by descending weight,
+    with their total weight), in order, and how many the class withheld; remembered per (team,
+    class) on the alias, since a catalog never changes."""
+    key = (ctx.team, data_class)
+    found = alias.fallbacks_seen.get(key)
+    if found is not None:
+        return found
     catalog = ctx.catalog
     team = catalog.team(ctx.team)
-    found: list[Deployment] = []
+    groups: list[tuple[tuple[Deployment, ...], float]] = []
     withheld = 0
-    for name in names:
+    for name in alias.fallbacks:
         fallback = catalog.aliases.get(name)
         if fallback is None or team is None or not team.allows_model(name):
             continue
-        allowed = permitted(order_deployments(fallback.deployments, draw()), data_class)
+        allowed = permitted(fallback.deployments, data_class)
         withheld += len(fallback.deployments) - len(allowed)
-        found.extend(allowed)
-    return tuple(found), withheld
+        if allowed:
+            ordered = tuple(sorted(allowed, key=lambda d: -d.weight))
+            groups.append((ordered, sum(d.weight for d in ordered)))
+    found = (tuple(groups), withheld)
+    if len(alias.fallbacks_seen) >= 4096:  # teams come from keys, classes from policy: bounded anyway
+        alias.fallbacks_seen.clear()
+    alias.fallbacks_seen[key] = found
+    return found
