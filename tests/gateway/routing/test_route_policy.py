@@ -196,3 +196,14 @@ def test_the_spend_share_is_read_once_per_interval() -> None:
 
     asyncio.run(many())
     assert counters.reads == 1
+
+
+def test_a_prompt_declares_its_class_without_changing_the_hash_of_prompts_that_do_not() -> None:
+    from gateway.prompts.resolver import prepare
+    from gateway.prompts.source import PromptSpec, canonical_content
+
+    plain = PromptSpec.model_validate({"name": "p", "model": "main", "messages": [{"role": "user", "content": "x"}]})
+    assert "data_class" not in canonical_content(plain)  # the bytes pushed before classes existed
+    declared = plain.model_copy(update={"data_class": "restricted"})
+    assert '"data_class":"restricted"' in canonical_content(declared)
+    assert prepare(declared, 1).data_class == "restricted" and prepare(plain, 1).data_class is None
