@@ -11,7 +11,7 @@ A JSON answer is metered before it is returned. A stream is metered by a *meter*
 (``ctx.on_meter``), phase 1 of ``RequestContext.finish``: after the last event, before any
 usage-known callback (a budget settlement), whatever order the stages registered in.
 
-On the way in, it also applies the deployments' context windows (``max_input_tokens``, from
+On the way in, it also applies chat deployments' context windows (``max_input_tokens``, from
 ``models.yaml`` or litellm's price map): a deployment whose window the prompt exceeds is
 skipped for the next one in the plan instead of failing upstream, and when none fits the
 request is a 400 ``context_length_exceeded``. The prompt is counted only when its size could
@@ -216,7 +216,10 @@ class MeterUsage:
 def _window_may_matter(ctx: RequestContext) -> bool:
     """Whether the prompt could exceed one of the deployments' context windows: only then is it
     counted. Tokens never exceed twice the JSON bytes (BPE tokens are at least a byte of text,
-    and each message's few tokens of framing take more JSON bytes than that)."""
+    and each message's few tokens of framing take more JSON bytes than that). Chat only: an
+    embedding model's limit is per input, and a batch of short inputs may exceed it in sum."""
+    if ctx.endpoint is not Endpoint.CHAT:
+        return False
     smallest = 0
     for deployment in ctx.deployments:
         limit = deployment.max_input_tokens

@@ -207,3 +207,26 @@ def test_a_prompt_declares_its_class_without_changing_the_hash_of_prompts_that_d
     declared = plain.model_copy(update={"data_class": "restricted"})
     assert '"data_class":"restricted"' in canonical_content(declared)
     assert prepare(declared, 1).data_class == "restricted" and prepare(plain, 1).data_class is None
+
+
+def test_the_prompt_is_counted_for_windows_only_when_its_size_could_reach_one() -> None:
+    from gateway.usage.stage import _window_may_matter
+
+    cat = catalog_of({"aliases": {
+        "w": {"deployments": [{"provider": "mock", "model": "m", "max_input_tokens": 100},
+                              {"provider": "mock", "model": "n"}]},
+        "e": {"kind": "embedding", "deployments": [{"provider": "mock", "model": "e", "max_input_tokens": 10}]},
+    }}, {"teams": {"t": {}}})
+
+    def ctx(body: bytes, endpoint: Endpoint = Endpoint.CHAT, alias: str = "w") -> RequestContext:
+        found = RequestContext(request_id="r", endpoint=endpoint, raw_body=body, authorization=None, catalog=cat)
+        found.deployments = cat.aliases[alias].deployments
+        return found
+
+    assert not _window_may_matter(ctx(b"x" * 40))
+    assert _window_may_matter(ctx(b"x" * 43))
+    assert not _window_may_matter(ctx(b"x" * 1000, Endpoint.EMBEDDINGS, "e"))  # a limit per input, not per batch
+    rendered = ctx(b"{}")
+    rendered.prompt_name = "p"  # a rendered prompt is measured as rendered
+    rendered.body = {"messages": [{"role": "user", "content": "y" * 200}]}
+    assert _window_may_matter(rendered)
