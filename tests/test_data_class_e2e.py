@@ -307,3 +307,31 @@ def test_policy_files_name_only_known_classes_and_aliases(tmp_path: Path) -> Non
     text = "\n".join(caught.value.problems)
     for needle in ("'top-secret'", "'nowhere'", "'classified'", "'gone'"):
         assert needle in text
+
+
+def test_a_prompt_declaring_a_class_raises_its_requests_to_it(
+    classy: GatewayProcess, keys: dict[str, str], fake: FakeHandle
+) -> None:
+    import httpx
+
+    def push(name: str, data_class: str) -> None:
+        source = (
+            f"name: {name}\nmodel: open-backup\ndata_class: {data_class}\n"
+            "messages:\n  - {role: user, content: 'Summarise the case file.'}\n"
+        )
+        pushed = httpx.post(
+            f"{classy.url}/admin/prompts",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            json={"source": source, "message": "classes"},
+            timeout=30,
+        )
+        assert pushed.status_code == 201, pushed.text
+
+    push("case-file", "restricted")
+    push("memo", "confidential")
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        ask(classy, keys["alpha"], "prompt:case-file@latest", stream=False, request_id="prompt-restricted")
+    assert caught.value.code == "data_class_forbidden"
+    ask(classy, keys["alpha"], "prompt:memo@latest", stream=False, request_id="prompt-confidential")
+    assert row_of(classy, "prompt-confidential")["data_class"] == "confidential"
+    assert calls(fake) == {"gpt-4o": 1}
