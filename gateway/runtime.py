@@ -41,7 +41,7 @@ from gateway.rollouts import RolloutBook
 from gateway.rollouts.control import RolloutControl, using
 from gateway.rollouts.feature import build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
-from gateway.routing import RolloutStrategy, Route, RoutingStrategy, Weighted
+from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, Weighted
 from gateway.storage import Database, open_database
 from gateway.tracing import build_tracing
 from gateway.upstream import CallUpstream
@@ -75,6 +75,7 @@ class Runtime:
     # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
     ledger: LedgerWriter | None = None
     routing: RoutingStrategy = field(default_factory=Weighted)
+    downgrades: Downgrades | None = None  # budget downgrades (gateway.budgets.downgrade), for the route stage
     # Each rollout's live weight (gateway.rollouts), read by the rollout routing strategy.
     rollouts: RolloutBook | None = None
     rollout_control: RolloutControl | None = None  # start/pause/.../abort, for /admin/rollouts
@@ -110,7 +111,7 @@ class Runtime:
             Authenticate(self.keys),
             ParseRequest(),
             Resolve(self.prompts),
-            Route(self.routing),
+            Route(self.routing, downgrades=self.downgrades),
         ]
         if self.cache is not None:
             stages.append(self.cache)  # before usage and budget: a hit is priced at nothing
@@ -250,6 +251,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(budgets)
     runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
+    runtime.downgrades = budgets.downgrades
 
     def prompt_service() -> AbstractAsyncContextManager[PromptService]:
         assert runtime.prompts is not None, "the prompt feature is built before any request"

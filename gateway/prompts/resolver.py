@@ -61,6 +61,7 @@ class ServedVersion:
     variables: VariablesValidator
     parameters: tuple[tuple[str, Any], ...]  # read-only: shared by every request of this version
     headers: tuple[tuple[bytes, bytes], ...]
+    data_class: str | None = None  # the class the version declares
 
 
 def prepare(spec: PromptSpec, version: int) -> ServedVersion:
@@ -77,6 +78,7 @@ def prepare(spec: PromptSpec, version: int) -> ServedVersion:
         variables=VariablesValidator(spec.variables),
         parameters=tuple(spec.parameters.as_body().items()),
         headers=((b"x-prompt-name", spec.name.encode()), (b"x-prompt-version", str(version).encode())),
+        data_class=spec.data_class,
     )
 
 
@@ -167,6 +169,7 @@ class CachedPromptResolver:
         ctx.prompt_name = name
         ctx.prompt_version = version
         ctx.prompt_label = label
+        ctx.prompt_data_class = served.data_class
         ctx.extra_headers.extend(served.headers)
         return served.alias
 

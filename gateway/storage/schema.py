@@ -72,6 +72,12 @@ ledger = Table(
     Column("error_code", String(100), nullable=True),
     # The request's trace in Langfuse (32 hex digits), when tracing is on (added by migration 60).
     Column("trace_id", String(32), nullable=True),
+    # Added by migration 80 (data classes, fallbacks, downgrades): the request's data class, the
+    # alias whose deployment answered (another than ``alias`` after a fallback across aliases)
+    # and the alias asked for when a budget downgrade served ``alias`` instead.
+    Column("data_class", String(50), nullable=True),
+    Column("served_alias", String(200), nullable=True),
+    Column("downgraded_from", String(200), nullable=True),
     Index("ix_ledger_team_ts", "team", "ts"),
 )
 
