@@ -59,7 +59,8 @@ def add_column(table: Table, name: str) -> Callable[[Connection], None]:
 
 
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
-# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69.
+# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69,
+# live scoring and feedback 90-99.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
     Migration(2, "applied policy snapshots", create_tables(schema.policy_snapshots)),
@@ -74,6 +75,8 @@ MIGRATIONS: list[Migration] = [
     Migration(30, "audit log", create_tables(schema.audit_log)),
     Migration(50, "rollouts", _rollouts),
     Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
+    Migration(90, "hallucination scores of live answers", create_tables(schema.hallucination_scores)),
+    Migration(91, "user feedback", create_tables(schema.feedback)),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"
