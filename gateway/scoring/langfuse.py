@@ -111,12 +111,20 @@ class ScoreSender:
         if not taken:
             return 0
         gate = asyncio.Semaphore(self._concurrency)
+        settled = 0
 
         async def one(score: LangfuseScore) -> bool:
+            nonlocal settled
             async with gate:
-                return await self._send(score)
+                taken_ok = await self._send(score)
+            settled += 1
+            return taken_ok
 
-        results = await asyncio.gather(*(one(score) for score in taken))
+        try:
+            results = await asyncio.gather(*(one(score) for score in taken))
+        except asyncio.CancelledError:  # stopped mid-batch: what was not settled is lost, say so
+            self._dropped_shutdown.inc(len(taken) - settled)
+            raise
         return sum(results)
 
     async def _send(self, score: LangfuseScore) -> bool:
