@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -110,9 +111,17 @@ class Runner(Protocol):
 _WORKER_EVALUATOR: Evaluator | None = None
 
 
+#: The worker's niceness: scoring is background work, and on a busy machine the kernel should
+#: run the serving process first.
+WORKER_NICE: Final = 10
+
+
 def _init_worker(name: str, model_dir: str | None) -> None:
-    global _WORKER_EVALUATOR
+    global _WORKER_EVALUATOR  # one evaluator per worker process, built once
     from gateway.scoring import build_evaluator
+
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
 
     _WORKER_EVALUATOR = build_evaluator(name, model_dir=model_dir or None)
 
