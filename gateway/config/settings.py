@@ -252,7 +252,7 @@ class ScoringSettings(_Strict):
     queue_size: int = Field(
         1024, ge=1, le=100_000, description="Answers waiting to be scored; beyond it they are dropped and counted."
     )
-    batch_size: int = Field(32, ge=1, le=1000, description="Answers scored per hand-off to the worker thread.")
+    batch_size: int = Field(32, ge=1, le=1000, description="Answers scored per hand-off to the worker process.")
     timeout_s: float = Field(
         2.0, gt=0, le=60, description="Budget of one answer's scoring; past it the answer is dropped and counted."
     )

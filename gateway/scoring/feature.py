@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from gateway.features import Feature
 from gateway.feedback import FeedbackService
+from gateway.scoring import build_evaluator
 from gateway.scoring.langfuse import ScoreSender
 from gateway.scoring.live import LiveMetrics, LiveScorer, ProcessRunner, Runner
 from gateway.scoring.quality import QualityMetrics, RollbackAnnotator
@@ -69,6 +70,10 @@ def build_scoring(settings: Settings, db: Database, registry: CollectorRegistry,
     scorer: LiveScorer | None = None
     writer: ScoreWriter | None = None
     if config.enabled:
+        if runner is None:
+            # A wrong name or a missing model directory stops start-up here, not every batch in the
+            # worker (building it is cheap: an NLI model loads on its first answer).
+            build_evaluator(config.evaluator, model_dir=config.model_dir or None)
         dropped = Counter("gateway_scoring_dropped_total", "Sampled answers not scored or not stored, by reason "
                           "(queue_full, timeout, evaluator_error, store_queue_full, store_failed, shutdown).",
                           ("reason",), registry=registry)
