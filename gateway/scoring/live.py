@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ _WORKER_EVALUATOR: Evaluator | None = None
 #: The worker's niceness: scoring is background work, and on a busy machine the kernel should
 #: run the serving process first.
 WORKER_NICE: Final = 10
+#: How often the worker checks that the gateway that started it is still there.
+ORPHAN_CHECK_S: Final = 1.0
 
 
 def _init_worker(name: str, model_dir: str | None) -> None:
@@ -122,8 +125,18 @@ def _init_worker(name: str, model_dir: str | None) -> None:
 
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
+    # A gateway killed with SIGKILL cannot stop its worker: the worker notices it was orphaned
+    # and exits, instead of sleeping on forever beside whatever replaces the gateway.
+    parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
 
     _WORKER_EVALUATOR = build_evaluator(name, model_dir=model_dir or None)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(0)
 
 
 def _score_in_worker(cases: Sequence[Case], budget_s: float) -> list[Outcome]:
@@ -241,8 +254,8 @@ class LiveScorer:
         """Queue a finished request for scoring, if it is sampled and has a context (never blocks)."""
         if ctx.status != 200 or ctx.origin is not Origin.CALLER or ctx.endpoint is not Endpoint.CHAT:
             return
-        if ctx.answer is None or ctx.error is not None:
-            return
+        if ctx.answer is None or not ctx.answer.complete or ctx.error is not None:
+            return  # a stream cut short says nothing about what the whole answer would have said
         if ctx.rollout_id is None:
             rate = self._rate_of(ctx)
             if rate <= 0.0 or (rate < 1.0 and random.random() >= rate):

@@ -98,6 +98,10 @@ def test_only_sampled_answered_caller_requests_with_a_context_are_queued() -> No
     live.record(finished(status=502))
     live.record(finished(origin=Origin.EVAL))
     live.record(finished(alias="other"))  # policy: sample_rate 0 outside `chat`
+    cut = finished(rollout="ro")
+    assert cut.answer is not None
+    cut.answer.complete = False  # a stream that never reached [DONE]
+    live.record(cut)
     assert live.queued == 1
     # A rollout's requests are always taken, whatever policy says.
     live.record(finished(alias="other", rollout="ro"))
