@@ -224,3 +224,34 @@ async def test_the_process_runner_scores_in_a_spawned_worker() -> None:
         runner.close()
     assert [o.failure for o in outcomes] == [None, None]
     assert outcomes[0].score == 0.0 and outcomes[1].score == 1.0 and outcomes[1].unsupported == 1
+
+
+def test_the_worker_exits_when_its_gateway_is_killed() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio, sys, time\n"
+        "from gateway.scoring.live import ProcessRunner\n"
+        "runner = ProcessRunner('groundedness')\n"
+        "asyncio.run(runner.run([('a', 'b', 'c')], 5.0))\n"
+        "print(*runner._pool._processes, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    gateway = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stdout is not None
+        [worker] = [int(pid) for pid in gateway.stdout.readline().split()]
+        assert os.path.exists(f"/proc/{worker}")
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait(10)
+        for _ in range(100):  # it checks once a second
+            if not os.path.exists(f"/proc/{worker}"):
+                break
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{worker}"), "the worker outlived its gateway"
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
