@@ -37,23 +37,43 @@ from benchmarks.procs import Server, start_server
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 PASSAGES = [
-    {"title": "Refunds", "text": "Refunds are available within 30 days of purchase for annual plans. Monthly plans "
-     "are not refundable, but you can cancel at any time and keep access until the end of the period."},
-    {"title": "Shipping", "text": "Hardware orders ship within 2 business days. Shipping is free for orders over "
-     "$50 in the EU and the US; other orders pay a flat $7.50."},
-    {"title": "Plans", "text": "The Team plan costs $20 per user per month and includes 50 projects. The Enterprise "
-     "plan adds SAML single sign-on, audit logs and a 99.9% uptime SLA."},
-    {"title": "Support", "text": "Support answers by e-mail Monday to Friday, 9am to 5pm CET. Enterprise customers "
-     "also get a phone line and a named account manager."},
-    {"title": "Data", "text": "Customer data is stored in Frankfurt. Backups are kept for 35 days and encrypted "
-     "with AES-256. Deleting an account removes its data within 30 days."},
-    {"title": "Trials", "text": "Every paid plan starts with a 14-day free trial; no credit card is required. At the "
-     "end of the trial the workspace becomes read-only until a plan is chosen."},
+    {
+        "title": "Refunds",
+        "text": "Refunds are available within 30 days of purchase for annual plans. Monthly plans "
+        "are not refundable, but you can cancel at any time and keep access until the end of the period.",
+    },
+    {
+        "title": "Shipping",
+        "text": "Hardware orders ship within 2 business days. Shipping is free for orders over "
+        "$50 in the EU and the US; other orders pay a flat $7.50.",
+    },
+    {
+        "title": "Plans",
+        "text": "The Team plan costs $20 per user per month and includes 50 projects. The Enterprise "
+        "plan adds SAML single sign-on, audit logs and a 99.9% uptime SLA.",
+    },
+    {
+        "title": "Support",
+        "text": "Support answers by e-mail Monday to Friday, 9am to 5pm CET. Enterprise customers "
+        "also get a phone line and a named account manager.",
+    },
+    {
+        "title": "Data",
+        "text": "Customer data is stored in Frankfurt. Backups are kept for 35 days and encrypted "
+        "with AES-256. Deleting an account removes its data within 30 days.",
+    },
+    {
+        "title": "Trials",
+        "text": "Every paid plan starts with a 14-day free trial; no credit card is required. At the "
+        "end of the trial the workspace becomes read-only until a plan is chosen.",
+    },
 ]
-ANSWER = ("Annual plans can be refunded within 30 days of purchase, while monthly plans are not refundable. "
-          "Hardware ships within 2 business days and shipping is free over $50 in the EU. "
-          "The Team plan costs $25 per user per month and includes unlimited projects. "
-          "Hope this helps!")
+ANSWER = (
+    "Annual plans can be refunded within 30 days of purchase, while monthly plans are not refundable. "
+    "Hardware ships within 2 business days and shipping is free over $50 in the EU. "
+    "The Team plan costs $25 per user per month and includes unlimited projects. "
+    "Hope this helps!"
+)
 
 
 def free_port() -> int:
@@ -84,13 +104,28 @@ def start_gateway(workdir: Path, name: str, upstream: str, scoring: bool) -> tup
     port = free_port()
     server = start_server(
         f"gateway ({name})",
-        [sys.executable, "-m", "gateway", "serve", "--config", str(root / "gateway.yaml"), "--port", str(port),
-         "--workers", "1"],
-        base_url=f"http://127.0.0.1:{port}", ready_path="/health/ready", log_path=root / "gateway.log",
-        core=None, env={**os.environ, "GATEWAY_CONFIG": str(root / "gateway.yaml")}, cwd=root,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(root / "gateway.yaml"),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        base_url=f"http://127.0.0.1:{port}",
+        ready_path="/health/ready",
+        log_path=root / "gateway.log",
+        core=None,
+        env={**os.environ, "GATEWAY_CONFIG": str(root / "gateway.yaml")},
+        cwd=root,
     )
-    created = httpx.post(f"{server.base_url}/admin/keys", json={"team": "bench"},
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    created = httpx.post(
+        f"{server.base_url}/admin/keys", json={"team": "bench"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
     created.raise_for_status()
     return server, created.json()["key"]
 
@@ -108,7 +143,10 @@ def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
     fake = start_server(
         "fake upstream",
         [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
-        base_url=f"http://127.0.0.1:{fake_port}", ready_path="/health", log_path=workdir / "fake.log", core=None,
+        base_url=f"http://127.0.0.1:{fake_port}",
+        ready_path="/health",
+        log_path=workdir / "fake.log",
+        core=None,
     )
     servers = [fake]
     try:
@@ -123,12 +161,20 @@ def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
 
             def ask(name: str, n: int) -> None:
                 server, key = gateways[name]
-                body = {"model": "gpt-4o-mini", "scoring_context": PASSAGES,
-                        "messages": [{"role": "system", "content": "Answer from the passages."},
-                                     {"role": "user", "content": f"{ANSWER} (ticket {n})"}]}
+                body = {
+                    "model": "gpt-4o-mini",
+                    "scoring_context": PASSAGES,
+                    "messages": [
+                        {"role": "system", "content": "Answer from the passages."},
+                        {"role": "user", "content": f"{ANSWER} (ticket {n})"},
+                    ],
+                }
                 started = time.perf_counter()
-                response = client.post(f"{server.base_url}/v1/chat/completions", content=orjson.dumps(body),
-                                       headers={"Authorization": f"Bearer {key}", "content-type": "application/json"})
+                response = client.post(
+                    f"{server.base_url}/v1/chat/completions",
+                    content=orjson.dumps(body),
+                    headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+                )
                 latency[name].append((time.perf_counter() - started) * 1000)
                 response.raise_for_status()
                 overhead[name].append(float(response.headers["x-gateway-overhead-ms"]))
@@ -144,7 +190,7 @@ def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
             for values in (*latency.values(), *overhead.values()):
                 values.clear()
             for block in range(blocks):
-                for name in (("off", "on") if block % 2 == 0 else ("on", "off")):
+                for name in ("off", "on") if block % 2 == 0 else ("on", "off"):
                     server = gateways[name][0]
                     before = server.cpu_seconds()
                     for n in range(requests):
@@ -189,8 +235,9 @@ def in_process(requests: int) -> dict[str, Any]:
     alias = catalog.aliases["bench"]
 
     def finished(n: int) -> RequestContext:
-        ctx = RequestContext(request_id=secrets.token_hex(16), endpoint=Endpoint.CHAT, raw_body=b"",
-                             authorization=None, catalog=catalog)
+        ctx = RequestContext(
+            request_id=secrets.token_hex(16), endpoint=Endpoint.CHAT, raw_body=b"", authorization=None, catalog=catalog
+        )
         ctx.principal = Principal(key_id="key_0123456789ab", team="bench", roles=frozenset({"app"}))
         ctx.alias, ctx.rollout_id, ctx.variant = alias, "bench", "canary"  # always sampled
         ctx.body = {"messages": [{"role": "user", "content": f"How do refunds work? ({n})"}]}
@@ -222,9 +269,11 @@ def in_process(requests: int) -> dict[str, Any]:
 
     async def loop_side(runner: Any) -> float:
         registry = CollectorRegistry()
-        metrics = LiveMetrics(Histogram("h", "", ("prompt", "version", "variant"), registry=registry),
-                              Counter("s", "", ("reason",), registry=registry),
-                              Counter("d", "", ("reason",), registry=registry))
+        metrics = LiveMetrics(
+            Histogram("h", "", ("prompt", "version", "variant"), registry=registry),
+            Counter("s", "", ("reason",), registry=registry),
+            Counter("d", "", ("reason",), registry=registry),
+        )
         scorer = LiveScorer(runner, metrics, queue_size=requests, batch_size=32, timeout_s=2.0)
         begun = time.thread_time()
         for ctx in contexts:

@@ -76,12 +76,22 @@ async def score_rows(database_url: str) -> list[dict[str, Any]]:
 
 
 def start(tmp_path: Path, upstream: str, receiver: LangfuseReceiver, **scoring: Any) -> GatewayProcess:
-    tracing = {"host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
-               "flush_interval_ms": 20, "timeout_s": 1.0}
-    extra = {"ledger": {"flush_interval_ms": 50}, "tracing": tracing,
-             "scoring": {"flush_interval_ms": 50, **scoring}}
-    return make_gateway(tmp_path, upstream, f"sqlite:///{tmp_path / 'gateway.db'}", models=default_models(upstream),
-                        teams=TEAMS, extra=extra).start()
+    tracing = {
+        "host": receiver.url,
+        "public_key": receiver.public_key,
+        "secret_key": receiver.secret_key,
+        "flush_interval_ms": 20,
+        "timeout_s": 1.0,
+    }
+    extra = {"ledger": {"flush_interval_ms": 50}, "tracing": tracing, "scoring": {"flush_interval_ms": 50, **scoring}}
+    return make_gateway(
+        tmp_path,
+        upstream,
+        f"sqlite:///{tmp_path / 'gateway.db'}",
+        models=default_models(upstream),
+        teams=TEAMS,
+        extra=extra,
+    ).start()
 
 
 def push(proc: GatewayProcess, user: str, marker: str) -> None:
@@ -105,8 +115,9 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 def status(proc: GatewayProcess, rollout: str) -> dict[str, Any]:
-    found: dict[str, Any] = httpx.get(f"{proc.url}/admin/rollouts/{rollout}",
-                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    found: dict[str, Any] = httpx.get(
+        f"{proc.url}/admin/rollouts/{rollout}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    ).json()
     return found
 
 
@@ -132,24 +143,41 @@ class Traffic:
             i = 0
             while not self._stop.is_set():
                 response = client.post(
-                    "/v1/chat/completions", headers={"Authorization": f"Bearer {self.key}"},
-                    json={"model": "prompt:answer@beta", "user": f"user-{i % 300}",
-                          "variables": {"question": "How long do refunds take?", "context": CONTEXT}})
+                    "/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {self.key}"},
+                    json={
+                        "model": "prompt:answer@beta",
+                        "user": f"user-{i % 300}",
+                        "variables": {"question": "How long do refunds take?", "context": CONTEXT},
+                    },
+                )
                 assert response.status_code == 200, response.text
-                self.seen.append((response.headers.get("x-gateway-variant"),
-                                  response.headers.get("x-gateway-trace-id"), response.headers["x-request-id"]))
+                self.seen.append(
+                    (
+                        response.headers.get("x-gateway-variant"),
+                        response.headers.get("x-gateway-trace-id"),
+                        response.headers["x-request-id"],
+                    )
+                )
                 if self.on_answer is not None:
                     self.on_answer(client, response)
                 i += 1
 
 
 def rollout(check: dict[str, Any]) -> dict[str, Any]:
-    return {"rollouts": {"answer-v2": {
-        "target": {"prompt": "answer", "label": "beta", "canary": {"version": 2}},
-        # Several steps: a window that passes by luck must not promote a bad canary.
-        "steps": [{"weight": w} for w in (50, 60, 70, 100)],
-        "interval_s": 1, "min_requests": 3, "failure_limit": 2, "checks": [check],
-    }}}
+    return {
+        "rollouts": {
+            "answer-v2": {
+                "target": {"prompt": "answer", "label": "beta", "canary": {"version": 2}},
+                # Several steps: a window that passes by luck must not promote a bad canary.
+                "steps": [{"weight": w} for w in (50, 60, 70, 100)],
+                "interval_s": 1,
+                "min_requests": 3,
+                "failure_limit": 2,
+                "checks": [check],
+            }
+        }
+    }
 
 
 def test_feedback_reaches_langfuse_and_a_thumbs_down_canary_is_rolled_back(
@@ -166,9 +194,11 @@ def test_feedback_reaches_langfuse_and_a_thumbs_down_canary_is_rolled_back(
 
         # Another team's key cannot post feedback on alpha's request: told it does not exist.
         with httpx.Client(base_url=proc.url, timeout=20) as client:
-            asked = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
-                                                                 "x-request-id": "alpha-req-1"},
-                                json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]})
+            asked = client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}", "x-request-id": "alpha-req-1"},
+                json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert asked.status_code == 200
             vote = {"request_id": "alpha-req-1", "metric": "thumbs_down", "value": 1, "comment": "wrong answer"}
             denied = client.post("/v1/feedback", json=vote, headers={"Authorization": f"Bearer {beta_key}"})
@@ -176,33 +206,42 @@ def test_feedback_reaches_langfuse_and_a_thumbs_down_canary_is_rolled_back(
             assert denied.json()["error"]["code"] == "request_not_found"
             assert denied.json()["error"]["type"] == "invalid_request_error"
             assert client.post("/v1/feedback", json=vote).status_code == 401
-            bad = client.post("/v1/feedback", json={**vote, "value": "bad"},
-                              headers={"Authorization": f"Bearer {key}"})
+            bad = client.post("/v1/feedback", json={**vote, "value": "bad"}, headers={"Authorization": f"Bearer {key}"})
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "value"
             # Any key of the team that made the request may post, by request id or by trace id.
             posted = client.post("/v1/feedback", json=vote, headers={"Authorization": f"Bearer {other_key}"})
             assert posted.status_code == 201, posted.text
-            assert posted.json()["object"] == "feedback" and posted.json()["trace_id"] == asked.headers[
-                "x-gateway-trace-id"]
-            by_trace = client.post("/v1/feedback", headers={"Authorization": f"Bearer {key}"},
-                                   json={"trace_id": asked.headers["x-gateway-trace-id"], "metric": "csat",
-                                         "value": 4})
+            assert (
+                posted.json()["object"] == "feedback"
+                and posted.json()["trace_id"] == asked.headers["x-gateway-trace-id"]
+            )
+            by_trace = client.post(
+                "/v1/feedback",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"trace_id": asked.headers["x-gateway-trace-id"], "metric": "csat", "value": 4},
+            )
             assert by_trace.status_code == 201, by_trace.text
         wait_until(lambda: len(receiver.scores("thumbs_down")) == 1 and len(receiver.scores("csat")) == 1)
         [thumb] = receiver.scores("thumbs_down")
-        assert (thumb["traceId"], thumb["value"], thumb["comment"]) == (asked.headers["x-gateway-trace-id"], 1,
-                                                                          "wrong answer")
+        assert (thumb["traceId"], thumb["value"], thumb["comment"]) == (
+            asked.headers["x-gateway-trace-id"],
+            1,
+            "wrong answer",
+        )
         assert not receiver.scores("hallucination")  # scoring is off
 
-        apply(proc, "rollouts.yaml", rollout({"metric": "feedback.thumbs_down", "max_over_stable": 0.3,
-                                              "min_samples": 3}))
+        apply(
+            proc, "rollouts.yaml", rollout({"metric": "feedback.thumbs_down", "max_over_stable": 0.3, "min_samples": 3})
+        )
 
         def vote_on(client: httpx.Client, response: httpx.Response) -> None:
             # Canary users vote it down; stable's are happy.
             down = 1 if response.headers.get("x-gateway-variant") == "canary" else 0
-            posted = client.post("/v1/feedback", headers={"Authorization": f"Bearer {key}"},
-                                 json={"request_id": response.headers["x-request-id"], "metric": "thumbs_down",
-                                       "value": down})
+            posted = client.post(
+                "/v1/feedback",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"request_id": response.headers["x-request-id"], "metric": "thumbs_down", "value": down},
+            )
             assert posted.status_code == 201, posted.text
 
         with Traffic(proc, key, vote_on):
@@ -233,10 +272,13 @@ def test_sampled_answers_with_a_context_are_scored_and_stored_by_request_id(
         _, key = new_key(proc.url, ADMIN_KEY, "alpha")
         headers = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=proc.url, timeout=20) as client:
+
             def ask(request_id: str, model: str, **extra: Any) -> httpx.Response:
-                response = client.post("/v1/chat/completions", headers={**headers, "x-request-id": request_id},
-                                       json={"model": model, "messages": [{"role": "user", "content": "Hello"}],
-                                             **extra})
+                response = client.post(
+                    "/v1/chat/completions",
+                    headers={**headers, "x-request-id": request_id},
+                    json={"model": model, "messages": [{"role": "user", "content": "Hello"}], **extra},
+                )
                 assert response.status_code == 200, response.text
                 return response
 

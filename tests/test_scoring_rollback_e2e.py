@@ -35,8 +35,9 @@ def test_a_hallucinating_canary_is_rolled_back_and_a_faithful_one_promoted(
         push(proc, INVENTED if canary == "invented" else FAITHFUL, "v2")
         proc.cli("prompts", "label", "set", "answer", "beta", "1")
         _, key = new_key(proc.url, ADMIN_KEY, "alpha")
-        apply(proc, "rollouts.yaml", rollout({"metric": "hallucination_rate", "max_over_stable": 0.2,
-                                              "min_samples": 3}))
+        apply(
+            proc, "rollouts.yaml", rollout({"metric": "hallucination_rate", "max_over_stable": 0.2, "min_samples": 3})
+        )
         final = "aborted" if canary == "invented" else "promoted"
         with Traffic(proc, key) as traffic:
             try:

@@ -72,9 +72,18 @@ class StoredFeedback:
     rollout_id: str | None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "feedback", "request_id": self.request_id, "trace_id": self.trace_id,
-                "metric": self.metric, "value": self.value, "comment": self.comment,
-                "created": int(self.created.timestamp()), "variant": self.variant, "rollout_id": self.rollout_id}
+        return {
+            "id": self.id,
+            "object": "feedback",
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "metric": self.metric,
+            "value": self.value,
+            "comment": self.comment,
+            "created": int(self.created.timestamp()),
+            "variant": self.variant,
+            "rollout_id": self.rollout_id,
+        }
 
 
 def parse_body(raw: bytes) -> FeedbackBody:
@@ -87,14 +96,20 @@ def parse_body(raw: bytes) -> FeedbackBody:
         message = first["msg"] if where is None else f"'{where}': {first['msg']}"
         raise InvalidRequest(f"Invalid feedback: {message}.", param=where, code="invalid_feedback") from None
     if (body.request_id is None) == (body.trace_id is None):
-        raise InvalidRequest("Give exactly one of 'request_id' or 'trace_id'.", param="request_id",
-                             code="invalid_feedback")
+        raise InvalidRequest(
+            "Give exactly one of 'request_id' or 'trace_id'.", param="request_id", code="invalid_feedback"
+        )
     return body
 
 
 class FeedbackService:
-    def __init__(self, db: Database, *, sender: ScoreSender | None = None,
-                 flush_ledger: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        sender: ScoreSender | None = None,
+        flush_ledger: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self._sender = sender
         self._flush_ledger = flush_ledger
@@ -106,34 +121,68 @@ class FeedbackService:
             found = await self._request(principal.team, body)
         if found is None:
             given = f"request '{body.request_id}'" if body.request_id else f"trace '{body.trace_id}'"
-            raise NotFound(f"No {given} made by your team.", param="request_id" if body.request_id else "trace_id",
-                           code="request_not_found")
+            raise NotFound(
+                f"No {given} made by your team.",
+                param="request_id" if body.request_id else "trace_id",
+                code="request_not_found",
+            )
         stored = StoredFeedback(
-            id="fb_" + os.urandom(12).hex(), request_id=found["request_id"], trace_id=found["trace_id"],
-            metric=body.metric, value=body.value, comment=body.comment, created=datetime.now(UTC),
-            variant=found["variant"], rollout_id=found["rollout_id"])
+            id="fb_" + os.urandom(12).hex(),
+            request_id=found["request_id"],
+            trace_id=found["trace_id"],
+            metric=body.metric,
+            value=body.value,
+            comment=body.comment,
+            created=datetime.now(UTC),
+            variant=found["variant"],
+            rollout_id=found["rollout_id"],
+        )
         async with self._db.engine.begin() as conn:
-            await conn.execute(insert(feedback).values(
-                id=stored.id, ts=stored.created, request_id=stored.request_id, trace_id=stored.trace_id,
-                team=principal.team, key_id=principal.key_id, metric=stored.metric, value=stored.value,
-                comment=stored.comment, alias=found["alias"], prompt_name=found["prompt_name"],
-                prompt_version=found["prompt_version"], variant=stored.variant, rollout_id=stored.rollout_id))
+            await conn.execute(
+                insert(feedback).values(
+                    id=stored.id,
+                    ts=stored.created,
+                    request_id=stored.request_id,
+                    trace_id=stored.trace_id,
+                    team=principal.team,
+                    key_id=principal.key_id,
+                    metric=stored.metric,
+                    value=stored.value,
+                    comment=stored.comment,
+                    alias=found["alias"],
+                    prompt_name=found["prompt_name"],
+                    prompt_version=found["prompt_version"],
+                    variant=stored.variant,
+                    rollout_id=stored.rollout_id,
+                )
+            )
         if self._sender is not None and stored.trace_id is not None:
             metadata: dict[str, Any] = {"request_id": stored.request_id, "source": "feedback", "feedback_id": stored.id}
             for key in ("variant", "rollout_id", "prompt_name", "prompt_version"):
                 if found[key] is not None:
                     metadata[key] = found[key]
-            self._sender.submit(LangfuseScore(id=stored.id, trace_id=stored.trace_id, name=stored.metric,
-                                              value=stored.value, comment=stored.comment, metadata=metadata))
+            self._sender.submit(
+                LangfuseScore(
+                    id=stored.id,
+                    trace_id=stored.trace_id,
+                    name=stored.metric,
+                    value=stored.value,
+                    comment=stored.comment,
+                    metadata=metadata,
+                )
+            )
         return stored
 
     async def _request(self, team: str, body: FeedbackBody) -> dict[str, Any] | None:
         """The request's ledger row, if ``team`` made it (a shadow copy is nobody's answer)."""
         c = ledger.c
         where = c.request_id == body.request_id if body.request_id else c.trace_id == body.trace_id
-        query = (select(c.request_id, c.trace_id, c.alias, c.prompt_name, c.prompt_version, c.variant, c.rollout_id)
-                 .where(where, c.team == team, or_(c.kind.is_(None), c.kind != "shadow"))
-                 .order_by(c.id.desc()).limit(1))
+        query = (
+            select(c.request_id, c.trace_id, c.alias, c.prompt_name, c.prompt_version, c.variant, c.rollout_id)
+            .where(where, c.team == team, or_(c.kind.is_(None), c.kind != "shadow"))
+            .order_by(c.id.desc())
+            .limit(1)
+        )
         async with self._db.engine.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return dict(row) if row is not None else None

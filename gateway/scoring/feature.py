@@ -51,20 +51,34 @@ class ScoringFeature(Feature):
     feedback: FeedbackService | None = None
 
 
-def build_scoring(settings: Settings, db: Database, registry: CollectorRegistry, *,
-                  flush_ledger: Callable[[], Awaitable[None]] | None = None,
-                  runner: Runner | None = None) -> ScoringFeature:
+def build_scoring(
+    settings: Settings,
+    db: Database,
+    registry: CollectorRegistry,
+    *,
+    flush_ledger: Callable[[], Awaitable[None]] | None = None,
+    runner: Runner | None = None,
+) -> ScoringFeature:
     """The feature, its tasks started (call inside the running loop). ``runner`` replaces the
     worker process (tests)."""
     config = settings.scoring
     sender: ScoreSender | None = None
     if settings.tracing.enabled:
         sender = ScoreSender(
-            settings.tracing, queue_size=config.langfuse_queue_size, retries=config.langfuse_retries,
-            sent=Counter("gateway_langfuse_scores_sent_total", "Scores Langfuse took (hallucination, feedback, "
-                         "rollback annotations).", registry=registry),
-            dropped=Counter("gateway_langfuse_scores_dropped_total", "Scores not delivered to Langfuse, by reason "
-                            "(queue_full, send_failed, shutdown).", ("reason",), registry=registry),
+            settings.tracing,
+            queue_size=config.langfuse_queue_size,
+            retries=config.langfuse_retries,
+            sent=Counter(
+                "gateway_langfuse_scores_sent_total",
+                "Scores Langfuse took (hallucination, feedback, rollback annotations).",
+                registry=registry,
+            ),
+            dropped=Counter(
+                "gateway_langfuse_scores_dropped_total",
+                "Scores not delivered to Langfuse, by reason (queue_full, send_failed, shutdown).",
+                ("reason",),
+                registry=registry,
+            ),
         )
         sender.start()
     scorer: LiveScorer | None = None
@@ -74,26 +88,49 @@ def build_scoring(settings: Settings, db: Database, registry: CollectorRegistry,
             # A wrong name or a missing model directory stops start-up here, not every batch in the
             # worker (building it is cheap: an NLI model loads on its first answer).
             build_evaluator(config.evaluator, model_dir=config.model_dir or None)
-        dropped = Counter("gateway_scoring_dropped_total", "Sampled answers not scored or not stored, by reason "
-                          "(queue_full, timeout, evaluator_error, store_queue_full, store_failed, shutdown).",
-                          ("reason",), registry=registry)
+        dropped = Counter(
+            "gateway_scoring_dropped_total",
+            "Sampled answers not scored or not stored, by reason "
+            "(queue_full, timeout, evaluator_error, store_queue_full, store_failed, shutdown).",
+            ("reason",),
+            registry=registry,
+        )
         writer = ScoreWriter(
-            db, queue_size=config.queue_size, batch_size=256, flush_interval_s=config.flush_interval_ms / 1000,
-            written=Counter("gateway_scoring_scores_written_total", "Hallucination scores written to the store.",
-                            registry=registry),
-            dropped=dropped)
-        writer.start()
-        metrics = LiveMetrics(
-            scored=Histogram("gateway_hallucination_score", "Hallucination scores of live answers (1 = unsupported), "
-                             "by prompt, version and rollout variant.", ("prompt", "version", "variant"),
-                             buckets=SCORE_BUCKETS, registry=registry),
-            skipped=Counter("gateway_scoring_skipped_total", "Sampled answers not scored, by reason (no_context, "
-                            "empty_answer).", ("reason",), registry=registry),
+            db,
+            queue_size=config.queue_size,
+            batch_size=256,
+            flush_interval_s=config.flush_interval_ms / 1000,
+            written=Counter(
+                "gateway_scoring_scores_written_total", "Hallucination scores written to the store.", registry=registry
+            ),
             dropped=dropped,
         )
-        scorer = LiveScorer(runner or ProcessRunner(config.evaluator, config.model_dir or None), metrics,
-                            queue_size=config.queue_size, batch_size=config.batch_size, timeout_s=config.timeout_s,
-                            writer=writer, sender=sender)
+        writer.start()
+        metrics = LiveMetrics(
+            scored=Histogram(
+                "gateway_hallucination_score",
+                "Hallucination scores of live answers (1 = unsupported), by prompt, version and rollout variant.",
+                ("prompt", "version", "variant"),
+                buckets=SCORE_BUCKETS,
+                registry=registry,
+            ),
+            skipped=Counter(
+                "gateway_scoring_skipped_total",
+                "Sampled answers not scored, by reason (no_context, empty_answer).",
+                ("reason",),
+                registry=registry,
+            ),
+            dropped=dropped,
+        )
+        scorer = LiveScorer(
+            runner or ProcessRunner(config.evaluator, config.model_dir or None),
+            metrics,
+            queue_size=config.queue_size,
+            batch_size=config.batch_size,
+            timeout_s=config.timeout_s,
+            writer=writer,
+            sender=sender,
+        )
         scorer.start()
     annotator = RollbackAnnotator(db, sender) if sender is not None else None
 
@@ -108,5 +145,11 @@ def build_scoring(settings: Settings, db: Database, registry: CollectorRegistry,
         if sender is not None:
             await sender.close(deadline)
 
-    return ScoringFeature(closers=[close], scorer=scorer, sender=sender, quality=QualityMetrics(db),
-                          annotator=annotator, feedback=FeedbackService(db, sender=sender, flush_ledger=flush_ledger))
+    return ScoringFeature(
+        closers=[close],
+        scorer=scorer,
+        sender=sender,
+        quality=QualityMetrics(db),
+        annotator=annotator,
+        feedback=FeedbackService(db, sender=sender, flush_ledger=flush_ledger),
+    )

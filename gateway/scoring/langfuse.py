@@ -51,8 +51,14 @@ class LangfuseScore:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def body(self, environment: str) -> dict[str, Any]:
-        found: dict[str, Any] = {"id": self.id, "traceId": self.trace_id, "name": self.name, "value": self.value,
-                                 "dataType": "NUMERIC", "environment": environment}
+        found: dict[str, Any] = {
+            "id": self.id,
+            "traceId": self.trace_id,
+            "name": self.name,
+            "value": self.value,
+            "dataType": "NUMERIC",
+            "environment": environment,
+        }
         if self.comment:
             found["comment"] = self.comment[:_MAX_COMMENT]
         if self.metadata:
@@ -63,8 +69,17 @@ class LangfuseScore:
 class ScoreSender:
     """Sends queued scores to Langfuse (``submit`` never blocks; a full queue drops and counts)."""
 
-    def __init__(self, settings: TracingSettings, *, queue_size: int, retries: int, sent: Counter,
-                 dropped: Counter, batch_size: int = 64, concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        settings: TracingSettings,
+        *,
+        queue_size: int,
+        retries: int,
+        sent: Counter,
+        dropped: Counter,
+        batch_size: int = 64,
+        concurrency: int = 4,
+    ) -> None:
         self.settings = settings
         self.endpoint = settings.host.rstrip("/") + SCORES_PATH
         credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"

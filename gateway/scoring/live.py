@@ -155,7 +155,9 @@ class ProcessRunner:
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
                 initargs=(self.name, self._model_dir),
             )
         return self._pool
@@ -229,9 +231,19 @@ def policy_rate(ctx: RequestContext) -> float:
 class LiveScorer:
     """The record-stage sink (``record``) and the task that scores what it queued."""
 
-    def __init__(self, runner: Runner, metrics: LiveMetrics, *, queue_size: int, batch_size: int,
-                 timeout_s: float, writer: ScoreWriter | None = None, sender: ScoreSender | None = None,
-                 rate_of: RateOf = policy_rate, flush_interval_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        metrics: LiveMetrics,
+        *,
+        queue_size: int,
+        batch_size: int,
+        timeout_s: float,
+        writer: ScoreWriter | None = None,
+        sender: ScoreSender | None = None,
+        rate_of: RateOf = policy_rate,
+        flush_interval_s: float = 0.05,
+    ) -> None:
         self._runner = runner
         self._metrics = metrics
         self._max = queue_size
@@ -372,11 +384,21 @@ def question_of(messages: Any) -> str:
 
 def scored_answer(ctx: RequestContext, outcome: Outcome, evaluator: str, now: datetime) -> ScoredAnswer:
     return ScoredAnswer(
-        request_id=ctx.request_id, trace_id=ctx.trace_id, team=ctx.team,
-        alias=ctx.alias.name if ctx.alias is not None else None, prompt_name=ctx.prompt_name,
-        prompt_version=ctx.prompt_version, variant=ctx.variant, rollout_id=ctx.rollout_id, evaluator=evaluator,
-        score=outcome.score, threshold=outcome.threshold, claims=outcome.claims, unsupported=outcome.unsupported,
-        reasons=outcome.reasons, ts=now,
+        request_id=ctx.request_id,
+        trace_id=ctx.trace_id,
+        team=ctx.team,
+        alias=ctx.alias.name if ctx.alias is not None else None,
+        prompt_name=ctx.prompt_name,
+        prompt_version=ctx.prompt_version,
+        variant=ctx.variant,
+        rollout_id=ctx.rollout_id,
+        evaluator=evaluator,
+        score=outcome.score,
+        threshold=outcome.threshold,
+        claims=outcome.claims,
+        unsupported=outcome.unsupported,
+        reasons=outcome.reasons,
+        ts=now,
     )
 
 
@@ -386,11 +408,21 @@ def langfuse_score(scored: ScoredAnswer) -> LangfuseScore:
     comment = f"{label}: {scored.unsupported} of {scored.claims} claims unsupported"
     if scored.reasons:
         comment += "\n" + "\n".join(scored.reasons)
-    metadata: dict[str, Any] = {"evaluator": scored.evaluator, "threshold": scored.threshold,
-                                "request_id": scored.request_id, "label": label}
+    metadata: dict[str, Any] = {
+        "evaluator": scored.evaluator,
+        "threshold": scored.threshold,
+        "request_id": scored.request_id,
+        "label": label,
+    }
     for key in ("prompt_name", "prompt_version", "variant", "rollout_id"):
         value = getattr(scored, key)
         if value is not None:
             metadata[key] = value
-    return LangfuseScore(id=f"{scored.trace_id}-{SCORE_NAME}", trace_id=scored.trace_id, name=SCORE_NAME,
-                         value=round(scored.score, 6), comment=comment, metadata=metadata)
+    return LangfuseScore(
+        id=f"{scored.trace_id}-{SCORE_NAME}",
+        trace_id=scored.trace_id,
+        name=SCORE_NAME,
+        value=round(scored.score, 6),
+        comment=comment,
+        metadata=metadata,
+    )

@@ -99,10 +99,12 @@ def _feedback(check: CheckSpec) -> MetricReader:
     return MetricReader(value, lambda s: len(_quality(s).feedback.get(name, ())))
 
 
-register_reader("hallucination_rate", "share of scored answers above the hallucination threshold",
-                _hallucination_rate)
-register_reader("hallucination_score", "mean hallucination score of scored answers (0 grounded .. 1 unsupported)",
-                _hallucination_score)
+register_reader("hallucination_rate", "share of scored answers above the hallucination threshold", _hallucination_rate)
+register_reader(
+    "hallucination_score",
+    "mean hallucination score of scored answers (0 grounded .. 1 unsupported)",
+    _hallucination_score,
+)
 register_reader("feedback", "mean value of the feedback metric NAME posted to /v1/feedback", _feedback, family=True)
 
 
@@ -115,8 +117,10 @@ class QualityMetrics:
 
     async def window(self, rollout_id: str, since: datetime) -> dict[str, VariantStats]:
         base, scores, votes = await asyncio.gather(
-            self._ledger.window(rollout_id, since), self._store.scores(rollout_id, since),
-            self._store.feedback(rollout_id, since))
+            self._ledger.window(rollout_id, since),
+            self._store.scores(rollout_id, since),
+            self._store.feedback(rollout_id, since),
+        )
         per_scores: dict[str, list[tuple[float, bool]]] = {}
         for sample in scores:
             per_scores.setdefault(sample.variant, []).append((sample.score, sample.hallucinated))
@@ -127,7 +131,10 @@ class QualityMetrics:
         for variant in {*base, *per_scores, *per_feedback}:
             stats = base.get(variant, VariantStats())
             found[variant] = QualityStats(
-                stats.requests, stats.errors, stats.latencies_ms, stats.cost_usd,
+                stats.requests,
+                stats.errors,
+                stats.latencies_ms,
+                stats.cost_usd,
                 scores=tuple(per_scores.get(variant, ())),
                 feedback={name: tuple(values) for name, values in per_feedback.get(variant, {}).items()},
             )
@@ -153,8 +160,12 @@ class RollbackAnnotator:
     async def annotate(self, rollout: Rollout, analysis: Analysis) -> int:
         since = datetime.now(UTC) - timedelta(seconds=rollout.spec.interval_s * 2)
         c = ledger.c
-        query = (select(c.trace_id).where(c.rollout_id == rollout.id, c.variant == CANARY, c.ts >= since,
-                                          c.trace_id.is_not(None)).order_by(c.ts.desc()).limit(MAX_ANNOTATED))
+        query = (
+            select(c.trace_id)
+            .where(c.rollout_id == rollout.id, c.variant == CANARY, c.ts >= since, c.trace_id.is_not(None))
+            .order_by(c.ts.desc())
+            .limit(MAX_ANNOTATED)
+        )
         try:
             async with self._db.engine.connect() as conn:
                 traces = list(dict.fromkeys((await conn.execute(query)).scalars().all()))
@@ -165,12 +176,21 @@ class RollbackAnnotator:
             f"{check.metric}: canary {check.canary:.4g}"
             + (f", stable {check.stable:.4g}" if check.stable is not None else "")
             + (f", bound {check.bound:.4g}" if check.bound is not None else "")
-            for check in analysis.checks if not check.ok)
+            for check in analysis.checks
+            if not check.ok
+        )
         comment = f"rollout {rollout.id} rolled back: {analysis.why}" + (f" ({numbers})" if numbers else "")
         for trace_id in traces:
-            self._sender.submit(LangfuseScore(
-                id=f"{trace_id}-{ANNOTATION}", trace_id=trace_id, name=ANNOTATION, value=1.0, comment=comment,
-                metadata={"rollout_id": rollout.id, "variant": CANARY, "analysis": analysis.as_dict()}))
+            self._sender.submit(
+                LangfuseScore(
+                    id=f"{trace_id}-{ANNOTATION}",
+                    trace_id=trace_id,
+                    name=ANNOTATION,
+                    value=1.0,
+                    comment=comment,
+                    metadata={"rollout_id": rollout.id, "variant": CANARY, "analysis": analysis.as_dict()},
+                )
+            )
         return len(traces)
 
     async def close(self) -> None:

@@ -67,11 +67,21 @@ class ScoredAnswer:
 
     def row(self) -> dict[str, Any]:
         return {
-            "ts": self.ts, "request_id": self.request_id, "trace_id": self.trace_id, "team": self.team,
-            "alias": self.alias, "prompt_name": self.prompt_name, "prompt_version": self.prompt_version,
-            "variant": self.variant, "rollout_id": self.rollout_id, "evaluator": self.evaluator,
-            "score": self.score, "threshold": self.threshold, "hallucinated": self.hallucinated,
-            "claims": self.claims, "unsupported": self.unsupported,
+            "ts": self.ts,
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "team": self.team,
+            "alias": self.alias,
+            "prompt_name": self.prompt_name,
+            "prompt_version": self.prompt_version,
+            "variant": self.variant,
+            "rollout_id": self.rollout_id,
+            "evaluator": self.evaluator,
+            "score": self.score,
+            "threshold": self.threshold,
+            "hallucinated": self.hallucinated,
+            "claims": self.claims,
+            "unsupported": self.unsupported,
             "reasons": orjson.dumps(list(self.reasons[:MAX_REASONS])).decode(),
         }
 
@@ -79,8 +89,16 @@ class ScoredAnswer:
 class ScoreWriter:
     """Writes scored answers in batches (``submit`` never blocks; a full queue drops and counts)."""
 
-    def __init__(self, db: Database, *, queue_size: int, batch_size: int, flush_interval_s: float,
-                 written: Counter, dropped: Counter) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        queue_size: int,
+        batch_size: int,
+        flush_interval_s: float,
+        written: Counter,
+        dropped: Counter,
+    ) -> None:
         self._db = db
         self._queue: collections.deque[ScoredAnswer] = collections.deque()
         self._max = queue_size
@@ -189,8 +207,12 @@ class QualityStore:
     async def trace_ids(self, rollout_id: str, variant: str, since: datetime, limit: int) -> list[str]:
         """Trace ids of a variant's scored requests since ``since`` (to annotate them)."""
         c = hallucination_scores.c
-        query = (select(c.trace_id).where(c.rollout_id == rollout_id, c.variant == variant, c.ts >= since,
-                                          c.trace_id.is_not(None)).order_by(c.ts.desc()).limit(limit))
+        query = (
+            select(c.trace_id)
+            .where(c.rollout_id == rollout_id, c.variant == variant, c.ts >= since, c.trace_id.is_not(None))
+            .order_by(c.ts.desc())
+            .limit(limit)
+        )
         async with self._db.engine.connect() as conn:
             found: Sequence[str] = (await conn.execute(query)).scalars().all()
         return list(dict.fromkeys(found))

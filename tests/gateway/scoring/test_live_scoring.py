@@ -30,28 +30,47 @@ BAD = "Refunds take 90 days and are paid in Bitcoin."
 
 
 def catalog(scoring: dict[str, Any] | None = None) -> Catalog:
-    return build_catalog(PolicyBundle(
-        models=ModelsFile.model_validate({"aliases": {
-            "chat": {"deployments": [{"provider": "mock", "model": "m", "free": True}]},
-            "other": {"deployments": [{"provider": "mock", "model": "m", "free": True}]},
-        }}),
-        teams=TeamsFile.model_validate({"teams": {"alpha": {}}}),
-        scoring=ScoringPolicy.model_validate(scoring or {"aliases": {"chat": 1.0}}),
-    ))
+    return build_catalog(
+        PolicyBundle(
+            models=ModelsFile.model_validate(
+                {
+                    "aliases": {
+                        "chat": {"deployments": [{"provider": "mock", "model": "m", "free": True}]},
+                        "other": {"deployments": [{"provider": "mock", "model": "m", "free": True}]},
+                    }
+                }
+            ),
+            teams=TeamsFile.model_validate({"teams": {"alpha": {}}}),
+            scoring=ScoringPolicy.model_validate(scoring or {"aliases": {"chat": 1.0}}),
+        )
+    )
 
 
 CATALOG = catalog()
 
 
-def finished(answer: str = GOOD, *, context: Any = CONTEXT, alias: str = "chat", request_id: str = "r1",
-             status: int = 200, origin: Origin = Origin.CALLER, rollout: str | None = None,
-             cat: Catalog = CATALOG) -> RequestContext:
-    ctx = RequestContext(request_id=request_id, endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None,
-                         catalog=cat, origin=origin)
+def finished(
+    answer: str = GOOD,
+    *,
+    context: Any = CONTEXT,
+    alias: str = "chat",
+    request_id: str = "r1",
+    status: int = 200,
+    origin: Origin = Origin.CALLER,
+    rollout: str | None = None,
+    cat: Catalog = CATALOG,
+) -> RequestContext:
+    ctx = RequestContext(
+        request_id=request_id, endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None, catalog=cat, origin=origin
+    )
     ctx.principal = Principal(key_id="key_1", team="alpha", roles=frozenset({"app"}))
     ctx.alias = cat.aliases[alias]
-    ctx.body = {"messages": [{"role": "system", "content": "Be brief."},
-                             {"role": "user", "content": "How long do refunds take?"}]}
+    ctx.body = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "How long do refunds take?"},
+        ]
+    }
     ctx.scoring_context = context
     ctx.status = status
     ctx.trace_id = "ab" * 16
@@ -79,11 +98,24 @@ def live_metrics() -> tuple[LiveMetrics, CollectorRegistry]:
     ), registry
 
 
-def scorer(evaluator: Any = None, *, queue_size: int = 100, timeout_s: float = 1.0,
-           writer: Collect | None = None, sender: Collect | None = None) -> tuple[LiveScorer, CollectorRegistry]:
+def scorer(
+    evaluator: Any = None,
+    *,
+    queue_size: int = 100,
+    timeout_s: float = 1.0,
+    writer: Collect | None = None,
+    sender: Collect | None = None,
+) -> tuple[LiveScorer, CollectorRegistry]:
     metrics, registry = live_metrics()
-    live = LiveScorer(ThreadRunner(evaluator or GroundednessEvaluator()), metrics, queue_size=queue_size,
-                      batch_size=8, timeout_s=timeout_s, writer=writer, sender=sender)  # type: ignore[arg-type]
+    live = LiveScorer(
+        ThreadRunner(evaluator or GroundednessEvaluator()),
+        metrics,
+        queue_size=queue_size,
+        batch_size=8,
+        timeout_s=timeout_s,
+        writer=writer,
+        sender=sender,
+    )  # type: ignore[arg-type]
     return live, registry
 
 
@@ -112,8 +144,9 @@ def test_only_sampled_answered_caller_requests_with_a_context_are_queued() -> No
 
 
 def test_sample_rates_by_prompt_then_alias_then_default() -> None:
-    policy = ScoringPolicy.model_validate({"sample_rate": 0.1, "prompts": {"support-*": 0.5, "support-x": 1.0},
-                                           "aliases": {"chat": 0.25}})
+    policy = ScoringPolicy.model_validate(
+        {"sample_rate": 0.1, "prompts": {"support-*": 0.5, "support-x": 1.0}, "aliases": {"chat": 0.25}}
+    )
     assert policy.rate("support-x", "chat") == 1.0
     assert policy.rate("support-y", "chat") == 0.5
     assert policy.rate("other", "chat") == 0.25
@@ -211,8 +244,10 @@ def test_the_case_is_context_question_and_answer() -> None:
     ctx = finished(context=[{"title": "Refunds", "text": CONTEXT}, "Shipping is free."])
     assert case_of(ctx) == (f"Refunds: {CONTEXT}\n\nShipping is free.", "How long do refunds take?", GOOD)
     assert case_of(finished(context=[])) is None
-    assert question_of([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
-                       ) == "a b"
+    assert (
+        question_of([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+        == "a b"
+    )
     assert question_of("nonsense") == ""
 
 
