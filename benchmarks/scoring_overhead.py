@@ -229,7 +229,8 @@ def in_process(requests: int) -> dict[str, Any]:
     from gateway.auth import Principal
     from gateway.context import Endpoint, RequestContext
     from gateway.scoring.groundedness import GroundednessEvaluator
-    from gateway.scoring.live import LiveMetrics, LiveScorer, Outcome, ProcessRunner
+    from gateway.scoring.live import LiveMetrics, LiveScorer
+    from gateway.scoring.runners import Outcome, ProcessRunner
 
     catalog = stage_catalog("bench", {})
     alias = catalog.aliases["bench"]

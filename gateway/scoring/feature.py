@@ -28,8 +28,9 @@ from gateway.features import Feature
 from gateway.feedback import FeedbackService
 from gateway.scoring import build_evaluator
 from gateway.scoring.langfuse import ScoreSender
-from gateway.scoring.live import LiveMetrics, LiveScorer, ProcessRunner, Runner
+from gateway.scoring.live import LiveMetrics, LiveScorer
 from gateway.scoring.quality import QualityMetrics, RollbackAnnotator
+from gateway.scoring.runners import ProcessRunner, Runner
 from gateway.scoring.store import ScoreWriter
 
 if TYPE_CHECKING:

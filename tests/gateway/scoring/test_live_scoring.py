@@ -21,7 +21,8 @@ from gateway.context import Endpoint, Origin, RequestContext
 from gateway.scoring.evaluator import Judgement
 from gateway.scoring.groundedness import GroundednessEvaluator
 from gateway.scoring.langfuse import LangfuseScore
-from gateway.scoring.live import LiveMetrics, LiveScorer, ProcessRunner, ThreadRunner, case_of, question_of
+from gateway.scoring.live import LiveMetrics, LiveScorer, case_of, question_of
+from gateway.scoring.runners import ProcessRunner, ThreadRunner
 from gateway.scoring.store import ScoredAnswer
 
 CONTEXT = "Refunds are available within 30 days of purchase."
@@ -269,7 +270,7 @@ def test_the_worker_exits_when_its_gateway_is_killed() -> None:
 
     script = (
         "import asyncio, sys, time\n"
-        "from gateway.scoring.live import ProcessRunner\n"
+        "from gateway.scoring.runners import ProcessRunner\n"
         "runner = ProcessRunner('groundedness')\n"
         "asyncio.run(runner.run([('a', 'b', 'c')], 5.0))\n"
         "print(*runner._pool._processes, flush=True)\n"
