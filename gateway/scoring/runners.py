@@ -126,9 +126,11 @@ def _score_in_worker(cases: Sequence[Case], budget_s: float) -> list[Outcome]:
 class ProcessRunner:
     """One worker process (spawned, never forked from the serving process) holds the evaluator."""
 
-    def __init__(self, evaluator: str, model_dir: str | None = None) -> None:
+    def __init__(self, evaluator: str, model_dir: str | None = None, *, slack_s: float = 5.0) -> None:
         self.name = evaluator
         self._model_dir = model_dir
+        # Added to a batch's budget: starting the process and loading the evaluator (a model).
+        self._slack = slack_s
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -146,7 +148,7 @@ class ProcessRunner:
         future = loop.run_in_executor(self._executor(), _score_in_worker, list(cases), budget_s)
         # The first batch also pays for starting the process and importing the evaluator.
         try:
-            return await asyncio.wait_for(future, budget_s * len(cases) + 5.0)
+            return await asyncio.wait_for(future, budget_s * len(cases) + self._slack)
         except TimeoutError:
             log.warning("scoring worker over its budget; restarted", extra={"answers": len(cases)})
             self._kill()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -291,3 +292,30 @@ def test_the_worker_exits_when_its_gateway_is_killed() -> None:
     finally:
         if gateway.poll() is None:
             gateway.kill()
+
+
+async def test_a_hanging_or_failing_evaluator_costs_its_scores_and_the_worker_is_replaced(tmp_path: Path) -> None:
+    """A local NLI model (the operator's code) that spins forever has its worker killed at the
+    batch's budget; one that raises costs that answer's score; the next batch gets a new worker."""
+    (tmp_path / "adapter.py").write_text(
+        "def load(model_dir):\n"
+        "    def entailment(premise, hypothesis):\n"
+        "        if 'spins' in hypothesis:\n"
+        "            while True:\n"
+        "                pass\n"
+        "        if 'raises' in hypothesis:\n"
+        "            raise RuntimeError('model bug')\n"
+        "        return 0.9\n"
+        "    return entailment\n"
+    )
+    runner = ProcessRunner("nli", str(tmp_path), slack_s=2.0)
+    try:
+        [hung] = await runner.run([(CONTEXT, "q", "The refund window spins around for ever.")], 0.2)
+        assert hung.failure == "timeout"
+        raised, fine = await runner.run(
+            [(CONTEXT, "q", "The refund window raises many questions."), (CONTEXT, "q", GOOD)], 1.0
+        )
+        assert raised.failure == "evaluator_error"
+        assert fine.failure is None and fine.score == 0.0
+    finally:
+        runner.close()
