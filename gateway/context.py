@@ -144,6 +144,11 @@ class RequestContext:
     # The request's data class (gateway.routing.data_classes), set by the route stage; None: off.
     data_class: str | None = None
     downgraded_from: str | None = None  # the alias asked for, when a budget downgrade replaced it
+    # What the answer is scored against for groundedness (gateway.scoring.context): the caller's
+    # ``scoring_context`` field (taken out of the body by the parse stage), else the value of the
+    # prompt's declared context variable; None when there is none. Kept raw: only a sampled
+    # request pays for turning it into text, off the request path.
+    scoring_context: Any = None
     plan: RoutingPlan | None = None  # the route stage's decision
     deployments: tuple[Deployment, ...] = ()  # the plan's deployments, in the order to try them
     variant: str | None = None  # routing variant (e.g. "canary"), for traces and the ledger

@@ -42,6 +42,7 @@ from gateway.rollouts.control import RolloutControl, using
 from gateway.rollouts.feature import build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
 from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, Weighted
+from gateway.scoring.feature import build_scoring
 from gateway.storage import Database, open_database
 from gateway.tracing import build_tracing
 from gateway.upstream import CallUpstream
@@ -50,6 +51,7 @@ from gateway.usage import build_usage
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.feedback import FeedbackService
     from gateway.prompts import PromptService
 
 log = logging.getLogger("gateway.runtime")
@@ -79,6 +81,7 @@ class Runtime:
     # Each rollout's live weight (gateway.rollouts), read by the rollout routing strategy.
     rollouts: RolloutBook | None = None
     rollout_control: RolloutControl | None = None  # start/pause/.../abort, for /admin/rollouts
+    feedback: FeedbackService | None = None  # POST /v1/feedback
     handler: Handler | None = None  # the assembled pipeline
     core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
     # The applied policy snapshot being served (None: the files under policies_dir, never applied).
@@ -257,8 +260,16 @@ async def create_runtime(settings: Settings) -> Runtime:
         assert runtime.prompts is not None, "the prompt feature is built before any request"
         return using(runtime.prompts.service)
 
+    # Live scoring: a record-stage sink, and the analysis' source of scores and feedback.
+    flush_ledger = runtime.ledger.flush if runtime.ledger is not None else None
+    scoring = build_scoring(settings, db, metrics.registry, flush_ledger=flush_ledger)
+    runtime.install(scoring)
+    runtime.feedback = scoring.feedback
+    if scoring.scorer is not None:
+        record.add_sink(scoring.scorer)
     rollouts = await build_rollouts_feature(db, audit=runtime.audit, catalog=current, prompts=prompt_service,
-                                            registry=metrics.registry)
+                                            registry=metrics.registry, metrics=scoring.quality,
+                                            annotator=scoring.annotator)
     runtime.install(rollouts)
     assert rollouts.book is not None and rollouts.control is not None
     runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control

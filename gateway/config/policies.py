@@ -261,6 +261,39 @@ class DataClassesFile(_Strict):
             raise ValueError(f"rules: unknown class(es) {unknown}; classes: {self.classes}")
         return self
 
+class ScoringPolicy(_Strict):
+    """``policies/scoring.yaml``: which live answers are scored for groundedness.
+
+    The first match wins: a prompt's rate (by name, glob patterns allowed), then the alias'
+    rate, then ``sample_rate``. A request in a running rollout is always scored, whatever the
+    rates say, so that its analysis has numbers for both canary and stable.
+    """
+
+    sample_rate: float = Field(0.0, ge=0, le=1, description="Share of other requests with a context that is scored.")
+    prompts: dict[str, float] = Field(default_factory=dict, description="Sample rate by prompt name (globs).")
+    aliases: dict[str, float] = Field(default_factory=dict, description="Sample rate by model alias (globs).")
+
+    @model_validator(mode="after")
+    def _rates(self) -> ScoringPolicy:
+        for where, rates in (("prompts", self.prompts), ("aliases", self.aliases)):
+            for name, rate in rates.items():
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError(f"{where}.{name}: a sample rate is between 0 and 1 (got {rate})")
+        return self
+
+    def rate(self, prompt: str | None, alias: str | None) -> float:
+        """The sample rate of a request for ``prompt`` (None: no prompt) on ``alias``."""
+        for name, rates in ((prompt, self.prompts), (alias, self.aliases)):
+            if name is None or not rates:
+                continue
+            found = rates.get(name)
+            if found is not None:
+                return found
+            for pattern, rate in rates.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    return rate
+        return self.sample_rate
+
 
 class PolicyBundle(_Strict):
     """Every policy file, validated together so that cross-file references can be checked."""
@@ -270,6 +303,7 @@ class PolicyBundle(_Strict):
     prompts: PromptsPolicy = PromptsPolicy()
     rollouts: RolloutsFile = RolloutsFile()
     data_classes: DataClassesFile = DataClassesFile()
+    scoring: ScoringPolicy = ScoringPolicy()
 
 
 def load_policies(policies_dir: Path) -> PolicyBundle:
@@ -309,6 +343,15 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             data_classes = validate(DataClassesFile, load_yaml(classes_path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    scoring = ScoringPolicy()
+    scoring_path = policies_dir / "scoring.yaml"
+    if scoring_path.exists():
+        try:
+            scoring = validate(ScoringPolicy, load_yaml(scoring_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return PolicyBundle(models=models, teams=teams, prompts=prompts, rollouts=rollouts, data_classes=data_classes)
+    return PolicyBundle(
+        models=models, teams=teams, prompts=prompts, rollouts=rollouts, data_classes=data_classes, scoring=scoring
+    )

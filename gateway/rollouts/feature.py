@@ -19,7 +19,7 @@ from gateway.audit import AuditLog
 from gateway.features import CatalogSource, Closer, Feature
 from gateway.prompts.store import PromptStore
 from gateway.rollouts.alerts import RolloutAlerts, RolloutCollector
-from gateway.rollouts.analysis import LedgerMetrics, RolloutAnalyzer
+from gateway.rollouts.analysis import Alerts, AlertsChain, LedgerMetrics, MetricSource, RolloutAnalyzer
 from gateway.rollouts.book import RolloutBook
 from gateway.rollouts.control import RolloutControl, ServiceSource
 from gateway.rollouts.state import RolloutStateStore
@@ -72,11 +72,15 @@ class RolloutsFeature(Feature):
 async def build_rollouts_feature(
     db: Database, *, audit: AuditLog, catalog: CatalogSource, prompts: ServiceSource | None = None,
     registry: CollectorRegistry | None = None, interval_s: float = 0.5, analysis: bool = True,
+    metrics: MetricSource | None = None, annotator: Alerts | None = None,
 ) -> RolloutsFeature:
     """Load the stored states now (the first request already routes by them) and watch them,
     and run the analysis loop (every replica does; see ``gateway.rollouts.analysis``).
 
     ``prompts`` opens the prompt service (to move a label when a prompt rollout is promoted).
+    ``metrics`` is where the analysis reads each variant's numbers (default: the ledger alone;
+    live scoring passes one that adds scores and feedback), and ``annotator`` is told of each
+    decision after the alerts (live scoring marks a rolled-back canary's traces).
     """
     book = RolloutBook()
     store = RolloutStateStore(db)
@@ -94,7 +98,8 @@ async def build_rollouts_feature(
         registry.register(RolloutCollector(book, catalog))
     if analysis:
         alerts = RolloutAlerts(registry)
-        analyzer = RolloutAnalyzer(control, catalog, LedgerMetrics(db), alerts=alerts, tick_s=interval_s)
+        told: Alerts = alerts if annotator is None else AlertsChain((alerts, annotator))
+        analyzer = RolloutAnalyzer(control, catalog, metrics or LedgerMetrics(db), alerts=told, tick_s=interval_s)
         analyzer.start()
         closers += [alerts.close, analyzer.stop]  # run in reverse: the loop stops, then the webhooks drain
     return RolloutsFeature(closers=closers, book=book, store=store, watcher=watcher, control=control)

@@ -93,6 +93,9 @@ class OpenAIApi:
                 if path == "/v1/models":
                     await self._models(headers, send, request_id, started)
                     return
+                if path == "/v1/feedback":
+                    await self._feedback(scope, headers, receive, send, request_id, started)
+                    return
                 raise NotFound(f"Unknown endpoint {scope['method']} {scope['path']}.", code="unknown_url")
             if scope["method"] != "POST":
                 raise InvalidRequest(f"{scope['path']} takes POST.", code="method_not_allowed", status=405)
@@ -197,6 +200,32 @@ class OpenAIApi:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _feedback(self, scope: Scope, headers: _Headers, receive: Receive, send: Send, request_id: bytes,
+                        started: float) -> None:
+        """``POST /v1/feedback`` (gateway.feedback): the key first, then a bounded body."""
+        if scope["method"] != "POST":
+            raise InvalidRequest(f"{scope['path']} takes POST.", code="method_not_allowed", status=405)
+        token = bearer_token(headers.authorization)
+        principal = await self.runtime.keys.authenticate(token) if token else None
+        if principal is None:
+            raise AuthenticationFailed("Invalid or missing API key.")
+        service = self.runtime.feedback
+        if service is None:
+            raise NotFound(f"Unknown endpoint {scope['method']} {scope['path']}.", code="unknown_url")
+        from gateway.feedback.service import parse_body
+
+        body = parse_body(await self._read_body(headers.content_length, receive))
+        stored = await service.post(principal, body)
+        payload = orjson.dumps(stored.as_dict())
+        response_headers = [
+            *_JSON_HEADERS,
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id),
+            (b"x-gateway-overhead-ms", _ms(time.perf_counter() - started)),
+        ]
+        await send({"type": "http.response.start", "status": 201, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _read_body(self, length: bytes | None, receive: Receive) -> bytes:
         if length is not None and length.isdigit() and int(length) > self.max_body:
