@@ -41,6 +41,7 @@ judgement's ``extra["truncated"]`` says so), which bounds the time per answer.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -67,6 +68,7 @@ STOPWORDS: Final = frozenset(
     according passage passages context document documents article articles source sources
     information info based stated states say says said mention mentions mentioned note
     unfortunately fortunately sadly additionally furthermore moreover therefore hence basically actually
+    usually typically generally normally roughly approximately around nearly almost currently
     """.split()  # noqa: SIM905 - a word list reads better as text
 )
 
@@ -99,7 +101,6 @@ _SYNONYMS: Final = (
     ("quick", "fast", "rapid"),
     ("delete", "remove", "erase", "deletion", "removal"),
     ("move", "migrate", "migration", "transfer"),
-    ("show", "display"),
     ("use", "utilize", "utilise"),
     ("customer", "client"),
     ("login", "signin"),
@@ -108,6 +109,33 @@ _SYNONYMS: Final = (
     ("week", "weekly"),
     ("additional", "extra"),
     ("day", "daily"),
+    ("ship", "shipment", "delivery", "deliver", "dispatch"),
+    ("book", "booking", "reserve", "reservation", "schedule"),
+    ("online", "website", "web", "internet"),
+    ("advance", "ahead", "beforehand"),
+    ("next", "following", "subsequent"),
+    ("unused", "leftover", "remaining"),
+    ("carry", "roll"),
+    ("stay", "remain"),
+    ("employee", "staff", "worker", "personnel"),
+    ("doctor", "physician", "gp"),
+    ("phone", "telephone"),
+    ("big", "large", "huge"),
+    ("small", "little", "tiny"),
+    ("maximum", "max"),
+    ("minimum", "min"),
+    ("limit", "cap", "restriction", "restrict"),
+    ("answer", "respond", "response", "reply"),
+    ("approve", "approval", "authorise", "authorize", "authorisation", "authorization"),
+    ("exceed", "surpass"),
+    ("include", "contain", "comprise"),
+    ("moon", "lunar"),
+    ("sun", "solar"),
+    ("car", "vehicle"),
+    ("shut", "closed", "close"),
+    ("error", "failure", "fault"),
+    ("choose", "select", "pick"),
+    ("show", "display"),
 )
 
 _SUFFIXES: Final = ("ational", "ation", "ition", "ability", "ibility", "ments", "ment", "ness", "ingly", "ing",
@@ -280,7 +308,17 @@ _WORD: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 _PHRASES: Final = (
     (re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"), "refund"),
     (re.compile(r"\bmoney[- ]back\b"), "refund"),
+    # "at no charge" is "free": its "no" is not the claim's negation.
+    (re.compile(r"\b(?:at\s+|for\s+|with\s+)?(?:no|zero)\s+(?:extra\s+|additional\s+)?(?:charge|cost)\b"
+                r"|\bfree\s+of\s+charge\b|\bwithout\s+(?:any\s+)?(?:extra\s+)?charge\b"), "free"),
     (re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"), "return"),
+    # A bound is not a negation: "no more than 23 kg" is "up to 23 kg", "do not take more than 8"
+    # is "take a maximum of 8".
+    (re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:more|longer|greater|higher|larger|heavier)\s+than\b"), r"\1 maximum"),
+    (re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:less|fewer|shorter|lower|smaller)\s+than\b"), r"\1 minimum"),
+    (re.compile(r"\b(?:no|not)\s+later\s+than\b"), "by"),
+    (re.compile(r"\b(?:must|should|may|can|do|does|will)\s+not\s+(?:exceed|go\s+over)\b|\bnot\s+exceeding\b"),
+     "maximum"),
     (re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
     (re.compile(r"\bfor good\b"), "permanently"),
     (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
@@ -313,7 +351,7 @@ def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
     for t in tokens:
         after_number = any(ch.isdigit() for ch in previous) or previous in _NUMBER_WORDS or \
             previous in _UNIT_QUALIFIERS
-        if t in _MEASURE_WORDS and after_number and not units:
+        if (t in _MEASURE_WORDS or t in _UNIT_QUALIFIERS) and after_number and not units:
             previous = previous if previous in _UNIT_QUALIFIERS else t
             continue
         previous = t
@@ -324,11 +362,13 @@ def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
 
 # --- abstentions and filler --------------------------------------------------------------------
 
-_SOURCE: Final = (r"(?:passages?|context|documents?|articles?|sources?|information|text|help[- ]?cent(?:re|er)"
-                  r"|knowledge base|materials?|provided|available)")
+_SOURCE: Final = (r"(?:passages?|context|documents?|documentation|docs|articles?|sources?|information|text"
+                  r"|help[- ]?cent(?:re|er)|knowledge base|materials?|provided|available|excerpts?|snippets?"
+                  r"|leaflet|manual|guide|faq|notes|records|results|page|extract)")
 _ABSTENTION: Final = re.compile(
     "|".join((
-        rf"\b(?:the|these|this|those|our|my)\s+(?:provided\s+|available\s+|given\s+|retrieved\s+)?{_SOURCE}\s+"
+        rf"\b(?:the|these|this|those|our|my)\s+(?:provided\s+|available\s+|given\s+|retrieved\s+)?"
+        rf"(?:\w+\s+)?{_SOURCE}\s+"
         r"(?:(?:provided|given|available|above|here|retrieved|i\s+have|we\s+have)\s+)?"
         r"(?:do|does|did|is|are|was|were)\s+not\s+(?:say|mention|specify|state|cover|contain|include|provide|"
         r"address|answer|tell|indicate|describe|explain|list|discuss|give|clarify|show|seem)",
@@ -341,6 +381,10 @@ _ABSTENTION: Final = re.compile(
         rf"\bnot\s+(?:covered|provided|included|given|found|listed|available)\s+(?:in|by|from)\s+(?:the\s+)?{_SOURCE}",
         r"\bno\s+(?:information|mention|details?|indication|data)\s+(?:about|on|regarding|of|as to|is given|in)\b",
         r"\b(?:not|insufficient|isn't)\s+enough\s+information\b|\binsufficient\s+information\b",
+        # "... doesn't say anything about X": a speech verb, whatever the subject, is about the source.
+        r"\b(?:do|does|did)\s+not\s+(?:say|mention|specify|state|indicate|clarify)\b",
+        r"\bno\s+(?:information|details?|data|mention)\s+(?:is\s+|was\s+)?(?:available|provided|given|here)\b",
+        rf"\b{_SOURCE}\s+(?:provided\s+|given\s+)?(?:is|are|was|were)\s+(?:empty|silent)\b",
         r"\b(?:can\s+not|could\s+not)\s+be\s+(?:determined|confirmed|answered|found)\b",
         r"\b(?:unclear|unknown)\s+(?:from|based on|in)\b",
         r"\b(?:human|support)?\s*(?:agent|colleague|someone|team|representative)\s+will\s+(?:follow\s+up|get\s+back"
@@ -354,6 +398,17 @@ _FILLER: Final = re.compile(
     r"glad to help|is there anything else|have a (?:great|nice|good|lovely)|please (?:let|reach|feel|don't|do not)|"
     r"great question|good question|of course|certainly|sure|absolutely|no problem|you're welcome|best regards|"
     r"kind regards|cheers)\b",
+    re.IGNORECASE,
+)
+
+
+#: Advice to ask someone else ("please ask a pharmacist", "contact support"): nothing to check
+#: unless it names a number or a name, which the hard checks then see.
+_REFERRAL: Final = re.compile(
+    r"^(?:so\s+|but\s+)?(?:please\s+|you\s+(?:may|might|should|could)\s+(?:want\s+to\s+)?|i\s+(?:would\s+)?"
+    r"(?:recommend|suggest)(?:\s+that\s+you)?\s+|we\s+(?:recommend|suggest)\s+)?(?:ask|consult|contact|check\s+with"
+    r"|speak\s+(?:to|with)|talk\s+to|reach\s+out\s+to|asking|consulting|contacting|checking\s+with)\s+"
+    r"(?:a|an|your|the|our)\b",
     re.IGNORECASE,
 )
 
@@ -383,6 +438,15 @@ _DATE_PATTERNS: Final = (
     re.compile(rf"\b(?P<mn>{_MONTH_RE})\b\.?,?\s+(?P<y>\d{{4}})\b"),
     re.compile(r"\b(?P<mn>January|February|March|April|June|July|August|September|October|November|December)\b"),
 )
+#: A range of days in one month, "2-3 April 2025", "April 2 and 3", "May 4-6": every day in it.
+_DAY_RANGES: Final = (
+    re.compile(rf"\b(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?\s*(?:-|to|and|&)\s*(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+"
+               rf"(?:of\s+)?(?P<mn>{_MONTH_RE})\b\.?(?:,?\s+(?P<y>\d{{4}})\b)?"),
+    re.compile(rf"\b(?P<mn>{_MONTH_RE})\b\.?\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?\s*(?:-|to|and|&)\s*"
+               rf"(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*(?:%|[:.,]\d))(?:,?\s+(?P<y>\d{{4}})\b)?"),
+)
+#: "weekdays" and "weekends" name days too: "open on Saturdays" against "open at weekends".
+_WEEK_PARTS: Final = re.compile(r"\b(?P<part>weekdays?|weekends?|week-?ends?)\b", re.IGNORECASE)
 _WEEKDAY_RANGE: Final = re.compile(rf"\b(?P<a>{_WEEKDAY_RE})\b\.?\s*(?:-|to|through|thru|until|till)\s*"
                                    rf"(?P<b>{_WEEKDAY_RE})\b")
 _WEEKDAY: Final = re.compile(rf"\b{_WEEKDAY_RE}\b")
@@ -433,6 +497,15 @@ _WORD_NUMBER: Final = re.compile(
     r"|sixteen|seventeen|eighteen|nineteen|hundred)(?=[\s-]+(?:(?:business|working|calendar|full|additional|extra"
     r"|consecutive)\s+)?(?:days?|weeks?|months?|years?|hours?|minutes?|seconds?|percent|per cent|dollars?|euros?"
     r"|users?|seats?|times)\b)",
+    re.IGNORECASE,
+)
+
+
+#: A number word (two and up) before a counted plural noun: "three bags", "two doses".
+_WORD_COUNT: Final = re.compile(
+    r"\b(?P<w>two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen"
+    r"|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)"
+    r"(?=\s+(?!(?:is|was|has|does|this|thus|plus|us|its|as|yes|always|also)\b)[a-z]{2,}[^s\W]s\b)",
     re.IGNORECASE,
 )
 
@@ -493,6 +566,19 @@ def extract_facts(text: str) -> Facts:
         spans.append(match.span())
     for match in _WEEKDAY.finditer(_mask(text, spans)):
         facts.weekdays.setdefault(_WEEKDAYS[match.group().lower().rstrip(".")], match.group())
+    for match in _WEEK_PARTS.finditer(text):
+        days = range(5) if match["part"].lower().startswith("weekday") else (5, 6)
+        for weekday in days:
+            facts.weekdays.setdefault(weekday, match.group())
+    for pattern in _DAY_RANGES:
+        for match in pattern.finditer(_mask(text, spans)):
+            first, last = int(match["d1"]), int(match["d2"])
+            if not first < last <= 31:
+                continue
+            year = int(match["y"]) if match["y"] else None
+            for day in range(first, last + 1):
+                facts.dates.append(DateRef(_MONTHS[match["mn"].lower()], day, year, match.group().strip()))
+            spans.append(match.span())
     for pattern in _DATE_PATTERNS:
         for match in pattern.finditer(_mask(text, spans)):
             groups = match.groupdict()
@@ -528,10 +614,16 @@ def extract_facts(text: str) -> Facts:
         facts.quantities.append(
             Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip(), rate)
         )
+    word_spans: list[tuple[int, int]] = []
     for match in _WORD_NUMBER.finditer(masked):
         unit, surface_end = _unit_after(masked, match.end())
         rate, surface_end = _rate_after(masked, surface_end)
         facts.quantities.append(Quantity(str(_word_value(match["w"])), unit, masked[match.start():surface_end], rate))
+        word_spans.append(match.span())
+    for match in _WORD_COUNT.finditer(masked):
+        if any(a <= match.start() < b for a, b in word_spans):
+            continue
+        facts.quantities.append(Quantity(str(_word_value(match["w"])), None, match.group(), None))
     return facts
 
 
@@ -638,6 +730,13 @@ class _Context:
     #: content word -> the indexes of the sentences holding it
     postings: dict[str, list[int]] = field(default_factory=dict)
 
+    #: The weight of a value held by one clause only (the rarest a word can be).
+    rare: float = 1.0
+
+    def weight(self, shared: Iterable[str]) -> float:
+        """The claim words' rarity across the context's clauses: log((N + 1) / clauses holding it)."""
+        return sum(math.log((len(self.sentences) + 1) / max(1, len(self.postings.get(w, ())))) for w in shared)
+
     @property
     def empty(self) -> bool:
         return not self.words and not self.facts.quantities and not self.facts.dates
@@ -655,14 +754,19 @@ class _Context:
 
 
 def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
+    """Whether the text says "not": an odd number of negation cues, so "do not give ... without
+    advice" is positive about giving with advice, and "it can be given without advice" is not."""
+    cues = 0
     for token in tokens:
         if token in NEGATIONS:
-            return True
+            cues += 1
+            continue
         for prefix in _NEGATION_PREFIXES:
             if token.startswith(prefix) and len(token) - len(prefix) >= 4 and canonical(token[len(prefix):]) in \
                     vocabulary and canonical(token) not in vocabulary:
-                return True
-    return False
+                cues += 1
+                break
+    return cues % 2 == 1
 
 
 def _analyse_context(text: str) -> _Context:
@@ -671,12 +775,16 @@ def _analyse_context(text: str) -> _Context:
     cws = frozenset(content_words(tokens, units=True))
     facts = extract_facts(text)
     context_sentences = []
+    # Clauses, split as a claim is: "A landed, while B remained in orbit" holds two statements, and
+    # a claim that B landed restates the first with a swapped name.
     for sentence in sentences(text):
-        stoks = words(sentence)
-        context_sentences.append(_ContextSentence(
-            sentence, stoks, frozenset(content_words(stoks, units=True)), extract_facts(sentence).quantities,
-            [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
-        ))
+        for clause, at_start in claims_of(sentence):
+            stoks = words(clause)
+            context_sentences.append(_ContextSentence(
+                clause, stoks, frozenset(content_words(stoks, units=True)), extract_facts(clause).quantities,
+                [frozenset(canonical(w) for w in words(name)) for name in entities(clause, at_start)],
+                frozenset(stoks) | frozenset(canonical(t) for t in stoks),
+            ))
     postings: dict[str, list[int]] = {}
     for index, analysed in enumerate(context_sentences):
         for word in analysed.words:
@@ -692,10 +800,15 @@ def _analyse_context(text: str) -> _Context:
         years=years,
         values=frozenset(q.value for q in facts.quantities),
         postings=postings,
+        rare=math.log(len(context_sentences) + 1),
     )
 
 
 # --- the evaluator -----------------------------------------------------------------------------
+
+#: A clause holding the claim's value with this share of the restated clause's weight means the
+#: claim combined two statements ("annual plan refunds take 5 days"), not that it swapped a value.
+_COMBINED: Final = 0.75
 
 class GroundednessEvaluator:
     """The default evaluator (scope 1 a of issue 14): see the module docstring."""
@@ -741,7 +854,8 @@ class GroundednessEvaluator:
         facts = extract_facts(claim)
         names = entities(claim, at_start)
         has_hard = bool(facts.quantities or facts.dates or facts.weekdays or facts.times or names)
-        if not has_hard and (not cws or claim.rstrip().endswith("?") or _FILLER.match(claim.strip(" \"'"))):
+        if not has_hard and (not cws or claim.rstrip().endswith("?") or _FILLER.match(claim.strip(" \"'"))
+                             or _REFERRAL.match(claim.strip(" \"'"))):
             return ClaimVerdict(claim, Verdict.SUPPORTED, ("nothing to check",), None, weight)
         if ctx.empty:
             return ClaimVerdict(claim, Verdict.UNSUPPORTED, ("context is empty",), 0.0, weight)
@@ -825,55 +939,79 @@ class GroundednessEvaluator:
                             ctx: _Context) -> Iterator[str]:
         """A number or name found in the context, but attached to another statement.
 
-        The context sentence that shares most of the claim's content words (at least two, and
-        60 %) is the statement the claim restates. If it lacks one of the claim's numbers or names
-        and has one of the same kind the claim lacks, the claim swapped it in ("the Team plan
-        includes SSO" against "the Enterprise plan includes SSO"), unless another sentence that
-        holds the claim's value shares nearly as many of its words (the claim combined two).
+        For each of the claim's numbers and names, the context clause that shares most of the
+        *rest* of the claim (its other content words, and its other numbers that the clause holds;
+        at least two, and 60 %) is the statement the claim restates. If that clause lacks the value
+        and has one of the same kind the claim lacks, the claim swapped it in ("Buzz Aldrin
+        remained in orbit" against "... while Michael Collins remained in orbit"), unless a clause
+        that holds the value shares as much of the claim (the claim combined two statements).
         """
-        if len(claim_words) < 2 or not (facts.quantities or names):
+        if not (facts.quantities or names):
             return
-        best, best_shared = ctx.best_sentences(claim_words)
-        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
-            return
+        claim_raw = frozenset(canonical(w) for name in names for w in words(name))
         for q in facts.quantities:
             def holds(sentence: _ContextSentence, q: Quantity = q) -> bool:
                 return any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
 
-            rivals = [c for c in best[0].quantities if not any(c.value == m.value for m in facts.quantities)
-                      and (c.unit == q.unit or c.unit is None or q.unit is None)]
-            if any(holds(sentence) for sentence in best) or not rivals or len(best) > 1:
-                continue
-            if not self._elsewhere(holds, claim_words, frozenset(), best_shared, ctx, names):
-                yield f"number '{q.surface}' is not what the context says: '{best[0].text}'"
-        claim_raw = frozenset(w for name in names for w in words(name))
+            others = [o for o in facts.quantities if o is not q and o.value != q.value]
+
+            def support(sentence: _ContextSentence, others: list[Quantity] = others) -> tuple[int, float]:
+                shared = claim_words & sentence.words
+                facts_held = sum(1 for o in others if any(c.value == o.value and _compatible(o, c)
+                                                          for c in sentence.quantities))
+                return len(shared) + facts_held, ctx.weight(shared) + facts_held * ctx.rare
+
+            def rival(sentence: _ContextSentence, q: Quantity = q) -> bool:
+                return any(c.value not in {m.value for m in facts.quantities} and
+                           (c.unit == q.unit or c.unit is None or q.unit is None) for c in sentence.quantities)
+
+            reason = self._swapped(support, holds, rival, len(claim_words) + len(others), ctx)
+            if reason:
+                yield f"number '{q.surface}' is not what the context says: '{reason}'"
         for name in names:
-            name_words = frozenset(words(name))
+            own = frozenset(canonical(w) for w in words(name))
+            rest = claim_words - own
 
-            def has_name(sentence: _ContextSentence, name_words: frozenset[str] = name_words) -> bool:
-                return name_words <= sentence.raw
+            def has_name(sentence: _ContextSentence, own: frozenset[str] = own) -> bool:
+                return own <= sentence.raw
 
-            rivals_e = [e for e in best[0].entities if e and not e & claim_raw]
-            if any(has_name(sentence) for sentence in best) or not rivals_e or len(best) > 1:
-                continue
-            own = frozenset(canonical(w) for w in name_words)
-            if not self._elsewhere(has_name, claim_words, own, best_shared, ctx, names):
-                yield f"entity '{name}' is not what the context says: '{best[0].text}'"
+            def support_e(sentence: _ContextSentence, rest: frozenset[str] = rest) -> tuple[int, float]:
+                shared = rest & sentence.words
+                return len(shared), ctx.weight(shared)
 
-    @staticmethod
-    def _elsewhere(holds: Callable[[_ContextSentence], bool], claim_words: frozenset[str], own: frozenset[str],
-                   best_shared: int, ctx: _Context, names: list[str]) -> bool:
-        """Another sentence holds the value, shares nearly as many of the claim's words, and is not
-        about another named thing (a name of its own while the claim's name is missing from it)."""
-        claim_raw = frozenset(w for name in names for w in words(name))
+            def rival_e(sentence: _ContextSentence) -> bool:
+                return any(e and not e & claim_raw for e in sentence.entities)
+
+            reason = self._swapped(support_e, has_name, rival_e, len(rest), ctx)
+            if reason:
+                yield f"entity '{name}' is not what the context says: '{reason}'"
+
+    def _swapped(self, support: Callable[[_ContextSentence], tuple[int, float]],
+                 holds: Callable[[_ContextSentence], bool], rival: Callable[[_ContextSentence], bool], size: int,
+                 ctx: _Context) -> str | None:
+        """The clause the claim restates, when it lacks the claim's value and has a rival one.
+
+        Clauses are ranked by the claim words they share, each weighted by its rarity in the
+        context (a word in every clause, like "plan", tells little about which statement is
+        restated). A clause holding the value with at least ``_COMBINED`` of the best weight means
+        the claim combined two statements: no swap.
+        """
+        if size < 2:
+            return None
+        best: list[_ContextSentence] = []
+        best_count, best_weight, holder_weight = 0, 0.0, 0.0
         for sentence in ctx.sentences:
-            if not holds(sentence) or len((claim_words - own) & sentence.words) < best_shared - 1:
-                continue
-            other_name = any(e and not e & claim_raw for e in sentence.entities)
-            if other_name and any(not frozenset(words(name)) <= sentence.raw for name in names):
-                continue
-            return True
-        return False
+            count, weight = support(sentence)
+            if holds(sentence):
+                holder_weight = max(holder_weight, weight)
+            if weight > best_weight + 1e-9:
+                best, best_count, best_weight = [sentence], count, weight
+            elif count and abs(weight - best_weight) <= 1e-9:
+                best.append(sentence)
+        if best_count < 2 or best_count / size < self.negation_overlap or holder_weight >= _COMBINED * best_weight:
+            return None
+        swapped = [sentence for sentence in best if rival(sentence) and not holds(sentence)]
+        return swapped[0].text if swapped else None
 
     def _check_negation(self, tokens: list[str], cws: list[str], ctx: _Context) -> str | None:
         """The claim and the context sentence sharing most of its content words agree on negation.
@@ -885,7 +1023,8 @@ class GroundednessEvaluator:
         if len(claim_words) < 2:
             return None
         best, best_shared = ctx.best_sentences(claim_words)
-        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
+        if best_shared < 2 or best_shared / min(len(claim_words), max(len(b.words) for b in best)) < \
+                self.negation_overlap:
             return None
         for sentence in best:
             if _negated(tokens, sentence.words) == _negated(sentence.tokens, claim_words):
