@@ -575,9 +575,9 @@ def extract_facts(text: str) -> Facts:
             first, last = int(match["d1"]), int(match["d2"])
             if not first < last <= 31:
                 continue
-            year = int(match["y"]) if match["y"] else None
-            for day in range(first, last + 1):
-                facts.dates.append(DateRef(_MONTHS[match["mn"].lower()], day, year, match.group().strip()))
+            range_year = int(match["y"]) if match["y"] else None
+            for range_day in range(first, last + 1):
+                facts.dates.append(DateRef(_MONTHS[match["mn"].lower()], range_day, range_year, match.group().strip()))
             spans.append(match.span())
     for pattern in _DATE_PATTERNS:
         for match in pattern.finditer(_mask(text, spans)):
