@@ -1,33 +1,40 @@
-"""The default groundedness evaluator: offline, standard library only, one or two milliseconds.
+"""The default groundedness evaluator: offline, standard library only, about a millisecond.
 
 The answer is split into sentences, and sentences into claims (on ";" and on a coordinating
 conjunction that joins two clauses: ", but", ", and", "whereas", a bare "and" before a clause
-with its own subject and verb). Each claim is then:
+with its own subject and verb). The context is split the same way, into clauses. Each claim is:
 
-- an **abstention** ("the passages do not say", "I don't know", "not mentioned in the context",
-  "a human agent will follow up"): supported, never a hallucination;
-- dropped when it carries nothing to check (a courtesy like "Hope this helps!", a question back);
+- an **abstention** ("the passages do not say", "the leaflet doesn't mention", "I don't know",
+  "there is no information available", "a human agent will follow up"): supported, never a
+  hallucination;
+- dropped when it carries nothing to check (a courtesy like "Hope this helps!", a question back,
+  advice to ask someone else: "please ask a pharmacist");
 - otherwise checked against the context, and **unsupported** if any check fails:
 
   * *numbers and amounts*: every number in the claim (decimals, "1,200" == "1200", "30%" ==
-    "30 percent", "$1,200.50", "€30", "30 USD", ordinals, "thirty days" before a unit) occurs in
-    the context with the same unit or currency when both name one ("60 days" fails against
-    "30 days"; "30 weeks" fails against "30 days"; "$30" fails against "€30"), and the same
-    rate when both give one ("$20 per user per month" against "per year");
-  * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", weekdays
-    (context ranges like "Monday to Friday" count every day between), "9am", "17:00";
+    "30 percent", "$1,200.50", "€30", "30 USD", ordinals, number words before a unit or a
+    counted noun: "thirty days", "three bags") occurs in the context with the same unit or
+    currency when both name one ("60 days" fails against "30 days"; "30 weeks" fails against
+    "30 days"; "$30" fails against "€30"), and the same rate when both give one ("$20 per user
+    per month" against "per year");
+  * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", day ranges
+    ("2-3 April", "April 2 and 3"), weekdays (context ranges like "Monday to Friday" count every
+    day between; "weekends" are Saturday and Sunday), "9am", "17:00";
   * *named entities*: capitalised spans (less a sentence's opening word), acronyms ("EU", "SSO")
     and letter-digit codes ("S3", "v2"): every word occurs in the context;
   * *absolute terms* ("unlimited", "lifetime", "guaranteed", "instantly", "free", ...) occur in
     the context;
-  * *swapped values*: the context sentence the claim restates (most shared content words) does
-    not hold a different number or name of the same kind in place of the claim's ("the Team plan
-    includes SAML" against "the Enterprise plan includes SAML");
-  * *negation*: the context sentence that shares the most content words with the claim (at
-    least two, and 60 % of the claim's) must agree with it on negation ("are not available"
-    against "are available" fails, and so does "non-refundable" against "refundable");
-  * *content overlap*: the share of the claim's content words (lowercased, stopwords dropped,
-    lightly stemmed, a few common synonyms and idioms folded) found in the context is at least
+  * *swapped values*: for each of the claim's numbers and names, the context clause that shares
+    most of the rest of the claim (words weighted by their rarity in the context) is the
+    statement the claim restates; if it lacks the value and holds a different one of the same
+    kind, the claim swapped it in ("Buzz Aldrin remained in orbit" against "..., while Michael
+    Collins remained in orbit"), unless a clause holding the value shares nearly as much;
+  * *negation*: the context clause that shares the most content words with the claim (at
+    least two, and 60 % of the claim's or of the clause's) must agree with it on negation, by
+    the parity of negation cues ("do not give ... without advice" is not "can be given without
+    advice"); bounds are not negations ("no more than 8" is "a maximum of 8");
+  * *content overlap*: the share of the claim's content words (lowercased, stopwords and hedges
+    dropped, lightly stemmed, common synonyms and idioms folded) found in the context is at least
     ``min_overlap`` (0.5). Verified numbers and dates count as matched words; words of the
     question count half: restating the question is not support, but it is not invention either.
 
@@ -41,10 +48,11 @@ judgement's ``extra["truncated"]`` says so), which bounds the time per answer.
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -305,25 +313,31 @@ _WORD: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
 #: A few common idioms, read as the word they mean before tokenising.
+#: A few common idioms, read as the word they mean before tokenising. Each has a substring that
+#: must occur for it to match, tested first: a pattern costs a scan of the text, a test does not.
 _PHRASES: Final = (
-    (re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"), "refund"),
-    (re.compile(r"\bmoney[- ]back\b"), "refund"),
+    (("money",), re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"
+                         r"|\bmoney[- ]back\b"), "refund"),
     # "at no charge" is "free": its "no" is not the claim's negation.
-    (re.compile(r"\b(?:at\s+|for\s+|with\s+)?(?:no|zero)\s+(?:extra\s+|additional\s+)?(?:charge|cost)\b"
-                r"|\bfree\s+of\s+charge\b|\bwithout\s+(?:any\s+)?(?:extra\s+)?charge\b"), "free"),
-    (re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"), "return"),
+    (("charge",), re.compile(r"\b(?:at\s+|for\s+|with\s+)?(?:no|zero)\s+(?:extra\s+|additional\s+)?charge\b"
+                          r"|\bfree\s+of\s+charge\b|\bwithout\s+(?:any\s+)?(?:extra\s+)?charge\b"), "free"),
+    (("cost",), re.compile(r"\b(?:at\s+|for\s+|with\s+)?(?:no|zero)\s+(?:extra\s+|additional\s+)?cost\b"), "free"),
+    (("back",), re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"),
+     "return"),
     # A bound is not a negation: "no more than 23 kg" is "up to 23 kg", "do not take more than 8"
     # is "take a maximum of 8".
-    (re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:more|longer|greater|higher|larger|heavier)\s+than\b"), r"\1 maximum"),
-    (re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:less|fewer|shorter|lower|smaller)\s+than\b"), r"\1 minimum"),
-    (re.compile(r"\b(?:no|not)\s+later\s+than\b"), "by"),
-    (re.compile(r"\b(?:must|should|may|can|do|does|will)\s+not\s+(?:exceed|go\s+over)\b|\bnot\s+exceeding\b"),
-     "maximum"),
-    (re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
-    (re.compile(r"\bfor good\b"), "permanently"),
-    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
-    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:out|off)\b"), "logout"),
-    (re.compile(r"\bround the clock\b|\baround the clock\b"), "24/7"),
+    (("than",), re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:more|longer|greater|higher|larger|heavier)\s+than\b"),
+     r"\1 maximum"),
+    (("than",), re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:less|fewer|shorter|lower|smaller)\s+than\b"),
+     r"\1 minimum"),
+    (("than",), re.compile(r"\b(?:no|not)\s+later\s+than\b"), "by"),
+    (("not ",), re.compile(r"\b(?:must|should|may|can|do|does|will)\s+not\s+(?:exceed|go\s+over)\b"
+                        r"|\bnot\s+exceeding\b"), "maximum"),
+    (("away", "once"), re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
+    (("good",), re.compile(r"\bfor good\b"), "permanently"),
+    (("log", "sign"), re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
+    (("log", "sign"), re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:out|off)\b"), "logout"),
+    (("clock",), re.compile(r"\b(?:a)?round the clock\b"), "24/7"),
 )
 _CONTRACTION: Final = re.compile(r"'(?:ll|re|ve|d|m)\b")
 
@@ -332,8 +346,9 @@ def words(text: str) -> list[str]:
     """Lowercased word tokens: "n't" as "not", "cannot" as "can not", "you'll" as "you", a few
     idioms as the word they mean ("money back" as "refund"), "'s" dropped."""
     lowered = _CONTRACTION.sub("", text.lower().replace("n't", " not").replace("cannot", "can not"))
-    for pattern, replacement in _PHRASES:
-        lowered = pattern.sub(replacement, lowered)
+    for triggers, pattern, replacement in _PHRASES:
+        if any(trigger in lowered for trigger in triggers):
+            lowered = pattern.sub(replacement, lowered)
     return [w[:-2] if w.endswith("'s") else w for w in _WORD.findall(lowered)]
 
 
@@ -349,15 +364,17 @@ def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
     out: list[str] = []
     previous = ""
     for t in tokens:
-        after_number = any(ch.isdigit() for ch in previous) or previous in _NUMBER_WORDS or \
-            previous in _UNIT_QUALIFIERS
-        if (t in _MEASURE_WORDS or t in _UNIT_QUALIFIERS) and after_number and not units:
+        if not units and (t in _MEASURE_WORDS or t in _UNIT_QUALIFIERS) and (
+                _HAS_DIGIT(previous) or previous in _NUMBER_WORDS or previous in _UNIT_QUALIFIERS):
             previous = previous if previous in _UNIT_QUALIFIERS else t
             continue
         previous = t
-        if t not in STOPWORDS and t not in NEGATIONS and not any(ch.isdigit() for ch in t) and len(t) > 1:
+        if len(t) > 1 and t not in STOPWORDS and t not in NEGATIONS and not _HAS_DIGIT(t):
             out.append(t)
     return out
+
+
+_HAS_DIGIT: Final = re.compile(r"\d").search
 
 
 # --- abstentions and filler --------------------------------------------------------------------
@@ -428,8 +445,14 @@ _WEEKDAYS: Final = {name: i for i, names in enumerate((
     ("friday", "fri"), ("saturday", "sat"), ("sunday", "sun")), start=0) for name in names}
 _MONTH_RE: Final = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
                     r"|Sept?(?:ember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
-_WEEKDAY_RE: Final = (r"(?:Mon(?:day)?|Tue(?:s|sday)?|Wed(?:nesday)?|Thu(?:r|rs|rsday)?|Fri(?:day)?|Sat(?:urday)?"
-                      r"|Sun(?:day)?)")
+_WEEKDAY_RE: Final = (r"(?:Mon(?:days?)?|Tue(?:s|sdays?)?|Wed(?:nesdays?)?|Thu(?:r|rs|rsdays?)?|Fri(?:days?)?"
+                      r"|Sat(?:urdays?)?|Sun(?:days?)?)")
+
+
+def _weekday(name: str) -> int:
+    """A weekday's number from its name, abbreviation or plural ("Saturdays")."""
+    name = name.lower().rstrip(".")
+    return _WEEKDAYS[name] if name in _WEEKDAYS else _WEEKDAYS[name[:-1]]
 _DATE_PATTERNS: Final = (
     re.compile(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b"),
     re.compile(rf"\b(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<mn>{_MONTH_RE})\b\.?(?:,?\s+(?P<y>\d{{4}})\b)?"),
@@ -446,6 +469,7 @@ _DAY_RANGES: Final = (
                rf"(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*(?:%|[:.,]\d))(?:,?\s+(?P<y>\d{{4}})\b)?"),
 )
 #: "weekdays" and "weekends" name days too: "open on Saturdays" against "open at weekends".
+_MONTH_NAME: Final = re.compile(rf"\b{_MONTH_RE}\b")
 _WEEK_PARTS: Final = re.compile(r"\b(?P<part>weekdays?|weekends?|week-?ends?)\b", re.IGNORECASE)
 _WEEKDAY_RANGE: Final = re.compile(rf"\b(?P<a>{_WEEKDAY_RE})\b\.?\s*(?:-|to|through|thru|until|till)\s*"
                                    rf"(?P<b>{_WEEKDAY_RE})\b")
@@ -540,6 +564,8 @@ def _word_value(word: str) -> int:
 
 
 def _mask(text: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return text
     chars = list(text)
     for a, b in spans:
         chars[a:b] = " " * (b - a)
@@ -557,29 +583,44 @@ class Facts:
 
 
 def extract_facts(text: str) -> Facts:
+    """The numbers, amounts, dates, weekdays and times of ``text``.
+
+    Each kind is looked for only when a cheap test says it can be there (a digit, a month or a
+    weekday name): most clauses have none, and the patterns are the evaluator's main cost.
+    """
     facts = Facts()
     spans: list[tuple[int, int]] = []
-    for match in _WEEKDAY_RANGE.finditer(text):
-        a, b = _WEEKDAYS[match["a"].lower()], _WEEKDAYS[match["b"].lower()]
-        for weekday in range(a, (b if b >= a else b + 7) + 1):
-            facts.weekdays.setdefault(weekday % 7, match.group())
-        spans.append(match.span())
-    for match in _WEEKDAY.finditer(_mask(text, spans)):
-        facts.weekdays.setdefault(_WEEKDAYS[match.group().lower().rstrip(".")], match.group())
-    for match in _WEEK_PARTS.finditer(text):
-        days = range(5) if match["part"].lower().startswith("weekday") else (5, 6)
-        for weekday in days:
-            facts.weekdays.setdefault(weekday, match.group())
-    for pattern in _DAY_RANGES:
-        for match in pattern.finditer(_mask(text, spans)):
-            first, last = int(match["d1"]), int(match["d2"])
-            if not first < last <= 31:
-                continue
-            range_year = int(match["y"]) if match["y"] else None
-            for range_day in range(first, last + 1):
-                facts.dates.append(DateRef(_MONTHS[match["mn"].lower()], range_day, range_year, match.group().strip()))
+    has_digit = _HAS_DIGIT(text) is not None
+    has_month = _MONTH_NAME.search(text) is not None
+    if _WEEKDAY.search(text):
+        for match in _WEEKDAY_RANGE.finditer(text):
+            a, b = _weekday(match["a"]), _weekday(match["b"])
+            for weekday in range(a, (b if b >= a else b + 7) + 1):
+                facts.weekdays.setdefault(weekday % 7, match.group())
             spans.append(match.span())
-    for pattern in _DATE_PATTERNS:
+        for match in _WEEKDAY.finditer(_mask(text, spans)):
+            facts.weekdays.setdefault(_weekday(match.group()), match.group())
+    if "eek" in text:
+        for match in _WEEK_PARTS.finditer(text):
+            days = range(5) if match["part"].lower().startswith("weekday") else (5, 6)
+            for weekday in days:
+                facts.weekdays.setdefault(weekday, match.group())
+    if has_digit and has_month:
+        for pattern in _DAY_RANGES:
+            for match in pattern.finditer(_mask(text, spans)):
+                first, last = int(match["d1"]), int(match["d2"])
+                if not first < last <= 31:
+                    continue
+                range_year = int(match["y"]) if match["y"] else None
+                for range_day in range(first, last + 1):
+                    facts.dates.append(DateRef(_MONTHS[match["mn"].lower()], range_day, range_year,
+                                               match.group().strip()))
+                spans.append(match.span())
+    for index, pattern in enumerate(_DATE_PATTERNS):
+        # 0: ISO dates (digits); 1-3: a day or year with a month name; 4: a month name alone.
+        if (index == 0 and not has_digit) or (1 <= index <= 3 and not (has_digit and has_month)) or \
+                (index == 4 and not has_month):
+            continue
         for match in pattern.finditer(_mask(text, spans)):
             groups = match.groupdict()
             month = int(groups["m"]) if groups.get("m") else _MONTHS[groups["mn"].lower()]
@@ -589,6 +630,9 @@ def extract_facts(text: str) -> Facts:
             year = int(groups["y"]) if groups.get("y") else None
             facts.dates.append(DateRef(month, day, year, match.group().strip()))
             spans.append(match.span())
+    if not has_digit:
+        _word_quantities(text, facts)
+        return facts
     masked = _mask(text, spans)
     for match in _TIME.finditer(masked):
         if match["h"] is not None:
@@ -614,6 +658,12 @@ def extract_facts(text: str) -> Facts:
         facts.quantities.append(
             Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip(), rate)
         )
+    _word_quantities(masked, facts)
+    return facts
+
+
+def _word_quantities(masked: str, facts: Facts) -> None:
+    """Numbers written as words: before a unit ("thirty days"), or a count ("three bags")."""
     word_spans: list[tuple[int, int]] = []
     for match in _WORD_NUMBER.finditer(masked):
         unit, surface_end = _unit_after(masked, match.end())
@@ -624,7 +674,6 @@ def extract_facts(text: str) -> Facts:
         if any(a <= match.start() < b for a, b in word_spans):
             continue
         facts.quantities.append(Quantity(str(_word_value(match["w"])), None, match.group(), None))
-    return facts
 
 
 _RATE: Final = re.compile(
@@ -672,7 +721,8 @@ def _unit_after(text: str, at: int) -> tuple[str | None, int]:
 
 _CAPITALISED_SPAN: Final = re.compile(r"\b[A-Z][\w'&.-]*(?:\s+(?:[A-Z][\w'&.-]*|&|of|de|von|van)(?=\s|\b))*")
 _CODE: Final = re.compile(r"\b[A-Za-z]+\d[\w-]*\b")
-_NOT_ENTITIES: Final = frozenset(w.capitalize() for w in (*_MONTHS, *_WEEKDAYS)) | {"I", "OK", "Yes", "No", "AM", "PM"}
+_NOT_ENTITIES: Final = frozenset(w.capitalize() for w in (*_MONTHS, *_WEEKDAYS)) | \
+    frozenset(f"{w.capitalize()}s" for w in _WEEKDAYS if w.endswith("day")) | {"I", "OK", "Yes", "No", "AM", "PM"}
 
 
 def _is_acronym(word: str) -> bool:
@@ -716,6 +766,7 @@ class _ContextSentence:
     #: Each entity's lowercased words.
     entities: list[frozenset[str]]
     raw: frozenset[str]
+    values: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -733,13 +784,24 @@ class _Context:
     #: The weight of a value held by one clause only (the rarest a word can be).
     rare: float = 1.0
 
+    #: content word -> its rarity across the clauses: log((N + 1) / clauses holding it)
+    rarity: dict[str, float] = field(default_factory=dict)
+
     def weight(self, shared: Iterable[str]) -> float:
-        """The claim words' rarity across the context's clauses: log((N + 1) / clauses holding it)."""
-        return sum(math.log((len(self.sentences) + 1) / max(1, len(self.postings.get(w, ())))) for w in shared)
+        """The summed rarity of some of the context's words (a word not in it weighs nothing)."""
+        rarity = self.rarity
+        return sum(rarity.get(w, 0.0) for w in shared)
 
     @property
     def empty(self) -> bool:
         return not self.words and not self.facts.quantities and not self.facts.dates
+
+    def candidates(self, claim_words: frozenset[str]) -> list[int]:
+        """The indexes of the clauses that share at least one content word with a claim, in order."""
+        found: set[int] = set()
+        for word in claim_words:
+            found.update(self.postings.get(word, ()))
+        return sorted(found)
 
     def best_sentences(self, claim_words: frozenset[str]) -> tuple[list[_ContextSentence], int]:
         """The sentences sharing the most content words with a claim (in context order), and how many."""
@@ -771,20 +833,34 @@ def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
 
 def _analyse_context(text: str) -> _Context:
     text = _CITATION.sub(" ", text)  # passage markers "[1]" are not numbers of the context
-    tokens = words(text)
-    cws = frozenset(content_words(tokens, units=True))
-    facts = extract_facts(text)
+    tokens: list[str] = []
+    facts = Facts()
     context_sentences = []
     # Clauses, split as a claim is: "A landed, while B remained in orbit" holds two statements, and
-    # a claim that B landed restates the first with a swapped name.
+    # a claim that B landed restates the first with a swapped name. The whole context's words and
+    # facts are the union of its clauses' (each clause is read once).
+    seen: set[str] = set()
     for sentence in sentences(text):
         for clause, at_start in claims_of(sentence):
+            if clause in seen:
+                continue  # a repeated clause says nothing new (and would slow every lookup)
+            seen.add(clause)
             stoks = words(clause)
+            clause_facts = extract_facts(clause)
+            tokens.extend(stoks)
+            facts.quantities.extend(clause_facts.quantities)
+            facts.dates.extend(clause_facts.dates)
+            for day, surface in clause_facts.weekdays.items():
+                facts.weekdays.setdefault(day, surface)
+            for time, surface in clause_facts.times.items():
+                facts.times.setdefault(time, surface)
             context_sentences.append(_ContextSentence(
-                clause, stoks, frozenset(content_words(stoks, units=True)), extract_facts(clause).quantities,
+                clause, stoks, frozenset(content_words(stoks, units=True)), clause_facts.quantities,
                 [frozenset(canonical(w) for w in words(name)) for name in entities(clause, at_start)],
                 frozenset(stoks) | frozenset(canonical(t) for t in stoks),
+                frozenset(q.value for q in clause_facts.quantities),
             ))
+    cws = frozenset().union(*(c.words for c in context_sentences))
     postings: dict[str, list[int]] = {}
     for index, analysed in enumerate(context_sentences):
         for word in analysed.words:
@@ -801,6 +877,7 @@ def _analyse_context(text: str) -> _Context:
         values=frozenset(q.value for q in facts.quantities),
         postings=postings,
         rare=math.log(len(context_sentences) + 1),
+        rarity={word: math.log((len(context_sentences) + 1) / len(held)) for word, held in postings.items()},
     )
 
 
@@ -809,6 +886,8 @@ def _analyse_context(text: str) -> _Context:
 #: A clause holding the claim's value with this share of the restated clause's weight means the
 #: claim combined two statements ("annual plan refunds take 5 days"), not that it swapped a value.
 _COMBINED: Final = 0.75
+#: The clauses, by shared-word weight, that may be the one a claim restates.
+_TOP_CLAUSES: Final = 24
 
 class GroundednessEvaluator:
     """The default evaluator (scope 1 a of issue 14): see the module docstring."""
@@ -944,73 +1023,77 @@ class GroundednessEvaluator:
         at least two, and 60 %) is the statement the claim restates. If that clause lacks the value
         and has one of the same kind the claim lacks, the claim swapped it in ("Buzz Aldrin
         remained in orbit" against "... while Michael Collins remained in orbit"), unless a clause
-        that holds the value shares as much of the claim (the claim combined two statements).
+        that holds the value shares nearly as much (the claim combined two statements).
+
+        Only clauses that share a word with the claim can be either (the inverted index finds
+        them), and each one's shared words are weighed once per claim.
         """
         if not (facts.quantities or names):
             return
-        claim_raw = frozenset(canonical(w) for name in names for w in words(name))
+        own_words = {name: frozenset(canonical(w) for w in words(name)) for name in names}
+        claim_raw = frozenset().union(*own_words.values())
+        claim_values = frozenset(q.value for q in facts.quantities)
+        # Each clause's shared-word weight, summed from the inverted index: with and without the
+        # words of the claim's names. Only the best of them can be the restated clause, and only
+        # the best of those holding one of the claim's values or names can show that it combined
+        # two statements.
+        full: dict[int, float] = {}
+        rest_only: dict[int, float] = {}
+        for word in claim_words:
+            rarity = ctx.rarity.get(word, 0.0)
+            for index in ctx.postings.get(word, ()):
+                full[index] = full.get(index, 0.0) + rarity
+                if word not in claim_raw:
+                    rest_only[index] = rest_only.get(index, 0.0) + rarity
+        holders = [index for index in full if claim_values & ctx.sentences[index].values or
+                   any(own <= ctx.sentences[index].raw for own in own_words.values())]
+        selected = {*heapq.nlargest(_TOP_CLAUSES, full, key=full.__getitem__),
+                    *heapq.nlargest(_TOP_CLAUSES, rest_only, key=rest_only.__getitem__),
+                    *heapq.nlargest(_TOP_CLAUSES, holders, key=full.__getitem__)}
+        rows = [(ctx.sentences[i], claim_words & ctx.sentences[i].words, full[i]) for i in sorted(selected)]
         for q in facts.quantities:
-            def holds(sentence: _ContextSentence, q: Quantity = q) -> bool:
-                return any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
-
             others = [o for o in facts.quantities if o is not q and o.value != q.value]
-
-            def support(sentence: _ContextSentence, others: list[Quantity] = others) -> tuple[int, float]:
-                shared = claim_words & sentence.words
-                facts_held = sum(1 for o in others if any(c.value == o.value and _compatible(o, c)
-                                                          for c in sentence.quantities))
-                return len(shared) + facts_held, ctx.weight(shared) + facts_held * ctx.rare
-
-            def rival(sentence: _ContextSentence, q: Quantity = q) -> bool:
-                return any(c.value not in {m.value for m in facts.quantities} and
-                           (c.unit == q.unit or c.unit is None or q.unit is None) for c in sentence.quantities)
-
-            reason = self._swapped(support, holds, rival, len(claim_words) + len(others), ctx)
+            ranked = []
+            for sentence, shared, weight in rows:
+                held = sum(1 for o in others if o.value in sentence.values and
+                           any(c.value == o.value and _compatible(o, c) for c in sentence.quantities))
+                holds = q.value in sentence.values and \
+                    any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
+                rival = not holds and any(c.value not in claim_values and (c.unit == q.unit or None in (c.unit, q.unit))
+                                          for c in sentence.quantities)
+                ranked.append((sentence, len(shared) + held, weight + held * ctx.rare, holds, rival))
+            reason = self._swapped(ranked, len(claim_words) + len(others))
             if reason:
                 yield f"number '{q.surface}' is not what the context says: '{reason}'"
-        for name in names:
-            own = frozenset(canonical(w) for w in words(name))
-            rest = claim_words - own
-
-            def has_name(sentence: _ContextSentence, own: frozenset[str] = own) -> bool:
-                return own <= sentence.raw
-
-            def support_e(sentence: _ContextSentence, rest: frozenset[str] = rest) -> tuple[int, float]:
-                shared = rest & sentence.words
-                return len(shared), ctx.weight(shared)
-
-            def rival_e(sentence: _ContextSentence) -> bool:
-                return any(e and not e & claim_raw for e in sentence.entities)
-
-            reason = self._swapped(support_e, has_name, rival_e, len(rest), ctx)
+        for name, own in own_words.items():
+            ranked = []
+            for sentence, shared, weight in rows:
+                mine = shared & own
+                holds = own <= sentence.raw
+                rival = not holds and any(e and not e & claim_raw for e in sentence.entities)
+                ranked.append((sentence, len(shared) - len(mine), weight - ctx.weight(mine), holds, rival))
+            reason = self._swapped(ranked, len(claim_words - own))
             if reason:
                 yield f"entity '{name}' is not what the context says: '{reason}'"
 
-    def _swapped(self, support: Callable[[_ContextSentence], tuple[int, float]],
-                 holds: Callable[[_ContextSentence], bool], rival: Callable[[_ContextSentence], bool], size: int,
-                 ctx: _Context) -> str | None:
+    def _swapped(self, ranked: list[tuple[_ContextSentence, int, float, bool, bool]], size: int) -> str | None:
         """The clause the claim restates, when it lacks the claim's value and has a rival one.
 
-        Clauses are ranked by the claim words they share, each weighted by its rarity in the
-        context (a word in every clause, like "plan", tells little about which statement is
-        restated). A clause holding the value with at least ``_COMBINED`` of the best weight means
-        the claim combined two statements: no swap.
+        ``ranked`` holds each candidate clause with the claim words it shares (how many, and their
+        weight: a word's rarity in the context, since a word in every clause, like "plan", tells
+        little about which statement is restated), whether it holds the value, and whether it has
+        a rival one. A clause holding the value with at least ``_COMBINED`` of the best weight
+        means the claim combined two statements: no swap.
         """
-        if size < 2:
+        if size < 2 or not ranked:
             return None
-        best: list[_ContextSentence] = []
-        best_count, best_weight, holder_weight = 0, 0.0, 0.0
-        for sentence in ctx.sentences:
-            count, weight = support(sentence)
-            if holds(sentence):
-                holder_weight = max(holder_weight, weight)
-            if weight > best_weight + 1e-9:
-                best, best_count, best_weight = [sentence], count, weight
-            elif count and abs(weight - best_weight) <= 1e-9:
-                best.append(sentence)
+        best_weight = max(weight for _, _, weight, _, _ in ranked)
+        best = [row for row in ranked if abs(row[2] - best_weight) <= 1e-9]
+        best_count = best[0][1]
+        holder_weight = max((weight for _, _, weight, holds, _ in ranked if holds), default=0.0)
         if best_count < 2 or best_count / size < self.negation_overlap or holder_weight >= _COMBINED * best_weight:
             return None
-        swapped = [sentence for sentence in best if rival(sentence) and not holds(sentence)]
+        swapped = [sentence for sentence, _, _, _, rival in best if rival]
         return swapped[0].text if swapped else None
 
     def _check_negation(self, tokens: list[str], cws: list[str], ctx: _Context) -> str | None:
