@@ -51,7 +51,12 @@ def score(
     output: Annotated[
         Format, typer.Option("--format", help="table, or json (one object per input line).")
     ] = Format.table,
-    model_dir: Annotated[Path | None, typer.Option(help="The local model directory the 'nli' evaluator needs.")] = None,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model the 'nli' or 'embedding' evaluator needs: a directory (or package:NAME for embedding)."
+        ),
+    ] = None,
     judge_prompt: Annotated[str, typer.Option(help="The judge prompt the 'judge' evaluator calls.")] = JUDGE_PROMPT,
     config: ConfigOption = None,
 ) -> None:
