@@ -209,7 +209,7 @@ _LIST_MARKER: Final = re.compile(r"(?m)^\s*(?:[-+\u2022]|\d{1,2}[.)])\s+")
 #: A yes/no word opening an answer is not part of its claim's polarity ("No, annual plans can ...");
 #: it needs its punctuation ("No one can ..." keeps its "No").
 _INTERJECTION: Final = re.compile(
-    r"^(?:yes|no|nope|yeah|yep|sure|ok|okay|of course|absolutely|sorry)[,!.:;]\s+(?=\S)", re.IGNORECASE
+    r"^(?:yes|no|nope|yeah|yep|sure|ok|okay|of course|absolutely|sorry)(?:[,!.:;]|\s+-)\s+(?=\S)", re.IGNORECASE
 )
 _GREETING: Final = re.compile(r"^(?:hi|hello|hey|dear|good (?:morning|afternoon|evening))\b[^,.!\n]{0,40}[,!]\s*",
                               re.IGNORECASE)
@@ -251,10 +251,12 @@ def sentences(text: str) -> list[str]:
 
 
 _CLAUSE_BREAK: Final = re.compile(
-    r";\s*|,\s+(?=(?:and|but|yet|so|while|whereas|although|though|however|or)\s)|\s+(?=(?:but|whereas)\s)",
+    r";\s*|,\s+(?=(?:and|but|yet|so|while|whereas|although|though|however|or)\s)|\s+(?=(?:but|whereas)\s)"
+    r"|,\s+(?=as\s+(?:is|are|was|were|does|do|did|well\s+as)\s)",
     re.IGNORECASE,
 )
-_CONJUNCTION: Final = re.compile(r"^(?:and|but|yet|so|while|whereas|although|though|however|or)\s+,?\s*",
+_CONJUNCTION: Final = re.compile(r"^(?:and|but|yet|so|while|whereas|although|though|however|or"
+                                 r"|as\s+(?:is|are|was|were|does|do|did|well\s+as))\s+,?\s*",
                                  re.IGNORECASE)
 _FRAGMENT_START: Final = re.compile(r"^(?:not|no|only|also|for|with|without|in|on|at|by|to|from|of|as|than)\b",
                                     re.IGNORECASE)
@@ -292,7 +294,10 @@ def claims_of(sentence: str) -> list[tuple[str, bool]]:
 _AUXILIARY: Final = (r"(?:is|are|was|were|can|cannot|can't|will|won't|must|may|should|has|have|had|does|do|did"
                      r"|isn't|aren't|doesn't|don't|gets?|takes?|costs?|includes?|requires?|needs?|applies|apply)")
 _BARE_AND: Final = re.compile(
-    r"\s+and\s+(?=(?:it|you|we|they|he|she|this|that|there|i)\s+\w|(?:[\w'-]+\s+){1,3}" + _AUXILIARY + r"\b)",
+    r"\s+and\s+(?=(?:it|you|we|they|he|she|this|that|there|i)\s+\w|(?:[\w'-]+\s+){1,3}" + _AUXILIARY + r"\b"
+    # ... or before a long noun phrase of its own: "the original receipt and the serial number
+    # printed on the box" holds two things to check.
+    r"|(?:the|a|an|its|their|your|our|his|her)\s+(?:[\w'-]+\s+){3})",
     re.IGNORECASE,
 )
 
@@ -333,6 +338,9 @@ _PHRASES: Final = (
     (("than",), re.compile(r"\b(?:no|not)\s+later\s+than\b"), "by"),
     (("not ",), re.compile(r"\b(?:must|should|may|can|do|does|will)\s+not\s+(?:exceed|go\s+over)\b"
                         r"|\bnot\s+exceeding\b"), "maximum"),
+    # Words that mean "not ...": their negation is the context's "not covered" or "not allowed".
+    (("exclu",), re.compile(r"\bexclud(?:ed|es)\b"), "not included"),
+    (("prohibit", "forbid", "bann"), re.compile(r"\b(?:prohibited|forbidden|banned)\b"), "not allowed"),
     (("away", "once"), re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
     (("good",), re.compile(r"\bfor good\b"), "permanently"),
     (("log", "sign"), re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
@@ -342,10 +350,16 @@ _PHRASES: Final = (
 _CONTRACTION: Final = re.compile(r"'(?:ll|re|ve|d|m)\b")
 
 
+def expand_negations(text: str) -> str:
+    """"can't" as "can not", "won't" as "will not", "isn't" as "is not", "cannot" as "can not"."""
+    return (text.replace("can't", "can not").replace("Can't", "Can not").replace("won't", "will not")
+            .replace("Won't", "Will not").replace("n't", " not").replace("cannot", "can not"))
+
+
 def words(text: str) -> list[str]:
     """Lowercased word tokens: "n't" as "not", "cannot" as "can not", "you'll" as "you", a few
     idioms as the word they mean ("money back" as "refund"), "'s" dropped."""
-    lowered = _CONTRACTION.sub("", text.lower().replace("n't", " not").replace("cannot", "can not"))
+    lowered = _CONTRACTION.sub("", expand_negations(text.lower()))
     for triggers, pattern, replacement in _PHRASES:
         if any(trigger in lowered for trigger in triggers):
             lowered = pattern.sub(replacement, lowered)
@@ -369,7 +383,7 @@ def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
             previous = previous if previous in _UNIT_QUALIFIERS else t
             continue
         previous = t
-        if len(t) > 1 and t not in STOPWORDS and t not in NEGATIONS and not _HAS_DIGIT(t):
+        if len(t) > 1 and t not in STOPWORDS and t not in NEGATIONS and not _HAS_DIGIT(t) and t not in _NUMBER_WORDS:
             out.append(t)
     return out
 
@@ -431,7 +445,7 @@ _REFERRAL: Final = re.compile(
 
 
 def is_abstention(claim: str) -> bool:
-    return _ABSTENTION.search(claim.replace("n't", " not").replace("cannot", "can not")) is not None
+    return _ABSTENTION.search(expand_negations(claim)) is not None
 
 
 # --- numbers, amounts, dates, times ------------------------------------------------------------
@@ -702,6 +716,25 @@ def _compatible(claim: Quantity, context: Quantity) -> bool:
     return claim.rate is None or context.rate is None or claim.rate == context.rate
 
 
+#: Units one converts into another, exactly: "3 weeks" is "21 days", "48 hours" is "2 days".
+_CONVERSIONS: Final = {("week", "day"): 7, ("day", "hour"): 24, ("hour", "minute"): 60, ("minute", "second"): 60,
+                       ("year", "month"): 12}
+
+
+def _converted(q: Quantity) -> list[tuple[str, str]]:
+    """The quantity in the units it converts to exactly (as (value, unit)), for whole numbers."""
+    if q.unit is None or not q.value.isdigit():
+        return []
+    value = int(q.value)
+    out: list[tuple[str, str]] = []
+    for (big, small), factor in _CONVERSIONS.items():
+        if q.unit == big:
+            out.append((str(value * factor), small))
+        elif q.unit == small and value % factor == 0:
+            out.append((str(value // factor), big))
+    return out
+
+
 def _unit_after(text: str, at: int) -> tuple[str | None, int]:
     pos = at
     for _ in range(2):
@@ -780,6 +813,10 @@ class _Context:
     values: frozenset[str]
     #: content word -> the indexes of the sentences holding it
     postings: dict[str, list[int]] = field(default_factory=dict)
+    #: The words of the context's names (canonical), and the initials of its multi-word names
+    #: ("us" for "United States").
+    name_words: frozenset[str] = frozenset()
+    initialisms: frozenset[str] = frozenset()
 
     #: The weight of a value held by one clause only (the rarest a word can be).
     rare: float = 1.0
@@ -861,6 +898,9 @@ def _analyse_context(text: str) -> _Context:
                 frozenset(q.value for q in clause_facts.quantities),
             ))
     cws = frozenset().union(*(c.words for c in context_sentences))
+    initialisms = frozenset(
+        "".join(w[0] for w in name.split() if w[:1].isupper()).lower()
+        for clause in context_sentences for name in entities(clause.text, False) if len(name.split()) > 1)
     postings: dict[str, list[int]] = {}
     for index, analysed in enumerate(context_sentences):
         for word in analysed.words:
@@ -876,12 +916,17 @@ def _analyse_context(text: str) -> _Context:
         years=years,
         values=frozenset(q.value for q in facts.quantities),
         postings=postings,
+        name_words=frozenset().union(*(e for c in context_sentences for e in c.entities)),
+        initialisms=frozenset(i for i in initialisms if len(i) > 1),
         rare=math.log(len(context_sentences) + 1),
         rarity={word: math.log((len(context_sentences) + 1) / len(held)) for word, held in postings.items()},
     )
 
 
 # --- the evaluator -----------------------------------------------------------------------------
+
+#: A claim's opening capitalised word (matched at its start).
+_FIRST_WORD: Final = re.compile(r"[A-Z][a-z]+\b")
 
 #: A clause holding the claim's value with this share of the restated clause's weight means the
 #: claim combined two statements ("annual plan refunds take 5 days"), not that it swapped a value.
@@ -932,6 +977,12 @@ class GroundednessEvaluator:
             return ClaimVerdict(claim, Verdict.ABSTENTION, ("abstains",), None, weight)
         facts = extract_facts(claim)
         names = entities(claim, at_start)
+        first = _FIRST_WORD.match(claim)
+        if at_start and first and canonical(first.group().lower()) in ctx.name_words and \
+                not any(n.split()[0] == first.group() for n in names):
+            # A sentence's first word is no name, unless the context uses it as one ("Advance
+            # tickets are ..." against "an Advance ticket ...; Anytime tickets are ...").
+            names.insert(0, first.group())
         has_hard = bool(facts.quantities or facts.dates or facts.weekdays or facts.times or names)
         if not has_hard and (not cws or claim.rstrip().endswith("?") or _FILLER.match(claim.strip(" \"'"))
                              or _REFERRAL.match(claim.strip(" \"'"))):
@@ -946,6 +997,8 @@ class GroundednessEvaluator:
         facts_ok = n_facts - len(reasons)
         for name in names:
             missing = [w for w in words(name) if w not in ctx.raw_words and canonical(w) not in ctx.raw_words]
+            if missing and _is_acronym(name) and name.lower() in ctx.initialisms:
+                continue  # "US" against "United States"
             if missing:
                 reasons.append(f"entity '{name}' not in context")
         for i, token in enumerate(tokens):
@@ -982,6 +1035,8 @@ class GroundednessEvaluator:
     @staticmethod
     def _check_quantities(facts: Facts, ctx: _Context) -> Iterator[str]:
         for q in facts.quantities:
+            if any(c.value == value and c.unit == unit for value, unit in _converted(q) for c in ctx.facts.quantities):
+                continue  # "three weeks" against "21 days"
             same_value = [c for c in ctx.facts.quantities if c.value == q.value]
             if q.unit is None and not same_value and len(q.value) == 4 and q.value.isdigit() and \
                     int(q.value) in ctx.years:
@@ -1066,6 +1121,8 @@ class GroundednessEvaluator:
             if reason:
                 yield f"number '{q.surface}' is not what the context says: '{reason}'"
         for name, own in own_words.items():
+            if _is_acronym(name) and name.lower() in ctx.initialisms:
+                continue  # "US" for "United States": the clause holds it under its long name
             ranked = []
             for sentence, shared, weight in rows:
                 mine = shared & own

@@ -1,8 +1,9 @@
 """The default evaluator's accuracy on the labelled sets, against the figures docs/scoring.md reports.
 
 The sets are hand-written (tests/data/hallucination_*.jsonl). ``dev`` is the one the evaluator was
-tuned on; ``held-out`` was written before tuning and is not tuned on: it estimates how the method
-generalises. A change that lowers either F1 below the documented figure fails here; a change that
+tuned on; ``validation`` was held out in the first round of tuning and tuned on in the second;
+``held-out`` was written before the second round and never tuned on: it estimates how the method
+generalises. A change that lowers any F1 below the documented figure fails here; a change that
 raises it should update the table (the figures are read from the page, so they cannot drift).
 """
 
@@ -19,7 +20,8 @@ from gateway.scoring import GroundednessEvaluator
 from gateway.scoring.cases import accuracy, read_cases, score_cases
 
 REPO = Path(__file__).resolve().parents[3]
-SETS = {"dev": REPO / "tests/data/hallucination_dev.jsonl", "held-out": REPO / "tests/data/hallucination_holdout.jsonl"}
+SETS = {name: REPO / f"tests/data/hallucination_{file}.jsonl"
+        for name, file in (("dev", "dev"), ("validation", "validation"), ("held-out", "holdout"))}
 #: A row of the page's accuracy table: | `evaluator` | set | cases | precision | recall | F1 | ...
 ROW = re.compile(
     r"^\|\s*`(?P<evaluator>[\w-]+)`\s*\|\s*(?P<set>[\w-]+)\s*\|\s*(?P<cases>\d+)\s*\|\s*(?P<p>[\d.]+)\s*\|"
@@ -77,5 +79,5 @@ def test_the_default_evaluator_is_at_least_as_accurate_as_documented(name: str) 
     )
 
 
-def test_the_documented_figure_meets_the_issue_bar() -> None:
-    assert documented()[("groundedness", "dev")]["f1"] >= 0.85
+def test_the_documented_figures_meet_the_issue_bar() -> None:
+    assert all(documented()[("groundedness", name)]["f1"] >= 0.85 for name in SETS)
