@@ -16,12 +16,13 @@ with its own subject and verb). The context is split the same way, into clauses.
     counted noun: "thirty days", "three bags") occurs in the context with the same unit or
     currency when both name one ("60 days" fails against "30 days"; "30 weeks" fails against
     "30 days"; "$30" fails against "€30"), and the same rate when both give one ("$20 per user
-    per month" against "per year");
+    per month" against "per year"); time units convert exactly ("3 weeks" == "21 days");
   * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", day ranges
     ("2-3 April", "April 2 and 3"), weekdays (context ranges like "Monday to Friday" count every
     day between; "weekends" are Saturday and Sunday), "9am", "17:00";
-  * *named entities*: capitalised spans (less a sentence's opening word), acronyms ("EU", "SSO")
-    and letter-digit codes ("S3", "v2"): every word occurs in the context;
+  * *named entities*: capitalised spans (less a sentence's opening word, unless the context uses
+    it as a name), acronyms ("EU", "SSO"; or the initials of a name in the context: "US") and
+    letter-digit codes ("S3", "v2"): every word occurs in the context;
   * *absolute terms* ("unlimited", "lifetime", "guaranteed", "instantly", "free", ...) occur in
     the context;
   * *swapped values*: for each of the claim's numbers and names, the context clause that shares
@@ -32,7 +33,8 @@ with its own subject and verb). The context is split the same way, into clauses.
   * *negation*: the context clause that shares the most content words with the claim (at
     least two, and 60 % of the claim's or of the clause's) must agree with it on negation, by
     the parity of negation cues ("do not give ... without advice" is not "can be given without
-    advice"); bounds are not negations ("no more than 8" is "a maximum of 8");
+    advice"); bounds are not negations ("no more than 8" is "a maximum of 8"), and words that
+    mean "not" are ("excluded" is "not included");
   * *content overlap*: the share of the claim's content words (lowercased, stopwords and hedges
     dropped, lightly stemmed, common synonyms and idioms folded) found in the context is at least
     ``min_overlap`` (0.5). Verified numbers and dates count as matched words; words of the
