@@ -31,17 +31,20 @@ CONCEPTS = {
 }
 
 
+DIMENSIONS = {"book": 0, "online": 1, "advance": 2, "week": 3, "room": 4}
+
+
 def concept_encoder(calls: list[list[str]] | None = None) -> object:
     def encode(texts: Sequence[str]) -> list[list[float]]:
         if calls is not None:
             calls.append(list(texts))
         vectors = []
         for text in texts:
-            vector = [0.0] * 64
+            vector = [0.0] * len(DIMENSIONS)
             for word in re.findall(r"[a-z]+", text.lower()):
                 concept = CONCEPTS.get(word, word)
-                if concept in {"book", "online", "advance", "week", "room"}:
-                    vector[hash(concept) % 64] += 1.0
+                if concept in DIMENSIONS:
+                    vector[DIMENSIONS[concept]] += 1.0
             norm = math.sqrt(sum(x * x for x in vector)) or 1.0
             vectors.append([x / norm for x in vector])
         return vectors
