@@ -7,9 +7,11 @@ One case per line, as ``gateway hallucination score`` reads them::
 
 ``answer`` is required; ``context`` and ``question`` default to empty, ``label`` and ``id`` are
 optional (a label makes the case count towards :func:`accuracy`), and other keys are ignored, so
-a file can carry notes such as ``category``. Blank lines are skipped. A line that is not a JSON
-object of that shape is a :class:`CaseFileError` naming the file and line; nothing is scored
-until every line has been read.
+a file can carry notes such as ``category``. A ``label`` other than ``grounded`` or
+``hallucinated`` (any case) is ignored too: it belongs to someone else's labelling scheme.
+Blank lines are skipped. A line that is not a JSON object of that shape is a
+:class:`CaseFileError` naming the file and line; nothing is scored until every line has been
+read.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class _CaseLine(BaseModel):
     context: str | list[str | _Passage] | None = None
     question: str = ""
     answer: str
-    label: Label | None = None
+    label: Any = None
     id: str | int | None = Field(None, description="Shown next to the case's result.")
 
 
@@ -87,13 +89,15 @@ def parse_cases(lines: Iterable[str], source: str = "<input>") -> list[Case]:
         context: Any = parsed.context
         if isinstance(context, list):
             context = [p if isinstance(p, str) else p.model_dump(exclude_none=True) for p in context]
+        label = parsed.label.strip().lower() if isinstance(parsed.label, str) else None
+        known: Label | None = "grounded" if label == "grounded" else "hallucinated" if label == "hallucinated" else None
         cases.append(
             Case(
                 number,
                 passages_text(context) or "",
                 parsed.question,
                 parsed.answer,
-                parsed.label,
+                known,
                 None if parsed.id is None else str(parsed.id),
             )
         )

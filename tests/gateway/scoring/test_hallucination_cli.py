@@ -91,7 +91,6 @@ def test_standard_input_and_blank_lines(tmp_path: Path) -> None:
         (['{"context": "x"}'], ":2: answer: Field required"),
         (['{"answer": 3}'], ":2: answer: Input should be a valid string"),
         (['{"answer": "a", "context": [{"title": "no text"}]}'], ":2: context"),
-        (['{"answer": "a", "label": "wrong"}'], ":2: label: Input should be 'grounded' or 'hallucinated'"),
     ],
 )
 def test_a_bad_line_fails_with_its_file_and_line_and_scores_nothing(
@@ -111,6 +110,11 @@ def test_a_missing_file_an_unknown_evaluator_and_nli_without_a_model_fail_cleanl
     assert code == 1 and "unknown evaluator 'oracle'" in err
     code, _, err = run(path, "--evaluator", "nli")
     assert code == 1 and "needs the directory of a local NLI model" in err
+
+
+def test_a_label_of_another_scheme_is_ignored_not_an_error() -> None:
+    cases = parse_cases([json.dumps({"answer": "a", "label": label}) for label in ("Hallucinated", "faithful", 1)])
+    assert [case.label for case in cases] == ["hallucinated", None, None]
 
 
 def test_parse_cases_joins_passages_and_keeps_ids() -> None:
