@@ -939,7 +939,7 @@ _TOP_CLAUSES: Final = 24
 class GroundednessEvaluator:
     """The default evaluator (scope 1 a of issue 14): see the module docstring."""
 
-    def __init__(self, *, min_overlap: float = 0.5, negation_overlap: float = 0.6, threshold: float = 0.2,
+    def __init__(self, *, min_overlap: float = 0.5, negation_overlap: float = 0.6, threshold: float = 0.0,
                  max_answer_chars: int = 20_000, max_context_chars: int = 200_000) -> None:
         self.min_overlap = min_overlap
         self.negation_overlap = negation_overlap

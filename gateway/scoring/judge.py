@@ -90,7 +90,7 @@ class LlmJudgeEvaluator:
         complete: Complete,
         *,
         prompt: str = JUDGE_PROMPT,
-        threshold: float = 0.2,
+        threshold: float = 0.0,
         loop: asyncio.AbstractEventLoop | None = None,
         timeout_s: float = 60.0,
         max_chars: int = 100_000,

@@ -67,7 +67,7 @@ def test_json_output_is_one_object_per_input_line_in_order(tmp_path: Path) -> No
         }
     ]
     assert rows[3]["claims"][0]["verdict"] == "abstention"
-    assert all(row["evaluator"] == "groundedness" and row["threshold"] == 0.2 for row in rows)
+    assert all(row["evaluator"] == "groundedness" and row["threshold"] == 0.0 for row in rows)
 
 
 def test_the_table_shows_labels_reasons_and_accuracy_on_labelled_cases(tmp_path: Path) -> None:
