@@ -835,13 +835,6 @@ class _Context:
     def empty(self) -> bool:
         return not self.words and not self.facts.quantities and not self.facts.dates
 
-    def candidates(self, claim_words: frozenset[str]) -> list[int]:
-        """The indexes of the clauses that share at least one content word with a claim, in order."""
-        found: set[int] = set()
-        for word in claim_words:
-            found.update(self.postings.get(word, ()))
-        return sorted(found)
-
     def best_sentences(self, claim_words: frozenset[str]) -> tuple[list[_ContextSentence], int]:
         """The sentences sharing the most content words with a claim (in context order), and how many."""
         counts: dict[int, int] = {}
@@ -1083,7 +1076,8 @@ class GroundednessEvaluator:
         that holds the value shares nearly as much (the claim combined two statements).
 
         Only clauses that share a word with the claim can be either (the inverted index finds
-        them), and each one's shared words are weighed once per claim.
+        them); of those, only the best ``_TOP_CLAUSES`` by weight, and the best that hold one of
+        the claim's values or names, are compared, which bounds the cost on long contexts.
         """
         if not (facts.quantities or names):
             return
