@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
 
-from gateway.budgets.alerts import Alerts, BudgetMetrics
+from gateway.budgets.alerts import Alerts, BudgetMetrics, UsedRatioCollector
 from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget, Window, window
@@ -81,6 +81,7 @@ async def build_budgets(
     metrics = BudgetMetrics(registry)
     alerts = Alerts(metrics, webhook_timeout_s=settings.budgets.webhook_timeout_s)
     book = BudgetBook()
+    registry.register(UsedRatioCollector(metrics, lambda: book.budgets(catalog())))
     writer = ledger
     flush = writer.flush if writer is not None else None
     backend: BudgetBackend

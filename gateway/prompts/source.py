@@ -359,7 +359,10 @@ def _check(
         if kind is None:
             problems.append(f"{at('model')}: model: unknown model alias {spec.model!r}")
         elif kind != "chat":
-            problems.append(f"{at('model')}: model: {spec.model!r} is a {kind} model; prompts need a chat model")
+            article = "an" if kind[:1] in "aeiou" else "a"
+            problems.append(
+                f"{at('model')}: model: {spec.model!r} is {article} {kind} model; prompts need a chat model"
+            )
 
     schema = spec.variables
     validator = None
