@@ -170,6 +170,9 @@ class Record:
             }
             if ctx.trace_id is not None:  # tracing is on: logs, ledger rows and traces join on it
                 line["trace_id"] = ctx.trace_id
+            if ctx.rollout_id is not None:  # a progressive rollout took the request: which arm
+                line["rollout"] = ctx.rollout_id
+                line["variant"] = ctx.variant
             self._access_log.write(line)
 
 

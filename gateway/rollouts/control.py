@@ -144,33 +144,37 @@ class RolloutControl:
                                   reason=reason, ticket=ticket)
 
     async def abort(self, rollout_id: str, caller: Caller | None, *, reason: str | None = None,
-                    ticket: str | None = None, detail: dict[str, Any] | None = None) -> RolloutView:
+                    ticket: str | None = None, detail: dict[str, Any] | None = None, fence: int = 0) -> RolloutView:
         """Roll back: the canary gets nothing any more, on every replica within a poll.
-        ``caller`` None is the analysis (no role check); ``detail`` goes into the audit entry."""
+        ``caller`` None is the analysis (no role check; ``fence``: its lease generation);
+        ``detail`` goes into the audit entry."""
         rollout = self.rollout(rollout_id)
         if caller is not None:
             self._require_strong(rollout, caller, "Aborting")
         return await self._change(rollout, "abort", _from({"pending", "running", "paused"}, "aborted", rollout_id),
-                                  caller, reason=reason, ticket=ticket, detail=detail)
+                                  caller, reason=reason, ticket=ticket, detail=detail, fence=fence)
 
     async def promote(self, rollout_id: str, caller: Caller | None, *, force: bool = False,
                       reason: str | None = None, ticket: str | None = None,
-                      detail: dict[str, Any] | None = None) -> RolloutView:
+                      detail: dict[str, Any] | None = None, fence: int = 0) -> RolloutView:
         """Make the canary the stable: for a prompt, move the label to the canary version."""
         rollout = self.rollout(rollout_id)
         if caller is not None:
             self._require_strong(rollout, caller, "Promoting")
         current = await self._current(rollout)
+        if fence and current.fence > fence:
+            raise StateConflict(rollout_id)  # a newer controller leads: this one moves nothing
         if current.status not in ("running", "paused"):
             raise Conflict(f"The rollout '{rollout_id}' is {current.status}; only a running or paused rollout "
                            "can be promoted.", code="rollout_state")
         if rollout.kind == "prompt":
             await self._move_label(rollout, caller, force=force, reason=reason, ticket=ticket)
         return await self._change(rollout, "promote", _from({"running", "paused"}, "promoted", rollout_id), caller,
-                                  reason=reason, ticket=ticket, detail=detail)
+                                  reason=reason, ticket=ticket, detail=detail, fence=fence)
 
     async def advance(self, rollout_id: str, *, detail: dict[str, Any] | None = None,
-                      expected_revision: int | None = None, at: datetime | None = None) -> RolloutView:
+                      expected_revision: int | None = None, at: datetime | None = None,
+                      fence: int = 0) -> RolloutView:
         """The analysis: move a running rollout to its next step (never past the last) at ``at``."""
         rollout = self.rollout(rollout_id)
         now = at or datetime.now(UTC)
@@ -184,11 +188,12 @@ class RolloutControl:
                 raise Conflict(f"The rollout '{rollout_id}' is at its last step; promote it.", code="rollout_state")
             return replace(state, step=state.step + 1, failures=0, step_started_at=now)
 
-        return await self._change(rollout, "advance", change, None, detail=detail)
+        return await self._change(rollout, "advance", change, None, detail=detail, fence=fence)
 
-    async def record(self, rollout_id: str, state: RolloutState, after: RolloutState) -> RolloutState:
+    async def record(self, rollout_id: str, state: RolloutState, after: RolloutState, *,
+                     fence: int = 0) -> RolloutState:
         """Store a change the analysis made itself (a check's verdict in the history); not audited."""
-        return await self._store.put(state, after)
+        return await self._store.put(state, after, fence=fence)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -248,6 +253,7 @@ class RolloutControl:
         ticket: str | None = None,
         detail: dict[str, Any] | None = None,
         forced: bool = False,
+        fence: int = 0,
     ) -> RolloutView:
         from gateway.audit import Actor
 
@@ -255,7 +261,7 @@ class RolloutControl:
         actor = caller.actor if caller is not None else Actor(key_id="rollout-controller", team="system")
         try:
             after = replace(change(before), actor=actor.key_id)
-            stored = await self._store.put(before, after)
+            stored = await self._store.put(before, after, fence=fence)
         except StateConflict:
             raise Conflict(f"The rollout '{rollout.id}' changed meanwhile; look at its status and try again.",
                            code="rollout_changed") from None
