@@ -129,7 +129,11 @@ def analyzer(db: Database, cat: Catalog, source: Source, clock: Clock, alerts: A
         raise AssertionError("not a prompt rollout")
         yield
 
-    control = RolloutControl(RolloutStateStore(db), AuditLog(db), lambda: cat, prompts=no_prompts)
+    async def promote_alias(rollout: Any, actor: Any, *, reason: str | None, ticket: str | None) -> int:
+        return 2
+
+    control = RolloutControl(RolloutStateStore(db), AuditLog(db), lambda: cat, prompts=no_prompts,
+                             promote_alias=promote_alias)
     return RolloutAnalyzer(control, lambda: cat, source, alerts=alerts, clock=clock), control
 
 

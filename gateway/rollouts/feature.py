@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from gateway.audit import AuditLog
+from gateway.config.applied import PolicyStore
 from gateway.features import CatalogSource, Closer, Feature
 from gateway.prompts.store import PromptStore
 from gateway.redis.wire import RedisWire
@@ -30,6 +31,7 @@ from gateway.rollouts.book import RolloutBook
 from gateway.rollouts.control import RolloutControl, ServiceSource
 from gateway.rollouts.counters import VariantCounters
 from gateway.rollouts.lease import REDIS_KEY, DatabaseLease, Lease, RedisLease
+from gateway.rollouts.promotion import AliasPromoter
 from gateway.rollouts.state import RolloutStateStore
 from gateway.storage import Database
 
@@ -117,7 +119,8 @@ async def build_rollouts_feature(
         await watcher.check()  # this replica at once; the others at their next poll
 
     control = RolloutControl(store, audit, catalog, prompts=prompts, eval_passed=eval_gate(PromptStore(db)),
-                             on_change=refreshed)
+                             on_change=refreshed, metrics=LedgerMetrics(db),
+                             promote_alias=AliasPromoter(PolicyStore(db)))
     closers: list[Closer] = [watcher.stop]
     if registry is not None:
         registry.register(RolloutCollector(book, catalog))
