@@ -396,7 +396,7 @@ def test_the_lease_holder_is_killed_mid_rollout_and_another_replica_carries_on(
     stop = threading.Event()
     try:
         _, alpha = new_key(first.url, ADMIN_KEY, "alpha")
-        steps = [{"weight": w} for w in (20, 30, 40, 50, 60, 80, 100)]
+        steps = [{"weight": w} for w in (20, 30, 40, 50, 60, 70, 80, 90, 95, 100)]
         apply_rollouts(first, {"rollouts": {"split-next": {
             "target": {"alias": "split", "canary": {"deployment": 1}}, "steps": steps,
             "interval_s": 1, "min_requests": 2, "failure_limit": 2,
@@ -428,40 +428,62 @@ def test_the_lease_holder_is_killed_mid_rollout_and_another_replica_carries_on(
                 "audit", "list", "--target", "rollouts:controller", "--format", "json").stdout)
             return found
 
+        def leading(proc: GatewayProcess) -> bool:
+            return "gateway_rollout_controller_leading 1.0" in httpx.get(f"{proc.url}/metrics").text
+
         wait_until(lambda: state(second).get("step", 0) >= 2, timeout=60)
-        [leader] = leaders()
-        holder = replicas[leader["after"]["holder"].rsplit(":", 1)[1]]
+        holder = first if leading(first) else second
         survivor = second if holder is first else first
-        assert 'gateway_rollout_controller_leading 1.0' in httpx.get(f"{holder.url}/metrics").text
-        assert 'gateway_rollout_controller_leading 0.0' in httpx.get(f"{survivor.url}/metrics").text
+        assert leading(holder) and not leading(survivor)
         alive.remove(holder)
         holder.kill()
         killed_at = datetime.now(UTC)
+        at_kill = state(survivor)
+        assert at_kill["status"] == "running", "the rollout ended before the kill: the test shows nothing"
         wait_until(lambda: state(survivor).get("status") == "promoted", timeout=60)
         stop.set()
         for sender in senders:
             sender.join(10)
         final = state(survivor)
         taken = leaders()
+        # The promotion made the canary deployment the alias' own: every caller gets it now
+        # (a team the rollout never matched too), outside any rollout.
+        _, beta = new_key(survivor.url, ADMIN_KEY, "beta")
+
+        def answered() -> tuple[str, str | None]:
+            response = httpx.post(f"{survivor.url}/v1/chat/completions", headers={"Authorization": f"Bearer {beta}"},
+                                  json={"model": "split", "messages": [{"role": "user", "content": "hi"}]})
+            return response.json()["model"], response.headers.get("x-gateway-variant")
+
+        wait_until(lambda: answered() == ("mock-next", None))
+        applied = json.loads(survivor.cli("audit", "list", "--target", "policies", "--format", "json").stdout)
     finally:
         stop.set()
         first.stop()
         second.stop()
 
     # The survivor took the lease (a new generation) within two lease periods (plus its poll).
-    assert [entry["after"]["generation"] for entry in taken] == [1, 2]
-    took_at = datetime.fromisoformat(taken[1]["ts"])
+    leader = [entry for entry in taken if datetime.fromisoformat(entry["ts"]) < killed_at][-1]
+    assert replicas[leader["after"]["holder"].rsplit(":", 1)[1]] is holder
+    generation = leader["after"]["generation"]
+    assert [entry["after"]["generation"] for entry in taken] == list(range(1, generation + 2))
+    took_at = datetime.fromisoformat(taken[-1]["ts"])
+    assert taken[-1]["after"]["holder"].endswith(f":{survivor.proc.pid if survivor.proc else ''}")
     assert 0 < (took_at - killed_at).total_seconds() <= 2 * lease_s + 0.25
     # Every check was made by the holder of its time, and no step was repeated or skipped.
     decisions = [(e["step"], e["action"]) for e in final["history"] if e["action"] != "record"]
-    assert decisions == [*((step, "advance") for step in range(6)), (6, "promote")]
+    assert decisions == [*((step, "advance") for step in range(9)), (9, "promote")]
     by_generation = {(e["by"], e["generation"]) for e in final["history"]}
     assert by_generation <= {(t["after"]["holder"], t["after"]["generation"]) for t in taken}
     after_kill = {e["generation"] for e in final["history"] if datetime.fromisoformat(e["at"]) > killed_at}
-    assert after_kill == {2}
+    assert after_kill == {generation + 1}
     entries = json.loads(survivor.cli("audit", "list", "--target", "rollout:split-next", "--format", "json").stdout)
-    assert [e["action"] for e in entries] == ["rollout.advance"] * 6 + ["rollout.promote"]
-    assert [e["after"]["step"] for e in entries[:6]] == [1, 2, 3, 4, 5, 6]
+    assert [e["action"] for e in entries] == ["rollout.advance"] * 9 + ["rollout.promote"]
+    assert [e["after"]["step"] for e in entries[:9]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert entries[-1]["after"]["detail"]["policy_version"] == 2
+    assert [(e["action"], e["actor_key_id"], e["after"]["version"]) for e in applied][-1] == (
+        "policy.apply", "rollout-controller", 2)
+    assert "weight: 0" in applied[-1]["after"]["diff"]
 
 
 def test_the_cache_keeps_the_variants_apart(tmp_path: Path, fake_upstream: FakeHandle) -> None:

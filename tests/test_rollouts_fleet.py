@@ -35,8 +35,11 @@ def fleet_models(upstream: str) -> dict[str, Any]:
     found = models(upstream)
     found["aliases"]["steady"] = {"deployments": [{"provider": "mock", "model": "mock-steady", "free": True}]}
     # The canary version's model fails one call in five.
-    found["aliases"]["flaky"] = {"deployments": [{"provider": "mock", "model": "mock-flaky", "free": True,
-                                                  "retries": 0, "mock": {"error_rate": 0.2}}]}
+    found["aliases"]["flaky"] = {
+        "deployments": [
+            {"provider": "mock", "model": "mock-flaky", "free": True, "retries": 0, "mock": {"error_rate": 0.2}}
+        ]
+    }
     return found
 
 
@@ -55,11 +58,17 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
     tmp_path: Path, fake_upstream: FakeHandle, fresh_pg_url: str, redis_url: str
 ) -> None:
     interval_s, failure_limit = 2.0, 2
-    config: dict[str, Any] = {"models": fleet_models(fake_upstream.url), "teams": TEAMS, "redis_url": redis_url,
-                              "extra": {"ledger": {"flush_interval_ms": 50},
-                                        "rollouts": {"lease_s": 2, "poll_interval_s": 0.25},
-                                        # One signing key for the fleet: each replica verifies every version.
-                                        "prompts": {"signing_key_file": str(tmp_path / "signing.key")}}}
+    config: dict[str, Any] = {
+        "models": fleet_models(fake_upstream.url),
+        "teams": TEAMS,
+        "redis_url": redis_url,
+        "extra": {
+            "ledger": {"flush_interval_ms": 50},
+            "rollouts": {"lease_s": 2, "poll_interval_s": 0.25},
+            # One signing key for the fleet: each replica verifies every version.
+            "prompts": {"signing_key_file": str(tmp_path / "signing.key")},
+        },
+    }
     replicas = [make_gateway(tmp_path / name, fake_upstream.url, fresh_pg_url, **config).start() for name in "ab"]
     first = replicas[0]
     receiver = WebhookReceiver().start()
@@ -71,23 +80,41 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
             first.cli("prompts", "push", str(first.config.root / "greet.yaml"), "-m", marker)
         first.cli("prompts", "label", "set", "greet", "beta", "1")
         _, key = new_key(first.url, ADMIN_KEY, "gamma")
-        apply_rollouts(first, {"rollouts": {"greet-two": {
-            "target": {"prompt": "greet", "label": "beta", "canary": {"version": 2}},
-            "steps": [{"weight": w} for w in (50, 60, 70, 80, 100)], "interval_s": interval_s,
-            "min_requests": 30, "failure_limit": failure_limit,
-            "checks": [{"metric": "error_rate", "max_over_stable": 0.02}], "webhook_url": receiver.url,
-        }}})
+        apply_rollouts(
+            first,
+            {
+                "rollouts": {
+                    "greet-two": {
+                        "target": {"prompt": "greet", "label": "beta", "canary": {"version": 2}},
+                        "steps": [{"weight": w} for w in (50, 60, 70, 80, 100)],
+                        "interval_s": interval_s,
+                        "min_requests": 30,
+                        "failure_limit": failure_limit,
+                        "checks": [{"metric": "error_rate", "max_over_stable": 0.02}],
+                        "webhook_url": receiver.url,
+                    }
+                }
+            },
+        )
 
         def traffic(offset: int) -> None:
             i = offset
             with httpx.Client(timeout=20) as client:
                 while not stop.is_set():
                     proc = replicas[i % 2]
-                    response = client.post(f"{proc.url}/v1/chat/completions",
-                                           headers={"Authorization": f"Bearer {key}"},
-                                           json={"model": "prompt:greet@beta", "user": f"user-{i % 400}"})
-                    seen.append((time.monotonic(), response.headers.get("x-gateway-variant"),
-                                 response.headers.get("x-prompt-version"), response.status_code))
+                    response = client.post(
+                        f"{proc.url}/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {key}"},
+                        json={"model": "prompt:greet@beta", "user": f"user-{i % 400}"},
+                    )
+                    seen.append(
+                        (
+                            time.monotonic(),
+                            response.headers.get("x-gateway-variant"),
+                            response.headers.get("x-prompt-version"),
+                            response.status_code,
+                        )
+                    )
                     i += 1
 
         senders = [threading.Thread(target=traffic, args=(n,), daemon=True) for n in range(6)]
@@ -95,8 +122,9 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
             sender.start()
 
         def status(proc: GatewayProcess) -> dict[str, Any]:
-            found: dict[str, Any] = httpx.get(f"{proc.url}/admin/rollouts/greet-two",
-                                              headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+            found: dict[str, Any] = httpx.get(
+                f"{proc.url}/admin/rollouts/greet-two", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ).json()
             return found
 
         wait_until(lambda: status(replicas[1]).get("status") == "aborted", timeout=40)
@@ -136,8 +164,12 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
     [check] = entries[-1]["after"]["detail"]["analysis"]["checks"]
     assert check["metric"] == "error_rate" and check["ok"] is False and check["canary"] > check["bound"]
     # Each access line of a request in the rollout names it and the variant.
-    lines = [json.loads(line) for proc in replicas for line in proc.log().splitlines()
-             if line.startswith("{") and '"gateway.access"' in line]
+    lines = [
+        json.loads(line)
+        for proc in replicas
+        for line in proc.log().splitlines()
+        if line.startswith("{") and '"gateway.access"' in line
+    ]
     in_rollout = [line for line in lines if line.get("rollout") == "greet-two"]
     assert in_rollout and {line["variant"] for line in in_rollout} == {"stable", "canary"}
 
@@ -148,42 +180,75 @@ def test_twenty_thousand_requests_from_two_thousand_users_split_stickily(
 ) -> None:
     """At 10 %: the canary's share of users within 1.5 points, each user sees one variant;
     after the weight goes to 25 %, no user moves from canary back to stable."""
-    proc = make_gateway(tmp_path, fake_upstream.url, f"sqlite:///{tmp_path / 'gateway.db'}",
-                        models=models(fake_upstream.url), teams=TEAMS,
-                        extra={"server": {"host": "127.0.0.1", "port": 8080, "access_log": False}}).start()
+    proc = make_gateway(
+        tmp_path,
+        fake_upstream.url,
+        f"sqlite:///{tmp_path / 'gateway.db'}",
+        models=models(fake_upstream.url),
+        teams=TEAMS,
+        extra={"server": {"host": "127.0.0.1", "port": 8080, "access_log": False}},
+    ).start()
 
     def rollout(weight: float) -> dict[str, Any]:
         # The analysis never moves it (a check every hour): the test moves the weight itself.
-        return {"rollouts": {"split-next": {"target": {"alias": "split", "canary": {"deployment": 1}},
-                                            "steps": [{"weight": weight}, {"weight": 100}], "interval_s": 3600}}}
+        return {
+            "rollouts": {
+                "split-next": {
+                    "target": {"alias": "split", "canary": {"deployment": 1}},
+                    "steps": [{"weight": weight}, {"weight": 100}],
+                    "interval_s": 3600,
+                }
+            }
+        }
 
     async def send(key: str, users: int, rounds: int) -> dict[str, list[str]]:
         seen: dict[str, list[str]] = {}
+        resent: list[str] = []
         queue: asyncio.Queue[str] = asyncio.Queue()
         for _ in range(rounds):
             for user in range(users):
                 queue.put_nowait(f"user-{user}")
 
+        async def ask(client: httpx.AsyncClient, user: str) -> httpx.Response:
+            for attempt in range(3):
+                try:
+                    return await client.post(
+                        "/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {key}"},
+                        json={"model": "split", "user": user, "messages": [{"role": "user", "content": "hi"}]},
+                    )
+                except httpx.TransportError:  # a kept-alive connection the server closed: ask again
+                    if attempt == 2:
+                        raise
+                    resent.append(user)
+            raise AssertionError("unreachable")
+
         async def worker(client: httpx.AsyncClient) -> None:
             while not queue.empty():
                 user = queue.get_nowait()
-                response = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                                             json={"model": "split", "user": user,
-                                                   "messages": [{"role": "user", "content": "hi"}]})
+                response = await ask(client, user)
                 assert response.status_code == 200, response.text
                 seen.setdefault(user, []).append(response.headers["x-gateway-variant"])
 
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
         async with httpx.AsyncClient(base_url=proc.url, timeout=30, limits=limits) as client:
             await asyncio.gather(*(worker(client) for _ in range(32)))
+        print(f"\n{len(resent)} requests sent again after a closed connection")
         return seen
 
     try:
         _, key = new_key(proc.url, ADMIN_KEY, "alpha")
         apply_rollouts(proc, rollout(10))
-        wait_until(lambda: "x-gateway-variant" in httpx.post(
-            f"{proc.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-            json={"model": "split", "user": "probe", "messages": [{"role": "user", "content": "hi"}]}).headers)
+        wait_until(
+            lambda: (
+                "x-gateway-variant"
+                in httpx.post(
+                    f"{proc.url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "split", "user": "probe", "messages": [{"role": "user", "content": "hi"}]},
+                ).headers
+            )
+        )
         started = time.monotonic()
         at_10 = asyncio.run(send(key, 2000, 10))
         took = time.monotonic() - started
