@@ -288,7 +288,8 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
         assert 'gateway_rollout_weight_percent{rollout="split-next"} 0.0' in metrics
         assert 'gateway_rollout_checks_total{action="abort",rollout="split-next",verdict="fail"} 1.0' in metrics
         assert 'gateway_rollout_last_check{number="errors",rollout="split-next",variant="canary"}' in metrics
-        verdicts = [entry["verdict"] for entry in final["history"]]
+        # Two failed checks in a row (an inconclusive window between them neither counts nor resets).
+        verdicts = [entry["verdict"] for entry in final["history"] if entry["verdict"] != "inconclusive"]
         assert verdicts[-2:] == ["fail", "fail"], final["history"]
         time.sleep(1.0)  # every replica's watcher has polled by now
         stop.set()
@@ -311,6 +312,13 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
     assert failed["ok"] is False and failed["canary"] > failed["bound"]
     shown = proc.cli("rollouts", "status", "split-next").stdout
     assert "last check's window" in shown and "│ abort " in shown and f"failed: {metric}" in shown
+    assert "since the current step began" in shown and f"│ {metric} " in shown and "FAIL" in shown
+    shown_json = json.loads(proc.cli("rollouts", "status", "split-next", "--format", "json").stdout)
+    assert shown_json["last_check"]["verdict"] == "fail" and shown_json["last_check"]["action"] == "abort"
+    assert {c["metric"]: c["ok"] for c in shown_json["last_check"]["checks"]} == {metric: False}
+    live = shown_json["live"]  # the whole step's numbers per variant, from the ledger
+    assert set(live) == {"stable", "canary"} and live["canary"]["requests"] > 0
+    assert {"requests", "errors", "p95_ms", "cost_per_request"} <= set(live["canary"])
     log_lines = [line for line in proc.log().splitlines() if "rollout rolled back" in line]
     assert len(log_lines) == 1
 
