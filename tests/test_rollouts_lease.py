@@ -72,6 +72,32 @@ async def test_the_redis_lease_has_one_holder_and_hands_over(redis_url: str) -> 
         await second.release()
 
 
+@pytest.mark.redis
+async def test_a_redis_that_lost_the_generation_counter_still_hands_out_larger_generations(
+    redis_url: str, db: Database
+) -> None:
+    store = RolloutStateStore(db)
+    await store.put(RolloutState("ro", "running"), RolloutState("ro", "running"), fence=7)  # generation 7 wrote
+    key = f"{REDIS_KEY}:test-{secrets.token_hex(4)}"
+    wire = RedisWire(redis_url, timeout_s=1)
+    lease = RedisLease(wire, "a", lease_s=5, key=key, floor=store.max_fence)
+    # A fresh (or flushed) Redis: the counter starts again, the floor keeps the generation above 7.
+    assert await lease.take() == 8
+    await lease.release()
+    flushed = RedisWire(redis_url, timeout_s=1)
+    await flushed.call("DEL", key + ":generation")
+    await flushed.close()
+    again = RedisLease(RedisWire(redis_url, timeout_s=1), "b", lease_s=5, key=key, floor=store.max_fence)
+    assert await again.take() == 8
+    await again.release()
+
+
+async def test_a_new_database_lease_row_starts_above_every_stored_generation(db: Database) -> None:
+    store = RolloutStateStore(db)
+    await store.put(RolloutState("ro", "running"), RolloutState("ro", "running"), fence=4)
+    assert await DatabaseLease(db, "a", lease_s=5).take() == 5
+
+
 async def test_a_lease_that_cannot_be_reached_is_not_held() -> None:
     from support.gateway_proc import free_port
 

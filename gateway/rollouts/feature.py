@@ -94,7 +94,8 @@ def build_lease(db: Database, *, redis_url: str = "", lease_s: float = 10.0) -> 
     if redis_url:
         wire = RedisWire(redis_url, timeout_s=min(1.0, lease_s / 3))
         guarded = hashlib.sha256(db.engine.url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
-        return RedisLease(wire, replica_name(), lease_s=lease_s, key=f"{REDIS_KEY}:{guarded}")
+        return RedisLease(wire, replica_name(), lease_s=lease_s, key=f"{REDIS_KEY}:{guarded}",
+                          floor=RolloutStateStore(db).max_fence)
     return DatabaseLease(db, replica_name(), lease_s=lease_s)
 
 

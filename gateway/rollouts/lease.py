@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire, Script
-from gateway.storage.schema import rollout_lease
+from gateway.storage.schema import rollout_lease, rollout_state
 
 if TYPE_CHECKING:
     from gateway.storage import Database
@@ -47,8 +48,10 @@ log = logging.getLogger("gateway.rollouts")
 LEASE_NAME = "rollouts"
 REDIS_KEY = "gateway:rollouts:lease"
 
-# KEYS: the lease, the generation counter. ARGV: holder, lease in ms. Returns the generation
-# held (renewed or newly taken), or 0 when another holder has it.
+# KEYS: the lease, the generation counter. ARGV: holder, lease in ms, the floor (the largest
+# generation the database has seen). Returns the generation held (renewed or newly taken), or 0
+# when another holder has it. The floor keeps generations growing when Redis lost the counter
+# (a restart without persistence, a flush): else the new holder would be fenced out for good.
 _TAKE = Script(
     "rollout-lease-take",
     """
@@ -62,6 +65,11 @@ if value then
   return 0
 end
 local generation = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if generation <= floor then
+  generation = floor + 1
+  redis.call('SET', KEYS[2], generation)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. generation, 'PX', ARGV[2])
 return generation
 """,
@@ -93,16 +101,33 @@ class Lease(Protocol):
         ...
 
 
+Floor = Callable[[], Awaitable[int]]
+
+
+async def _no_floor() -> int:
+    return 0
+
+
 class RedisLease:
-    def __init__(self, wire: RedisWire, holder: str, *, lease_s: float, key: str = REDIS_KEY) -> None:
+    """``floor``: the largest generation already written to the rollouts' state
+    (``RolloutStateStore.max_fence``); a new generation is always above it."""
+
+    def __init__(self, wire: RedisWire, holder: str, *, lease_s: float, key: str = REDIS_KEY,
+                 floor: Floor = _no_floor) -> None:
         self.holder = holder
         self._wire = wire
         self._ms = max(int(lease_s * 1000), 1)
         self._keys = [key, key + ":generation"]
+        self._floor = floor
 
     async def take(self) -> int:
         try:
-            return int(await self._wire.evalsha(_TAKE, self._keys, [self.holder, self._ms]))
+            floor = await self._floor()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("rollout lease: the database did not answer; not leading", extra={"error": str(exc)})
+            return 0
+        try:
+            return int(await self._wire.evalsha(_TAKE, self._keys, [self.holder, self._ms, floor]))
         except (RedisUnavailable, RedisReplyError) as exc:
             log.warning("rollout lease: Redis did not answer; not leading", extra={"error": str(exc)})
             return 0
@@ -133,15 +158,17 @@ class DatabaseLease:
         async with self._db.engine.begin() as conn:
             row = (await conn.execute(select(c.holder, c.generation, c.expires_at).where(c.name == self._name))).first()
             if row is None:
+                # Above every generation that ever wrote a rollout (a lease row deleted by hand).
+                first = int((await conn.execute(select(func.max(rollout_state.c.fence)))).scalar() or 0) + 1
                 try:
                     await conn.execute(
                         insert(rollout_lease).values(
-                            name=self._name, holder=self.holder, generation=1, expires_at=now + self._lease
+                            name=self._name, holder=self.holder, generation=first, expires_at=now + self._lease
                         )
                     )
                 except IntegrityError:
                     return 0  # another replica inserted it first
-                return 1
+                return first
             holder, generation, expires_at = row
             expires = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)
             mine = holder == self.holder

@@ -96,6 +96,11 @@ class RolloutStateStore:
                                              func.count()).select_from(rollout_state))).one()
         return int(row[0]) * 1_000_003 + int(row[1])
 
+    async def max_fence(self) -> int:
+        """The largest controller generation that has written any rollout (the lease's floor)."""
+        async with self._db.engine.connect() as conn:
+            return int((await conn.execute(select(func.max(rollout_state.c.fence)))).scalar() or 0)
+
     async def all(self) -> dict[str, RolloutState]:
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(select(rollout_state))).mappings().all()
