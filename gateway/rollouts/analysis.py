@@ -274,7 +274,9 @@ class RolloutAnalyzer:
         if lease is None:
             return True
         loop = asyncio.get_running_loop()
-        if loop.time() - self._asked_at >= self._lease_s / 3 or not self.generation:
+        # Holder and followers alike ask every third of the lease: a dead holder's lease expires
+        # within one lease period and a follower takes it within a third more (< two periods).
+        if loop.time() - self._asked_at >= self._lease_s / 3:
             asked = self._asked_at = loop.time()
             generation = await lease.take()
             if generation:
