@@ -41,7 +41,8 @@ from gateway.rollouts import RolloutBook
 from gateway.rollouts.control import RolloutControl, using
 from gateway.rollouts.feature import build_lease, build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
-from gateway.routing import RolloutStrategy, Route, RoutingStrategy, Weighted
+from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, Weighted
+from gateway.scoring.feature import build_scoring
 from gateway.storage import Database, open_database
 from gateway.tracing import build_tracing
 from gateway.upstream import CallUpstream
@@ -50,6 +51,7 @@ from gateway.usage import build_usage
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.feedback import FeedbackService
     from gateway.prompts import PromptService
 
 log = logging.getLogger("gateway.runtime")
@@ -75,9 +77,11 @@ class Runtime:
     # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
     ledger: LedgerWriter | None = None
     routing: RoutingStrategy = field(default_factory=Weighted)
+    downgrades: Downgrades | None = None  # budget downgrades (gateway.budgets.downgrade), for the route stage
     # Each rollout's live weight (gateway.rollouts), read by the rollout routing strategy.
     rollouts: RolloutBook | None = None
     rollout_control: RolloutControl | None = None  # start/pause/.../abort, for /admin/rollouts
+    feedback: FeedbackService | None = None  # POST /v1/feedback
     handler: Handler | None = None  # the assembled pipeline
     core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
     # The applied policy snapshot being served (None: the files under policies_dir, never applied).
@@ -110,7 +114,7 @@ class Runtime:
             Authenticate(self.keys),
             ParseRequest(),
             Resolve(self.prompts),
-            Route(self.routing),
+            Route(self.routing, downgrades=self.downgrades),
         ]
         if self.cache is not None:
             stages.append(self.cache)  # before usage and budget: a hit is priced at nothing
@@ -250,14 +254,23 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(budgets)
     runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
+    runtime.downgrades = budgets.downgrades
 
     def prompt_service() -> AbstractAsyncContextManager[PromptService]:
         assert runtime.prompts is not None, "the prompt feature is built before any request"
         return using(runtime.prompts.service)
 
+    # Live scoring: a record-stage sink, and the analysis' source of scores and feedback.
+    flush_ledger = runtime.ledger.flush if runtime.ledger is not None else None
+    scoring = build_scoring(settings, db, metrics.registry, flush_ledger=flush_ledger)
+    runtime.install(scoring)
+    runtime.feedback = scoring.feedback
+    if scoring.scorer is not None:
+        record.add_sink(scoring.scorer)
     rollout_settings = settings.rollouts
     rollouts = await build_rollouts_feature(
         db, audit=runtime.audit, catalog=current, prompts=prompt_service, registry=metrics.registry,
+        metrics=scoring.quality, annotator=scoring.annotator,
         interval_s=rollout_settings.poll_interval_s, lease_s=rollout_settings.lease_s,
         lease=build_lease(db, redis_url=settings.redis.url, lease_s=rollout_settings.lease_s),
     )

@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import insert
 
-from gateway.budgets.alerts import Alerts, BudgetMetrics, crossings
+from gateway.budgets.alerts import Alerts, BudgetMetrics, UsedRatioCollector, crossings
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import TeamBudget, team_budget, window
@@ -167,6 +167,62 @@ async def test_memory_backend_counts_spend_settled_while_it_builds(db: Database)
     assert isinstance(await reserve(backend, team), Reservation)
     state = await backend.snapshot(team, team.window())
     assert state is not None and state["t"].spent == to_nanos(0.7)
+
+
+def used_ratio(metrics: BudgetMetrics, team: TeamBudget) -> dict[str, float]:
+    """gateway_budget_used_ratio's samples by scope, as a scrape would read them."""
+    collector = UsedRatioCollector(metrics, lambda: {team.team: team})
+    return {sample.labels["scope"]: sample.value for family in collector.collect() for sample in family.samples}
+
+
+async def test_the_used_ratio_gauge_in_process(db: Database) -> None:
+    team = budget(1.0, keys={"key_a": {"limit_usd": 0.5}})
+    alert = alerts()
+    backend = MemoryBackend(db, alert)
+    assert used_ratio(alert.metrics, team) == {}, "no spend seen this period: nothing reported"
+    await seed(db, "t", 0.25)
+    reservation = await reserve(backend, team)
+    assert isinstance(reservation, Reservation)
+    # The rebuild from the ledger reports what it found; a settle the new total.
+    assert used_ratio(alert.metrics, team) == pytest.approx({"team": 0.25, "key:key_a": 0.5})
+    backend.settle(reservation, to_nanos(0.05))
+    assert used_ratio(alert.metrics, team) == pytest.approx({"team": 0.30, "key:key_a": 0.6})
+    # Against the policy's current limit, at scrape time.
+    raised = budget(2.0, keys={"key_a": {"limit_usd": 0.5}})
+    assert used_ratio(alert.metrics, raised)["team"] == pytest.approx(0.15)
+    # A refusal reports the spend that refused it.
+    for _ in range(20):
+        outcome = await reserve(backend, team, amount=to_nanos(0.1))
+        if isinstance(outcome, Refusal):
+            break
+        backend.settle(outcome, to_nanos(0.1))
+    assert used_ratio(alert.metrics, team)["key:key_a"] == pytest.approx(1.0)
+    # Spend seen in an earlier period is not this period's.
+    earlier = team.window(datetime.now(UTC) - timedelta(days=1))
+    alert.metrics.saw_spend("t", team.team_scope, earlier, to_nanos(0.9))
+    assert "team" not in used_ratio(alert.metrics, team)
+
+
+async def test_the_used_ratio_gauge_with_redis_is_the_cluster_total_at_each_replicas_last_settle(
+    redis_url: str, rclient: redis.Redis, db: Database
+) -> None:
+    team = budget(1.0)
+    await seed(db, "t", 0.25)
+    first, second = alerts(), alerts()
+    replicas = [redis_backend(redis_url, db, team, alert=first), redis_backend(redis_url, db, team, alert=second)]
+    for replica in replicas:
+        await replica.start()
+    try:
+        for replica, spend in zip(replicas, (0.05, 0.10), strict=True):
+            reservation = await reserve(replica, team)
+            assert isinstance(reservation, Reservation)
+            replica.settle(reservation, to_nanos(spend))
+            await settled(replica)
+        assert used_ratio(first.metrics, team) == pytest.approx({"team": 0.30})
+        assert used_ratio(second.metrics, team) == pytest.approx({"team": 0.40})  # max across replicas: the latest
+    finally:
+        for replica in replicas:
+            await replica.close()
 
 
 # -- Redis -------------------------------------------------------------------------------

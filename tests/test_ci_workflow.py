@@ -122,10 +122,10 @@ def test_the_workflow_steps_run_against_a_gateway(tmp_path: Path) -> None:
         gw.stop()
 
 
-def test_the_readme_shows_the_workflow_as_it_is() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Remote mode and prompts from CI"):]
+def test_the_docs_show_the_workflow_as_it_is() -> None:
+    docs = (REPO / "docs" / "prompt-authors.md").read_text()
+    section = docs[docs.index("## Remote mode and prompts from CI"):]
     excerpt = section[section.index("```yaml\n") + len("```yaml\n"):]
     excerpt = excerpt[:excerpt.index("```\n")]
     assert "gateway prompts promote" in excerpt
-    assert excerpt in WORKFLOW.read_text(), "the README's excerpt of the workflow drifted from the file"
+    assert excerpt in WORKFLOW.read_text(), "the docs' excerpt of the workflow drifted from the file"

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import FakeHandle, make_gateway
 
+from gateway.testing.langfuse_receiver import LangfuseReceiver
 from support.gateway_proc import ADMIN_KEY, GatewayProcess, default_models
 from support.promql import grouping_labels, legend_labels, metric_names, selector_labels
 
@@ -63,8 +64,13 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHa
     root = tmp_path_factory.mktemp("dashboard-gateway")
     teams = {"teams": {"alpha": {"models": ["*"], "prompts": ["*"], "cache": {"enabled": True},
                                  "budget": {"limit_usd": 1000, "period": "daily", "hard": True}}}}
+    # Tracing to a local Langfuse stand-in, so the tracing series are exported too.
+    receiver = LangfuseReceiver().start()
+    tracing = {"host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
+               "flush_interval_ms": 20, "timeout_s": 0.5, "shutdown_timeout_s": 1.0}
     proc: GatewayProcess = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}",
-                                        models=default_models(fake_upstream.url), teams=teams)
+                                        models=default_models(fake_upstream.url), teams=teams,
+                                        extra={"tracing": tracing})
     prompt = {"name": "ops-check", "type": "chat", "model": "mock", "messages": [{"role": "user", "content": "hi"}]}
     proc.start()
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -92,6 +98,7 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHa
         yield text
     finally:
         proc.stop()
+        receiver.stop()
 
 
 def exported(text: str) -> tuple[set[str], dict[str, set[str]]]:
@@ -156,6 +163,12 @@ def test_every_metric_and_label_is_exported(live_metrics: str, source: str) -> N
 
 def test_the_new_prompt_series_counts_by_version(live_metrics: str) -> None:
     assert 'gateway_prompt_requests_total{label="latest",prompt="ops-check",version="1"} 1.0' in live_metrics
+
+
+def test_the_budget_use_gauge_reports_the_teams_spend(live_metrics: str) -> None:
+    used = re.search(r'^gateway_budget_used_ratio\{scope="team",team="alpha"\} (\S+)$', live_metrics, re.M)
+    assert used, "the team's settled spend is reported"
+    assert 0 < float(used.group(1)) < 0.001, "a few requests' cost against a $1000 limit"
 
 
 def test_the_dashboard_is_well_formed() -> None:

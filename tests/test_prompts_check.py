@@ -69,7 +69,7 @@ def test_with_a_config_the_model_alias_is_checked_against_the_policies(
     code, output = check("prompts", cwd=tmp_path, monkeypatch=monkeypatch)
     assert code == 1
     assert "error: prompts/typo.yaml:2: model: unknown model alias 'mokc'" in output
-    assert f"error: prompts/embed.yaml:2: model: {embedding!r} is a embedding model; prompts need a chat model" \
+    assert f"error: prompts/embed.yaml:2: model: {embedding!r} is an embedding model; prompts need a chat model" \
         in output
     assert "ok: prompts/ok.yaml" in output
     assert not (tmp_path / ".gateway").exists(), "no database was opened"

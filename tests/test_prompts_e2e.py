@@ -1,7 +1,7 @@
 """The prompt repository end to end: real gateway processes, the CLI, the admin API, the `openai` SDK.
 
-* the prompt author's workflow from docs/readme/prompts.md, on the shipped config, prompts and
-  policies, on SQLite and PostgreSQL;
+* the prompt author's workflow (docs/prompt-authors.md) in local mode, the CLI opening the
+  database itself, on the shipped config, prompts and policies, on SQLite and PostgreSQL;
 * the admin API with its role checks, the evaluation gate and a forced promotion;
 * a version edited in the database is refused (500 + metric), never served;
 * bad input (unknown prompt/label/version, missing or mistyped variables, a failing render,
@@ -143,7 +143,7 @@ def shipped(tmp_path: Path, fresh_database_url: str) -> Iterator[ShippedGateway]
     gateway.stop()
 
 
-def test_prompt_author_workflow_from_the_readme(shipped: ShippedGateway) -> None:
+def test_prompt_author_workflow_in_local_mode(shipped: ShippedGateway) -> None:
     gw = shipped
     key = gw.gateway("keys", "create", "--team", "support", "--name", "support-bot").stdout.strip().splitlines()[-1]
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)

@@ -1,9 +1,11 @@
 """The remote CLI: the prompt author's walkthrough through a running gateway's admin API.
 
-The CLI runs as a subprocess in a folder holding only ``prompts/`` (no gateway.yaml), with
-``GATEWAY_URL`` and ``GATEWAY_KEY`` and no database URL in its environment, the way a CI
-runner or a laptop would run it. An ``author`` key pushes, evaluates and moves ``staging``;
-only an ``approver`` key moves ``production``. Output and exit codes match local mode.
+The walkthrough in docs/prompt-authors.md runs as written (``tests/support/walkthrough.py``),
+after the README's quick start started the gateway: the CLI runs in a folder holding only
+``prompts/`` (no gateway.yaml), with ``GATEWAY_URL`` and ``GATEWAY_KEY`` and no database URL
+in its environment, the way a CI runner or a laptop would run it. An ``author`` key pushes,
+evaluates and moves ``staging``; only an ``approver`` key moves ``production``. Output and
+exit codes match local mode.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 from test_prompts_e2e import ShippedGateway, audit_trail
 
-from support.gateway_proc import REPO
+from support.gateway_proc import REPO, free_port
+from support.walkthrough import Terminal, blocks, project, run_block, start_gateway, stop
 
 # Each CLI call is a process start (about a second): the walkthrough makes some forty.
 pytestmark = pytest.mark.slow
@@ -60,71 +63,50 @@ def key(gw: ShippedGateway, *roles: str) -> str:
     return gw.gateway("keys", "create", "--team", "support", *role_args).stdout.strip().splitlines()[-1]
 
 
-def test_the_prompt_walkthrough_runs_remotely_with_author_and_approver_keys(
-    shipped: ShippedGateway, laptop: Path
-) -> None:
-    gw = shipped
-    author = RemoteCli(laptop, gw.url, key(gw, "author"))
-    approver = RemoteCli(laptop, gw.url, key(gw, "approver"))
+@pytest.fixture
+def walkthrough_terminal(tmp_path: Path) -> Iterator[Terminal]:
+    """A reader's shell after the README's quick start: the gateway runs in the project folder."""
+    folder = project(tmp_path)
+    terminal = Terminal(folder, free_port())
+    proc = start_gateway(terminal, blocks(REPO / "README.md", "quickstart")[0], tmp_path / "gateway.log")
+    yield terminal
+    stop(proc)
 
-    # 2. Push the first version (a bare name is found in ./prompts).
-    pushed = author("prompts", "push", "support-answer", "-m", "First version of the support answer",
-                    "--ticket", "SUP-101")
-    assert "Pushed support-answer v1" in pushed.stdout
-    assert "Unchanged: this content is already support-answer v1" in author(
-        "prompts", "push", "prompts/support-answer", "-m", "again").stdout
 
-    # 4. Evaluate it; the author cannot put it in production, the approver can.
-    evaluated = author("prompts", "eval", "support-answer@v1")
-    assert "PASSED: 3/3 cases" in evaluated.stdout and "recorded as evaluation #1" in evaluated.stdout
-    refused = author("prompts", "label", "set", "support-answer", "production", "1", check=False)
-    assert refused.returncode == 1 and refused.stdout == ""
-    assert refused.stderr.startswith("error: ") and "approver or admin role" in refused.stderr
-    assert "support-answer@production: (unset) → v1" in approver(
-        "prompts", "label", "set", "support-answer", "production", "1").stdout
+def test_the_prompt_author_walkthrough_runs_as_written(walkthrough_terminal: Terminal) -> None:
+    """docs/prompt-authors.md, block by block: keys from the operator, then the author's and the
+    approver's commands through the remote CLI, checked against the output the page shows."""
+    terminal = walkthrough_terminal
+    project_folder = terminal.cwd
+    steps = blocks(REPO / "docs" / "prompt-authors.md", "prompt-author")
+    assert len(steps) == 9, "the walkthrough's marked blocks"
+    keys, connect, *author_steps = steps
+    run_block(terminal, keys)
+    run_block(terminal, connect)
+    # From here on the shell is a laptop's: prompt files and a key, no config, no database URL.
+    laptop = terminal.cwd
+    assert laptop != project_folder and not (laptop / "gateway.yaml").exists()
+    assert terminal.variable("DATABASE_URL") is None and terminal.variable("GATEWAY_URL")
+    author_key, approver_key = terminal.variable("AUTHOR_KEY"), terminal.variable("APPROVER_KEY")
+    assert author_key and approver_key and terminal.variable("GATEWAY_KEY") == author_key
+    for block in author_steps:
+        for result in run_block(terminal, block):
+            for key in (author_key, approver_key):
+                assert key not in result.stdout + result.stderr, "the key must never be printed"
 
-    # 5. Change it, push v2, label it staging (an author may move an unprotected label).
-    prompt = laptop / "prompts" / "support-answer" / "prompt.yaml"
-    prompt.write_text(prompt.read_text().replace("Be brief and friendly.", "Be brief, friendly and precise."))
-    assert "Pushed support-answer v2" in author("prompts", "push", "prompts/support-answer", "-m",
-                                                "Ask for precision", "--ticket", "SUP-102").stdout
-    diff = author("prompts", "diff", "support-answer", "v1", "v2").stdout
-    assert diff.startswith("--- support-answer@v1\n+++ support-answer@v2\n")
-    assert "\n+    the question, say that a human agent will follow up. Be brief, friendly and precise.\n" in diff
-    assert "support-answer@staging: (unset) → v2" in author(
-        "prompts", "label", "set", "support-answer", "staging", "v2").stdout
-
-    # 6. Promotion: refused before an evaluation, refused to the author, done by the approver.
-    refused = approver("prompts", "promote", "support-answer", "--from", "staging", "--to", "production",
-                       check=False)
-    assert refused.returncode == 1 and "'support-answer' v2 has no evaluation" in refused.stderr
-    assert "PASSED: 3/3 cases" in author("prompts", "eval", "support-answer@staging").stdout
-    refused = author("prompts", "promote", "support-answer", check=False)
-    assert refused.returncode == 1 and "approver or admin role" in refused.stderr
-    promoted = approver("prompts", "promote", "support-answer", "--from", "staging", "--to", "production")
-    assert "support-answer@production: v1 → v2 (evaluation #2 passed)" in promoted.stdout
-
-    # 7. Roll back: the author may not touch production, the approver may.
-    assert author("prompts", "rollback", "support-answer", "production", check=False).returncode == 1
-    rolled = approver("prompts", "rollback", "support-answer", "production", "--reason", "customers prefer v1")
-    assert "support-answer@production: v2 → v1" in rolled.stdout
-
-    # 8. Reads, through the API; the same output as local mode (JSON byte for byte).
-    history = author("prompts", "history", "support-answer").stdout
-    assert "Ask for precision" in history and "rollback" in history
-    shown = author("prompts", "show", "support-answer@production").stdout
-    assert shown.startswith("support-answer v1  labels: production") and "signature verified" in shown
-    for args in (("list",), ("history", "support-answer"), ("show", "support-answer@staging")):
-        remote = author("prompts", *args, "--format", "json").stdout
-        assert remote == gw.gateway("prompts", *args, "--format", "json").stdout
-    assert author("prompts", "show", "support-answer@v2").stdout == gw.gateway(
-        "prompts", "show", "support-answer@v2").stdout
-
-    # Every step is audited under the acting key, not a CLI user.
-    trail = audit_trail(gw.database_url, "prompt:support-answer")
+    # Every step is audited under the acting key (author or approver), never a CLI user.
+    database_url = f"sqlite:///{project_folder / '.gateway' / 'gateway.db'}"
+    trail = audit_trail(database_url, "prompt:support-answer")
     assert [action for action, *_ in trail] == [
         "prompt.push", "prompt.label", "prompt.push", "prompt.label", "prompt.promote", "prompt.rollback"]
     assert not any(actor.startswith("cli:") for *_, actor in trail)
+    # Reads through the API print what local mode prints, JSON byte for byte.
+    for args in (("list",), ("history", "support-answer"), ("show", "support-answer@staging")):
+        remote = terminal.run(f"gateway prompts {' '.join(args)} --format json")
+        local = subprocess.run([sys.executable, "-m", "gateway", "prompts", *args, "--format", "json"],
+                               cwd=project_folder, env={"PATH": "/usr/bin:/bin", "HOME": str(project_folder)},
+                               capture_output=True, text=True, timeout=60, check=True)
+        assert remote.returncode == 0 and remote.stdout == local.stdout
 
 
 def test_remote_errors_are_the_cli_error_lines(shipped: ShippedGateway, laptop: Path, tmp_path: Path) -> None:
@@ -159,5 +141,6 @@ def test_remote_errors_are_the_cli_error_lines(shipped: ShippedGateway, laptop: 
     dead = author("prompts", "list", check=False, GATEWAY_URL="http://127.0.0.1:9")
     assert dead.returncode == 1 and dead.stderr.startswith("error: Cannot reach the gateway at http://127.0.0.1:9")
     # --url/--key on the command line work like the environment.
-    assert "support-answer" in author("prompts", "list", "--url", shipped.url, "--key", author.key,
-                                      GATEWAY_URL="", GATEWAY_KEY="").stdout
+    author("prompts", "push", "summarise", "-m", "to be listed")
+    assert "summarise" in author("prompts", "list", "--url", shipped.url, "--key", author.key,
+                                 GATEWAY_URL="", GATEWAY_KEY="").stdout

@@ -126,7 +126,7 @@ def test_variables_schema_must_be_a_valid_object_schema() -> None:
 
 def test_model_alias_must_exist_and_chat() -> None:
     assert "unknown model alias 'gpt-9'" in problems_of(GOOD.replace("model: mock", "model: gpt-9"))[0]
-    assert "is a embedding model" in problems_of(GOOD.replace("model: mock", "model: mock-embed"))[0]
+    assert "is an embedding model" in problems_of(GOOD.replace("model: mock", "model: mock-embed"))[0]
 
 
 def test_golden_cases_are_checked_at_push() -> None:

@@ -20,10 +20,9 @@ def bearer_token(header: bytes | None) -> str | None:
     scheme, _, token = header.partition(b" ")
     if scheme.lower() != b"bearer" or not token.strip():
         return None
-    try:
-        return token.strip().decode("ascii")
-    except UnicodeDecodeError:
-        return None
+    # Issued keys are ASCII, so a token with other bytes is a wrong key, not a missing one:
+    # latin-1 decodes any bytes, and the lookup then answers "invalid" like for any other.
+    return token.strip().decode("latin-1")
 
 
 class Authenticate:

@@ -8,6 +8,14 @@ line, increments ``gateway_budget_alerts_total`` and, when the team has a ``webh
 queues one JSON POST that a background task sends with a short timeout, never on the
 request path. A full queue or a failing webhook is logged and dropped: the log line and the
 counter are the record that cannot be lost.
+
+``gateway_budget_used_ratio{team,scope}`` is spent ÷ limit of each scope in its current period.
+The backends report the spend they learn at no extra cost — a settle's reply, a refusal, a
+rebuild from the ledger — with :meth:`BudgetMetrics.saw_spend` (one dict write), and
+:class:`UsedRatioCollector` turns the latest figures into the gauge at scrape time, against
+the policy's current limits. With Redis each figure is the cluster-wide counter as of that
+replica's last settle, so ``max by (team, scope)`` across replicas is the freshest; a replica
+that has seen no spend of a scope in the current period reports nothing for it.
 """
 
 from __future__ import annotations
@@ -15,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 from gateway.budgets.policy import Scope, TeamBudget, Window
 from gateway.pricing import from_nanos
@@ -54,6 +65,42 @@ class BudgetMetrics:
         self.webhook_failures = Counter(
             "gateway_budget_webhook_failures_total", "Alert webhooks that failed or were dropped.", registry=registry,
         )
+        # (team, scope kind, scope name) -> (start of the period, spent nano-USD), the latest seen.
+        self.spend_seen: dict[tuple[str, str, str], tuple[datetime, int]] = {}
+
+    def saw_spend(self, team: str, scope: Scope, window: Window, spent_nanos: int) -> None:
+        """Remember a scope's committed spend (one dict write, called on every settle)."""
+        self.spend_seen[(team, scope.kind, scope.name)] = (window.start, spent_nanos)
+
+
+class UsedRatioCollector:
+    """``gateway_budget_used_ratio``, computed at scrape time from the spend the backends saw."""
+
+    def __init__(self, metrics: BudgetMetrics, budgets: Callable[[], Mapping[str, TeamBudget]]) -> None:
+        self._seen = metrics.spend_seen
+        self._budgets = budgets
+
+    def describe(self) -> list[Any]:
+        return []  # collected on scrape only (no duplicate-name checks at registration)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "gateway_budget_used_ratio",
+            "Spent / limit of each budget scope in its current period (1 = the limit), as of this replica's last "
+            "settle; take the max across replicas.",
+            labels=["team", "scope"],
+        )
+        now = datetime.now(UTC)
+        for team, budget in self._budgets().items():
+            start = budget.window(now).start
+            for scope in budget.all_scopes():
+                seen = self._seen.get((team, scope.kind, scope.name))
+                if seen is None or seen[0] != start:
+                    continue  # no spend seen in this period (a new period, or a restart)
+                spent = seen[1]
+                ratio = spent / scope.limit_nanos if scope.limit_nanos > 0 else float(spent > 0)
+                family.add_metric([team, scope.label], ratio)
+        yield family
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class MemoryBackend:
             spent = period.spent.get(scope.field, 0)
             reserved = period.reserved.get(scope.field, 0)
             if spent + reserved + amount > scope.limit_nanos:
+                self._alerts.metrics.saw_spend(budget.team, scope, window, spent)
                 if refusal_exhausts(spent, scope.limit_nanos) and self._claim(period, scope.field, EXHAUSTED_PCT):
                     self._alerts.fire(budget, scope, EXHAUSTED_PCT, spent, window)
                 return Refusal(scope, spent, reserved, window)
@@ -131,6 +132,7 @@ class MemoryBackend:
             before = period.spent.get(scope.field, 0)
             after = before + cost
             period.spent[scope.field] = after
+            self._alerts.metrics.saw_spend(budget.team, scope, window, after)
             for pct in crossings(scope.limit_nanos, budget.thresholds, before, after):
                 if self._claim(period, scope.field, pct):
                     self._alerts.fire(budget, scope, pct, after, window)
@@ -186,6 +188,9 @@ class MemoryBackend:
                 if field_name in missing:
                     period.spent[field_name] = period.spent.get(field_name, 0) + item.cost
         period.fields |= missing
+        for scope in budget.all_scopes():
+            if scope.field in missing:
+                self._alerts.metrics.saw_spend(budget.team, scope, window, period.spent[scope.field])
         return period
 
     def _prune(self) -> None:

@@ -344,6 +344,7 @@ class RedisBackend:
                 return reservation
             if status == 0:
                 scope = scopes[reply[1] - 1]
+                self._alerts.metrics.saw_spend(team, scope, win, reply[2])
                 if reply[4] == 1:
                     self._alerts.fire(budget, scope, EXHAUSTED_PCT, reply[2], win)
                 return Refusal(scope, reply[2], reply[3], win)
@@ -461,6 +462,7 @@ class RedisBackend:
             spent_after = reply[position : position + len(item.scopes)]
             position += len(item.scopes)
             for scope, after in zip(item.scopes, spent_after, strict=True):
+                self._alerts.metrics.saw_spend(item.budget.team, scope, item.charge, after)
                 for pct in crossings(scope.limit_nanos, item.budget.thresholds, after - item.cost, after):
                     await self._claim_and_fire(item.budget, scope, pct, after, item.charge)
 
@@ -593,6 +595,7 @@ class RedisBackend:
                     for name, after in zip(record["f"], spent_after, strict=False):
                         scope = scopes.get(name)
                         if scope is not None:
+                            self._alerts.metrics.saw_spend(team, scope, win, after)
                             for pct in crossings(scope.limit_nanos, budget.thresholds, after - amount, after):
                                 await self._claim_and_fire(budget, scope, pct, after, win)
             if rows:

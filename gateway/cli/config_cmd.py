@@ -47,7 +47,7 @@ def _reference_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str,
 
 @app.command()
 def reference() -> None:
-    """Print every gateway.yaml setting with its default, as a Markdown table (for the README)."""
+    """Print every gateway.yaml setting with its default, as a Markdown table (for docs/operations.md)."""
     print("| setting | default | meaning |\n| --- | --- | --- |")
     for name, default, description in _reference_rows(Settings):
         print(f"| `{name}` | {default} | {description} |")

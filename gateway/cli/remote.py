@@ -4,7 +4,7 @@ With ``GATEWAY_URL`` and ``GATEWAY_KEY`` set (or ``--url`` and ``--key``), a com
 its request to ``GATEWAY_URL/admin/...`` with the key as a bearer token, so it acts with that
 key's roles (``author``, ``approver``, ``admin``) and the machine running it (a CI runner, a
 laptop) never holds database credentials or the signing key. ``GATEWAY_KEY`` alone, without a
-URL, leaves the CLI in local mode (it is also how the README hands an application its key).
+URL, leaves the CLI in local mode (a shell may hold an application's key in it).
 
 Errors come back in OpenAI's shape (``{"error": {"message": ...}}``) and become the CLI's
 usual ``error: ...`` lines, exit code 1. The key never appears in output or errors: it is

@@ -253,6 +253,35 @@ class RolloutSettings(_Strict):
     )
 
 
+class ScoringSettings(_Strict):
+    """Hallucination scoring of live answers, off the request path (docs/scoring.md).
+
+    Which requests are scored is policy (``policies/scoring.yaml``: a sample rate per prompt and
+    alias); a rollout's canary and stable are always scored while it runs. Scores go to the
+    ``hallucination_scores`` table, to a Prometheus histogram and, when tracing is on, to
+    Langfuse as ``hallucination`` scores on the request's trace.
+    """
+
+    enabled: bool = Field(True, description="Score sampled answers that have a context; false turns it off.")
+    evaluator: str = Field("groundedness", description="The evaluator by name (gateway.scoring.build_evaluator).")
+    model_dir: str = Field("", description="The local NLI model directory, for evaluator: nli.")
+    queue_size: int = Field(
+        1024, ge=1, le=100_000, description="Answers waiting to be scored; beyond it they are dropped and counted."
+    )
+    batch_size: int = Field(32, ge=1, le=1000, description="Answers scored per hand-off to the worker process.")
+    timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Budget of one answer's scoring; past it the answer is dropped and counted."
+    )
+    flush_interval_ms: float = Field(500.0, gt=0, le=60_000, description="Longest a score waits to be written.")
+    langfuse_queue_size: int = Field(
+        4096, ge=1, le=100_000, description="Scores waiting to be sent to Langfuse; beyond it dropped and counted."
+    )
+    langfuse_retries: int = Field(2, ge=0, le=10, description="Retries of a score Langfuse did not take (5xx, 429).")
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, le=300, description="How long a graceful stop tries to score, write and send what is queued."
+    )
+
+
 class Settings(_Strict):
     """Everything ``gateway.yaml`` may say. ``base_dir`` anchors the relative paths in it."""
 
@@ -270,6 +299,7 @@ class Settings(_Strict):
     prompts: PromptSettings = PromptSettings()
     tracing: TracingSettings = TracingSettings()
     rollouts: RolloutSettings = RolloutSettings()
+    scoring: ScoringSettings = ScoringSettings()
 
     def resolve_path(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)

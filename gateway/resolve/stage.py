@@ -27,6 +27,10 @@ class PromptResolver(Protocol):
     async def resolve(self, ctx: RequestContext, reference: str) -> str: ...
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def alias_for(ctx: RequestContext, name: str) -> ModelAlias:
     alias = ctx.catalog.aliases.get(name)
     if alias is None:
@@ -37,7 +41,7 @@ def alias_for(ctx: RequestContext, name: str) -> ModelAlias:
     wanted = "chat" if ctx.endpoint is Endpoint.CHAT else "embedding"
     if alias.kind != wanted:
         raise InvalidRequest(
-            f"The model '{name}' is a {alias.kind} model and cannot serve this endpoint.",
+            f"The model '{name}' is {_article(alias.kind)} {alias.kind} model and cannot serve this endpoint.",
             param="model",
             code="wrong_endpoint",
         )

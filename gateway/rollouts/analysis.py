@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import select
 
-from gateway.config.rollouts import CheckSpec, register_metric
+from gateway.config.rollouts import CheckSpec, register_metric, register_metric_family
 from gateway.rollouts.model import CANARY, STABLE
 from gateway.storage.schema import ledger
 
@@ -96,6 +96,40 @@ METRIC_VALUES: dict[str, Callable[[VariantStats], float]] = {
     "p99_ms": lambda s: s.percentile(99),
     "cost_per_request": lambda s: s.cost_usd / s.requests if s.requests else 0.0,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class MetricReader:
+    """How one check reads its metric: the value, and (for sampled signals such as scores or
+    feedback) how many samples it rests on; None: the rollout's ``min_requests`` is enough."""
+
+    value: Callable[[VariantStats], float]
+    samples: Callable[[VariantStats], int] | None = None
+
+
+#: Metrics whose reader depends on the check (a threshold) or on a name (``feedback.NAME``), by
+#: name or family prefix; registered by the module that measures them.
+METRIC_READERS: dict[str, Callable[[CheckSpec], MetricReader]] = {}
+
+
+def register_reader(name: str, description: str, reader: Callable[[CheckSpec], MetricReader], *,
+                    family: bool = False) -> None:
+    """Add a metric (or, with ``family``, every ``NAME.SUFFIX``) whose reader is built per check."""
+    if family:
+        register_metric_family(name, description)
+    else:
+        register_metric(name, description)
+    METRIC_READERS[name] = reader
+
+
+def reader_of(check: CheckSpec) -> MetricReader:
+    value = METRIC_VALUES.get(check.metric)
+    if value is not None:
+        return MetricReader(value)
+    found = METRIC_READERS.get(check.metric) or METRIC_READERS.get(check.metric.partition(".")[0])
+    if found is None:
+        raise KeyError(f"no reader for the metric {check.metric!r}")
+    return found(check)
 
 
 def register(name: str, description: str, value: Callable[[VariantStats], float]) -> None:
@@ -183,16 +217,27 @@ def evaluate(rollout: Rollout, weight: float, stats: dict[str, VariantStats]) ->
         return Analysis("inconclusive", stats=summary,
                         why=f"fewer than min_requests={spec.min_requests} for {', '.join(short)}")
     results = []
+    few: list[str] = []
     for check in spec.checks:
-        value = METRIC_VALUES[check.metric]
+        reader = reader_of(check)
+        if reader.samples is not None and any(
+            reader.samples(found) < check.min_samples for found in ((canary, stable) if compare else (canary,))
+        ):
+            few.append(check.metric)  # too few scores or feedback values to judge this one
+            continue
+        value = reader.value
         stable_value = value(stable) if compare else None
         bound = _bound(check, stable_value)
         canary_value = value(canary)
         results.append(CheckResult(check.metric, canary_value, stable_value, bound,
                                    bound is None or canary_value <= bound))
     failed = [r.metric for r in results if not r.ok]
-    return Analysis("fail" if failed else "pass", tuple(results), summary,
-                    why=f"failed: {', '.join(failed)}" if failed else "all checks passed")
+    if failed:
+        return Analysis("fail", tuple(results), summary, why=f"failed: {', '.join(failed)}")
+    if few:
+        return Analysis("inconclusive", tuple(results), summary,
+                        why=f"fewer than min_samples for {', '.join(few)}")
+    return Analysis("pass", tuple(results), summary, why="all checks passed")
 
 
 Action = Literal["record", "advance", "promote", "abort"]
@@ -225,7 +270,26 @@ class Alerts(Protocol):
 
     def decided(self, rollout: Rollout, action: str, verdict: str) -> None: ...
 
-    def leading(self, held: bool) -> None: ...
+
+@dataclass(frozen=True, slots=True)
+class AlertsChain:
+    """Several ``Alerts`` told in order; one that fails does not keep the others from hearing."""
+
+    members: tuple[Alerts, ...]
+
+    def rolled_back(self, rollout: Rollout, analysis: Analysis) -> None:
+        for member in self.members:
+            try:
+                member.rolled_back(rollout, analysis)
+            except Exception:
+                log.exception("a rollback alert failed", extra={"rollout": rollout.id})
+
+    def decided(self, rollout: Rollout, action: str, verdict: str) -> None:
+        for member in self.members:
+            try:
+                member.decided(rollout, action, verdict)
+            except Exception:
+                log.exception("a decision alert failed", extra={"rollout": rollout.id})
 
 
 class RolloutAnalyzer:
@@ -234,7 +298,8 @@ class RolloutAnalyzer:
     def __init__(self, control: RolloutControl, catalog: Callable[[], Catalog], metrics: MetricSource, *,
                  alerts: Alerts | None = None, tick_s: float = 0.5, clock: Callable[[], datetime] | None = None,
                  lease: Lease | None = None, lease_s: float = 10.0,
-                 on_lead: Callable[[str, int], Awaitable[None]] | None = None) -> None:
+                 on_lead: Callable[[str, int], Awaitable[None]] | None = None,
+                 leading: Callable[[bool], None] | None = None) -> None:
         self._control = control
         self._catalog = catalog
         self._metrics = metrics
@@ -244,7 +309,8 @@ class RolloutAnalyzer:
         self._task: asyncio.Task[None] | None = None
         self._lease = lease
         self._lease_s = lease_s
-        self._on_lead = on_lead
+        self._on_lead = on_lead  # a new generation taken by this replica (audited)
+        self._leading = leading  # whether this replica leads, on every change (a gauge)
         self.generation = 0 if lease is not None else 1  # without a lease (tests, tools): always leading
         self._held_until = 0.0  # monotonic: past it, this replica no longer trusts its lease
         self._asked_at = -math.inf
@@ -290,8 +356,8 @@ class RolloutAnalyzer:
                 elif self.generation:
                     log.warning("rollout controller lease lost", extra={"holder": lease.holder})
                 self.generation = generation
-                if self._alerts is not None:
-                    self._alerts.leading(bool(generation))
+                if self._leading is not None:
+                    self._leading(bool(generation))
         # A stalled holder whose lease may have expired meanwhile does not act on it.
         return bool(self.generation) and loop.time() < self._held_until
 

@@ -26,7 +26,7 @@ from gateway.features import CatalogSource, Closer, Feature
 from gateway.prompts.store import PromptStore
 from gateway.redis.wire import RedisWire
 from gateway.rollouts.alerts import RolloutAlerts, RolloutCollector
-from gateway.rollouts.analysis import LedgerMetrics, RolloutAnalyzer
+from gateway.rollouts.analysis import Alerts, AlertsChain, LedgerMetrics, MetricSource, RolloutAnalyzer
 from gateway.rollouts.book import RolloutBook
 from gateway.rollouts.control import RolloutControl, ServiceSource
 from gateway.rollouts.counters import VariantCounters
@@ -102,13 +102,17 @@ def build_lease(db: Database, *, redis_url: str = "", lease_s: float = 10.0) -> 
 async def build_rollouts_feature(
     db: Database, *, audit: AuditLog, catalog: CatalogSource, prompts: ServiceSource | None = None,
     registry: CollectorRegistry | None = None, interval_s: float = 0.5, analysis: bool = True,
-    lease: Lease | None = None, lease_s: float = 10.0,
+    lease: Lease | None = None, lease_s: float = 10.0, metrics: MetricSource | None = None,
+    annotator: Alerts | None = None,
 ) -> RolloutsFeature:
     """Load the stored states now (the first request already routes by them) and watch them,
     and run the analysis loop (every replica does; the holder of ``lease`` alone decides, see
     ``gateway.rollouts.analysis``; default: a database lease).
 
     ``prompts`` opens the prompt service (to move a label when a prompt rollout is promoted).
+    ``metrics`` is where the analysis reads each variant's numbers (default: the ledger alone;
+    live scoring passes one that adds scores and feedback), and ``annotator`` is told of each
+    decision after the alerts (live scoring marks a rolled-back canary's traces).
     """
     book = RolloutBook()
     store = RolloutStateStore(db)
@@ -119,8 +123,9 @@ async def build_rollouts_feature(
     async def refreshed() -> None:
         await watcher.check()  # this replica at once; the others at their next poll
 
+    source = metrics or LedgerMetrics(db)  # the analysis' numbers, and status' live ones
     control = RolloutControl(store, audit, catalog, prompts=prompts, eval_passed=eval_gate(PromptStore(db)),
-                             on_change=refreshed, metrics=LedgerMetrics(db),
+                             on_change=refreshed, metrics=source,
                              promote_alias=AliasPromoter(PolicyStore(db)))
     closers: list[Closer] = [watcher.stop]
     if registry is not None:
@@ -137,9 +142,10 @@ async def build_rollouts_feature(
                                "rollouts:controller", before=None,
                                after={"holder": holder, "generation": generation})
 
-        analyzer = RolloutAnalyzer(control, catalog, LedgerMetrics(db), alerts=alerts, tick_s=interval_s,
+        told: Alerts = alerts if annotator is None else AlertsChain((alerts, annotator))
+        analyzer = RolloutAnalyzer(control, catalog, source, alerts=told, tick_s=interval_s,
                                    lease=lease or build_lease(db, lease_s=lease_s), lease_s=lease_s,
-                                   on_lead=took_lease)
+                                   on_lead=took_lease, leading=alerts.leading)
         analyzer.start()
         closers += [alerts.close, analyzer.stop]  # run in reverse: the loop stops, then the webhooks drain
     return RolloutsFeature(closers=closers, book=book, store=store, watcher=watcher, control=control,

@@ -59,7 +59,8 @@ def add_column(table: Table, name: str) -> Callable[[Connection], None]:
 
 
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
-# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69.
+# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69,
+# data classes and fallbacks 80-89, live scoring and feedback 90-99.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
     Migration(2, "applied policy snapshots", create_tables(schema.policy_snapshots)),
@@ -76,6 +77,11 @@ MIGRATIONS: list[Migration] = [
     Migration(51, "rollout controller lease", create_tables(schema.rollout_lease)),
     Migration(52, "rollout state fencing token", add_column(schema.rollout_state, "fence")),
     Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
+    Migration(80, "data class on ledger rows", add_column(schema.ledger, "data_class")),
+    Migration(81, "served alias on ledger rows", add_column(schema.ledger, "served_alias")),
+    Migration(82, "downgraded alias on ledger rows", add_column(schema.ledger, "downgraded_from")),
+    Migration(90, "hallucination scores of live answers", create_tables(schema.hallucination_scores)),
+    Migration(91, "user feedback", create_tables(schema.feedback)),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"

@@ -10,7 +10,8 @@ gateway (and the official SDK) call, and keeps everything they sent:
 - prompt management: ``POST /api/public/v2/prompts`` (a new version, numbered per name as
   Langfuse does), ``GET /api/public/v2/prompts/{name}``, and
   ``PATCH /api/public/v2/prompts/{name}/versions/{version}`` (labels);
-- ``POST /api/public/scores``.
+- ``POST /api/public/scores`` (basic auth, like the traces; ``traceId``, ``name`` and ``value``
+  required), kept as posted (``scores(name)``).
 
 Failure modes, switched at run time with :meth:`LangfuseReceiver.set_mode`: ``normal``,
 ``error`` (every call answers 500), ``hang`` (connections are accepted, requests never
@@ -242,9 +243,10 @@ class LangfuseReceiver:
         with self._lock:
             return [dict(version) for version in self._store.prompts.get(name, [])]
 
-    def scores(self) -> list[Any]:
+    def scores(self, name: str | None = None) -> list[Any]:
+        """Scores posted to ``/api/public/scores`` (as Langfuse takes them), optionally by name."""
         with self._lock:
-            return list(self._store.scores)
+            return [score for score in self._store.scores if name is None or score.get("name") == name]
 
     def clear(self) -> None:
         with self._lock:
@@ -366,7 +368,11 @@ class LangfuseReceiver:
         gated = await self._gate(request)
         if gated is not None:
             return gated
+        if not self._authorized(request):
+            return web.json_response({"message": "bad credentials"}, status=401)
         body = await self._json_call(request)
+        if not isinstance(body, dict) or not body.get("traceId") or not body.get("name") or "value" not in body:
+            return web.json_response({"message": "traceId, name and value are required"}, status=400)
         with self._lock:
             self._store.scores.append(body)
             number = len(self._store.scores)

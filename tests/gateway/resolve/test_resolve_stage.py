@@ -174,7 +174,7 @@ async def test_an_embedding_alias_on_the_chat_endpoint_is_a_400_wrong_endpoint()
     assert type(error) is InvalidRequest
     assert error.status == 400
     assert wire == {
-        "message": "The model 'embed' is a embedding model and cannot serve this endpoint.",
+        "message": "The model 'embed' is an embedding model and cannot serve this endpoint.",
         "type": "invalid_request_error",
         "param": "model",
         "code": "wrong_endpoint",
@@ -255,7 +255,7 @@ async def test_a_prompt_naming_an_embedding_alias_is_a_wrong_endpoint() -> None:
     prompts = StubPrompts({"greet": "embed"})
     error, wire = await refused(Resolve(prompts), context("prompt:greet"))
     assert (error.status, wire["code"]) == (400, "wrong_endpoint")
-    assert wire["message"] == "The model 'embed' is a embedding model and cannot serve this endpoint."
+    assert wire["message"] == "The model 'embed' is an embedding model and cannot serve this endpoint."
 
 
 async def test_a_prompt_naming_a_missing_alias_is_a_404_naming_that_alias() -> None:
