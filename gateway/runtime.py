@@ -39,7 +39,7 @@ from gateway.redis.conn import connect_redis
 from gateway.resolve import Resolve
 from gateway.rollouts import RolloutBook
 from gateway.rollouts.control import RolloutControl, using
-from gateway.rollouts.feature import build_rollouts_feature
+from gateway.rollouts.feature import build_lease, build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
 from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, Weighted
 from gateway.scoring.feature import build_scoring
@@ -267,11 +267,16 @@ async def create_runtime(settings: Settings) -> Runtime:
     runtime.feedback = scoring.feedback
     if scoring.scorer is not None:
         record.add_sink(scoring.scorer)
-    rollouts = await build_rollouts_feature(db, audit=runtime.audit, catalog=current, prompts=prompt_service,
-                                            registry=metrics.registry, metrics=scoring.quality,
-                                            annotator=scoring.annotator)
+    rollout_settings = settings.rollouts
+    rollouts = await build_rollouts_feature(
+        db, audit=runtime.audit, catalog=current, prompts=prompt_service, registry=metrics.registry,
+        metrics=scoring.quality, annotator=scoring.annotator,
+        interval_s=rollout_settings.poll_interval_s, lease_s=rollout_settings.lease_s,
+        lease=build_lease(db, redis_url=settings.redis.url, lease_s=rollout_settings.lease_s),
+    )
     runtime.install(rollouts)
-    assert rollouts.book is not None and rollouts.control is not None
+    assert rollouts.book is not None and rollouts.control is not None and rollouts.counters is not None
+    record.add_sink(rollouts.counters)
     runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control
     runtime.routing = RolloutStrategy(rollouts.book)
     prompts = await build_prompts(

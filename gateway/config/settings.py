@@ -237,6 +237,22 @@ class TracingSettings(_Strict):
         return bool(self.host and self.public_key and self.secret_key.get_secret_value())
 
 
+class RolloutSettings(_Strict):
+    """How the rollout controller runs. What is rolled out, and how, is policy (rollouts.yaml)."""
+
+    lease_s: float = Field(
+        10.0, gt=0, le=600,
+        description="The controller lease: one replica at a time runs the analysis and renews it every third "
+        "of this; when it dies another takes over within two lease periods. In Redis when redis.url is set, "
+        "else in the database.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, le=60,
+        description="How often each replica reads the rollouts' stored state (a pause or rollback applies "
+        "everywhere within it), and how often the controller looks for a due check.",
+    )
+
+
 class ScoringSettings(_Strict):
     """Hallucination scoring of live answers, off the request path (docs/scoring.md).
 
@@ -282,6 +298,7 @@ class Settings(_Strict):
     prompts_dir: Path = Field(Path("prompts"), description="The prompt source repository.")
     prompts: PromptSettings = PromptSettings()
     tracing: TracingSettings = TracingSettings()
+    rollouts: RolloutSettings = RolloutSettings()
     scoring: ScoringSettings = ScoringSettings()
 
     def resolve_path(self, path: Path) -> Path:

@@ -74,6 +74,8 @@ MIGRATIONS: list[Migration] = [
     Migration(29, "finance page sessions", create_tables(schema.report_sessions)),
     Migration(30, "audit log", create_tables(schema.audit_log)),
     Migration(50, "rollouts", _rollouts),
+    Migration(51, "rollout controller lease", create_tables(schema.rollout_lease)),
+    Migration(52, "rollout state fencing token", add_column(schema.rollout_state, "fence")),
     Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
     Migration(80, "data class on ledger rows", add_column(schema.ledger, "data_class")),
     Migration(81, "served alias on ledger rows", add_column(schema.ledger, "served_alias")),

@@ -225,6 +225,22 @@ rollout_state = Table(
     Column("actor", String(64), nullable=False),
     Column("revision", Integer, nullable=False, default=1),
     Column("history", Text, nullable=False, default="[]"),  # JSON list of check verdicts (newest last)
+    # The controller lease generation of the analysis that last wrote the row (0: an operator).
+    # A write by an older generation is refused: a controller that lost its lease while it was
+    # deciding cannot move a rollout after its successor did (fencing).
+    Column("fence", BigInteger, nullable=True, default=0),  # NULL (rows before migration 52): 0
+)
+
+# The rollout controller lease when there is no Redis (gateway.rollouts.lease): one row per
+# lease name; whoever holds an unexpired row runs the analysis. ``generation`` grows by one
+# with every new holder and is the fencing token of its writes.
+rollout_lease = Table(
+    "rollout_lease",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 # Hallucination scores of live answers (gateway.scoring.live), one row per scored request,
