@@ -179,7 +179,7 @@ def in_process(requests: int) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry, Counter
 
     from gateway.config.settings import TracingSettings
-    from gateway.tracing.exporter import TraceExporter
+    from gateway.tracing.exporter import exporter_for
 
     contexts = [_finished_request(n) for n in range(requests)]
     with LangfuseReceiver() as receiver:
@@ -190,9 +190,9 @@ def in_process(requests: int) -> dict[str, Any]:
 
         async def ours() -> float:
             registry = CollectorRegistry()
-            exporter = TraceExporter(
-                settings, dropped=Counter("d", "d", ("reason",), registry=registry),
-                exported=Counter("e", "e", registry=registry),
+            exporter = exporter_for(
+                settings, dropped=Counter("d", "d", ("reason", "destination"), registry=registry),
+                exported=Counter("e", "e", ("destination",), registry=registry),
             )
             started = time.thread_time()
             for ctx in contexts:

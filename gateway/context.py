@@ -133,6 +133,8 @@ class RequestContext:
     # The request's trace (32 hex digits), set when it starts if tracing is on; a fork keeps
     # its parent's, so a shadow copy is an observation in its primary's trace.
     trace_id: str | None = None
+    traceparent: str | None = None  # the caller's W3C traceparent header, as sent (tracing reads it)
+    parent_span_id: str | None = None  # the caller's span (16 hex digits), when its traceparent was valid
     alias: ModelAlias | None = None
     prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
     prompt_version: int | None = None

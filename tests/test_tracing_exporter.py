@@ -11,7 +11,7 @@ from gateway.config.settings import Settings, TracingSettings
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import InvalidRequest
 from gateway.tracing import build_tracing
-from gateway.tracing.exporter import TRACE_HEADER, TraceExporter
+from gateway.tracing.exporter import TRACE_HEADER, TraceExporter, exporter_for
 from support.servers import free_port
 
 CATALOG = stage_catalog("t", {})
@@ -22,9 +22,9 @@ def _exporter(**settings: object) -> tuple[TraceExporter, CollectorRegistry]:
     config = TracingSettings.model_validate(
         {"host": f"http://127.0.0.1:{free_port()}", "public_key": "pk-lf-1", "secret_key": "sk-lf-1", **settings}
     )
-    exporter = TraceExporter(
-        config, dropped=Counter("dropped", "d", ("reason",), registry=registry),
-        exported=Counter("exported", "e", registry=registry),
+    exporter = exporter_for(
+        config, dropped=Counter("dropped", "d", ("reason", "destination"), registry=registry),
+        exported=Counter("exported", "e", ("destination",), registry=registry),
     )
     return exporter, registry
 
@@ -35,7 +35,7 @@ def _ctx(n: int = 0) -> RequestContext:
 
 
 def _dropped(registry: CollectorRegistry, reason: str) -> float:
-    return registry.get_sample_value("dropped_total", {"reason": reason}) or 0.0
+    return registry.get_sample_value("dropped_total", {"reason": reason, "destination": "langfuse"}) or 0.0
 
 
 def test_off_without_host_and_keys() -> None:

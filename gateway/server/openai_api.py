@@ -112,6 +112,8 @@ class OpenAIApi:
             ctx.cache_control = headers.cache_control.decode("latin-1")
         if headers.session_id is not None:
             ctx.session_id = headers.session_id[:200].decode("latin-1")
+        if headers.traceparent is not None:
+            ctx.traceparent = headers.traceparent[:64].decode("latin-1")
         await self._serve(ctx, receive, send)
 
     async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
@@ -223,7 +225,7 @@ class _Headers:
     instead of once per wanted header matters on a path that must cost microseconds.
     """
 
-    __slots__ = ("authorization", "cache_control", "content_length", "request_id", "session_id")
+    __slots__ = ("authorization", "cache_control", "content_length", "request_id", "session_id", "traceparent")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
@@ -231,6 +233,7 @@ class _Headers:
         self.content_length: bytes | None = None
         self.request_id: bytes | None = None
         self.session_id: bytes | None = None
+        self.traceparent: bytes | None = None
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
@@ -242,6 +245,8 @@ class _Headers:
                 self.cache_control = value
             elif name == b"x-session-id":
                 self.session_id = value
+            elif name == b"traceparent":
+                self.traceparent = value
 
 
 def _request_id(given: bytes | None) -> bytes:

@@ -74,6 +74,8 @@ MIGRATIONS: list[Migration] = [
     Migration(30, "audit log", create_tables(schema.audit_log)),
     Migration(50, "rollouts", _rollouts),
     Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
+    Migration(61, "prompt versions mirrored into Langfuse",
+              create_tables(schema.langfuse_prompt_versions, schema.langfuse_prompt_labels)),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"
