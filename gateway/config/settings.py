@@ -250,7 +250,7 @@ class TracingSettings(_Strict):
     )
     mirror_interval_s: float = Field(
         5.0, gt=0, le=3600, description="How often prompt mirroring looks for versions and label moves to send "
-        "(a push on this replica wakes it at once); also its retry delay after a failure.",
+        "; also its retry delay after a failure.",
     )
     queue_size: int = Field(
         2048, ge=1, description="Finished requests that may wait for export; beyond it they are dropped and counted."
