@@ -34,9 +34,16 @@ TEAMS: dict[str, Any] = {
 
 def _models(upstream: str) -> dict[str, Any]:
     models = default_models(upstream)
-    models["aliases"]["slow-mock"] = {"deployments": [{
-        "provider": "mock", "model": "mock-slow", "free": True, "mock": {"latency_ms": 40, "stream_chunks": 200},
-    }]}
+    models["aliases"]["slow-mock"] = {
+        "deployments": [
+            {
+                "provider": "mock",
+                "model": "mock-slow",
+                "free": True,
+                "mock": {"latency_ms": 40, "stream_chunks": 200},
+            }
+        ]
+    }
     return models
 
 
@@ -55,19 +62,32 @@ def collector() -> Iterator[LangfuseReceiver]:
 
 @pytest.fixture(scope="module")
 def gateway(
-    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle, langfuse: LangfuseReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_upstream: FakeHandle,
+    langfuse: LangfuseReceiver,
     collector: LangfuseReceiver,
 ) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("traced-policies")
     token = base64.b64encode(f"{collector.public_key}:{collector.secret_key}".encode()).decode()
     tracing = {
-        "host": langfuse.url, "public_key": langfuse.public_key, "secret_key": "${TEST_LANGFUSE_SECRET}",
-        "environment": "test", "flush_interval_ms": 20, "timeout_s": 0.5, "shutdown_timeout_s": 1.0,
+        "host": langfuse.url,
+        "public_key": langfuse.public_key,
+        "secret_key": "${TEST_LANGFUSE_SECRET}",
+        "environment": "test",
+        "flush_interval_ms": 20,
+        "timeout_s": 0.5,
+        "shutdown_timeout_s": 1.0,
         "otlp_endpoint": collector.url + TRACES_PATH,
         "otlp_headers": {"Authorization": "Basic ${TEST_COLLECTOR_TOKEN}"},
     }
-    proc = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}", teams=TEAMS,
-                        models=_models(fake_upstream.url), extra={"tracing": tracing})
+    proc = make_gateway(
+        root,
+        fake_upstream.url,
+        f"sqlite:///{root / 'gateway.db'}",
+        teams=TEAMS,
+        models=_models(fake_upstream.url),
+        extra={"tracing": tracing},
+    )
     proc.env["TEST_LANGFUSE_SECRET"] = langfuse.secret_key
     proc.env["TEST_COLLECTOR_TOKEN"] = token
     proc.start()
@@ -96,25 +116,33 @@ def _span(receiver: LangfuseReceiver, trace_id: str, timeout: float = 5.0) -> Re
 
 
 def _post(proc: GatewayProcess, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
-    return httpx.post(f"{proc.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {key}", **headers}, timeout=20)
+    return httpx.post(
+        f"{proc.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **headers}, timeout=20
+    )
 
 
 def test_a_masking_teams_personal_data_and_every_key_are_absent_from_every_byte_sent(
     gateway: GatewayProcess, keys: dict[str, str], langfuse: LangfuseReceiver, collector: LangfuseReceiver
 ) -> None:
     key = keys["masked"]
-    said = (f"I am {EMAIL}, call me on {PHONE}. Card {CARD}, IBAN {IBAN}. "
-            f"My gateway key is {key} and the provider's is {PROVIDER_KEY}.")
+    said = (
+        f"I am {EMAIL}, call me on {PHONE}. Card {CARD}, IBAN {IBAN}. "
+        f"My gateway key is {key} and the provider's is {PROVIDER_KEY}."
+    )
     messages = [{"role": "system", "content": f"Reply to {EMAIL}."}, {"role": "user", "content": said}]
     client = _client(gateway, key)
     traces = []
     plain = client.chat.completions.with_raw_response.create(
-        model="fake-chat", messages=messages, user=EMAIL, extra_headers={"x-session-id": PHONE},  # type: ignore[arg-type]
+        model="fake-chat",
+        messages=messages,
+        user=EMAIL,
+        extra_headers={"x-session-id": PHONE},  # type: ignore[arg-type]
     )
     traces.append(plain.headers["x-gateway-trace-id"])
     with client.chat.completions.with_streaming_response.create(
-        model="mock", messages=messages, stream=True,  # type: ignore[arg-type]
+        model="mock",
+        messages=messages,
+        stream=True,  # type: ignore[arg-type]
     ) as streamed:
         assert "".join(c.choices[0].delta.content or "" for c in streamed.parse() if c.choices)
         traces.append(streamed.headers["x-gateway-trace-id"])
@@ -181,8 +209,13 @@ def test_a_cancelled_stream_is_traced(
     gateway: GatewayProcess, keys: dict[str, str], langfuse: LangfuseReceiver
 ) -> None:
     body = {"model": "slow-mock", "stream": True, "messages": [{"role": "user", "content": "a long answer"}]}
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=20,
-                      headers={"Authorization": f"Bearer {keys['plain']}"}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        timeout=20,
+        headers={"Authorization": f"Bearer {keys['plain']}"},
+    ) as response:
         trace_id = response.headers["x-gateway-trace-id"]
         next(response.iter_bytes())  # the first event, then the caller leaves
     span = _span(langfuse, trace_id)
@@ -196,13 +229,17 @@ def test_a_callers_traceparent_is_joined(
     gateway: GatewayProcess, keys: dict[str, str], langfuse: LangfuseReceiver
 ) -> None:
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    joined = _post(gateway, keys["plain"], {"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
-                   traceparent=parent)
+    joined = _post(
+        gateway, keys["plain"], {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}, traceparent=parent
+    )
     assert joined.headers["x-gateway-trace-id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     span = _span(langfuse, "4bf92f3577b34da6a3ce929d0e0e4736")
     assert span.parent_span_id == "00f067aa0ba902b7" and span.span_id != "00f067aa0ba902b7"
-    bad = _post(gateway, keys["plain"], {"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
-                traceparent="00-00000000000000000000000000000000-00f067aa0ba902b7-01")
+    bad = _post(
+        gateway,
+        keys["plain"],
+        {"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
+        traceparent="00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    )
     fresh = _span(langfuse, bad.headers["x-gateway-trace-id"])
     assert fresh.trace_id != "0" * 32 and fresh.parent_span_id == ""
-

@@ -80,8 +80,9 @@ def test_the_four_policies() -> None:
     assert full is not None and "ana@example.com" in full and "sk-abcdefghijklmnop" not in full  # keys never
     assert REDACTOR.content(text, "mask") == "I am [email], card [card], key [redacted]."
     hashed = REDACTOR.content(text, "hash")
-    assert hashed is not None and re.fullmatch(r"I am \[email#[a-p]{16}\], card \[card#[a-p]{16}\], key \[redacted\]\.",
-                                               hashed)
+    assert hashed is not None and re.fullmatch(
+        r"I am \[email#[a-p]{16}\], card \[card#[a-p]{16}\], key \[redacted\]\.", hashed
+    )
     assert REDACTOR.content("ana@example.com", "hash") == REDACTOR.content("again ana@example.com", "hash")[6:]  # type: ignore[index]
     other_key = Redactor(list(MASKERS.values()), hash_key=b"x" * 32)
     assert other_key.content("ana@example.com", "hash") != REDACTOR.content("ana@example.com", "hash")
@@ -116,8 +117,7 @@ def test_extra_maskers_load_by_import_path() -> None:
 
 def _ctx(team: str | None, alias: str) -> RequestContext:
     catalog = stage_catalog("t", {})
-    ctx = RequestContext(request_id="r", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None,
-                         catalog=catalog)
+    ctx = RequestContext(request_id="r", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None, catalog=catalog)
     if team is not None:
         ctx.principal = Principal(key_id="k", team=team, roles=frozenset({"app"}))
     ctx.requested_model = alias
@@ -126,8 +126,15 @@ def _ctx(team: str | None, alias: str) -> RequestContext:
 
 def test_policies_per_team_and_alias() -> None:
     ctx = _ctx("t", "bench")
-    spec = TeamSpec.model_validate({"tracing": {"sample_rate": 0.5, "content": "mask",
-                                                "aliases": {"gpt-*": {"sample_rate": 0.0, "content": "none"}}}})
+    spec = TeamSpec.model_validate(
+        {
+            "tracing": {
+                "sample_rate": 0.5,
+                "content": "mask",
+                "aliases": {"gpt-*": {"sample_rate": 0.0, "content": "none"}},
+            }
+        }
+    )
     ctx.catalog.teams["t"] = Team("t", spec)
     policies = TracePolicies(TracePolicy(1.0, "full"))
     assert policies.of(ctx) == TracePolicy(0.5, "mask")
@@ -141,12 +148,18 @@ def test_policies_per_team_and_alias() -> None:
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-         ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
-        ("00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-00",
-         ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
-        ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
-         ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ),
+        (
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-00",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ),
+        (
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ),
         ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
         ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),
         ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),

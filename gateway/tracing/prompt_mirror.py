@@ -152,9 +152,11 @@ class PromptMirror:
         return await self._mirror_labels() and done
 
     async def _load_versions(self) -> None:
-        query = select(langfuse_prompt_versions.c.name, langfuse_prompt_versions.c.version,
-                       langfuse_prompt_versions.c.langfuse_version).where(
-            langfuse_prompt_versions.c.langfuse_version.is_not(None))
+        query = select(
+            langfuse_prompt_versions.c.name,
+            langfuse_prompt_versions.c.version,
+            langfuse_prompt_versions.c.langfuse_version,
+        ).where(langfuse_prompt_versions.c.langfuse_version.is_not(None))
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         self._versions = {(name, version): int(mirrored) for name, version, mirrored in rows}
@@ -162,17 +164,28 @@ class PromptMirror:
     async def _pending(self) -> list[Pending]:
         mirror = langfuse_prompt_versions
         query = (
-            select(prompt_versions.c.name, prompt_versions.c.version, prompt_versions.c.sha256,
-                   prompt_versions.c.content, prompt_versions.c.message, mirror.c.claimed_at)
-            .select_from(prompt_versions.outerjoin(mirror, and_(
-                mirror.c.name == prompt_versions.c.name, mirror.c.version == prompt_versions.c.version)))
+            select(
+                prompt_versions.c.name,
+                prompt_versions.c.version,
+                prompt_versions.c.sha256,
+                prompt_versions.c.content,
+                prompt_versions.c.message,
+                mirror.c.claimed_at,
+            )
+            .select_from(
+                prompt_versions.outerjoin(
+                    mirror, and_(mirror.c.name == prompt_versions.c.name, mirror.c.version == prompt_versions.c.version)
+                )
+            )
             .where(mirror.c.langfuse_version.is_(None))
             .order_by(prompt_versions.c.name, prompt_versions.c.version)
         )
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [Pending(name, version, sha, content, message, claimed_at is not None)
-                for name, version, sha, content, message, claimed_at in rows]
+        return [
+            Pending(name, version, sha, content, message, claimed_at is not None)
+            for name, version, sha, content, message, claimed_at in rows
+        ]
 
     async def _claim(self, item: Pending) -> bool:
         """Take the version for this replica (or keep it, when the claim is ours or stale)."""
@@ -181,16 +194,18 @@ class PromptMirror:
         async with self.db.engine.begin() as conn:
             if not item.claimed:
                 try:
-                    await conn.execute(insert(table).values(
-                        name=item.name, version=item.version, claimed_by=self._replica, claimed_at=now, attempts=0))
+                    await conn.execute(
+                        insert(table).values(
+                            name=item.name, version=item.version, claimed_by=self._replica, claimed_at=now, attempts=0
+                        )
+                    )
                     return True
                 except IntegrityError:
                     return False
             stale = now - timedelta(seconds=STALE_CLAIM_S)
             result = await conn.execute(
                 update(table)
-                .where(table.c.name == item.name, table.c.version == item.version,
-                       table.c.langfuse_version.is_(None))
+                .where(table.c.name == item.name, table.c.version == item.version, table.c.langfuse_version.is_(None))
                 .where((table.c.claimed_by == self._replica) | (table.c.claimed_at < stale))
                 .values(claimed_by=self._replica, claimed_at=now)
             )
@@ -212,21 +227,33 @@ class PromptMirror:
         async with self.db.engine.begin() as conn:
             where = (table.c.name == item.name) & (table.c.version == item.version)
             if langfuse_version is None:
-                await conn.execute(update(table).where(where).values(
-                    attempts=table.c.attempts + 1, last_error=error))
+                await conn.execute(update(table).where(where).values(attempts=table.c.attempts + 1, last_error=error))
             else:
-                await conn.execute(update(table).where(where).values(
-                    langfuse_version=langfuse_version, mirrored_at=datetime.now(UTC), last_error=None,
-                    attempts=table.c.attempts + 1))
+                await conn.execute(
+                    update(table)
+                    .where(where)
+                    .values(
+                        langfuse_version=langfuse_version,
+                        mirrored_at=datetime.now(UTC),
+                        last_error=None,
+                        attempts=table.c.attempts + 1,
+                    )
+                )
         if langfuse_version is None:
             self._mirrored.labels("version", "failed").inc()
-            self._warn("could not mirror a prompt version into Langfuse; will retry",
-                       prompt=item.name, version=item.version, error=error)
+            self._warn(
+                "could not mirror a prompt version into Langfuse; will retry",
+                prompt=item.name,
+                version=item.version,
+                error=error,
+            )
             return False
         self._versions[(item.name, item.version)] = langfuse_version
         self._mirrored.labels("version", "mirrored").inc()
-        log.info("prompt version mirrored into Langfuse",
-                 extra={"prompt": item.name, "version": item.version, "langfuse_version": langfuse_version})
+        log.info(
+            "prompt version mirrored into Langfuse",
+            extra={"prompt": item.name, "version": item.version, "langfuse_version": langfuse_version},
+        )
         return True
 
     async def _already_there(self, item: Pending) -> int | None:
@@ -241,11 +268,21 @@ class PromptMirror:
 
     async def _mirror_labels(self) -> bool:
         async with self.db.engine.connect() as conn:
-            wanted = (await conn.execute(select(prompt_labels.c.name, prompt_labels.c.label,
-                                                prompt_labels.c.version))).all()
-            there = {(name, label): int(version) for name, label, version in (await conn.execute(
-                select(langfuse_prompt_labels.c.name, langfuse_prompt_labels.c.label,
-                       langfuse_prompt_labels.c.langfuse_version))).all()}
+            wanted = (
+                await conn.execute(select(prompt_labels.c.name, prompt_labels.c.label, prompt_labels.c.version))
+            ).all()
+            there = {
+                (name, label): int(version)
+                for name, label, version in (
+                    await conn.execute(
+                        select(
+                            langfuse_prompt_labels.c.name,
+                            langfuse_prompt_labels.c.label,
+                            langfuse_prompt_labels.c.langfuse_version,
+                        )
+                    )
+                ).all()
+            }
         done = True
         for name, label, version in wanted:
             if label in LANGFUSE_LABELS:
@@ -257,12 +294,17 @@ class PromptMirror:
             if there.get((name, label)) == target:
                 continue
             try:
-                await self._call("PATCH", f"{self.base}/{quote(name, safe='')}/versions/{target}",
-                                 {"newLabels": [label]})
+                await self._call(
+                    "PATCH", f"{self.base}/{quote(name, safe='')}/versions/{target}", {"newLabels": [label]}
+                )
             except Exception as problem:
                 self._mirrored.labels("label", "failed").inc()
-                self._warn("could not mirror a label move into Langfuse; will retry",
-                           prompt=name, label=label, error=f"{type(problem).__name__}: {problem}"[:300])
+                self._warn(
+                    "could not mirror a label move into Langfuse; will retry",
+                    prompt=name,
+                    label=label,
+                    error=f"{type(problem).__name__}: {problem}"[:300],
+                )
                 done = False
                 continue
             await self._store_label(name, label, version, target, known=(name, label) in there)

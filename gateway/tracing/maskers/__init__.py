@@ -54,9 +54,7 @@ def _masker(spec: tuple[str, re.Pattern[str], Callable[[str], bool] | None]) -> 
 
 
 #: The built-in maskers by name. Secrets run first, so a key is never half-masked as a phone number.
-MASKERS: dict[str, Masker] = {
-    spec[0]: _masker(spec) for spec in (SECRET, EMAIL, IBAN, CARD, IP_ADDRESS, PHONE)
-}
+MASKERS: dict[str, Masker] = {spec[0]: _masker(spec) for spec in (SECRET, EMAIL, IBAN, CARD, IP_ADDRESS, PHONE)}
 DEFAULT_ORDER: tuple[str, ...] = tuple(MASKERS)
 
 
