@@ -75,7 +75,7 @@ def key_value(key: str, value: AttributeValue) -> bytes:
 
 
 #: Encoded attributes whose values repeat from request to request (team, alias, model, status...).
-_repeating: dict[tuple[int, str, type, object], bytes] = {}
+_repeating: dict[tuple[int, str, type, object], bytes] = {}  # a list value is keyed as a tuple
 _REPEATING_MAX = 8192
 _REPEATING_MAX_CHARS = 64
 
@@ -83,9 +83,9 @@ _REPEATING_MAX_CHARS = 64
 def attribute(key: str, value: AttributeValue, tag: int) -> bytes:
     """``KeyValue`` as a repeated field under ``tag`` (``field << 3 | 2``). Short values are
     encoded once and reused: most of a request's attributes are the same as the last one's."""
-    if type(value) in (float, list) or (type(value) is str and len(value) > _REPEATING_MAX_CHARS):
+    if type(value) is float or (type(value) is str and len(value) > _REPEATING_MAX_CHARS):
         return _field(tag, key_value(key, value))
-    index = (tag, key, type(value), value)
+    index = (tag, key, type(value), tuple(value) if type(value) is list else value)
     encoded = _repeating.get(index)
     if encoded is None:
         if len(_repeating) >= _REPEATING_MAX:

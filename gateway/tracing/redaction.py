@@ -65,10 +65,11 @@ class Redactor:
         return text
 
     def identifier(self, value: str, policy: Content) -> str:
-        """A user or session id: as is under ``full``, else with what maskers find hashed."""
-        value = self.keys_out(value)
+        """A user or session id: as is under ``full`` (known secrets scrubbed), else with what
+        maskers find hashed."""
         if policy == "full":
-            return value
+            return SECRETS.scrub(value)
+        value = self.keys_out(value)
         for masker in self._maskers:
             value = masker.sub(value, self._hashed)
         return value

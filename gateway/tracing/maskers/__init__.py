@@ -30,14 +30,19 @@ __all__ = ["DEFAULT_ORDER", "MASKERS", "Masker", "load"]
 
 @dataclass(frozen=True, slots=True)
 class Masker:
-    """One kind of thing to find. ``valid`` (optional) confirms a candidate ``pattern`` matched."""
+    """One kind of thing to find. ``valid`` (optional) confirms a candidate ``pattern`` matched;
+    ``hints`` (optional) are substrings of which any match must contain one: text holding none
+    of them is skipped without running the pattern (most text holds no key, no ``@``)."""
 
     name: str
     pattern: re.Pattern[str]
     valid: Callable[[str], bool] | None = None
+    hints: tuple[str, ...] = ()
 
     def sub(self, text: str, replace: Callable[[str, str], str]) -> str:
         """``text`` with each confirmed match replaced by ``replace(self.name, match)``."""
+        if self.hints and not any(hint in text for hint in self.hints):
+            return text
         valid, name = self.valid, self.name
 
         def one(match: re.Match[str]) -> str:
@@ -49,7 +54,7 @@ class Masker:
         return self.pattern.sub(one, text)
 
 
-def _masker(spec: tuple[str, re.Pattern[str], Callable[[str], bool] | None]) -> Masker:
+def _masker(spec: tuple[str, re.Pattern[str], Callable[[str], bool] | None, tuple[str, ...]]) -> Masker:
     return Masker(*spec)
 
 

@@ -25,4 +25,4 @@ def luhn_valid(text: str) -> bool:
     return total % 10 == 0
 
 
-CARD = ("card", _CANDIDATE, luhn_valid)
+CARD = ("card", _CANDIDATE, luhn_valid, ())

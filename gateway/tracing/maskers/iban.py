@@ -17,4 +17,4 @@ def iban_valid(text: str) -> bool:
     return int(digits) % 97 == 1
 
 
-IBAN = ("iban", _CANDIDATE, iban_valid)
+IBAN = ("iban", _CANDIDATE, iban_valid, ())

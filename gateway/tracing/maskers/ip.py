@@ -7,8 +7,11 @@ import re
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _CANDIDATE = re.compile(
-    rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]\d)"
-    r"|(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"
+    # The lookahead fails fast at the many positions where no address can start.
+    r"(?=[0-9A-Fa-f:])"
+    rf"(?:(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]\d)"
+    # IPv6: starting with a group, or with "::" (a bare run of colons, as in JSON, is no candidate).
+    r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7}|::[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,6})(?![\w:]))"
 )
 
 
@@ -20,4 +23,4 @@ def ip_valid(text: str) -> bool:
     return True
 
 
-IP_ADDRESS = ("ip", _CANDIDATE, ip_valid)
+IP_ADDRESS = ("ip", _CANDIDATE, ip_valid, ())

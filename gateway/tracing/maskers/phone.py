@@ -23,4 +23,4 @@ def phone_valid(text: str) -> bool:
     return separators != {"."} or text.count(".") > 1
 
 
-PHONE = ("phone", _CANDIDATE, phone_valid)
+PHONE = ("phone", _CANDIDATE, phone_valid, ())

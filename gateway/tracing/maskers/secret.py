@@ -19,4 +19,8 @@ _CANDIDATE = re.compile(
     r"|(?<=Bearer )[A-Za-z0-9_\-.=]{8,}"
 )
 
-SECRET = ("secret", _CANDIDATE, None)
+#: Every shape above contains one of these (checked before the pattern runs: most text has none).
+_HINTS = ("sk-", "gw-", "pk-lf-", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza",
+          "_live_", "_test_", "eyJ", "Bearer ")
+
+SECRET = ("secret", _CANDIDATE, None, _HINTS)
