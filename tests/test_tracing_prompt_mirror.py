@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,8 +31,8 @@ CHAT = {
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await open_database(f"sqlite:///{tmp_path / 'mirror.db'}")
+async def db(fresh_database_url: str) -> AsyncIterator[Database]:
+    database = await open_database(fresh_database_url)
     yield database
     await database.close()
 

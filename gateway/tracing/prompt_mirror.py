@@ -191,25 +191,24 @@ class PromptMirror:
         """Take the version for this replica (or keep it, when the claim is ours or stale)."""
         now = datetime.now(UTC)
         table = langfuse_prompt_versions
+        if not item.claimed:
+            try:  # its own transaction: on PostgreSQL a failed insert ends the one it is in
+                async with self.db.engine.begin() as conn:
+                    await conn.execute(insert(table).values(
+                        name=item.name, version=item.version, claimed_by=self._replica, claimed_at=now, attempts=0))
+            except IntegrityError:  # another replica claimed it first
+                return False
+            return True
+        stale = now - timedelta(seconds=STALE_CLAIM_S)
         async with self.db.engine.begin() as conn:
-            if not item.claimed:
-                try:
-                    await conn.execute(
-                        insert(table).values(
-                            name=item.name, version=item.version, claimed_by=self._replica, claimed_at=now, attempts=0
-                        )
-                    )
-                    return True
-                except IntegrityError:
-                    return False
-            stale = now - timedelta(seconds=STALE_CLAIM_S)
             result = await conn.execute(
                 update(table)
-                .where(table.c.name == item.name, table.c.version == item.version, table.c.langfuse_version.is_(None))
+                .where(table.c.name == item.name, table.c.version == item.version,
+                       table.c.langfuse_version.is_(None))
                 .where((table.c.claimed_by == self._replica) | (table.c.claimed_at < stale))
                 .values(claimed_by=self._replica, claimed_at=now)
             )
-            return bool(result.rowcount)
+        return bool(result.rowcount)
 
     async def _mirror_version(self, item: Pending) -> bool:
         table = langfuse_prompt_versions
@@ -314,13 +313,15 @@ class PromptMirror:
     async def _store_label(self, name: str, label: str, version: int, target: int, *, known: bool) -> None:
         table = langfuse_prompt_labels
         values = {"version": version, "langfuse_version": target, "mirrored_at": datetime.now(UTC)}
-        async with self.db.engine.begin() as conn:
-            if known:
-                await conn.execute(update(table).where(table.c.name == name, table.c.label == label).values(**values))
+        if not known:
+            try:  # its own transaction (see _claim)
+                async with self.db.engine.begin() as conn:
+                    await conn.execute(insert(table).values(name=name, label=label, **values))
                 return
-            # Another replica may have stored it first: the same move, the same answer.
-            with contextlib.suppress(IntegrityError):
-                await conn.execute(insert(table).values(name=name, label=label, **values))
+            except IntegrityError:  # another replica stored it first: update it below
+                pass
+        async with self.db.engine.begin() as conn:
+            await conn.execute(update(table).where(table.c.name == name, table.c.label == label).values(**values))
 
     async def _call(self, method: str, url: str, body: dict[str, Any] | None) -> Any:
         session = self._session
