@@ -210,8 +210,10 @@ class TracingSettings(_Strict):
     ``teams.yaml`` (``tracing:``).
     """
 
-    host: str = Field(
-        "", description="Langfuse's base URL (from LANGFUSE_HOST or LANGFUSE_BASE_URL); empty: no Langfuse."
+    host: str = Field("", description="Langfuse's base URL (from LANGFUSE_HOST); empty: see base_url.")
+    base_url: str = Field(
+        "", description="Langfuse's base URL under the SDK's newer name (from LANGFUSE_BASE_URL), used when host "
+        "is empty; both empty: no Langfuse.",
     )
     public_key: str = Field("", description="Langfuse project public key (from LANGFUSE_PUBLIC_KEY).")
     secret_key: SecretStr = Field(SecretStr(""), description="Langfuse project secret key (from LANGFUSE_SECRET_KEY).")
@@ -284,8 +286,13 @@ class TracingSettings(_Strict):
         return value
 
     @property
+    def langfuse_url(self) -> str:
+        """Langfuse's base URL, without a trailing slash ("" when not configured)."""
+        return (self.host or self.base_url).rstrip("/")
+
+    @property
     def langfuse(self) -> bool:
-        return bool(self.host and self.public_key and self.secret_key.get_secret_value())
+        return bool(self.langfuse_url and self.public_key and self.secret_key.get_secret_value())
 
     @property
     def enabled(self) -> bool:

@@ -74,7 +74,7 @@ def destinations(settings: TracingSettings) -> list[Destination]:
     found: list[Destination] = []
     if settings.langfuse:
         credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
-        found.append(Destination("langfuse", settings.host.rstrip("/") + TRACES_PATH, {
+        found.append(Destination("langfuse", settings.langfuse_url + TRACES_PATH, {
             "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
             # Langfuse's real-time ingestion path, which its own SDKs ask for.
             "x-langfuse-ingestion-version": "4",

@@ -102,7 +102,7 @@ class PromptMirror:
     def __init__(self, settings: TracingSettings, db: Database, *, mirrored: Counter) -> None:
         self.settings = settings
         self.db = db
-        self.base = settings.host.rstrip("/") + PROMPTS_PATH
+        self.base = settings.langfuse_url + PROMPTS_PATH
         credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
         self._headers = {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
         self._mirrored = mirrored
