@@ -10,7 +10,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from benchmarks.servers import stage_catalog
 from gateway.answer import Answer
 from gateway.auth import Principal
-from gateway.context import Endpoint, RequestContext, Usage
+from gateway.context import Endpoint, Origin, RequestContext, Usage
 from gateway.errors import InvalidRequest
 from gateway.testing.langfuse_receiver import _attributes
 from gateway.tracing import otlp
@@ -93,3 +93,24 @@ def test_a_failed_request_as_a_span() -> None:
     assert orjson.loads(attributes["langfuse.observation.cost_details"]) == {"total": 1.5e-7}
     assert attributes["langfuse.observation.metadata.team"] == "t"
     assert "langfuse.observation.output" not in attributes
+
+
+def test_a_fork_is_a_child_observation_of_its_primarys_span() -> None:
+    catalog = stage_catalog("t", {})
+    primary = RequestContext(request_id="r1", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None,
+                             catalog=catalog)
+    primary.principal = Principal(key_id="key_1", team="t", roles=frozenset({"app"}))
+    primary.trace_id = "0af7651916cd43dd8448eb211c80319c"
+    shadow = primary.fork(Origin.SHADOW)
+    builder = SpanBuilder(environment="env", redactor=Redactor(list(MASKERS.values())),
+                          policies=TracePolicies(TracePolicy(1.0, "full")))
+    spans = []
+    for ctx in (primary, shadow):
+        span = Span()
+        span.ParseFromString(builder.build(ctx, 2_000_000_000))
+        spans.append(span)
+    first, second = spans
+    assert first.trace_id == second.trace_id and first.parent_span_id == b""
+    assert second.parent_span_id == first.span_id != second.span_id
+    assert "langfuse.trace.name" in _attributes(first.attributes)
+    assert "langfuse.trace.name" not in _attributes(second.attributes)  # it does not rename the trace

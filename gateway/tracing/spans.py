@@ -20,13 +20,16 @@ GenAI attributes (``gen_ai.*``) beside Langfuse's.
 A stream's time to first token is Langfuse's ``completion_start_time``: the moment its first
 event was relayed (the answer tap notes it). A request that came with a W3C ``traceparent``
 keeps that trace id and names the caller's span as its parent, so it joins the caller's trace.
-A prompt's version is sent as the Langfuse version it was mirrored to (``prompt_mirror``), so
-the generation links to it; until that is known, only the metadata names the gateway's version.
+A fork (a shadow copy) keeps its primary's trace id and names its primary's span as parent
+(span ids are derived from trace and request ids, ``span_id_of``), so it is a child observation
+of the primary's generation. A prompt's version is sent as the Langfuse version it was mirrored
+to (``prompt_mirror``), so the generation links to it; until that is known, only the metadata
+names the gateway's version.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -104,6 +107,12 @@ _REQUEST_PARAMETERS = (
 )
 
 
+def span_id_of(trace_id: str, request_id: str) -> bytes:
+    """A request's span id, derived from its trace and request ids: a fork (a shadow copy) names
+    its primary's span as parent from the ``parent_id`` it carries, with nothing shared at run time."""
+    return hashlib.blake2b(f"{trace_id}/{request_id}".encode(), digest_size=8).digest()
+
+
 def _iso_json(ns: int) -> str:
     """A time as Langfuse's SDK sends ``completion_start_time``: a JSON string, ISO 8601."""
     moment = datetime.fromtimestamp(ns / 1e9, tz=UTC)
@@ -139,12 +148,13 @@ class SpanBuilder:
         operation = "chat" if ctx.endpoint.value == "chat" else "embeddings"
         attributes: list[otlp.Attribute] = [
             ("langfuse.observation.type", "generation"),
-            ("langfuse.trace.name", ctx.prompt_name or alias),
             ("langfuse.environment", self.environment),
             ("gen_ai.operation.name", operation),
             ("gen_ai.request.model", ctx.requested_model or alias),
         ]
         add = attributes.append
+        if ctx.parent_id is None:  # a fork is an observation in its primary's trace: it names no trace
+            add(("langfuse.trace.name", ctx.prompt_name or alias))
         if ctx.user:
             add(("user.id", redactor.identifier(ctx.user, content)))
         if ctx.session_id:
@@ -203,10 +213,16 @@ class SpanBuilder:
             elif ctx.status == 499:
                 add(("error.type", "cancelled"))
         self._metadata(ctx, alias, content, elapsed, add)
+        if ctx.parent_span_id:  # the caller's span (traceparent)
+            parent = bytes.fromhex(ctx.parent_span_id)
+        elif ctx.parent_id is not None:  # a fork: its primary's span
+            parent = span_id_of(ctx.trace_id, ctx.parent_id)
+        else:
+            parent = b""
         return otlp.span(
             trace_id=bytes.fromhex(ctx.trace_id),
-            span_id=os.urandom(8),
-            parent_span_id=bytes.fromhex(ctx.parent_span_id) if ctx.parent_span_id else b"",
+            span_id=span_id_of(ctx.trace_id, ctx.request_id),
+            parent_span_id=parent,
             name=f"{operation} {alias}",
             kind=otlp.SPAN_KIND_SERVER,
             start_ns=start_ns,
