@@ -136,6 +136,8 @@ class RequestContext:
     # The caller's x-data-class header (a fork carries its parent's class here, so a copy is
     # never of a lower class than the request it copies).
     data_class_header: str | None = None
+    traceparent: str | None = None  # the caller's W3C traceparent header, as sent (tracing reads it)
+    parent_span_id: str | None = None  # the caller's span (16 hex digits), when its traceparent was valid
     alias: ModelAlias | None = None
     prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
     prompt_data_class: str | None = None  # the class the prompt version declares, if any

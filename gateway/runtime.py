@@ -231,7 +231,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     assert ledger.sink is not None
     record.add_sink(ledger.sink)
     # Installed after the ledger, so its closer runs before the ledger's final flush.
-    tracing = build_tracing(settings.tracing, metrics.registry)
+    tracing = build_tracing(settings.tracing, metrics.registry, db=db)
     if tracing is not None:
         assert tracing.exporter is not None
         runtime.install(tracing)

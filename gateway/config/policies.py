@@ -177,6 +177,38 @@ class BudgetSpec(_Strict):
         return self
 
 
+TraceContent = Literal["full", "mask", "hash", "none"]
+
+
+class TracingOverrideSpec(_Strict):
+    """Per-alias changes to a team's tracing policy; a field left unset keeps the team's value."""
+
+    sample_rate: float | None = Field(None, ge=0, le=1, description="Share of successful requests traced.")
+    content: TraceContent | None = Field(None, description="full, mask, hash or none (see the team's).")
+
+
+class TeamTracingSpec(_Strict):
+    """How a team's requests are traced. Unset fields take ``tracing:`` in gateway.yaml."""
+
+    sample_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of successful requests traced; failed ones are always traced."
+    )
+    content: TraceContent | None = Field(
+        None, description="Inputs and outputs sent in full, with personal data masked ([email]...), hashed "
+        "(a keyed hash per value), or none (not sent at all). API keys are never sent, whatever this says.",
+    )
+    aliases: dict[str, TracingOverrideSpec] = Field(
+        default_factory=dict,
+        description="Per-alias overrides, keyed by alias name or glob; the first matching key wins.",
+    )
+
+    def for_alias(self, alias: str) -> TracingOverrideSpec | None:
+        for pattern, override in self.aliases.items():
+            if fnmatch.fnmatchcase(alias, pattern):
+                return override
+        return None
+
+
 class TeamSpec(_Strict):
     description: str = ""
     models: list[str] = Field(
@@ -188,6 +220,7 @@ class TeamSpec(_Strict):
     data_class: str | None = Field(
         None, description="The data class of the team's requests unless raised per request; default: the lowest."
     )
+    tracing: TeamTracingSpec = Field(default_factory=TeamTracingSpec, description="Trace sampling and redaction.")
 
     def allows_model(self, alias: str) -> bool:
         return any(fnmatch.fnmatchcase(alias, pattern) for pattern in self.models)

@@ -117,6 +117,8 @@ class OpenAIApi:
             ctx.session_id = headers.session_id[:200].decode("latin-1")
         if headers.data_class is not None:
             ctx.data_class_header = headers.data_class[:200].decode("latin-1").strip()
+        if headers.traceparent is not None:
+            ctx.traceparent = headers.traceparent[:64].decode("latin-1")
         await self._serve(ctx, receive, send)
 
     async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
@@ -254,7 +256,9 @@ class _Headers:
     instead of once per wanted header matters on a path that must cost microseconds.
     """
 
-    __slots__ = ("authorization", "cache_control", "content_length", "data_class", "request_id", "session_id")
+    __slots__ = (
+        "authorization", "cache_control", "content_length", "data_class", "request_id", "session_id", "traceparent"
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
@@ -263,6 +267,7 @@ class _Headers:
         self.request_id: bytes | None = None
         self.session_id: bytes | None = None
         self.data_class: bytes | None = None
+        self.traceparent: bytes | None = None
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
@@ -276,6 +281,8 @@ class _Headers:
                 self.session_id = value
             elif name == b"x-data-class":
                 self.data_class = value
+            elif name == b"traceparent":
+                self.traceparent = value
 
 
 def _request_id(given: bytes | None) -> bytes:

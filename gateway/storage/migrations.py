@@ -77,6 +77,8 @@ MIGRATIONS: list[Migration] = [
     Migration(51, "rollout controller lease", create_tables(schema.rollout_lease)),
     Migration(52, "rollout state fencing token", add_column(schema.rollout_state, "fence")),
     Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
+    Migration(61, "prompt versions mirrored into Langfuse",
+              create_tables(schema.langfuse_prompt_versions, schema.langfuse_prompt_labels)),
     Migration(80, "data class on ledger rows", add_column(schema.ledger, "data_class")),
     Migration(81, "served alias on ledger rows", add_column(schema.ledger, "served_alias")),
     Migration(82, "downgraded alias on ledger rows", add_column(schema.ledger, "downgraded_from")),

@@ -290,3 +290,30 @@ feedback = Table(
     Column("rollout_id", String(100), nullable=True),
     Index("ix_feedback_rollout_ts", "rollout_id", "ts"),
 )
+
+# Prompt versions mirrored into Langfuse prompt management (gateway.tracing.prompt_mirror):
+# which Langfuse version each gateway version became. A row with no ``langfuse_version`` is a
+# claim: the replica named in ``claimed_by`` is sending it (a stale claim is taken over).
+langfuse_prompt_versions = Table(
+    "langfuse_prompt_versions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),  # the gateway's
+    Column("langfuse_version", Integer, nullable=True),
+    Column("claimed_by", String(64), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("mirrored_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(300), nullable=True),
+)
+
+# Where each label was last set in Langfuse (``latest`` is Langfuse's own, never sent).
+langfuse_prompt_labels = Table(
+    "langfuse_prompt_labels",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("label", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),  # the gateway's
+    Column("langfuse_version", Integer, nullable=False),
+    Column("mirrored_at", DateTime(timezone=True), nullable=False),
+)

@@ -107,9 +107,12 @@ def _attributes(items: Any) -> dict[str, Any]:
 
 
 class LangfuseReceiver:
-    def __init__(self, *, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test") -> None:
+    def __init__(self, *, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test", keep: bool = True) -> None:
         self.public_key = public_key
         self.secret_key = secret_key
+        # False: decode and count spans, keep nothing (a benchmark's hours of traces in bounded memory).
+        self.keep = keep
+        self._span_count = 0
         self.mode: Mode = "normal"
         self._store = _Store()
         self._lock = threading.Lock()
@@ -204,6 +207,12 @@ class LangfuseReceiver:
             return list(self._store.authorizations)
 
     @property
+    def span_count(self) -> int:
+        """Spans received and accepted (counted whether or not payloads are kept)."""
+        with self._lock:
+            return self._span_count
+
+    @property
     def trace_posts(self) -> int:
         with self._lock:
             return self._store.trace_posts
@@ -294,10 +303,13 @@ class LangfuseReceiver:
             return web.Response(status=415, text="OTLP/HTTP protobuf expected")
         decoded = ExportTraceServiceRequest()
         decoded.ParseFromString(body)
+        count = sum(len(scope.spans) for resource in decoded.resource_spans for scope in resource.scope_spans)
         with self._lock:
-            self._store.raw.append(body)
-            self._store.requests.append(decoded)
-            self._store.authorizations.append(request.headers.get("Authorization"))
+            self._span_count += count
+            if self.keep:
+                self._store.raw.append(body)
+                self._store.requests.append(decoded)
+                self._store.authorizations.append(request.headers.get("Authorization"))
         return web.Response(
             body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
         )
