@@ -2,7 +2,8 @@
 
 It is the fallback when ``wrk`` is not installed, and the client that measures time to first
 byte of a stream (wrk only sees whole responses). Each of ``--concurrency`` workers sends the
-same POST body again and again over one pooled aiohttp session (uvloop), until ``--requests``
+same POST body again and again (a ``__N__`` in it numbered per request) over one pooled aiohttp
+session (uvloop), until ``--requests``
 responses arrived or ``--duration`` passed, whichever comes first. Every response is checked:
 a non-200 status, or a stream that does not end with ``data: [DONE]``, counts as an error.
 
@@ -31,6 +32,21 @@ import aiohttp
 import orjson
 
 STREAM_END = b"data: [DONE]\n\n"
+#: In a body, replaced by a number unique to each request of the run (so a cache never hits).
+UNIQUE = b"__N__"
+
+
+def _bodies(body: bytes) -> Any:
+    """The body to send for each request: ``body`` itself, or with ``UNIQUE`` numbered."""
+    if UNIQUE not in body:
+        while True:
+            yield body
+    before, after = body.split(UNIQUE, 1)
+    run = str(time.time_ns()).encode()
+    count = 0
+    while True:
+        count += 1
+        yield before + run + b"-" + str(count).encode() + after
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
@@ -82,9 +98,10 @@ class _Tally:
 
 
 async def _worker(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], stream: bool, tally: _Tally
+    session: aiohttp.ClientSession, url: str, bodies: Any, headers: dict[str, str], stream: bool, tally: _Tally
 ) -> None:
     while tally.take():
+        body = next(bodies)
         started = time.perf_counter()
         try:
             async with session.post(url, data=body, headers=headers) as response:
@@ -126,7 +143,8 @@ async def run_load(
     started = time.perf_counter()
     tally = _Tally(remaining=requests if requests > 0 else None, deadline=started + duration_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",)) as s:
-        await asyncio.gather(*(_worker(s, url, body, headers, stream, tally) for _ in range(concurrency)))
+        bodies = _bodies(body)  # one numbering shared by the workers
+        await asyncio.gather(*(_worker(s, url, bodies, headers, stream, tally) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {
         "requests": len(tally.latencies),

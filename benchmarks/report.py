@@ -33,6 +33,11 @@ MAX_STARTUP_S = 1.5
 MAX_RSS_MIB = 120.0
 # "No growth" between 25k and 50k requests, allowing for allocator noise (arena rounding).
 MAX_RSS_GROWTH_MIB = 1.0
+# The full profile's targets (issue 13): every stage on, tracing at 100 %.
+FULL_OVERHEAD_P50_MS = 1.0
+FULL_OVERHEAD_P99_MS = 2.5
+FULL_MAX_CPU_VS_PASSTHROUGH = 3.5
+FULL_MAX_RSS_MIB = 128.0
 # Above this share of the machine's CPU used by other processes during a phase, its timings
 # say more about the other processes than about the server: verdicts are marked "(noisy)".
 NOISE_LIMIT_PCT = 15.0
@@ -269,6 +274,42 @@ def evaluate(runs: list[ServerRun], *, soak: int) -> list[Check]:
     return checks
 
 
+def evaluate_full(runs: list[ServerRun], *, soak: int) -> list[Check]:
+    """The full profile's targets (``gateway-full`` against direct and the passthrough)."""
+    by_name = {run.name: run for run in runs}
+    direct, full, passthrough = by_name.get("direct"), by_name.get("gateway-full"), by_name.get("passthrough")
+    checks: list[Check] = []
+    if full is None or direct is None:
+        return checks
+
+    def add(name: str, value: float | None, unit: str, limit: float, scenarios: tuple[str, ...],
+            against: ServerRun | None, detail: str = "") -> None:
+        goal = "≤ " + unit.format(limit)
+        if value is None:
+            checks.append(Check(name, goal, "not measured", None))
+            return
+        errors = sum(full.errors(scenario) for scenario in scenarios)
+        runs_ = (full, against) if against is not None else (full,)
+        noise = max((run.noise(scenario) for run in runs_ for scenario in scenarios), default=0.0)
+        measured = unit.format(value) + detail + (f" ({errors} errors)" if errors else "")
+        checks.append(Check(name, goal, measured, value <= limit and errors == 0, noise))
+
+    for key, what in (("c1", "non-streaming"), ("c1-stream", "streaming TTFB")):
+        for pct, limit in (("p50", FULL_OVERHEAD_P50_MS), ("p99", FULL_OVERHEAD_P99_MS)):
+            over = _ms(_diff(full.latency(key, pct), direct.latency(key, pct)))
+            add(f"full: overhead c=1 {pct}, {what}", over, "{:.3f} ms", limit, (key,), direct)
+    for key, what in (("c64", "non-streaming"), ("c64-stream", "streaming")):
+        mine, base = full.cpu_us(key), passthrough.cpu_us(key) if passthrough else None
+        detail = f" ({mine:.0f} vs {base:.0f} µs)" if mine is not None and base is not None else ""
+        add(f"full: CPU/request vs bare passthrough, {what}", _ratio(mine, base), "{:.2f}x",
+            FULL_MAX_CPU_VS_PASSTHROUGH, (key,), passthrough, detail)
+    whole, half = _rss_at(full, soak), _rss_at(full, soak // 2)
+    add(f"full: RSS after {soak:,} requests", _mib(whole), "{:.1f} MiB", FULL_MAX_RSS_MIB, (), None)
+    growth = None if whole is None or half is None else (whole - half) / MIB
+    add(f"full: RSS growth {soak // 2:,} → {soak:,} requests", growth, "{:+.2f} MiB", MAX_RSS_GROWTH_MIB, (), None)
+    return checks
+
+
 def targets_table(checks: list[Check]) -> str:
     lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
     lines += [f"| {c.name} | {c.goal} | {c.measured} | {c.verdict} |" for c in checks]
@@ -296,9 +337,10 @@ def render(runs: list[ServerRun], checks: list[Check], *, header: str) -> str:
             "measure the machine's load more than the servers; rerun on a quiet machine. Memory figures and the "
             "CPU ratios between servers are the least affected.",
         ]
-    gateway = next((run for run in runs if run.name == "gateway"), None)
-    if gateway is not None and gateway.rss_marks:
-        parts += ["", "### Gateway memory over the run", "", memory_table(gateway)]
+    for run in runs:
+        if run.name.startswith("gateway") and len(run.rss_marks) > 2:
+            title = "Gateway memory over the run" if run.name == "gateway" else f"Memory over the run: {run.name}"
+            parts += ["", f"### {title}", "", memory_table(run)]
     if checks:
         parts += ["", "### Targets", "", targets_table(checks)]
     return "\n".join(parts) + "\n"

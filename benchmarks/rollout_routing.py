@@ -67,6 +67,32 @@ async def measure(strategy: RoutingStrategy, cat: Catalog, alias: str, requests:
     return figures
 
 
+def measure_counters(in_rollout: bool, requests: int) -> list[float]:
+    """CPU µs per request of the record stage's per-variant counters (``VariantCounters``)."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.rollouts.counters import VariantCounters
+
+    counters = VariantCounters(CollectorRegistry())
+    cat = catalog()
+    principal = Principal("key_bench", "support", frozenset({"app"}))
+    figures = []
+    for start in range(0, requests, BATCH):
+        contexts = []
+        for i in range(start, start + BATCH):
+            ctx = RequestContext(request_id=f"r{i}", endpoint=Endpoint.CHAT, raw_body=b"", authorization=None,
+                                 catalog=cat, alias=cat.aliases["chat"], principal=principal)
+            ctx.status = 500 if i % 100 == 0 else 200
+            if in_rollout:
+                ctx.rollout_id, ctx.variant = "chat-next", "canary" if i % 10 == 0 else "stable"
+            contexts.append(ctx)
+        began = time.thread_time()
+        for ctx in contexts:
+            counters.record(ctx)
+        figures.append((time.thread_time() - began) / BATCH * 1e6)
+    return figures
+
+
 def summary(name: str, figures: list[float]) -> str:
     ordered = sorted(figures)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -82,6 +108,11 @@ async def main(requests: int) -> None:
     print(summary("rollout strategy, alias in a running rollout", await measure(rollout, cat, "chat", requests)))
     print(summary("rollout strategy, alias without a rollout", await measure(rollout, cat, "plain", requests)))
     print(summary("weighted strategy (before rollouts)", await measure(Weighted(), cat, "plain", requests)))
+    print()
+    print("| record stage: per-variant counters | CPU µs/request, median of batches | p99 of batches |")
+    print("|---|--:|--:|")
+    print(summary("request in a rollout", measure_counters(True, requests)))
+    print(summary("request outside any rollout", measure_counters(False, requests)))
 
 
 if __name__ == "__main__":

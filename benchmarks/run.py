@@ -5,7 +5,10 @@ One command measures, in one run, against one fake upstream:
 1. direct to the fake upstream (the baseline every overhead is computed from);
 2. the bare passthrough (``benchmarks/passthrough.py``), the CPU yardstick;
 3. the gateway (``gateway serve``, one worker), including start-up, a memory soak and,
-   with ``--profile``, a py-spy profile under load;
+   with ``--py-spy``, a py-spy profile under load;
+3b. with ``--profile full``, the gateway again with every stage on (key auth, a prompt, a
+   cache miss and a hard budget on Redis, an active rollout, tracing at 100 % to a local
+   Langfuse receiver; ``servers.FullProfile``), with its own soak and the full profile's targets;
 4. the LiteLLM proxy, when installed in ``benchmarks/.venv-litellm`` (or ``--litellm PATH``).
 
 Placement on the 2-core machine: the fake upstream is pinned to core 1, each server under test
@@ -47,6 +50,7 @@ from benchmarks.servers import (
     CHAT_PATH,
     REPO,
     Endpoint,
+    FullProfile,
     find_litellm,
     start_fake,
     start_gateway,
@@ -68,9 +72,11 @@ class Options:
     soak: int
     tool: Tool
     access_log: bool
-    profile: bool
+    py_spy: bool
     out_dir: Path
     workdir: Path
+    full: bool = False  # --profile full
+    redis_url: str = ""
 
 
 def free_port() -> int:
@@ -351,6 +357,50 @@ def _package(frame: str) -> str:
     return head.removesuffix(".py") or "?"
 
 
+def bench_full(options: Options, fake: Server) -> tuple[ServerRun, str]:
+    """The gateway with every stage on, tracing to a local Langfuse receiver in this process
+    (it only counts what it gets: nothing is kept)."""
+    import uuid
+
+    from gateway.testing.langfuse_receiver import LangfuseReceiver
+
+    log("gateway, full profile: key auth, prompt, cache miss + hard budget on Redis, rollout, tracing 100 %")
+    bench = Bench(options, write_bodies(options.workdir, unique=True), fake)
+    with LangfuseReceiver(keep=False) as receiver:
+        full = FullProfile(redis_url=options.redis_url, langfuse_url=receiver.url,
+                           langfuse_public_key=receiver.public_key, langfuse_secret_key=receiver.secret_key,
+                           team="bench-" + uuid.uuid4().hex[:8])
+        server, endpoint = start_gateway(options.workdir, fake.base_url, port=free_port(), core=SERVER_CORE,
+                                         access_log=options.access_log, full=full)
+        profile_text = ""
+        try:
+            check_full_path(endpoint, bench.plain)
+            run = bench_proxy(bench, server, endpoint, soak=True)
+            if options.py_spy:
+                profile_text = profile(bench, server, endpoint, options.out_dir)
+            served = sum(result.requests for result in run.phases.values())
+        finally:
+            server.stop()
+        time.sleep(1.0)
+        run.notes.append(f"the receiver got {receiver.span_count:,} spans (measured phases alone: {served:,} requests)")
+    return run, profile_text
+
+
+def check_full_path(endpoint: Endpoint, body: Path) -> None:
+    """Fail early unless a request really goes through every stage the profile claims."""
+    import urllib.request
+
+    request = urllib.request.Request(endpoint.url, data=body.read_bytes().replace(b"__N__", b"check"),
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": endpoint.authorization or ""})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        headers = {name.lower(): value for name, value in response.headers.items()}
+    wanted = ("x-gateway-trace-id", "x-gateway-rollout", "x-prompt-version", "x-cache")
+    missing = [name for name in wanted if name not in headers]
+    if missing or headers.get("x-cache", "").upper() != "MISS":
+        raise RuntimeError(f"the full profile's request did not take every stage: missing {missing}, {headers}")
+
+
 def machine_header(options: Options) -> str:
     model = "unknown CPU"
     try:
@@ -365,7 +415,8 @@ def machine_header(options: Options) -> str:
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({model}), Linux "
         f"{platform.release()}, Python {platform.python_version()}; load average before the run {load1:.2f} / "
         f"{load5:.2f}. Load generator: {options.tool}; {options.duration_s:g} s per phase; soak "
-        f"{options.soak:,} requests; gateway access log {'on' if options.access_log else 'off'}."
+        f"{options.soak:,} requests; gateway access log {'on' if options.access_log else 'off'}; profile "
+        f"{'full' if options.full else 'core'}."
     )
 
 
@@ -389,11 +440,17 @@ def run(options: Options, litellm: Path | None) -> tuple[str, dict[str, object],
             options.workdir, fake.base_url, port=free_port(), core=SERVER_CORE, access_log=options.access_log
         )
         try:
-            runs.append(bench_proxy(bench, server, endpoint, soak=True))
-            if options.profile:
+            # The full profile's soak is the one that counts (its RSS target): the core's is skipped.
+            runs.append(bench_proxy(bench, server, endpoint, soak=not options.full))
+            if options.py_spy and not options.full:
                 profile_text = profile(bench, server, endpoint, options.out_dir)
         finally:
             server.stop()
+
+        if options.full:
+            full_run, full_profile = bench_full(options, fake)
+            runs.append(full_run)
+            profile_text = full_profile
 
         if litellm is not None:
             server, endpoint = start_litellm(
@@ -403,7 +460,8 @@ def run(options: Options, litellm: Path | None) -> tuple[str, dict[str, object],
                 runs.append(bench_proxy(bench, server, endpoint))
             finally:
                 server.stop()
-    checks = report.evaluate(runs, soak=options.soak)
+    checks = report.evaluate(runs, soak=options.soak) if not options.full else []
+    checks += report.evaluate_full(runs, soak=options.soak)
     text = report.render(runs, checks, header=machine_header(options))
     if litellm is None:
         text += "\nThe LiteLLM proxy was not measured: install it with `python3.11 -m venv benchmarks/.venv-litellm "
@@ -448,7 +506,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--access-log", choices=("on", "off"), default="on", help="the gateway's access log (default on, as shipped)"
     )
-    parser.add_argument("--profile", action="store_true", help="also profile the gateway with py-spy under load")
+    parser.add_argument(
+        "--profile", choices=("core", "full"), default="core",
+        help="core: the gateway as shipped (default); full: also every stage on, tracing at 100 %% (needs Redis)",
+    )
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/15", help="Redis for --profile full (cache and budget)"
+    )
+    parser.add_argument("--py-spy", action="store_true", help="also profile the gateway with py-spy under load")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where latest.md/latest.json go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, server logs)")
     return parser.parse_args(argv)
@@ -482,9 +547,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         soak=args.soak,
         tool=tool,
         access_log=args.access_log == "on",
-        profile=args.profile,
+        py_spy=args.py_spy,
         out_dir=args.out,
         workdir=workdir,
+        full=args.profile == "full",
+        redis_url=args.redis,
     )
     log(f"work directory {workdir}; load generator {tool}; LiteLLM {'at ' + str(litellm) if litellm else 'off'}")
     ok = False

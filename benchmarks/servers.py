@@ -4,6 +4,11 @@
 * ``passthrough``: ``benchmarks/passthrough.py``, the bare-Python yardstick.
 * ``gateway``: ``gateway serve`` with a temporary config (one alias pointing at the fake, a
   temporary SQLite database, no Redis, the access log as shipped) and a real team key.
+* ``gateway-full`` (``--profile full``): the same with every stage on: key auth, a prompt
+  (``prompt:bench@latest``, rendered per request), the response cache on Redis missing every
+  time (each request is numbered, see ``UNIQUE_BODY``), a hard budget on Redis, a running
+  rollout on the alias (a canary deployment at 50 %), and tracing at 100 % (content masked) to
+  a local Langfuse receiver.
 * ``litellm``: the LiteLLM proxy from its own virtual environment, pointed at the same fake
   with a master key, so both proxies authenticate every request.
 
@@ -58,12 +63,39 @@ REQUEST = {
 }
 
 
-def write_bodies(directory: Path) -> tuple[Path, Path]:
-    """The non-streaming and streaming request bodies, as files for the load generators."""
-    plain = directory / "body.json"
-    stream = directory / "body-stream.json"
-    plain.write_bytes(orjson.dumps(REQUEST))
-    stream.write_bytes(orjson.dumps({**REQUEST, "stream": True}))
+#: The full profile's request: a prompt with its variables; ``__N__`` is numbered per request
+#: by the load generators, so no two requests are alike and the cache misses every time.
+UNIQUE_BODY = {
+    "model": "prompt:bench@latest",
+    "messages": [],
+    "variables": {"topic": "measuring a proxy's overhead", "request": "__N__"},
+    "max_tokens": 64,
+    "temperature": 0.2,
+}
+
+BENCH_PROMPT = {
+    "name": "bench",
+    "type": "chat",
+    "description": "The full benchmark profile's prompt.",
+    "model": MODEL,
+    "variables": {"type": "object", "required": ["topic"],
+                  "properties": {"topic": {"type": "string"}, "request": {"type": "string"}}},
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Write one sentence about {{ topic }} (request {{ request }})."},
+    ],
+}
+
+
+def write_bodies(directory: Path, *, unique: bool = False) -> tuple[Path, Path]:
+    """The non-streaming and streaming request bodies, as files for the load generators
+    (``unique``: the full profile's prompt request, numbered per request)."""
+    request: dict[str, object] = UNIQUE_BODY if unique else REQUEST
+    suffix = "-full" if unique else ""
+    plain = directory / f"body{suffix}.json"
+    stream = directory / f"body{suffix}-stream.json"
+    plain.write_bytes(orjson.dumps(request))
+    stream.write_bytes(orjson.dumps({**request, "stream": True}))
     return plain, stream
 
 
@@ -111,8 +143,20 @@ def start_passthrough(workdir: Path, upstream: str, *, port: int, core: int | No
     )
 
 
-def write_gateway_config(root: Path, upstream: str, *, access_log: bool) -> Path:
-    """A gateway config directory: one alias on the fake, one team, a fresh SQLite database."""
+@dataclass(frozen=True)
+class FullProfile:
+    """What the full profile adds: Redis for the cache and the budget, a Langfuse receiver."""
+
+    redis_url: str
+    langfuse_url: str
+    langfuse_public_key: str
+    langfuse_secret_key: str
+    team: str  # unique per run: budget counters and cache entries of earlier runs stay apart
+
+
+def write_gateway_config(root: Path, upstream: str, *, access_log: bool, full: FullProfile | None = None) -> Path:
+    """A gateway config directory: one alias on the fake, one team, a fresh SQLite database
+    (``full``: every stage on, see the module docstring)."""
     (root / "policies").mkdir(parents=True, exist_ok=True)
     (root / "prompts").mkdir(parents=True, exist_ok=True)
     config = {
@@ -138,8 +182,28 @@ def write_gateway_config(root: Path, upstream: str, *, access_log: bool) -> Path
         "timeout_s": 30,
         "retries": 0,
     }
-    models = {"aliases": {MODEL: {"deployments": [deployment]}}}
-    teams = {"teams": {"bench": {"models": ["*"], "prompts": ["*"]}}}
+    models: dict[str, object] = {"aliases": {MODEL: {"deployments": [deployment]}}}
+    teams: dict[str, object] = {"teams": {"bench": {"models": ["*"], "prompts": ["*"]}}}
+    if full is not None:
+        config["redis"] = {"url": full.redis_url}
+        config["tracing"] = {
+            "host": full.langfuse_url, "public_key": full.langfuse_public_key,
+            "secret_key": "${BENCH_LANGFUSE_SECRET}", "sample_rate": 1.0, "environment": "bench",
+        }
+        # The canary: the same fake, as the alias' second deployment (weight 0 outside the rollout).
+        models = {"aliases": {MODEL: {"deployments": [deployment, {**deployment, "weight": 0}]}}}
+        teams = {"teams": {full.team: {
+            "models": ["*"], "prompts": ["*"],
+            "cache": {"enabled": True, "cache_nondeterministic": True, "ttl_s": 60},
+            "budget": {"limit_usd": 1_000_000, "period": "daily", "hard": True},
+            "tracing": {"content": "mask"},
+        }}}
+        rollouts = {"rollouts": {"bench-canary": {
+            "target": {"alias": MODEL, "canary": {"deployment": 1}},
+            "steps": [{"weight": 50}, {"weight": 100}], "interval_s": 3600, "start": "auto",
+        }}}
+        (root / "policies" / "rollouts.yaml").write_text(yaml.safe_dump(rollouts, sort_keys=False))
+        (root / "prompts" / "bench.yaml").write_text(yaml.safe_dump(BENCH_PROMPT, sort_keys=False))
     (root / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "policies" / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
     (root / "policies" / "teams.yaml").write_text(yaml.safe_dump(teams, sort_keys=False))
@@ -147,15 +211,26 @@ def write_gateway_config(root: Path, upstream: str, *, access_log: bool) -> Path
 
 
 def start_gateway(
-    workdir: Path, upstream: str, *, port: int, core: int | None, access_log: bool = True
+    workdir: Path, upstream: str, *, port: int, core: int | None, access_log: bool = True,
+    full: FullProfile | None = None,
 ) -> tuple[Server, Endpoint]:
-    """``gateway keys create`` then ``gateway serve``, as an operator would."""
-    root = workdir / "gateway"
-    config = write_gateway_config(root, upstream, access_log=access_log)
+    """``gateway keys create`` (and, for the full profile, ``gateway prompts push``) then
+    ``gateway serve``, as an operator would."""
+    name = "gateway-full" if full is not None else "gateway"
+    root = workdir / name
+    config = write_gateway_config(root, upstream, access_log=access_log, full=full)
     env = {**os.environ, "GATEWAY_CONFIG": str(config), "BENCH_UPSTREAM_KEY": UPSTREAM_KEY}
     env.pop("GATEWAY_ADMIN_KEY", None)
+    if full is not None:
+        env["BENCH_LANGFUSE_SECRET"] = full.langfuse_secret_key
+        pushed = subprocess.run(
+            [*_gateway_command(), "prompts", "push", "prompts/bench.yaml", "-m", "benchmark prompt"],
+            env=env, cwd=root, capture_output=True, text=True, timeout=120,
+        )
+        if pushed.returncode != 0:
+            raise RuntimeError(f"gateway prompts push failed:\n{pushed.stdout}\n{pushed.stderr}")
     created = subprocess.run(
-        [*_gateway_command(), "keys", "create", "--team", "bench", "--name", "benchmark"],
+        [*_gateway_command(), "keys", "create", "--team", full.team if full else "bench", "--name", "benchmark"],
         env=env,
         cwd=root,
         capture_output=True,
@@ -166,7 +241,7 @@ def start_gateway(
         raise RuntimeError(f"gateway keys create failed:\n{created.stdout}\n{created.stderr}")
     key = created.stdout.strip().splitlines()[-1]
     server = start_server(
-        "gateway",
+        name,
         [*_gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", "1"],
         base_url=f"http://127.0.0.1:{port}",
         ready_path="/health/ready",
@@ -176,8 +251,12 @@ def start_gateway(
         cwd=root,
         timeout=60,
     )
-    server.notes.append(f"access log {'on' if access_log else 'off'}, SQLite, no Redis")
-    return server, Endpoint("gateway", server.base_url + CHAT_PATH, f"Bearer {key}")
+    if full is None:
+        server.notes.append(f"access log {'on' if access_log else 'off'}, SQLite, no Redis")
+    else:
+        server.notes.append(f"access log {'on' if access_log else 'off'}, SQLite, Redis: prompt, cache miss, "
+                            "hard budget, rollout, tracing 100 % (masked)")
+    return server, Endpoint(name, server.base_url + CHAT_PATH, f"Bearer {key}")
 
 
 def find_litellm(venv: Path | None) -> Path | None:

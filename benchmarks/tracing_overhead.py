@@ -173,26 +173,26 @@ def _finished_request(n: int) -> Any:
     return ctx
 
 
-def in_process(requests: int) -> dict[str, Any]:
+def in_process(requests: int, content: str = "full") -> dict[str, Any]:
     import asyncio
 
     from prometheus_client import CollectorRegistry, Counter
 
     from gateway.config.settings import TracingSettings
-    from gateway.tracing.exporter import TraceExporter
+    from gateway.tracing.exporter import exporter_for
 
     contexts = [_finished_request(n) for n in range(requests)]
     with LangfuseReceiver() as receiver:
         settings = TracingSettings.model_validate({
             "host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
-            "queue_size": requests,
+            "queue_size": requests, "content": content,
         })
 
         async def ours() -> float:
             registry = CollectorRegistry()
-            exporter = TraceExporter(
-                settings, dropped=Counter("d", "d", ("reason",), registry=registry),
-                exported=Counter("e", "e", registry=registry),
+            exporter = exporter_for(
+                settings, dropped=Counter("d", "d", ("reason", "destination"), registry=registry),
+                exported=Counter("e", "e", ("destination",), registry=registry),
             )
             started = time.thread_time()
             for ctx in contexts:
@@ -225,6 +225,7 @@ def in_process(requests: int) -> dict[str, Any]:
         client.shutdown()
     return {
         "requests": requests,
+        "content_policy": content,
         "gateway_tracing_cpu_us_per_request": round(gateway_s / requests * 1e6, 1),
         "langfuse_sdk_calling_thread_cpu_us_per_generation": round(sdk_s / requests * 1e6, 1),
     }
@@ -236,9 +237,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=8, help="Blocks per gateway (alternating).")
     parser.add_argument("--compression", choices=["gzip", "none"], default="gzip")
     parser.add_argument("--in-process", action="store_true", help="Per-request CPU in process, vs the Langfuse SDK.")
+    parser.add_argument("--content", choices=["full", "mask", "hash", "none"], default="full",
+                        help="The redaction policy (--in-process): mask and hash run every masker.")
     args = parser.parse_args()
     if args.in_process:
-        print(orjson.dumps(in_process(args.requests), option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(in_process(args.requests, args.content), option=orjson.OPT_INDENT_2).decode())
         return
     with tempfile.TemporaryDirectory(prefix="tracing-bench-") as workdir:
         result = measure(Path(workdir), args.requests, args.blocks, args.compression)

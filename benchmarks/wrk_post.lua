@@ -1,4 +1,5 @@
 -- wrk script: POST one JSON body, optionally stop after N responses, print a JSON summary.
+-- A "__N__" in the body is replaced by a number unique to each request (a cache never hits).
 --
 --   wrk -t1 -c64 -d10s -s wrk_post.lua URL -- BODY_FILE [AUTHORIZATION] [MAX_RESPONSES]
 --
@@ -7,12 +8,21 @@
 
 local max_responses = 0
 local seen = 0
+local numbered = nil  -- the body split around "__N__", when it has one (a number per request)
+local count = 0
+local run = tostring(os.time())
 
 function init(args)
   local file = assert(io.open(args[1], "rb"), "cannot open the body file")
   wrk.method = "POST"
   wrk.body = file:read("*a")
   file:close()
+  local at = string.find(wrk.body, "__N__", 1, true)
+  if at ~= nil then
+    numbered = {string.sub(wrk.body, 1, at - 1), string.sub(wrk.body, at + 5)}
+  else
+    request = nil  -- the same body every time: wrk prepares it once
+  end
   wrk.headers["Content-Type"] = "application/json"
   if args[2] ~= nil and args[2] ~= "" then
     wrk.headers["Authorization"] = args[2]
@@ -22,6 +32,15 @@ function init(args)
     -- Without a cap wrk need not hand each response to Lua (checked right after init).
     response = nil
   end
+end
+
+function request()
+  count = count + 1
+  return wrk.format(nil, nil, nil, numbered[1] .. run .. "-" .. id .. "-" .. count .. numbered[2])
+end
+
+function setup(thread)
+  thread:set("id", tostring(math.random(1, 1000000000)))
 end
 
 function response(status, headers, body)

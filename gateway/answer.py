@@ -14,6 +14,7 @@ answer's size, never its whole wire form.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -33,7 +34,9 @@ class Answer:
     no error event in it. ``usage`` is what the upstream reported (``None`` if it did not).
     """
 
-    __slots__ = ("_body", "_builder", "_data", "_parts", "_size", "compact_at", "complete", "status", "streamed")
+    __slots__ = (
+        "_body", "_builder", "_data", "_parts", "_size", "compact_at", "complete", "first_at", "status", "streamed",
+    )
 
     def __init__(self, *, streamed: bool, status: int = 200, compact_at: int = COMPACT_AT) -> None:
         self.streamed = streamed
@@ -45,6 +48,8 @@ class Answer:
         self._parts: list[bytes] = []
         self._size = 0
         self._builder: CompletionBuilder | None = None
+        # When a stream's first event was relayed (perf_counter): its time to first token.
+        self.first_at: float | None = None
 
     @classmethod
     def of_json(cls, status: int, body: bytes, data: dict[str, Any] | None) -> Answer:
@@ -65,6 +70,8 @@ class Answer:
     # -- filled by the tap -----------------------------------------------------------------------
 
     def relayed(self, batch: bytes) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
         self._parts.append(batch)
         self._size += len(batch)
         if batch.endswith(DONE_EVENT):

@@ -7,13 +7,15 @@ never applies to half a request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.config.policies import DeploymentSpec, MockBehaviour, PolicyBundle, TeamSpec
 from gateway.config.yamlfile import ConfigError
-from gateway.pricing import FREE, Price, lookup, price_map
+from gateway.pricing import FREE, Price, context_window, lookup, price_map
 from gateway.rollouts.model import RolloutIndex, build_rollouts
+from gateway.routing.data_classes import OFF, DataClassPolicy, build_policy, receivable
 from gateway.shadow.rules import ShadowIndex, build_shadow_index
 
 
@@ -33,11 +35,19 @@ class Deployment:
     weight: float
     price: Price
     mock: MockBehaviour
+    # The data classes it may receive (gateway.routing.data_classes.receivable); empty when off.
+    data_classes: frozenset[str] = frozenset()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    max_input_tokens: int | None = None  # context window for the prompt (None: not checked)
 
     @property
     def label(self) -> str:
         """A safe name for logs and metrics: provider and model, never URL credentials or keys."""
         return f"{self.provider}/{self.model}"
+
+    def admits(self, data_class: str | None) -> bool:
+        """Whether this deployment may receive a request of ``data_class`` (``None``: classes off)."""
+        return data_class is None or data_class in self.data_classes
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,12 @@ class ModelAlias:
     kind: Literal["chat", "embedding"]
     description: str
     deployments: tuple[Deployment, ...]
+    fallbacks: tuple[str, ...] = ()  # aliases to try when every deployment failed
+    # Per (team, data class): the fallbacks' permitted deployments and how many were withheld
+    # (gateway.routing.fallbacks); fixed for the life of the catalog, so found once.
+    fallbacks_seen: dict[tuple[str, str | None], tuple[tuple[tuple[tuple[Deployment, ...], float], ...], int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +107,7 @@ class Catalog:
     teams: dict[str, Team]
     bundle: PolicyBundle
     rollouts: RolloutIndex = field(default_factory=RolloutIndex)  # policies/rollouts.yaml
+    data_classes: DataClassPolicy = OFF  # policies/data_classes.yaml
     shadows: ShadowIndex = field(default_factory=ShadowIndex)  # policies/shadows.yaml
 
     def team(self, name: str) -> Team | None:
@@ -131,9 +148,53 @@ def _price_for(alias: str, index: int, spec: DeploymentSpec) -> Price:
     return Price(input_cost, output_cost, max_out)
 
 
+def _window_for(spec: DeploymentSpec) -> int | None:
+    """The prompt's limit: the policy's, else the price map's (the mock has none of its own)."""
+    if spec.max_input_tokens is not None or spec.provider == "mock":
+        return spec.max_input_tokens
+    return context_window(spec.price_model or spec.model, spec.provider)
+
+
+def _check_classes(bundle: PolicyBundle, policy: DataClassPolicy, problems: list[str]) -> None:
+    """Every class a deployment or team names exists; without classes, none may be named."""
+    known = f"the classes in data_classes.yaml are {list(policy.order)}" if policy.enabled else (
+        "data_classes.yaml defines no classes"
+    )
+    for name, alias_spec in bundle.models.aliases.items():
+        for index, spec in enumerate(alias_spec.deployments):
+            if spec.max_data_class is not None and spec.max_data_class not in policy.rank:
+                problems.append(f"models.yaml: aliases.{name}.deployments.{index}.max_data_class: "
+                                f"unknown class {spec.max_data_class!r}; {known}")
+    for team_name, team in bundle.teams.teams.items():
+        if team.data_class is not None and team.data_class not in policy.rank:
+            problems.append(f"teams.yaml: teams.{team_name}.data_class: unknown class {team.data_class!r}; {known}")
+
+
+def _check_references(bundle: PolicyBundle, problems: list[str]) -> None:
+    """Fallbacks and downgrades name existing aliases of the same kind."""
+    aliases = bundle.models.aliases
+    for name, alias_spec in aliases.items():
+        for fallback in alias_spec.fallbacks:
+            target = aliases.get(fallback)
+            if fallback == name or target is None or target.kind != alias_spec.kind:
+                problems.append(f"models.yaml: aliases.{name}.fallbacks: {fallback!r} is not another "
+                                f"{alias_spec.kind} alias")
+    for team_name, team in bundle.teams.teams.items():
+        downgrade = team.budget.downgrade if team.budget is not None else None
+        if downgrade is None:
+            continue
+        source, target = aliases.get(downgrade.from_alias), aliases.get(downgrade.to_alias)
+        if source is None or target is None or source.kind != target.kind or source is target:
+            problems.append(f"teams.yaml: teams.{team_name}.budget.downgrade: from {downgrade.from_alias!r} and "
+                            f"to {downgrade.to_alias!r} must be two existing aliases of the same kind")
+
+
 def build_catalog(bundle: PolicyBundle) -> Catalog:
     problems: list[str] = []
     aliases: dict[str, ModelAlias] = {}
+    classes = build_policy(bundle.data_classes)
+    _check_classes(bundle, classes, problems)
+    _check_references(bundle, problems)
     for name, alias_spec in bundle.models.aliases.items():
         deployments = []
         for index, spec in enumerate(alias_spec.deployments):
@@ -142,6 +203,7 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue
+            max_class = spec.max_data_class if spec.max_data_class in classes.rank else None
             deployments.append(
                 Deployment(
                     id=f"{name}#{index}",
@@ -156,9 +218,13 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
                     weight=spec.weight,
                     price=price,
                     mock=spec.mock,
+                    data_classes=receivable(classes, max_class, spec.tags),
+                    tags=dict(spec.tags),
+                    max_input_tokens=_window_for(spec),
                 )
             )
-        aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments))
+        aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments),
+                                   tuple(alias_spec.fallbacks))
     teams = {name: Team(name, spec) for name, spec in bundle.teams.teams.items()}
     rollouts = build_rollouts(bundle.rollouts, aliases, problems, bundle.prompts.protected_labels)
     shadows = build_shadow_index(bundle.shadows, aliases, rollouts, problems)
@@ -167,4 +233,5 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
     price_map.cache_clear()
     if problems:
         raise ConfigError(problems)
-    return Catalog(aliases=aliases, teams=teams, bundle=bundle, rollouts=rollouts, shadows=shadows)
+    return Catalog(aliases=aliases, teams=teams, bundle=bundle, rollouts=rollouts, data_classes=classes,
+                   shadows=shadows)

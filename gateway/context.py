@@ -133,10 +133,24 @@ class RequestContext:
     # The request's trace (32 hex digits), set when it starts if tracing is on; a fork keeps
     # its parent's, so a shadow copy is an observation in its primary's trace.
     trace_id: str | None = None
+    # The caller's x-data-class header (a fork carries its parent's class here, so a copy is
+    # never of a lower class than the request it copies).
+    data_class_header: str | None = None
+    traceparent: str | None = None  # the caller's W3C traceparent header, as sent (tracing reads it)
+    parent_span_id: str | None = None  # the caller's span (16 hex digits), when its traceparent was valid
     alias: ModelAlias | None = None
     prompt_name: str | None = None  # set when `model` was `prompt:NAME...`
+    prompt_data_class: str | None = None  # the class the prompt version declares, if any
     prompt_version: int | None = None
     prompt_label: str | None = None
+    # The request's data class (gateway.routing.data_classes), set by the route stage; None: off.
+    data_class: str | None = None
+    downgraded_from: str | None = None  # the alias asked for, when a budget downgrade replaced it
+    # What the answer is scored against for groundedness (gateway.scoring.context): the caller's
+    # ``scoring_context`` field (taken out of the body by the parse stage), else the value of the
+    # prompt's declared context variable; None when there is none. Kept raw: only a sampled
+    # request pays for turning it into text, off the request path.
+    scoring_context: Any = None
     plan: RoutingPlan | None = None  # the route stage's decision
     deployments: tuple[Deployment, ...] = ()  # the plan's deployments, in the order to try them
     variant: str | None = None  # routing variant (e.g. "canary"), for traces and the ledger
@@ -228,6 +242,7 @@ class RequestContext:
             user=self.user,
             session_id=self.session_id,
             trace_id=self.trace_id,
+            data_class_header=self.data_class or self.data_class_header,
         )
 
     def on_meter(self, meter: Finisher) -> None:

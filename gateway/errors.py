@@ -6,9 +6,11 @@ stack trace, upstream secret or internal detail can leak through an error messag
 
     GatewayError                      status  type
     ├── InvalidRequest                  400   invalid_request_error
-    │   └── RequestTooLarge             413   invalid_request_error
+    │   ├── RequestTooLarge             413   invalid_request_error
+    │   └── ContextLengthExceeded       400   invalid_request_error  context_length_exceeded
     ├── AuthenticationFailed            401   authentication_error
     ├── PermissionDenied                403   permission_error
+    │   └── DataClassForbidden          403   permission_error   data_class_forbidden
     ├── NotFound                        404   invalid_request_error
     ├── RateLimited                     429   rate_limit_error   (budget_exceeded lives here too)
     ├── ServiceUnavailable              503   service_unavailable
@@ -66,6 +68,12 @@ class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt is longer than every deployment's context window (OpenAI's code for it)."""
+
+    code = "context_length_exceeded"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "authentication_error"
@@ -76,6 +84,16 @@ class PermissionDenied(GatewayError):
     status = 403
     type = "permission_error"
     code = "model_not_allowed"
+
+
+class DataClassForbidden(PermissionDenied):
+    """No deployment the request could reach may receive its data class; names the class."""
+
+    code = "data_class_forbidden"
+
+    def __init__(self, message: str, *, data_class: str, **kwargs: Any) -> None:
+        super().__init__(message, extra={"data_class": data_class}, **kwargs)
+        self.data_class = data_class
 
 
 class NotFound(GatewayError):

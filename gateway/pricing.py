@@ -51,15 +51,29 @@ def price_map() -> dict[str, Any]:
     return data
 
 
-def lookup(model: str, provider: str | None = None) -> Price | None:
-    """The price-map entry for ``model`` (tried bare and as ``provider/model``), if any."""
-    prices = price_map()
+def _candidates(model: str, provider: str | None) -> list[str]:
     candidates = [model]
     if provider:
         candidates.append(f"{provider}/{model}")
     if "/" in model:
         candidates.append(model.split("/", 1)[1])
-    for name in candidates:
+    return candidates
+
+
+def context_window(model: str, provider: str | None = None) -> int | None:
+    """The price map's ``max_input_tokens`` for ``model`` (the prompt's limit), if it has one."""
+    prices = price_map()
+    for name in _candidates(model, provider):
+        entry = prices.get(name)
+        if entry and isinstance(entry.get("max_input_tokens"), int) and entry["max_input_tokens"] > 0:
+            return int(entry["max_input_tokens"])
+    return None
+
+
+def lookup(model: str, provider: str | None = None) -> Price | None:
+    """The price-map entry for ``model`` (tried bare and as ``provider/model``), if any."""
+    prices = price_map()
+    for name in _candidates(model, provider):
         entry = prices.get(name)
         if not entry:
             continue

@@ -39,10 +39,11 @@ from gateway.redis.conn import connect_redis
 from gateway.resolve import Resolve
 from gateway.rollouts import RolloutBook
 from gateway.rollouts.control import RolloutControl, using
-from gateway.rollouts.feature import build_rollouts_feature
+from gateway.rollouts.feature import build_lease, build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
-from gateway.routing import RolloutStrategy, Route, RoutingStrategy, ShadowStrategy, Weighted
-from gateway.shadow.feature import build_shadows
+from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, ShadowStrategy, Weighted
+from gateway.scoring.feature import build_scoring
+from gateway.shadow.feature import build_shadows, data_class_permits
 from gateway.shadow.runner import ShadowRunner
 from gateway.storage import Database, open_database
 from gateway.tracing import build_tracing
@@ -52,6 +53,7 @@ from gateway.usage import build_usage
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.feedback import FeedbackService
     from gateway.prompts import PromptService
 
 log = logging.getLogger("gateway.runtime")
@@ -77,9 +79,11 @@ class Runtime:
     # The cost ledger's writer (flush() before reading the ledger back, e.g. to rebuild budgets).
     ledger: LedgerWriter | None = None
     routing: RoutingStrategy = field(default_factory=Weighted)
+    downgrades: Downgrades | None = None  # budget downgrades (gateway.budgets.downgrade), for the route stage
     # Each rollout's live weight (gateway.rollouts), read by the rollout routing strategy.
     rollouts: RolloutBook | None = None
     rollout_control: RolloutControl | None = None  # start/pause/.../abort, for /admin/rollouts
+    feedback: FeedbackService | None = None  # POST /v1/feedback
     shadows: ShadowRunner | None = None  # sends the plans' shadow copies after the answers
     handler: Handler | None = None  # the assembled pipeline
     core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
@@ -113,7 +117,7 @@ class Runtime:
             Authenticate(self.keys),
             ParseRequest(),
             Resolve(self.prompts),
-            Route(self.routing),
+            Route(self.routing, downgrades=self.downgrades),
         ]
         if self.cache is not None:
             stages.append(self.cache)  # before usage and budget: a hit is priced at nothing
@@ -230,7 +234,7 @@ async def create_runtime(settings: Settings) -> Runtime:
     assert ledger.sink is not None
     record.add_sink(ledger.sink)
     # Installed after the ledger, so its closer runs before the ledger's final flush.
-    tracing = build_tracing(settings.tracing, metrics.registry)
+    tracing = build_tracing(settings.tracing, metrics.registry, db=db)
     if tracing is not None:
         assert tracing.exporter is not None
         runtime.install(tracing)
@@ -253,15 +257,29 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(budgets)
     runtime.budget, runtime.budget_reporter = budgets.stage, budgets.reporter
+    runtime.downgrades = budgets.downgrades
 
     def prompt_service() -> AbstractAsyncContextManager[PromptService]:
         assert runtime.prompts is not None, "the prompt feature is built before any request"
         return using(runtime.prompts.service)
 
-    rollouts = await build_rollouts_feature(db, audit=runtime.audit, catalog=current, prompts=prompt_service,
-                                            registry=metrics.registry)
+    # Live scoring: a record-stage sink, and the analysis' source of scores and feedback.
+    flush_ledger = runtime.ledger.flush if runtime.ledger is not None else None
+    scoring = build_scoring(settings, db, metrics.registry, flush_ledger=flush_ledger)
+    runtime.install(scoring)
+    runtime.feedback = scoring.feedback
+    if scoring.scorer is not None:
+        record.add_sink(scoring.scorer)
+    rollout_settings = settings.rollouts
+    rollouts = await build_rollouts_feature(
+        db, audit=runtime.audit, catalog=current, prompts=prompt_service, registry=metrics.registry,
+        metrics=scoring.quality, annotator=scoring.annotator,
+        interval_s=rollout_settings.poll_interval_s, lease_s=rollout_settings.lease_s,
+        lease=build_lease(db, redis_url=settings.redis.url, lease_s=rollout_settings.lease_s),
+    )
     runtime.install(rollouts)
-    assert rollouts.book is not None and rollouts.control is not None
+    assert rollouts.book is not None and rollouts.control is not None and rollouts.counters is not None
+    record.add_sink(rollouts.counters)
     runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control
     # Rollouts decide the deployments; shadow rules add the copies to send afterwards.
     runtime.routing = ShadowStrategy(RolloutStrategy(rollouts.book))
@@ -273,8 +291,9 @@ async def create_runtime(settings: Settings) -> Runtime:
     runtime.prompts = prompts.repository
     # Installed after the ledger and budgets: at shutdown its copies are cancelled first, so
     # they still settle their shadow budget and write their ledger rows.
-    # TODO(data classes): pass permits= the data-class check (gateway/routing/data_classes.py).
-    shadows = build_shadows(settings, db, core=lambda: runtime.core, registry=metrics.registry)
+    # A copy whose target no deployment of may receive the primary's data class is not sent.
+    shadows = build_shadows(settings, db, core=lambda: runtime.core, registry=metrics.registry,
+                            permits=data_class_permits)
     runtime.install(shadows)
     assert shadows.runner is not None
     runtime.shadows = shadows.runner

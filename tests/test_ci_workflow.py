@@ -95,7 +95,7 @@ def test_the_workflow_steps_run_against_a_gateway(tmp_path: Path) -> None:
         pr_step = step("staging", "Push the prompts to the staging gateway and evaluate the new versions")
         result = run(pr_step, GATEWAY_KEY=author, MESSAGE="PR #7: shorter answers", TICKET="PR-7")
         assert result.returncode == 0, result.stderr
-        assert result.stdout.count("PASSED: ") == 3, result.stdout
+        assert result.stdout.count("PASSED: ") == 4, result.stdout
         # Run again (a new commit that did not change them): nothing new, nothing evaluated.
         again = run(pr_step, GATEWAY_KEY=author, MESSAGE="PR #7: typo", TICKET="PR-7")
         assert again.returncode == 0 and "PASSED" not in again.stdout

@@ -95,3 +95,9 @@ def test_prompt_management_and_scores(receiver: LangfuseReceiver) -> None:
     assert [p["labels"] for p in receiver.prompts("greet")] == [[], ["latest", "production"]]
     httpx.post(receiver.url + "/api/public/scores", json={"traceId": "t", "name": "q", "value": 1}, auth=auth)
     assert receiver.scores() == [{"traceId": "t", "name": "q", "value": 1}]
+    # Like Langfuse: the project's keys are required, and a score names its trace, name and value.
+    assert httpx.post(receiver.url + "/api/public/scores", json={"traceId": "t", "name": "q", "value": 1},
+                      auth=("pk-lf-test", "wrong")).status_code == 401
+    assert httpx.post(receiver.url + "/api/public/scores", json={"name": "q", "value": 1}, auth=auth).status_code == 400
+    httpx.post(receiver.url + "/api/public/scores", json={"traceId": "t", "name": "other", "value": 0}, auth=auth)
+    assert [s["name"] for s in receiver.scores("other")] == ["other"] and len(receiver.scores()) == 2

@@ -31,7 +31,7 @@ def test_the_shipped_prompts_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     code, output = check("prompts", cwd=tmp_path, monkeypatch=monkeypatch)
     assert code == 0, output
     assert "ok: prompts/support-answer (support-answer, 3 golden cases, sha256 " in output
-    assert output.rstrip().endswith("3 prompt files valid.")
+    assert output.rstrip().endswith("4 prompt files valid.")
 
 
 def test_every_problem_of_every_file_is_listed_and_nothing_is_pushed(

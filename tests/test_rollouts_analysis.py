@@ -129,7 +129,11 @@ def analyzer(db: Database, cat: Catalog, source: Source, clock: Clock, alerts: A
         raise AssertionError("not a prompt rollout")
         yield
 
-    control = RolloutControl(RolloutStateStore(db), AuditLog(db), lambda: cat, prompts=no_prompts)
+    async def promote_alias(rollout: Any, actor: Any, *, reason: str | None, ticket: str | None) -> int:
+        return 2
+
+    control = RolloutControl(RolloutStateStore(db), AuditLog(db), lambda: cat, prompts=no_prompts,
+                             promote_alias=promote_alias)
     return RolloutAnalyzer(control, lambda: cat, source, alerts=alerts, clock=clock), control
 
 
@@ -247,3 +251,54 @@ def test_twenty_healthy_rollouts_with_realistic_noise_are_never_rolled_back() ->
                                  step_started_at=T0, revision=1)
         outcomes.append(action)
     assert outcomes == ["promote"] * 20
+
+
+# -- false alarms ---------------------------------------------------------------------------------
+
+
+def noisy_window(rng: Any, requests: int, weight: float, *, canary_errors: float = 0.01,
+                 canary_slowdown: float = 1.0) -> dict[str, VariantStats]:
+    """One interval's numbers: ``requests`` split by weight, latencies log-normal around
+    800 ms (a long tail, as LLM calls have), a 1 % error rate on both variants."""
+    import math
+
+    found = {}
+    canary = sum(1 for _ in range(requests) if rng.random() < weight)
+    for variant, count, errors, slowdown in (("canary", canary, canary_errors, canary_slowdown),
+                                             ("stable", requests - canary, 0.01, 1.0)):
+        latencies = sorted(slowdown * rng.lognormvariate(math.log(800), 0.6) for _ in range(count))
+        failed = sum(1 for _ in range(count) if rng.random() < errors)
+        found[variant] = VariantStats(count, failed, tuple(latencies), 0.0)
+    return found
+
+
+def run_rollout(rng: Any, **canary: float) -> list[str]:
+    """A rollout with the documented defaults (min_requests 200, error_rate <= stable + 0.02,
+    p95 <= stable x 1.5, failure_limit 2) driven by noisy windows until it ends."""
+    rollout = catalog(steps=[{"weight": w} for w in (10, 25, 50, 100)], min_requests=200,
+                      checks=[{"metric": "error_rate", "max_over_stable": 0.02},
+                              {"metric": "p95_ms", "max_ratio_to_stable": 1.5}]).rollouts.by_id["ro"]
+    state = RolloutState("ro", "running", started_at=T0, step_started_at=T0, revision=1)
+    actions = []
+    for _ in range(40):
+        weight = rollout.weights[state.step]
+        action, failures = decide(rollout, state, evaluate(rollout, weight, noisy_window(rng, 3000, weight, **canary)),
+                                  T0)
+        actions.append(action)
+        if action in ("promote", "abort"):
+            break
+        state = RolloutState("ro", "running", step=state.step + (action == "advance"), failures=failures,
+                             started_at=T0, step_started_at=T0, revision=1)
+    return actions
+
+
+def test_the_settings_that_ignore_noise_still_catch_real_regressions() -> None:
+    """Traffic split by weight (few canary requests at 10 %), twenty seeds each: healthy
+    canaries are promoted, and the same settings roll back a real regression every time."""
+    import random
+
+    endings = [run_rollout(random.Random(seed))[-1] for seed in range(20)]
+    assert endings == ["promote"] * 20
+    # The same settings do catch a real regression: 5 % errors against 1 %, or twice as slow.
+    assert [run_rollout(random.Random(seed), canary_errors=0.05)[-1] for seed in range(20)] == ["abort"] * 20
+    assert [run_rollout(random.Random(seed), canary_slowdown=2.0)[-1] for seed in range(20)] == ["abort"] * 20

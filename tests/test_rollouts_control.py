@@ -46,6 +46,7 @@ def catalog() -> Catalog:
 class FakePrompts:
     def __init__(self) -> None:
         self.moves: list[tuple[str, str, int, bool, str | None]] = []
+        self.alias_promotions: list[tuple[str, str]] = []
 
     async def set_label(self, name: str, label: str, version: int, caller: Caller, *, force: bool = False,
                         reason: str | None = None, ticket: str | None = None) -> None:
@@ -78,8 +79,12 @@ def control(db: Database, prompts: FakePrompts | None = None, passed: set[tuple[
     async def eval_passed(name: str, version: int) -> bool:
         return (name, version) in (passed or set())
 
+    async def promote_alias(rollout: Any, actor: Any, *, reason: str | None, ticket: str | None) -> int:
+        found.alias_promotions.append((rollout.id, actor.key_id))
+        return 7
+
     return RolloutControl(RolloutStateStore(db), AuditLog(db), lambda: cat, prompts=service,
-                          eval_passed=eval_passed)
+                          eval_passed=eval_passed, promote_alias=promote_alias)
 
 
 ADMIN = Caller.operator("ops")
@@ -186,5 +191,12 @@ async def test_promoting_a_prompt_rollout_moves_its_label(db: Database) -> None:
         await ctl.promote("beta-ro", AUTHOR)
     model = await ctl.promote("model-ro", ADMIN)
     assert model.weight == 100 and prompts.moves == [("greet", "beta", 2, False, "healthy")]
+    # A model rollout's promotion rewrites the alias in the applied policies (see the promotion tests).
+    assert prompts.alias_promotions == [("model-ro", "cli:ops")]
+    promoted_entry = (await AuditLog(db).list(target="rollout:model-ro"))[-1]
+    assert promoted_entry.action == "rollout.promote" and promoted_entry.after["detail"]["policy_version"] == 7
+    # A promoted rollout routes nothing of its own: the label or the alias serves the canary.
+    book = RolloutBook({"model-ro": model.state})
+    assert book.weight(ctl.rollout("model-ro")) is None
     with refused("rollout_not_found"):
         await ctl.view("nope")

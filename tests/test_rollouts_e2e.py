@@ -288,7 +288,8 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
         assert 'gateway_rollout_weight_percent{rollout="split-next"} 0.0' in metrics
         assert 'gateway_rollout_checks_total{action="abort",rollout="split-next",verdict="fail"} 1.0' in metrics
         assert 'gateway_rollout_last_check{number="errors",rollout="split-next",variant="canary"}' in metrics
-        verdicts = [entry["verdict"] for entry in final["history"]]
+        # Two failed checks in a row (an inconclusive window between them neither counts nor resets).
+        verdicts = [entry["verdict"] for entry in final["history"] if entry["verdict"] != "inconclusive"]
         assert verdicts[-2:] == ["fail", "fail"], final["history"]
         time.sleep(1.0)  # every replica's watcher has polled by now
         stop.set()
@@ -311,6 +312,13 @@ def test_a_failing_canary_is_rolled_back_automatically(tmp_path: Path, fake_upst
     assert failed["ok"] is False and failed["canary"] > failed["bound"]
     shown = proc.cli("rollouts", "status", "split-next").stdout
     assert "last check's window" in shown and "│ abort " in shown and f"failed: {metric}" in shown
+    assert "since the current step began" in shown and f"│ {metric} " in shown and "FAIL" in shown
+    shown_json = json.loads(proc.cli("rollouts", "status", "split-next", "--format", "json").stdout)
+    assert shown_json["last_check"]["verdict"] == "fail" and shown_json["last_check"]["action"] == "abort"
+    assert {c["metric"]: c["ok"] for c in shown_json["last_check"]["checks"]} == {metric: False}
+    live = shown_json["live"]  # the whole step's numbers per variant, from the ledger
+    assert set(live) == {"stable", "canary"} and live["canary"]["requests"] > 0
+    assert {"requests", "errors", "p95_ms", "cost_per_request"} <= set(live["canary"])
     log_lines = [line for line in proc.log().splitlines() if "rollout rolled back" in line]
     assert len(log_lines) == 1
 
@@ -375,25 +383,31 @@ def test_a_healthy_prompt_canary_advances_through_every_step_and_its_label_moves
         proc.stop()
 
 
-def test_two_replicas_on_postgresql_one_killed_mid_rollout(
-    tmp_path: Path, fake_upstream: FakeHandle, fresh_pg_url: str
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_the_lease_holder_is_killed_mid_rollout_and_another_replica_carries_on(
+    tmp_path: Path, fake_upstream: FakeHandle, fresh_pg_url: str, redis_url: str
 ) -> None:
-    """Both replicas run the analysis; the stored state decides. One is SIGKILLed mid-rollout:
-    the other carries on from the stored step, no step repeated or skipped."""
+    """Two replicas on one Redis and PostgreSQL; one holds the controller lease (in Redis) and
+    alone runs the analysis. It is SIGKILLed mid-rollout: the other takes the lease within two
+    lease periods and carries on from the stored step, no step repeated or skipped."""
     import json
     import threading
 
-    config: dict[str, Any] = {"models": models(fake_upstream.url), "teams": TEAMS,
-                              "extra": {"ledger": {"flush_interval_ms": 50}}}
+    lease_s = 2.0
+    config: dict[str, Any] = {"models": models(fake_upstream.url), "teams": TEAMS, "redis_url": redis_url,
+                              "extra": {"ledger": {"flush_interval_ms": 50},
+                                        "rollouts": {"lease_s": lease_s, "poll_interval_s": 0.25}}}
     first = make_gateway(tmp_path / "a", fake_upstream.url, fresh_pg_url, **config).start()
     second = make_gateway(tmp_path / "b", fake_upstream.url, fresh_pg_url, **config).start()
+    replicas = {f"{proc.proc.pid}": proc for proc in (first, second) if proc.proc is not None}
     stop = threading.Event()
     try:
         _, alpha = new_key(first.url, ADMIN_KEY, "alpha")
-        steps = [{"weight": w} for w in (10, 20, 30, 40, 50, 60, 100)]
+        steps = [{"weight": w} for w in (20, 30, 40, 50, 60, 70, 80, 90, 95, 100)]
         apply_rollouts(first, {"rollouts": {"split-next": {
             "target": {"alias": "split", "canary": {"deployment": 1}}, "steps": steps,
-            "interval_s": 1, "min_requests": 3, "failure_limit": 2,
+            "interval_s": 1, "min_requests": 2, "failure_limit": 2,
             "checks": [{"metric": "error_rate", "max_over_stable": 0.05}],
         }}})
         alive = [first, second]
@@ -417,31 +431,67 @@ def test_two_replicas_on_postgresql_one_killed_mid_rollout(
                                               headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
             return found
 
-        wait_until(lambda: state(second).get("step", 0) >= 2, timeout=30)
-        alive.remove(first)
-        first.kill()
+        def leaders() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = json.loads(first.cli(
+                "audit", "list", "--target", "rollouts:controller", "--format", "json").stdout)
+            return found
+
+        def leading(proc: GatewayProcess) -> bool:
+            return "gateway_rollout_controller_leading 1.0" in httpx.get(f"{proc.url}/metrics").text
+
+        wait_until(lambda: state(second).get("step", 0) >= 2, timeout=60)
+        holder = first if leading(first) else second
+        survivor = second if holder is first else first
+        assert leading(holder) and not leading(survivor)
+        alive.remove(holder)
+        holder.kill()
         killed_at = datetime.now(UTC)
-        wait_until(lambda: state(second).get("status") == "promoted", timeout=40)
+        at_kill = state(survivor)
+        assert at_kill["status"] == "running", "the rollout ended before the kill: the test shows nothing"
+        wait_until(lambda: state(survivor).get("status") == "promoted", timeout=60)
         stop.set()
         for sender in senders:
             sender.join(10)
-        final = state(second)
+        final = state(survivor)
+        taken = leaders()
+        # The promotion made the canary deployment the alias' own: every caller gets it now
+        # (a team the rollout never matched too), outside any rollout.
+        _, beta = new_key(survivor.url, ADMIN_KEY, "beta")
+
+        def answered() -> tuple[str, str | None]:
+            response = httpx.post(f"{survivor.url}/v1/chat/completions", headers={"Authorization": f"Bearer {beta}"},
+                                  json={"model": "split", "messages": [{"role": "user", "content": "hi"}]})
+            return response.json()["model"], response.headers.get("x-gateway-variant")
+
+        wait_until(lambda: answered() == ("mock-next", None))
+        applied = json.loads(survivor.cli("audit", "list", "--target", "policies", "--format", "json").stdout)
     finally:
         stop.set()
         first.stop()
         second.stop()
 
+    # The survivor took the lease (a new generation) within two lease periods (plus its poll).
+    leader = [entry for entry in taken if datetime.fromisoformat(entry["ts"]) < killed_at][-1]
+    assert replicas[leader["after"]["holder"].rsplit(":", 1)[1]] is holder
+    generation = leader["after"]["generation"]
+    assert [entry["after"]["generation"] for entry in taken] == list(range(1, generation + 2))
+    took_at = datetime.fromisoformat(taken[-1]["ts"])
+    assert taken[-1]["after"]["holder"].endswith(f":{survivor.proc.pid if survivor.proc else ''}")
+    assert 0 < (took_at - killed_at).total_seconds() <= 2 * lease_s + 0.25
+    # Every check was made by the holder of its time, and no step was repeated or skipped.
     decisions = [(e["step"], e["action"]) for e in final["history"] if e["action"] != "record"]
-    assert decisions == [*((step, "advance") for step in range(6)), (6, "promote")]
-    after_kill = {e["by"] for e in final["history"] if datetime.fromisoformat(e["at"]) > killed_at}
-    assert len(after_kill) == 1  # the survivor alone
-    # The survivor took over within two intervals (plus its tick) of the kill.
-    first_after = min(datetime.fromisoformat(e["at"]) for e in final["history"]
-                      if datetime.fromisoformat(e["at"]) > killed_at)
-    assert (first_after - killed_at).total_seconds() <= 2 * 1 + 0.5
-    entries = json.loads(second.cli("audit", "list", "--target", "rollout:split-next", "--format", "json").stdout)
-    assert [e["action"] for e in entries] == ["rollout.advance"] * 6 + ["rollout.promote"]
-    assert [e["after"]["step"] for e in entries[:6]] == [1, 2, 3, 4, 5, 6]
+    assert decisions == [*((step, "advance") for step in range(9)), (9, "promote")]
+    by_generation = {(e["by"], e["generation"]) for e in final["history"]}
+    assert by_generation <= {(t["after"]["holder"], t["after"]["generation"]) for t in taken}
+    after_kill = {e["generation"] for e in final["history"] if datetime.fromisoformat(e["at"]) > killed_at}
+    assert after_kill == {generation + 1}
+    entries = json.loads(survivor.cli("audit", "list", "--target", "rollout:split-next", "--format", "json").stdout)
+    assert [e["action"] for e in entries] == ["rollout.advance"] * 9 + ["rollout.promote"]
+    assert [e["after"]["step"] for e in entries[:9]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert entries[-1]["after"]["detail"]["policy_version"] == 2
+    assert [(e["action"], e["actor_key_id"], e["after"]["version"]) for e in applied][-1] == (
+        "policy.apply", "rollout-controller", 2)
+    assert "weight: 0" in applied[-1]["after"]["diff"]
 
 
 def test_the_cache_keeps_the_variants_apart(tmp_path: Path, fake_upstream: FakeHandle) -> None:

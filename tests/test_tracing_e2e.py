@@ -4,16 +4,19 @@ path to a local receiver, and a Langfuse that is down, failing or hanging never 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from conftest import FakeHandle, make_gateway
-from openai import OpenAI
+from openai import NotFoundError, OpenAI
 
 from gateway.pricing import to_nanos
 from gateway.storage.schema import ledger
@@ -34,7 +37,8 @@ def receiver() -> Iterator[LangfuseReceiver]:
 def _traced_gateway(root: Path, upstream: str, receiver: LangfuseReceiver, **tracing: object) -> GatewayProcess:
     settings = {
         "host": receiver.url, "public_key": receiver.public_key, "secret_key": "${TEST_LANGFUSE_SECRET}",
-        "environment": "test", "flush_interval_ms": 20, "timeout_s": 0.5, "shutdown_timeout_s": 1.0, **tracing,
+        "environment": "test", "flush_interval_ms": 20, "timeout_s": 0.5, "shutdown_timeout_s": 1.0,
+        "mirror_interval_s": 0.2, **tracing,
     }
     proc = make_gateway(root, upstream, f"sqlite:///{root / 'gateway.db'}", extra={"tracing": settings})
     proc.env["TEST_LANGFUSE_SECRET"] = receiver.secret_key
@@ -152,6 +156,10 @@ def test_streams_embeddings_and_fallbacks_are_traced(
     span = _span(receiver, streamed)
     assert span.json("langfuse.observation.output") == {"role": "assistant", "content": text}
     assert span.attributes["langfuse.observation.metadata.stream"] is True
+    assert span.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    # Time to first token: when the first event went out, between the span's start and end.
+    first = datetime.fromisoformat(span.json("langfuse.observation.completion_start_time"))
+    assert span.start_ns <= first.timestamp() * 1e9 <= span.end_ns + 1_000
 
     embedded = client.embeddings.with_raw_response.create(model="fake-embed", input="a trace")
     span = _span(receiver, embedded.headers["x-gateway-trace-id"])
@@ -199,7 +207,7 @@ def test_no_key_is_ever_exported(traced: GatewayProcess, key: tuple[str, str], r
 def test_a_failing_langfuse_fails_no_request_and_the_loss_is_counted(
     traced: GatewayProcess, key: tuple[str, str], receiver: LangfuseReceiver, mode: str
 ) -> None:
-    before = sum(_metric(traced, "gateway_trace_spans_dropped_total", reason=r)
+    before = sum(_metric(traced, "gateway_trace_spans_dropped_total", destination="langfuse", reason=r)
                  for r in ("queue_full", "export_failed"))
     receiver.set_mode(mode)  # type: ignore[arg-type]
     client = _client(traced, key[1])
@@ -210,7 +218,7 @@ def test_a_failing_langfuse_fails_no_request_and_the_loss_is_counted(
     deadline = time.monotonic() + 5
     dropped = 0.0
     while time.monotonic() < deadline:
-        dropped = sum(_metric(traced, "gateway_trace_spans_dropped_total", reason=r)
+        dropped = sum(_metric(traced, "gateway_trace_spans_dropped_total", destination="langfuse", reason=r)
                       for r in ("queue_full", "export_failed")) - before
         if dropped >= 12:  # at most the queue (8) and one batch in flight (4) may still be pending
             break
@@ -240,31 +248,91 @@ def test_a_graceful_stop_with_a_hanging_langfuse_ends_within_its_bound(
         proc.stop(signal.SIGKILL)
 
 
-def test_a_prompts_generation_names_its_version(
-    traced: GatewayProcess, key: tuple[str, str], receiver: LangfuseReceiver
-) -> None:
-    import shutil
-
+def _push(proc: GatewayProcess, name: str = "summarise") -> None:
     from support.gateway_proc import REPO
 
-    for name in ("summarise.yaml", "summarise.golden.jsonl"):
-        shutil.copy(REPO / "prompts" / name, traced.config.root / "prompts" / name)
-    pushed = traced.cli("prompts", "push", "prompts/summarise.yaml", "-m", "Summariser", check=False)
+    for file in (f"{name}.yaml", f"{name}.golden.jsonl"):
+        shutil.copy(REPO / "prompts" / file, proc.config.root / "prompts" / file)
+    pushed = proc.cli("prompts", "push", f"prompts/{name}.yaml", "-m", "Summariser", check=False)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-    client = _client(traced, key[1])
+
+
+def _until(check: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _ask_prompt(client: OpenAI, text: str) -> Any:
+    """A prompt request, retried until this replica's label sync saw the CLI's push."""
     deadline = time.monotonic() + 10
     while True:
         try:
-            raw = client.chat.completions.with_raw_response.create(
-                model="prompt:summarise@latest", messages=[], extra_body={"variables": {"text": "Traces join."}},
+            return client.chat.completions.with_raw_response.create(
+                model="prompt:summarise@latest", messages=[], extra_body={"variables": {"text": text}},
             )
-            break
-        except Exception:
+        except NotFoundError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_a_prompts_generation_names_its_mirrored_version(
+    traced: GatewayProcess, key: tuple[str, str], receiver: LangfuseReceiver
+) -> None:
+    _push(traced)
+    _until(lambda: receiver.prompts("summarise"))  # mirrored in the background
+    [mirrored] = receiver.prompts("summarise")
+    assert mirrored["type"] == "chat" and mirrored["prompt"][0]["role"] in ("system", "user")
+    assert mirrored["config"]["gateway_version"] == 1 and mirrored["commitMessage"].startswith("gateway v1")
+    client = _client(traced, key[1])
+    raw = _ask_prompt(client, "Traces join.")
     span = _span(receiver, raw.headers["x-gateway-trace-id"])
     assert span.attributes["langfuse.observation.prompt.name"] == "summarise" == raw.headers["x-prompt-name"]
-    assert span.attributes["langfuse.observation.prompt.version"] == int(raw.headers["x-prompt-version"])
+    assert span.attributes["langfuse.observation.prompt.version"] == int(raw.headers["x-prompt-version"]) \
+        == mirrored["version"]
     assert span.attributes["langfuse.trace.name"] == "summarise"
     assert "Traces join." in span.json("langfuse.observation.input")[-1]["content"]  # as rendered and sent
+
+    # A label move is mirrored too.
+    moved = traced.cli("prompts", "label", "set", "summarise", "staging", "1", check=False)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    _until(lambda: "staging" in receiver.prompts("summarise")[0]["labels"])
+    patches = [call for call in receiver.calls() if call.method == "PATCH"]
+    assert patches[-1].path == f"/api/public/v2/prompts/summarise/versions/{mirrored['version']}"
+    assert patches[-1].body == {"newLabels": ["staging"]}
+
+
+def test_a_langfuse_outage_never_blocks_a_push_and_the_mirror_catches_up(
+    tmp_path: Path, fake_upstream: FakeHandle
+) -> None:
+    with LangfuseReceiver() as langfuse:
+        # Langfuse already holds a version of this prompt (made elsewhere): the numbers differ,
+        # and the generation must name Langfuse's, the metadata the gateway's.
+        langfuse.set_mode("normal")
+        httpx.post(f"{langfuse.url}/api/public/v2/prompts", json={"name": "summarise", "type": "text", "prompt": "x"},
+                   auth=(langfuse.public_key, langfuse.secret_key)).raise_for_status()
+        proc = _traced_gateway(tmp_path, fake_upstream.url, langfuse).start()
+        try:
+            langfuse.set_mode("hang")
+            started = time.monotonic()
+            _push(proc)
+            assert time.monotonic() - started < 15  # the CLI's own start-up; nothing waited on Langfuse
+            secret = new_key(proc.url, ADMIN_KEY, "alpha")[1]
+            time.sleep(0.5)
+            assert len(langfuse.prompts("summarise")) == 1  # nothing got through while it hung
+            langfuse.set_mode("error")
+            time.sleep(0.5)
+            langfuse.set_mode("normal")
+            _until(lambda: len(langfuse.prompts("summarise")) == 2)
+            time.sleep(0.5)  # a retry that already made the version must not make it twice
+            assert [v["version"] for v in langfuse.prompts("summarise")] == [1, 2]
+            raw = _ask_prompt(_client(proc, secret), "Outage.")
+            assert raw.headers["x-prompt-version"] == "1"
+            span = _span(langfuse, raw.headers["x-gateway-trace-id"])
+            assert span.attributes["langfuse.observation.prompt.version"] == 2
+            assert span.attributes["langfuse.observation.metadata.prompt_version"] == 1
+            assert _metric(proc, "gateway_prompt_mirror_total", kind="version", outcome="mirrored") == 1
+        finally:
+            proc.stop()

@@ -11,7 +11,7 @@ from gateway.config.settings import Settings, TracingSettings
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import InvalidRequest
 from gateway.tracing import build_tracing
-from gateway.tracing.exporter import TRACE_HEADER, TraceExporter
+from gateway.tracing.exporter import TRACE_HEADER, TraceExporter, destinations, exporter_for
 from support.servers import free_port
 
 CATALOG = stage_catalog("t", {})
@@ -22,9 +22,9 @@ def _exporter(**settings: object) -> tuple[TraceExporter, CollectorRegistry]:
     config = TracingSettings.model_validate(
         {"host": f"http://127.0.0.1:{free_port()}", "public_key": "pk-lf-1", "secret_key": "sk-lf-1", **settings}
     )
-    exporter = TraceExporter(
-        config, dropped=Counter("dropped", "d", ("reason",), registry=registry),
-        exported=Counter("exported", "e", registry=registry),
+    exporter = exporter_for(
+        config, dropped=Counter("dropped", "d", ("reason", "destination"), registry=registry),
+        exported=Counter("exported", "e", ("destination",), registry=registry),
     )
     return exporter, registry
 
@@ -35,12 +35,28 @@ def _ctx(n: int = 0) -> RequestContext:
 
 
 def _dropped(registry: CollectorRegistry, reason: str) -> float:
-    return registry.get_sample_value("dropped_total", {"reason": reason}) or 0.0
+    return registry.get_sample_value("dropped_total", {"reason": reason, "destination": "langfuse"}) or 0.0
 
 
 def test_off_without_host_and_keys() -> None:
     assert build_tracing(Settings().tracing, CollectorRegistry()) is None
     assert not TracingSettings(host="http://x", public_key="pk").enabled
+
+
+def test_langfuse_by_either_url_an_otlp_endpoint_alone_or_both() -> None:
+    keys = {"public_key": "pk-lf-1", "secret_key": "sk-lf-1"}
+    newer = TracingSettings.model_validate({"base_url": "https://lf.example/", **keys})
+    assert newer.enabled and [(d.name, d.url) for d in destinations(newer)] == [
+        ("langfuse", "https://lf.example/api/public/otel/v1/traces")]
+    alone = TracingSettings.model_validate({"otlp_endpoint": "http://c:4318/v1/traces",
+                                            "otlp_headers": {"x-api-key": "k"}})
+    assert alone.enabled and not alone.langfuse
+    assert [(d.name, d.headers) for d in destinations(alone)] == [("otlp", {"x-api-key": "k"})]
+    both = TracingSettings.model_validate({"host": "https://h", "base_url": "https://ignored",
+                                           "otlp_endpoint": "http://c:4318/v1/traces", **keys})
+    found = destinations(both)
+    assert [d.url for d in found] == ["https://h/api/public/otel/v1/traces", "http://c:4318/v1/traces"]
+    assert found[0].headers["Authorization"].startswith("Basic ") and "Authorization" not in found[1].headers
 
 
 def test_start_gives_each_request_a_trace_id_and_its_header() -> None:

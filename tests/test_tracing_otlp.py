@@ -10,15 +10,18 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from benchmarks.servers import stage_catalog
 from gateway.answer import Answer
 from gateway.auth import Principal
-from gateway.context import Endpoint, RequestContext, Usage
+from gateway.context import Endpoint, Origin, RequestContext, Usage
 from gateway.errors import InvalidRequest
 from gateway.testing.langfuse_receiver import _attributes
 from gateway.tracing import otlp
-from gateway.tracing.spans import span_of
+from gateway.tracing.maskers import MASKERS
+from gateway.tracing.policy import TracePolicies, TracePolicy
+from gateway.tracing.redaction import Redactor
+from gateway.tracing.spans import SpanBuilder
 
-VALUES: list[str | int | float | bool] = [
+VALUES: list[otlp.AttributeValue] = [
     "", "plain", "ünïcødé ✓", "x" * 100_000, 0, 1, 127, 128, 300, 2**40, 2**63 - 1, -1, -(2**63),
-    0.0, 1.5, -2.25e-9, 1.234e-5, True, False,
+    0.0, 1.5, -2.25e-9, 1.234e-5, True, False, [], ["stop"], ["stop", "length ✓", "x" * 300],
 ]
 
 
@@ -34,7 +37,7 @@ def _decode(payload: bytes) -> Span:
 
 
 @pytest.mark.parametrize("value", VALUES, ids=lambda v: repr(v)[:20])
-def test_each_attribute_value_decodes_to_itself(value: str | int | float | bool) -> None:
+def test_each_attribute_value_decodes_to_itself(value: otlp.AttributeValue) -> None:
     encoded = otlp.span(
         trace_id=bytes(range(16)), span_id=bytes(range(8)), name="n", kind=otlp.SPAN_KIND_SERVER,
         start_ns=1, end_ns=2, attributes_bytes=otlp.attributes([("k", value)], otlp.SPAN_ATTRIBUTE_TAG),
@@ -80,7 +83,9 @@ def test_a_failed_request_as_a_span() -> None:
     ctx.error, ctx.status = InvalidRequest("Bad field sk-abcdefghijklmnop."), 400
     ctx.trace_id = "0af7651916cd43dd8448eb211c80319c"
     span = Span()
-    span.ParseFromString(span_of(ctx, 2_000_000_000, environment="env"))
+    builder = SpanBuilder(environment="env", redactor=Redactor(list(MASKERS.values())),
+                          policies=TracePolicies(TracePolicy(1.0, "full")))
+    span.ParseFromString(builder.build(ctx, 2_000_000_000))
     attributes = _attributes(span.attributes)
     assert span.start_time_unix_nano == 1_750_000_000 and span.status.code == Status.STATUS_CODE_ERROR
     assert attributes["langfuse.observation.level"] == "ERROR"
@@ -88,3 +93,24 @@ def test_a_failed_request_as_a_span() -> None:
     assert orjson.loads(attributes["langfuse.observation.cost_details"]) == {"total": 1.5e-7}
     assert attributes["langfuse.observation.metadata.team"] == "t"
     assert "langfuse.observation.output" not in attributes
+
+
+def test_a_fork_is_a_child_observation_of_its_primarys_span() -> None:
+    catalog = stage_catalog("t", {})
+    primary = RequestContext(request_id="r1", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None,
+                             catalog=catalog)
+    primary.principal = Principal(key_id="key_1", team="t", roles=frozenset({"app"}))
+    primary.trace_id = "0af7651916cd43dd8448eb211c80319c"
+    shadow = primary.fork(Origin.SHADOW)
+    builder = SpanBuilder(environment="env", redactor=Redactor(list(MASKERS.values())),
+                          policies=TracePolicies(TracePolicy(1.0, "full")))
+    spans = []
+    for ctx in (primary, shadow):
+        span = Span()
+        span.ParseFromString(builder.build(ctx, 2_000_000_000))
+        spans.append(span)
+    first, second = spans
+    assert first.trace_id == second.trace_id and first.parent_span_id == b""
+    assert second.parent_span_id == first.span_id != second.span_id
+    assert "langfuse.trace.name" in _attributes(first.attributes)
+    assert "langfuse.trace.name" not in _attributes(second.attributes)  # it does not rename the trace

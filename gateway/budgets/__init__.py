@@ -18,6 +18,7 @@ from sqlalchemy import insert
 
 from gateway.budgets.alerts import Alerts, BudgetMetrics, UsedRatioCollector
 from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, Reservation
+from gateway.budgets.downgrade import Downgrades
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget, Window, window
 from gateway.budgets.redis_backend import RedisBackend
@@ -42,6 +43,7 @@ __all__ = [
     "BudgetFeature",
     "BudgetStatus",
     "BudgetUnavailable",
+    "Downgrades",
     "MemoryBackend",
     "RedisBackend",
     "Refusal",
@@ -60,6 +62,7 @@ log = logging.getLogger("gateway.budget")
 @dataclass
 class BudgetFeature(Feature):
     reporter: BudgetStatus | None = None
+    downgrades: Downgrades | None = None  # for the route stage: budget downgrades
 
 
 async def build_budgets(
@@ -131,6 +134,7 @@ async def build_budgets(
         closers=[close],
         catalog_listeners=[stage.use_catalog],
         reporter=BudgetStatus(backend, db, catalog, book),
+        downgrades=Downgrades(backend, book),
     )
 
 

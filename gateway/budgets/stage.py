@@ -99,8 +99,10 @@ class Budget:
         budget = self.book.for_team(ctx.catalog, principal.team) if principal is not None else None
         if budget is None or not ctx.deployments:
             return await call_next(ctx)
-        prompt = await self.counter.prompt_tokens(ctx)
-        ctx.prompt_tokens = prompt
+        prompt = ctx.prompt_tokens  # counted already when a context window could matter
+        if prompt is None or any(d.id not in prompt for d in ctx.deployments):
+            prompt = await self.counter.prompt_tokens(ctx)
+            ctx.prompt_tokens = prompt
         worst = self.worst_case(ctx, prompt)
         if worst <= 0:
             # Free deployments: nothing to hold, nothing to charge.

@@ -32,6 +32,7 @@ _GROUPS = {
     "audit": "gateway.cli.audit_cmd",
     "report": "gateway.cli.report",
     "budgets": "gateway.cli.budgets",
+    "hallucination": "gateway.cli.hallucination",
 }
 
 

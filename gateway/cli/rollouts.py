@@ -17,13 +17,15 @@ import typer
 
 from gateway.audit import AuditLog
 from gateway.cli.common import ConfigOption, console, fail, fail_config, settings_or_exit, with_database
-from gateway.config.applied import catalog_in_force
+from gateway.config.applied import PolicyStore, catalog_in_force
 from gateway.config.settings import Settings
 from gateway.config.yamlfile import ConfigError
 from gateway.errors import GatewayError
 from gateway.prompts.store import PromptStore
+from gateway.rollouts.analysis import LedgerMetrics
 from gateway.rollouts.control import RolloutControl, RolloutView
 from gateway.rollouts.feature import eval_gate
+from gateway.rollouts.promotion import AliasPromoter
 from gateway.rollouts.state import RolloutStateStore
 from gateway.storage import Database
 
@@ -45,7 +47,8 @@ def _with_control(settings: Settings, work: Callable[[RolloutControl], Awaitable
         catalog = (await catalog_in_force(settings, db)).catalog
         control = RolloutControl(
             RolloutStateStore(db), AuditLog(db), lambda: catalog,
-            prompts=lambda: open_service(settings), eval_passed=eval_gate(PromptStore(db)),
+            prompts=lambda: open_service(settings), eval_passed=eval_gate(PromptStore(db)), metrics=LedgerMetrics(db),
+            promote_alias=AliasPromoter(PolicyStore(db)),
         )
         return await work(control)
 
@@ -124,21 +127,37 @@ def _print_view(view: RolloutView) -> None:
     table.add_row("checks", "; ".join(orjson.dumps(check).decode() for check in data["checks"]))
     table.add_row("match", orjson.dumps(data["match"]).decode())
     console.print(table)
+    numbers = ("requests", "errors", "error_rate", "p95_ms", "p99_ms", "cost_per_request")
+    headers = ("variant", "requests", "errors", "error rate", "p95 ms", "p99 ms", "cost/request USD")
+    if view.live:
+        live = Table(*headers, title="since the current step began (all replicas)")
+        for variant, found in view.live.items():
+            live.add_row(variant, *(str(found.get(name, "")) for name in numbers))
+        console.print(live)
     if not view.state.history:
         return
     last = view.state.history[-1]
-    variants = Table("variant", "requests", "errors", "error rate", "p95 ms", "p99 ms", "cost/request USD",
-                     title=f"last check's window ({last.get('at', '')})")
-    for variant, numbers in sorted((last.get("variants") or {}).items()):
-        variants.add_row(variant, *(str(numbers.get(name, "")) for name in (
-            "requests", "errors", "error_rate", "p95_ms", "p99_ms", "cost_per_request")))
+    variants = Table(*headers, title=f"last check's window ({last.get('at', '')})")
+    for variant, found in sorted((last.get("variants") or {}).items()):
+        variants.add_row(variant, *(str(found.get(name, "")) for name in numbers))
     console.print(variants)
+    if last.get("checks"):
+        checks = Table("metric", "canary", "stable", "bound", "verdict",
+                       title=f"last check: {last.get('verdict', '')} ({last.get('why', '')})")
+        for check in last["checks"]:
+            checks.add_row(str(check.get("metric")), _number(check.get("canary")), _number(check.get("stable")),
+                           _number(check.get("bound")), "pass" if check.get("ok") else "FAIL")
+        console.print(checks)
     history = Table("at", "step", "weight %", "verdict", "action", "why", "by", title="checks (latest last)")
     for entry in view.state.history[-20:]:
         history.add_row(str(entry.get("at", "")), str(int(entry.get("step", 0)) + 1), f"{entry.get('weight', 0):g}",
                         str(entry.get("verdict", "")), str(entry.get("action", "")), str(entry.get("why", "")),
                         str(entry.get("by", "")))
     console.print(history)
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def _changed(view: RolloutView, verb: str) -> None:

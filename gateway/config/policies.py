@@ -1,6 +1,6 @@
 """Policy files under ``policies/``: model aliases (``models.yaml``), teams (``teams.yaml``),
-the prompt policy (``prompts.yaml``), rollouts (``rollouts.yaml``, see ``rollouts.py``) and shadow
-traffic (``shadows.yaml``, see ``shadows.py``).
+the prompt policy (``prompts.yaml``), rollouts (``rollouts.yaml``, see ``rollouts.py``), data
+classes (``data_classes.yaml``) and shadow traffic (``shadows.yaml``, see ``shadows.py``).
 
 These are the edge models: strict pydantic schemas with a description per field, validated
 with file and line in every error. The request path never sees them; ``gateway.catalog``
@@ -51,6 +51,17 @@ class DeploymentSpec(_Strict):
     price_model: str | None = Field(None, description="Name to look up in the price map, if not `model`.")
     free: bool = Field(False, description="Explicitly free: no price needed (local models, mock).")
     max_output_tokens: int | None = Field(None, gt=0, description="Default from the price map.")
+    max_input_tokens: int | None = Field(
+        None, gt=0, description="Context window for the prompt; a longer prompt skips this deployment. "
+        "Default from the price map (none: no limit is checked)."
+    )
+    max_data_class: str | None = Field(
+        None, description="The highest data class (data_classes.yaml) this deployment may receive; "
+        "default: the lowest class."
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Free-form facts (region: eu, hosting: self) that data-class rules match."
+    )
     mock: MockBehaviour = MockBehaviour()
 
     @model_validator(mode="after")
@@ -64,6 +75,10 @@ class AliasSpec(_Strict):
     kind: Literal["chat", "embedding"] = Field("chat", description="Which endpoint the alias serves.")
     description: str = ""
     deployments: list[DeploymentSpec] = Field(..., min_length=1)
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Aliases tried in order when every deployment of this one failed before the caller saw a byte.",
+    )
 
 
 class ModelsFile(_Strict):
@@ -124,6 +139,16 @@ class SubBudgetSpec(_Strict):
     hard: bool | None = Field(None, description="Refuse past the limit (true) or only alert; default: the team's.")
 
 
+class DowngradeSpec(_Strict):
+    """Past ``at_pct`` of the period's budget, requests for the alias ``from`` go to ``to``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    at_pct: float = Field(..., gt=0, le=100, description="Share of the team's limit spent, in percent.")
+    from_alias: str = Field(..., alias="from", description="The alias asked for.")
+    to_alias: str = Field(..., alias="to", description="The alias that serves it instead.")
+
+
 class BudgetSpec(_Strict):
     """What a team may spend per calendar period (UTC), enforced atomically across replicas."""
 
@@ -139,6 +164,9 @@ class BudgetSpec(_Strict):
     webhook_url: str = Field("", description="POSTed a JSON alert per threshold crossing; use ${ENV_VAR}.")
     keys: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per API key id (key_...).")
     aliases: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per model alias.")
+    downgrade: DowngradeSpec | None = Field(
+        None, description="Serve a cheaper alias past a share of the budget: {at_pct, from, to}."
+    )
     shadow_limit_usd: float | None = Field(
         None, ge=0,
         description="USD per period for shadow copies (policies/shadows.yaml), counted apart from limit_usd and "
@@ -155,6 +183,38 @@ class BudgetSpec(_Strict):
         return self
 
 
+TraceContent = Literal["full", "mask", "hash", "none"]
+
+
+class TracingOverrideSpec(_Strict):
+    """Per-alias changes to a team's tracing policy; a field left unset keeps the team's value."""
+
+    sample_rate: float | None = Field(None, ge=0, le=1, description="Share of successful requests traced.")
+    content: TraceContent | None = Field(None, description="full, mask, hash or none (see the team's).")
+
+
+class TeamTracingSpec(_Strict):
+    """How a team's requests are traced. Unset fields take ``tracing:`` in gateway.yaml."""
+
+    sample_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of successful requests traced; failed ones are always traced."
+    )
+    content: TraceContent | None = Field(
+        None, description="Inputs and outputs sent in full, with personal data masked ([email]...), hashed "
+        "(a keyed hash per value), or none (not sent at all). API keys are never sent, whatever this says.",
+    )
+    aliases: dict[str, TracingOverrideSpec] = Field(
+        default_factory=dict,
+        description="Per-alias overrides, keyed by alias name or glob; the first matching key wins.",
+    )
+
+    def for_alias(self, alias: str) -> TracingOverrideSpec | None:
+        for pattern, override in self.aliases.items():
+            if fnmatch.fnmatchcase(alias, pattern):
+                return override
+        return None
+
+
 class TeamSpec(_Strict):
     description: str = ""
     models: list[str] = Field(
@@ -163,6 +223,10 @@ class TeamSpec(_Strict):
     prompts: list[str] = Field(default_factory=lambda: ["*"], description="Prompts the team may call (globs).")
     cache: TeamCacheSpec = Field(default_factory=TeamCacheSpec, description="The response cache policy.")
     budget: BudgetSpec | None = Field(None, description="Spending limit per period; none: unlimited.")
+    data_class: str | None = Field(
+        None, description="The data class of the team's requests unless raised per request; default: the lowest."
+    )
+    tracing: TeamTracingSpec = Field(default_factory=TeamTracingSpec, description="Trace sampling and redaction.")
 
     def allows_model(self, alias: str) -> bool:
         return any(fnmatch.fnmatchcase(alias, pattern) for pattern in self.models)
@@ -206,6 +270,70 @@ class PromptsPolicy(_Strict):
         return self
 
 
+class ClassRule(_Strict):
+    """Extra conditions for a deployment to receive one class, on its ``tags``."""
+
+    require_tags: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Tag name -> accepted values; a deployment lacking any of them may not receive the class.",
+    )
+
+
+class DataClassesFile(_Strict):
+    """``policies/data_classes.yaml``: the ordered data classes and their tag rules."""
+
+    classes: list[str] = Field(
+        default_factory=list,
+        description="Data classes from lowest to highest (public, internal, ...); empty: data classes are off.",
+    )
+    rules: dict[str, ClassRule] = Field(default_factory=dict, description="Per class: tags a deployment needs.")
+
+    @model_validator(mode="after")
+    def _known(self) -> DataClassesFile:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes: a class is listed twice")
+        for name in self.classes:
+            if not name or len(name) > 50 or any(c.isspace() or c == "," for c in name):
+                raise ValueError(f"classes: {name!r} is not a plain name (1-50 characters, no spaces)")
+        unknown = sorted(set(self.rules) - set(self.classes))
+        if unknown:
+            raise ValueError(f"rules: unknown class(es) {unknown}; classes: {self.classes}")
+        return self
+
+class ScoringPolicy(_Strict):
+    """``policies/scoring.yaml``: which live answers are scored for groundedness.
+
+    The first match wins: a prompt's rate (by name, glob patterns allowed), then the alias'
+    rate, then ``sample_rate``. A request in a running rollout is always scored, whatever the
+    rates say, so that its analysis has numbers for both canary and stable.
+    """
+
+    sample_rate: float = Field(0.0, ge=0, le=1, description="Share of other requests with a context that is scored.")
+    prompts: dict[str, float] = Field(default_factory=dict, description="Sample rate by prompt name (globs).")
+    aliases: dict[str, float] = Field(default_factory=dict, description="Sample rate by model alias (globs).")
+
+    @model_validator(mode="after")
+    def _rates(self) -> ScoringPolicy:
+        for where, rates in (("prompts", self.prompts), ("aliases", self.aliases)):
+            for name, rate in rates.items():
+                if not 0.0 <= rate <= 1.0:
+                    raise ValueError(f"{where}.{name}: a sample rate is between 0 and 1 (got {rate})")
+        return self
+
+    def rate(self, prompt: str | None, alias: str | None) -> float:
+        """The sample rate of a request for ``prompt`` (None: no prompt) on ``alias``."""
+        for name, rates in ((prompt, self.prompts), (alias, self.aliases)):
+            if name is None or not rates:
+                continue
+            found = rates.get(name)
+            if found is not None:
+                return found
+            for pattern, rate in rates.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    return rate
+        return self.sample_rate
+
+
 class PolicyBundle(_Strict):
     """Every policy file, validated together so that cross-file references can be checked."""
 
@@ -213,6 +341,8 @@ class PolicyBundle(_Strict):
     teams: TeamsFile
     prompts: PromptsPolicy = PromptsPolicy()
     rollouts: RolloutsFile = RolloutsFile()
+    data_classes: DataClassesFile = DataClassesFile()
+    scoring: ScoringPolicy = ScoringPolicy()
     shadows: ShadowsFile = ShadowsFile()
 
 
@@ -246,6 +376,20 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             rollouts = validate(RolloutsFile, load_yaml(rollouts_path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    data_classes = DataClassesFile()
+    classes_path = policies_dir / "data_classes.yaml"
+    if classes_path.exists():
+        try:
+            data_classes = validate(DataClassesFile, load_yaml(classes_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    scoring = ScoringPolicy()
+    scoring_path = policies_dir / "scoring.yaml"
+    if scoring_path.exists():
+        try:
+            scoring = validate(ScoringPolicy, load_yaml(scoring_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     shadows = ShadowsFile()
     shadows_path = policies_dir / "shadows.yaml"
     if shadows_path.exists():
@@ -255,4 +399,7 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
-    return PolicyBundle(models=models, teams=teams, prompts=prompts, rollouts=rollouts, shadows=shadows)
+    return PolicyBundle(
+        models=models, teams=teams, prompts=prompts, rollouts=rollouts, data_classes=data_classes, scoring=scoring,
+        shadows=shadows,
+    )

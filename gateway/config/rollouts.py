@@ -39,12 +39,31 @@ METRICS: dict[str, str] = {
     "p95_ms": "95th percentile latency in milliseconds",
     "p99_ms": "99th percentile latency in milliseconds",
     "cost_per_request": "mean cost in USD per request",
+    # Measured by live scoring (gateway.scoring.quality); each needs min_samples scored answers.
+    "hallucination_rate": "share of scored answers above the hallucination threshold",
+    "hallucination_score": "mean hallucination score of scored answers (0 grounded .. 1 unsupported)",
+}
+
+
+#: Families of metrics named ``PREFIX.NAME`` (``feedback.thumbs_down``: any feedback metric).
+METRIC_FAMILIES: dict[str, str] = {
+    "feedback": "mean value of the feedback metric NAME posted to /v1/feedback (e.g. thumbs_down: 1 down, 0 up)",
 }
 
 
 def register_metric(name: str, description: str) -> None:
     """Make ``name`` usable in ``checks`` (called at import by the module that measures it)."""
     METRICS[name] = description
+
+
+def register_metric_family(prefix: str, description: str) -> None:
+    """Make every ``PREFIX.NAME`` usable in ``checks``."""
+    METRIC_FAMILIES[prefix] = description
+
+
+def known_metric(name: str) -> bool:
+    prefix, dot, rest = name.partition(".")
+    return name in METRICS or (bool(dot) and bool(rest) and prefix in METRIC_FAMILIES)
 
 
 class _Strict(BaseModel):
@@ -110,15 +129,27 @@ class CheckSpec(_Strict):
     ``p95_ms`` with ``max_ratio_to_stable: 1.3`` reads "canary <= stable * 1.3".
     """
 
-    metric: str = Field(..., description="One of: " + ", ".join(METRICS) + " (more may be registered).")
+    metric: str = Field(
+        ..., description="One of: " + ", ".join(METRICS) + ", or feedback.NAME (the mean of a feedback metric)."
+    )
     max: float | None = Field(None, ge=0, description="Absolute bound on the canary's value.")
     max_over_stable: float | None = Field(None, ge=0, description="Canary <= stable + this.")
     max_ratio_to_stable: float | None = Field(None, gt=0, description="Canary <= stable * this.")
+    threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="For hallucination_rate: a score above it counts as hallucinated (default: the evaluator's).",
+    )
+    min_samples: int = Field(
+        10, ge=1,
+        description="For metrics from scores or feedback: the scored answers (or feedback values) each variant "
+        "needs in the window; below it the check is inconclusive.",
+    )
 
     @model_validator(mode="after")
     def _known_and_bounded(self) -> CheckSpec:
-        if self.metric not in METRICS:
-            raise ValueError(f"unknown metric {self.metric!r}; known: {sorted(METRICS)}")
+        if not known_metric(self.metric):
+            known = sorted([*METRICS, *(f"{prefix}.NAME" for prefix in METRIC_FAMILIES)])
+            raise ValueError(f"unknown metric {self.metric!r}; known: {known}")
         if self.max is None and self.max_over_stable is None and self.max_ratio_to_stable is None:
             raise ValueError("a check needs at least one of max, max_over_stable, max_ratio_to_stable")
         return self

@@ -200,22 +200,59 @@ class PromptSettings(_Strict):
 
 
 class TracingSettings(_Strict):
-    """Tracing every request to Langfuse (its OTLP endpoint). Off while ``host`` or a key is empty.
+    """Tracing every request to Langfuse (its OTLP endpoint) and/or any OTLP/HTTP endpoint.
 
-    Export never touches the request path: finished requests wait in a bounded queue and a
-    background task sends them in batches. When Langfuse is down, slow or failing, requests are
+    Off while neither Langfuse (``host`` and both keys) nor ``otlp_endpoint`` is set. Export
+    never touches the request path: finished requests wait in a bounded queue and a background
+    task sends them in batches. When a destination is down, slow or failing, requests are
     served as usual and what could not be sent is dropped and counted
-    (``gateway_trace_spans_dropped_total``).
+    (``gateway_trace_spans_dropped_total``). Teams refine sampling and content redaction in
+    ``teams.yaml`` (``tracing:``).
     """
 
-    host: str = Field(
-        "", description="Langfuse's base URL (from LANGFUSE_HOST or LANGFUSE_BASE_URL); empty turns tracing off."
+    host: str = Field("", description="Langfuse's base URL (from LANGFUSE_HOST); empty: see base_url.")
+    base_url: str = Field(
+        "", description="Langfuse's base URL under the SDK's newer name (from LANGFUSE_BASE_URL), used when host "
+        "is empty; both empty: no Langfuse.",
     )
     public_key: str = Field("", description="Langfuse project public key (from LANGFUSE_PUBLIC_KEY).")
     secret_key: SecretStr = Field(SecretStr(""), description="Langfuse project secret key (from LANGFUSE_SECRET_KEY).")
     environment: str = Field("default", description="Langfuse environment the traces are filed under.")
+    otlp_endpoint: str = Field(
+        "", description="Any OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces), instead of or beside "
+        "Langfuse; it gets the same spans (gen_ai.* attributes included).",
+    )
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Headers sent with every OTLP export (e.g. an API key; use ${ENV_VAR})."
+    )
     sample_rate: float = Field(
-        1.0, ge=0, le=1, description="Share of successful requests traced; failed requests are always traced."
+        1.0, ge=0, le=1, description="Share of successful requests traced, unless a team's policy says otherwise; "
+        "failed requests are always traced.",
+    )
+    content: Literal["full", "mask", "hash", "none"] = Field(
+        "full", description="Inputs and outputs of teams without a policy: full, mask (personal data replaced by "
+        "[email], [phone]...), hash (replaced by a keyed hash) or none (not sent). API keys are never sent.",
+    )
+    maskers: list[str] = Field(
+        default_factory=lambda: ["secret", "email", "iban", "card", "ip", "phone"],
+        description="Built-in maskers run by mask and hash, in order: secret, email, iban (mod-97 checked), card "
+        "(Luhn checked), ip, phone. 'secret' (key-shaped strings) runs under every policy.",
+    )
+    extra_maskers: list[str] = Field(
+        default_factory=list, description="Your own maskers, as 'package.module:NAME' naming a "
+        "gateway.tracing.maskers.Masker; they run after the built-in ones.",
+    )
+    hash_key: SecretStr = Field(
+        SecretStr(""), description="Key of the hash policy's HMAC (from an env var); replicas sharing it hash a "
+        "value alike. Empty: a random key per process.",
+    )
+    mirror_prompts: bool = Field(
+        True, description="Mirror each pushed prompt version and label move into Langfuse prompt management "
+        "(Langfuse only), in the background, with retries.",
+    )
+    mirror_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="How often prompt mirroring looks for versions and label moves to send "
+        "; also its retry delay after a failure.",
     )
     queue_size: int = Field(
         2048, ge=1, description="Finished requests that may wait for export; beyond it they are dropped and counted."
@@ -232,9 +269,79 @@ class TracingSettings(_Strict):
         5.0, ge=0, le=300, description="How long a graceful stop tries to send what is still queued."
     )
 
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("maskers")
+    @classmethod
+    def _known_maskers(cls, value: list[str]) -> list[str]:
+        known = ("secret", "email", "iban", "card", "ip", "phone")
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            raise ValueError(f"unknown masker(s) {unknown}; built in: {list(known)}")
+        return value
+
+    @property
+    def langfuse_url(self) -> str:
+        """Langfuse's base URL, without a trailing slash ("" when not configured)."""
+        return (self.host or self.base_url).rstrip("/")
+
+    @property
+    def langfuse(self) -> bool:
+        return bool(self.langfuse_url and self.public_key and self.secret_key.get_secret_value())
+
     @property
     def enabled(self) -> bool:
-        return bool(self.host and self.public_key and self.secret_key.get_secret_value())
+        return self.langfuse or bool(self.otlp_endpoint)
+
+
+class RolloutSettings(_Strict):
+    """How the rollout controller runs. What is rolled out, and how, is policy (rollouts.yaml)."""
+
+    lease_s: float = Field(
+        10.0, gt=0, le=600,
+        description="The controller lease: one replica at a time runs the analysis and renews it every third "
+        "of this; when it dies another takes over within two lease periods. In Redis when redis.url is set, "
+        "else in the database.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, le=60,
+        description="How often each replica reads the rollouts' stored state (a pause or rollback applies "
+        "everywhere within it), and how often the controller looks for a due check.",
+    )
+
+
+class ScoringSettings(_Strict):
+    """Hallucination scoring of live answers, off the request path (docs/scoring.md).
+
+    Which requests are scored is policy (``policies/scoring.yaml``: a sample rate per prompt and
+    alias); a rollout's canary and stable are always scored while it runs. Scores go to the
+    ``hallucination_scores`` table, to a Prometheus histogram and, when tracing is on, to
+    Langfuse as ``hallucination`` scores on the request's trace.
+    """
+
+    enabled: bool = Field(True, description="Score sampled answers that have a context; false turns it off.")
+    evaluator: str = Field("groundedness", description="The evaluator by name (gateway.scoring.build_evaluator).")
+    model_dir: str = Field("", description="The local NLI model directory, for evaluator: nli.")
+    queue_size: int = Field(
+        1024, ge=1, le=100_000, description="Answers waiting to be scored; beyond it they are dropped and counted."
+    )
+    batch_size: int = Field(32, ge=1, le=1000, description="Answers scored per hand-off to the worker process.")
+    timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Budget of one answer's scoring; past it the answer is dropped and counted."
+    )
+    flush_interval_ms: float = Field(500.0, gt=0, le=60_000, description="Longest a score waits to be written.")
+    langfuse_queue_size: int = Field(
+        4096, ge=1, le=100_000, description="Scores waiting to be sent to Langfuse; beyond it dropped and counted."
+    )
+    langfuse_retries: int = Field(2, ge=0, le=10, description="Retries of a score Langfuse did not take (5xx, 429).")
+    shutdown_timeout_s: float = Field(
+        5.0, ge=0, le=300, description="How long a graceful stop tries to score, write and send what is queued."
+    )
 
 
 class ShadowSettings(_Strict):
@@ -276,6 +383,8 @@ class Settings(_Strict):
     prompts_dir: Path = Field(Path("prompts"), description="The prompt source repository.")
     prompts: PromptSettings = PromptSettings()
     tracing: TracingSettings = TracingSettings()
+    rollouts: RolloutSettings = RolloutSettings()
+    scoring: ScoringSettings = ScoringSettings()
     shadow: ShadowSettings = ShadowSettings()
 
     def resolve_path(self, path: Path) -> Path:
@@ -291,6 +400,8 @@ class Settings(_Strict):
             url_password(self.storage.database_url),
             url_password(self.redis.url),
             self.tracing.secret_key.get_secret_value(),
+            self.tracing.hash_key.get_secret_value(),
+            *(value.get_secret_value() for value in self.tracing.otlp_headers.values()),
         ]
 
     @property

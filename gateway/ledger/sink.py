@@ -103,6 +103,9 @@ def ledger_row(ctx: RequestContext) -> dict[str, Any] | None:
         "latency_ms": round(elapsed * 1000, 3),
         "error_code": _cut(error.code, _CODE_MAX) if error is not None else None,
         "trace_id": ctx.trace_id,
+        "data_class": ctx.data_class,
+        "served_alias": _cut(deployment.alias, _SHORT_MAX) if deployment is not None else None,
+        "downgraded_from": _cut(ctx.downgraded_from, _SHORT_MAX),
     }
 
 

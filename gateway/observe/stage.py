@@ -170,6 +170,16 @@ class Record:
             }
             if ctx.trace_id is not None:  # tracing is on: logs, ledger rows and traces join on it
                 line["trace_id"] = ctx.trace_id
+            if ctx.rollout_id is not None:  # a progressive rollout took the request: which arm
+                line["rollout"] = ctx.rollout_id
+                line["variant"] = ctx.variant
+            if ctx.data_class is not None:  # a class from the policy, never a caller's raw header
+                line["data_class"] = ctx.data_class
+            deployment = ctx.deployment
+            if deployment is not None and ctx.alias is not None and deployment.alias != ctx.alias.name:
+                line["served_alias"] = deployment.alias
+            if ctx.downgraded_from is not None:
+                line["downgraded_from"] = ctx.downgraded_from
             self._access_log.write(line)
 
 

@@ -16,6 +16,9 @@ from gateway.context import Endpoint, Reply, RequestContext
 from gateway.errors import InvalidRequest
 from gateway.pipeline_types import Handler
 
+#: The request field in which callers send their own retrieval results (gateway.scoring.context).
+SCORING_FIELD = "scoring_context"
+
 # Integer fields and the range each may take: OpenAI's own bounds where its spec gives them
 # (``n`` 1..128, ``top_logprobs`` 0..20); token limits up to 2**31 - 1, past any model's window
 # and what providers store them in. An absurd value (``"n": 18446744073709551615``) is the
@@ -164,6 +167,10 @@ def parse_body(ctx: RequestContext) -> None:
     ctx.user = user[:200] if isinstance(user, str) else None
     if ctx.endpoint is Endpoint.CHAT:
         _check_chat(body, ctx)
+        # The gateway's field, like ``variables``: what the answer is scored against, never sent
+        # upstream (gateway.scoring.context, REQUEST_FIELD).
+        if SCORING_FIELD in body:
+            ctx.scoring_context = body.pop(SCORING_FIELD)
     else:
         _check_embeddings(body)
     ctx.body = body

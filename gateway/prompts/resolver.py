@@ -34,6 +34,7 @@ from gateway.prompts.limits import INLINE_RENDER_S, RenderLimits
 from gateway.prompts.refs import LATEST, PRODUCTION
 from gateway.prompts.signing import Signer, integrity_problem
 from gateway.prompts.store import PromptStore
+from gateway.scoring.context import context_variable
 
 if TYPE_CHECKING:
     from gateway.prompts.render import CompiledPrompt
@@ -61,6 +62,8 @@ class ServedVersion:
     variables: VariablesValidator
     parameters: tuple[tuple[str, Any], ...]  # read-only: shared by every request of this version
     headers: tuple[tuple[bytes, bytes], ...]
+    data_class: str | None = None  # the class the version declares
+    context_variable: str | None = None  # the variable answers are scored against (gateway.scoring.context)
 
 
 def prepare(spec: PromptSpec, version: int) -> ServedVersion:
@@ -77,6 +80,8 @@ def prepare(spec: PromptSpec, version: int) -> ServedVersion:
         variables=VariablesValidator(spec.variables),
         parameters=tuple(spec.parameters.as_body().items()),
         headers=((b"x-prompt-name", spec.name.encode()), (b"x-prompt-version", str(version).encode())),
+        data_class=spec.data_class,
+        context_variable=context_variable(spec.variables),
     )
 
 
@@ -167,6 +172,7 @@ class CachedPromptResolver:
         ctx.prompt_name = name
         ctx.prompt_version = version
         ctx.prompt_label = label
+        ctx.prompt_data_class = served.data_class
         ctx.extra_headers.extend(served.headers)
         return served.alias
 
@@ -208,6 +214,8 @@ class CachedPromptResolver:
         except RenderError as exc:
             raise InvalidRequest(f"The prompt '{served.name}' v{served.version} failed to render: {exc}.",
                                  param="variables", code="prompt_render_failed") from None
+        if ctx.scoring_context is None and served.context_variable is not None:
+            ctx.scoring_context = variables.get(served.context_variable)
         caller = body.get("messages")
         body["messages"] = messages + caller if caller else messages
         if served.parameters:

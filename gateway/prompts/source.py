@@ -102,6 +102,10 @@ class PromptSpec(_Strict):
     owner: str = ""
     tags: list[str] = Field(default_factory=list)
     model: str = Field(..., min_length=1, description="The model alias the prompt runs on.")
+    data_class: str | None = Field(
+        None, min_length=1, max_length=50,
+        description="The data class of what the prompt sends (data_classes.yaml); requests are at least this class.",
+    )
     parameters: Parameters = Parameters()
     variables: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}},
@@ -146,6 +150,9 @@ class PromptSource:
 def canonical_content(spec: PromptSpec) -> str:
     """Sorted, compact JSON of the document with its dataset inlined: what is hashed and signed."""
     document = spec.model_dump(mode="json", exclude={"dataset"})
+    if document.get("data_class") is None:
+        # Left out when unset, so prompts pushed before data classes existed keep their hash.
+        document.pop("data_class", None)
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
 if TYPE_CHECKING:
@@ -38,12 +38,18 @@ class RolloutAlerts:
                                  ("rollout",), registry=registry)
         self.webhook_failures = Counter("gateway_rollout_webhook_failures_total",
                                         "Rollback webhooks that failed or were dropped.", registry=registry)
+        self.leader = Gauge("gateway_rollout_controller_leading",
+                            "1 while this process holds the rollout controller lease (runs the analysis).",
+                            registry=registry, multiprocess_mode="livesum")
         self._timeout = aiohttp.ClientTimeout(total=webhook_timeout_s)
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_QUEUE)
         self._task: asyncio.Task[None] | None = None
 
     def decided(self, rollout: Rollout, action: str, verdict: str) -> None:
         self.decisions.labels(rollout.id, verdict, action).inc()
+
+    def leading(self, held: bool) -> None:
+        self.leader.set(1.0 if held else 0.0)
 
     def rolled_back(self, rollout: Rollout, analysis: Analysis) -> None:
         self.rollbacks.labels(rollout.id).inc()

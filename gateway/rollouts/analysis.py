@@ -21,13 +21,14 @@ variant's numbers) and become usable in ``checks``.
 clears the count and, once the step's ``pause_s`` has passed, advances to the next step, or
 promotes after the last one.
 
-**One decision per interval, whichever replica makes it.** Every replica runs the loop, but a
-check is due only when the rollout's last recorded check is ``interval_s`` old, and its result
-is stored with a compare-and-set on the rollout's revision: when two replicas check at once,
-one write wins and the other finds the state moved and drops its result. State (step, failure
-count, check history) lives in the database, so a replica that dies loses nothing and another
-carries on at the next tick, never repeating or skipping a step. Side effects (the audit entry,
-the alert) happen only after a winning write.
+**One controller.** Every replica runs the loop, but only the holder of the controller lease
+(``gateway.rollouts.lease``: in Redis, else in the database) checks and acts; the others wait
+for the lease. A check is due when the rollout's last recorded check is ``interval_s`` old. Its
+result is stored with a compare-and-set on the rollout's revision, fenced by the lease
+generation, and only after a winning write do side effects happen (the audit entry, the
+alert). State (step, failure count, check history) lives in the database, so when the holder
+dies its successor carries on from the stored state at its first tick, never repeating or
+skipping a step.
 """
 
 from __future__ import annotations
@@ -37,20 +38,21 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sqlalchemy import select
 
-from gateway.config.rollouts import CheckSpec, register_metric
+from gateway.config.rollouts import CheckSpec, register_metric, register_metric_family
 from gateway.rollouts.model import CANARY, STABLE
 from gateway.storage.schema import ledger
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog
     from gateway.rollouts.control import RolloutControl
+    from gateway.rollouts.lease import Lease
     from gateway.rollouts.model import Rollout
     from gateway.rollouts.state import RolloutState
     from gateway.storage import Database
@@ -94,6 +96,40 @@ METRIC_VALUES: dict[str, Callable[[VariantStats], float]] = {
     "p99_ms": lambda s: s.percentile(99),
     "cost_per_request": lambda s: s.cost_usd / s.requests if s.requests else 0.0,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class MetricReader:
+    """How one check reads its metric: the value, and (for sampled signals such as scores or
+    feedback) how many samples it rests on; None: the rollout's ``min_requests`` is enough."""
+
+    value: Callable[[VariantStats], float]
+    samples: Callable[[VariantStats], int] | None = None
+
+
+#: Metrics whose reader depends on the check (a threshold) or on a name (``feedback.NAME``), by
+#: name or family prefix; registered by the module that measures them.
+METRIC_READERS: dict[str, Callable[[CheckSpec], MetricReader]] = {}
+
+
+def register_reader(name: str, description: str, reader: Callable[[CheckSpec], MetricReader], *,
+                    family: bool = False) -> None:
+    """Add a metric (or, with ``family``, every ``NAME.SUFFIX``) whose reader is built per check."""
+    if family:
+        register_metric_family(name, description)
+    else:
+        register_metric(name, description)
+    METRIC_READERS[name] = reader
+
+
+def reader_of(check: CheckSpec) -> MetricReader:
+    value = METRIC_VALUES.get(check.metric)
+    if value is not None:
+        return MetricReader(value)
+    found = METRIC_READERS.get(check.metric) or METRIC_READERS.get(check.metric.partition(".")[0])
+    if found is None:
+        raise KeyError(f"no reader for the metric {check.metric!r}")
+    return found(check)
 
 
 def register(name: str, description: str, value: Callable[[VariantStats], float]) -> None:
@@ -181,16 +217,27 @@ def evaluate(rollout: Rollout, weight: float, stats: dict[str, VariantStats]) ->
         return Analysis("inconclusive", stats=summary,
                         why=f"fewer than min_requests={spec.min_requests} for {', '.join(short)}")
     results = []
+    few: list[str] = []
     for check in spec.checks:
-        value = METRIC_VALUES[check.metric]
+        reader = reader_of(check)
+        if reader.samples is not None and any(
+            reader.samples(found) < check.min_samples for found in ((canary, stable) if compare else (canary,))
+        ):
+            few.append(check.metric)  # too few scores or feedback values to judge this one
+            continue
+        value = reader.value
         stable_value = value(stable) if compare else None
         bound = _bound(check, stable_value)
         canary_value = value(canary)
         results.append(CheckResult(check.metric, canary_value, stable_value, bound,
                                    bound is None or canary_value <= bound))
     failed = [r.metric for r in results if not r.ok]
-    return Analysis("fail" if failed else "pass", tuple(results), summary,
-                    why=f"failed: {', '.join(failed)}" if failed else "all checks passed")
+    if failed:
+        return Analysis("fail", tuple(results), summary, why=f"failed: {', '.join(failed)}")
+    if few:
+        return Analysis("inconclusive", tuple(results), summary,
+                        why=f"fewer than min_samples for {', '.join(few)}")
+    return Analysis("pass", tuple(results), summary, why="all checks passed")
 
 
 Action = Literal["record", "advance", "promote", "abort"]
@@ -224,12 +271,35 @@ class Alerts(Protocol):
     def decided(self, rollout: Rollout, action: str, verdict: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AlertsChain:
+    """Several ``Alerts`` told in order; one that fails does not keep the others from hearing."""
+
+    members: tuple[Alerts, ...]
+
+    def rolled_back(self, rollout: Rollout, analysis: Analysis) -> None:
+        for member in self.members:
+            try:
+                member.rolled_back(rollout, analysis)
+            except Exception:
+                log.exception("a rollback alert failed", extra={"rollout": rollout.id})
+
+    def decided(self, rollout: Rollout, action: str, verdict: str) -> None:
+        for member in self.members:
+            try:
+                member.decided(rollout, action, verdict)
+            except Exception:
+                log.exception("a decision alert failed", extra={"rollout": rollout.id})
+
+
 class RolloutAnalyzer:
-    """The loop every replica runs (see the module docstring for why that is safe)."""
+    """The loop every replica runs; the lease holder alone decides (see the module docstring)."""
 
     def __init__(self, control: RolloutControl, catalog: Callable[[], Catalog], metrics: MetricSource, *,
-                 alerts: Alerts | None = None, tick_s: float = 0.5, clock: Callable[[], datetime] | None = None
-                 ) -> None:
+                 alerts: Alerts | None = None, tick_s: float = 0.5, clock: Callable[[], datetime] | None = None,
+                 lease: Lease | None = None, lease_s: float = 10.0,
+                 on_lead: Callable[[str, int], Awaitable[None]] | None = None,
+                 leading: Callable[[bool], None] | None = None) -> None:
         self._control = control
         self._catalog = catalog
         self._metrics = metrics
@@ -237,6 +307,13 @@ class RolloutAnalyzer:
         self._tick = tick_s
         self._clock = clock or (lambda: datetime.now(UTC))
         self._task: asyncio.Task[None] | None = None
+        self._lease = lease
+        self._lease_s = lease_s
+        self._on_lead = on_lead  # a new generation taken by this replica (audited)
+        self._leading = leading  # whether this replica leads, on every change (a gauge)
+        self.generation = 0 if lease is not None else 1  # without a lease (tests, tools): always leading
+        self._held_until = 0.0  # monotonic: past it, this replica no longer trusts its lease
+        self._asked_at = -math.inf
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-analysis")
@@ -245,14 +322,44 @@ class RolloutAnalyzer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._lease is not None and self.generation:
+            await self._lease.release()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._tick)
             try:
-                await self.tick()
+                if await self.lead():
+                    await self.tick()
             except Exception:
                 log.exception("rollout analysis failed; retrying")
+
+    async def lead(self) -> bool:
+        """Whether this replica holds the controller lease now: renewed every third of it."""
+        lease = self._lease
+        if lease is None:
+            return True
+        loop = asyncio.get_running_loop()
+        # Holder and followers alike ask every third of the lease: a dead holder's lease expires
+        # within one lease period and a follower takes it within a third more (< two periods).
+        if loop.time() - self._asked_at >= self._lease_s / 3:
+            asked = self._asked_at = loop.time()
+            generation = await lease.take()
+            if generation:
+                self._held_until = asked + self._lease_s  # counted from before the call: conservative
+            if generation != self.generation:
+                if generation:
+                    log.info("rollout controller lease taken", extra={"holder": lease.holder,
+                                                                       "generation": generation})
+                    if self._on_lead is not None:
+                        await self._on_lead(lease.holder, generation)
+                elif self.generation:
+                    log.warning("rollout controller lease lost", extra={"holder": lease.holder})
+                self.generation = generation
+                if self._leading is not None:
+                    self._leading(bool(generation))
+        # A stalled holder whose lease may have expired meanwhile does not act on it.
+        return bool(self.generation) and loop.time() < self._held_until
 
     async def tick(self) -> list[tuple[str, str]]:
         """Check every running rollout that is due; returns (rollout id, action) for each decision."""
@@ -260,6 +367,7 @@ class RolloutAnalyzer:
         from gateway.rollouts.state import StateConflict
 
         done = []
+        fence = self.generation
         for view in await self._control.views():
             rollout, state = view.rollout, view.state
             if state.status != "running":
@@ -270,10 +378,10 @@ class RolloutAnalyzer:
                     # when its first step began, so that its first check waits one interval.
                     now = self._clock()
                     await self._control.record(rollout.id, state, replace(state, started_at=now,
-                                                                           step_started_at=now))
+                                                                           step_started_at=now), fence=fence)
                     continue
                 action = await self.check(rollout, state)
-            except (StateConflict, GatewayError) as exc:  # another replica moved it first
+            except (StateConflict, GatewayError) as exc:  # moved meanwhile (an operator, a newer controller)
                 log.debug("rollout check lost a race", extra={"rollout": rollout.id, "error": str(exc)})
                 continue
             if action is not None:
@@ -292,19 +400,22 @@ class RolloutAnalyzer:
         weight = rollout.weights[min(state.step, len(rollout.weights) - 1)]
         analysis = evaluate(rollout, weight, await self._metrics.window(rollout.id, since))
         action, failures = decide(rollout, state, analysis, now)
-        replica = f"{socket.gethostname()}:{os.getpid()}"  # who checked, for whoever reads it after a failover
-        entry = {"at": now.isoformat(), "by": replica, "step": state.step, "weight": weight * 100,
-                 "action": action, **analysis.as_dict()}
+        replica = self._lease.holder if self._lease is not None else f"{socket.gethostname()}:{os.getpid()}"
+        entry = {"at": now.isoformat(), "by": replica, "generation": self.generation, "step": state.step,
+                 "weight": weight * 100, "action": action, **analysis.as_dict()}
         # First the check itself, compare-and-set: only one replica gets to act on this interval.
+        fence = self.generation
         recorded = await self._control.record(rollout.id, state, replace(
-            state, failures=failures, history=(*state.history, entry)))
+            state, failures=failures, history=(*state.history, entry)), fence=fence)
         detail = {"analysis": analysis.as_dict(), "failures": failures}
         if action == "advance":
-            await self._control.advance(rollout.id, detail=detail, expected_revision=recorded.revision, at=now)
+            await self._control.advance(rollout.id, detail=detail, expected_revision=recorded.revision, at=now,
+                                        fence=fence)
         elif action == "promote":
-            await self._control.promote(rollout.id, None, detail=detail)
+            await self._control.promote(rollout.id, None, detail=detail, fence=fence)
         elif action == "abort":
-            await self._control.abort(rollout.id, None, reason=f"automatic rollback: {analysis.why}", detail=detail)
+            await self._control.abort(rollout.id, None, reason=f"automatic rollback: {analysis.why}", detail=detail,
+                                      fence=fence)
             log.error("rollout rolled back", extra={"rollout": rollout.id, "why": analysis.why,
                                                    "checks": [c.as_dict() for c in analysis.checks]})
             if self._alerts is not None:

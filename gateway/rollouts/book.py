@@ -1,8 +1,9 @@
 """Each rollout's live canary weight, as the request path reads it: one dict lookup.
 
 The weight comes from the rollout's stored state (``gateway.rollouts.state``): the current
-step's weight while it runs or is paused, all of it once promoted, none once aborted (its
-requests route as if there were no rollout) or before it started. The book is replaced whole
+step's weight while it runs or is paused; none before it started, once aborted, or once
+promoted (its requests route as if there were no rollout: after a rollback to stable, after a
+promotion to what the label or the alias now serves, the canary). The book is replaced whole
 when a replica notices a change (``RolloutBook.use``), so a request sees the old or the new
 weights, never a mix. A rollout with no stored state yet runs at its first step when its
 policy says ``start: auto`` and is idle when ``start: manual``.
@@ -35,4 +36,6 @@ class RolloutBook:
         state = self._states.get(rollout.id)
         if state is None:
             return rollout.weights[0] if rollout.spec.start == "auto" else None
+        if state.status == "promoted":
+            return None  # the label, or the alias, serves the canary itself now
         return state.weight_of(rollout)

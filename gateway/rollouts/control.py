@@ -12,9 +12,10 @@ The CLI (``gateway rollouts``) and the admin API (``/admin/rollouts``) are thin 
   operations' business) need ``approver``. Pausing and resuming needs ``author`` or ``approver``.
   ``admin`` may do everything;
 - promoting a prompt rollout moves the label to the canary version through the prompt
-  service (audited there as a label move too); promoting an alias rollout sends all of the
-  matching traffic to the canary until ``models.yaml`` makes it the alias' own deployment and
-  the rollout is removed from ``rollouts.yaml``.
+  service (audited there as a label move too); promoting an alias rollout makes the canary the
+  alias' own stable deployment in the applied policies (``gateway.rollouts.promotion``, audited
+  as a ``policy.apply`` too), which every replica loads. Either way the promoted rollout then
+  routes nothing of its own: the label, or the alias, serves the canary to everyone.
 """
 
 from __future__ import annotations
@@ -24,18 +25,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
 from gateway.rollouts.state import FINAL, RolloutState, RolloutStateStore, StateConflict, initial_state
 
 if TYPE_CHECKING:
-    from gateway.audit import AuditLog
+    from gateway.audit import Actor, AuditLog
     from gateway.catalog import Catalog
     from gateway.prompts import Caller, PromptService
+    from gateway.rollouts.analysis import MetricSource
     from gateway.rollouts.model import Rollout
 
 ServiceSource = Callable[[], AbstractAsyncContextManager["PromptService"]]
+
+
+class AliasPromotion(Protocol):
+    """Make an alias rollout's canary the alias' stable deployment (``gateway.rollouts.promotion``);
+    returns the applied policy version it wrote."""
+
+    async def __call__(self, rollout: Rollout, actor: Actor, *, reason: str | None,
+                       ticket: str | None) -> int | None: ...
 
 
 class Conflict(GatewayError):
@@ -49,6 +59,8 @@ class RolloutView:
 
     rollout: Rollout
     state: RolloutState
+    # Each variant's numbers since the current step began (``status`` only), from the ledger.
+    live: dict[str, dict[str, Any]] | None = None
 
     @property
     def weight(self) -> float:
@@ -70,7 +82,17 @@ class RolloutView:
             "interval_s": spec.interval_s, "min_requests": spec.min_requests, "failure_limit": spec.failure_limit,
             "checks": [check.model_dump(exclude_none=True) for check in spec.checks],
             "match": spec.match.model_dump(), **self.state.as_dict(),
+            "live": self.live, "last_check": _last_check(self.state),
         }
+
+
+def _last_check(state: RolloutState) -> dict[str, Any] | None:
+    """The latest check with a verdict on each of its conditions (from the stored history)."""
+    if not state.history:
+        return None
+    last = state.history[-1]
+    return {name: last.get(name) for name in ("at", "by", "step", "weight", "verdict", "action", "why", "checks",
+                                                "variants")}
 
 
 class RolloutControl:
@@ -83,6 +105,8 @@ class RolloutControl:
         prompts: ServiceSource | None = None,
         eval_passed: Callable[[str, int], Awaitable[bool]] | None = None,
         on_change: Callable[[], Awaitable[None]] | None = None,
+        metrics: MetricSource | None = None,
+        promote_alias: AliasPromotion | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
@@ -90,6 +114,8 @@ class RolloutControl:
         self._prompts = prompts
         self._eval_passed = eval_passed
         self._on_change = on_change
+        self._metrics = metrics
+        self._promote_alias = promote_alias
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -101,8 +127,16 @@ class RolloutControl:
         return found
 
     async def view(self, rollout_id: str) -> RolloutView:
+        """One rollout's state and, with a metric source, each variant's numbers since its
+        current step began (what the next checks will look at, fleet-wide)."""
         rollout = self.rollout(rollout_id)
-        return RolloutView(rollout, await self._store.get(rollout_id) or initial_state(rollout))
+        state = await self._store.get(rollout_id) or initial_state(rollout)
+        live = None
+        since = state.step_started_at or state.started_at
+        if self._metrics is not None and since is not None:
+            stats = await self._metrics.window(rollout_id, since)
+            live = {name: found.summary() for name, found in sorted(stats.items()) if name}
+        return RolloutView(rollout, state, live)
 
     async def views(self) -> list[RolloutView]:
         states = await self._store.all()
@@ -144,33 +178,40 @@ class RolloutControl:
                                   reason=reason, ticket=ticket)
 
     async def abort(self, rollout_id: str, caller: Caller | None, *, reason: str | None = None,
-                    ticket: str | None = None, detail: dict[str, Any] | None = None) -> RolloutView:
+                    ticket: str | None = None, detail: dict[str, Any] | None = None, fence: int = 0) -> RolloutView:
         """Roll back: the canary gets nothing any more, on every replica within a poll.
-        ``caller`` None is the analysis (no role check); ``detail`` goes into the audit entry."""
+        ``caller`` None is the analysis (no role check; ``fence``: its lease generation);
+        ``detail`` goes into the audit entry."""
         rollout = self.rollout(rollout_id)
         if caller is not None:
             self._require_strong(rollout, caller, "Aborting")
         return await self._change(rollout, "abort", _from({"pending", "running", "paused"}, "aborted", rollout_id),
-                                  caller, reason=reason, ticket=ticket, detail=detail)
+                                  caller, reason=reason, ticket=ticket, detail=detail, fence=fence)
 
     async def promote(self, rollout_id: str, caller: Caller | None, *, force: bool = False,
                       reason: str | None = None, ticket: str | None = None,
-                      detail: dict[str, Any] | None = None) -> RolloutView:
+                      detail: dict[str, Any] | None = None, fence: int = 0) -> RolloutView:
         """Make the canary the stable: for a prompt, move the label to the canary version."""
         rollout = self.rollout(rollout_id)
         if caller is not None:
             self._require_strong(rollout, caller, "Promoting")
         current = await self._current(rollout)
+        if fence and current.fence > fence:
+            raise StateConflict(rollout_id)  # a newer controller leads: this one moves nothing
         if current.status not in ("running", "paused"):
             raise Conflict(f"The rollout '{rollout_id}' is {current.status}; only a running or paused rollout "
                            "can be promoted.", code="rollout_state")
         if rollout.kind == "prompt":
             await self._move_label(rollout, caller, force=force, reason=reason, ticket=ticket)
+        else:
+            version = await self._rewrite_alias(rollout, caller, reason=reason, ticket=ticket)
+            detail = {**(detail or {}), "policy_version": version}
         return await self._change(rollout, "promote", _from({"running", "paused"}, "promoted", rollout_id), caller,
-                                  reason=reason, ticket=ticket, detail=detail)
+                                  reason=reason, ticket=ticket, detail=detail, fence=fence)
 
     async def advance(self, rollout_id: str, *, detail: dict[str, Any] | None = None,
-                      expected_revision: int | None = None, at: datetime | None = None) -> RolloutView:
+                      expected_revision: int | None = None, at: datetime | None = None,
+                      fence: int = 0) -> RolloutView:
         """The analysis: move a running rollout to its next step (never past the last) at ``at``."""
         rollout = self.rollout(rollout_id)
         now = at or datetime.now(UTC)
@@ -184,11 +225,12 @@ class RolloutControl:
                 raise Conflict(f"The rollout '{rollout_id}' is at its last step; promote it.", code="rollout_state")
             return replace(state, step=state.step + 1, failures=0, step_started_at=now)
 
-        return await self._change(rollout, "advance", change, None, detail=detail)
+        return await self._change(rollout, "advance", change, None, detail=detail, fence=fence)
 
-    async def record(self, rollout_id: str, state: RolloutState, after: RolloutState) -> RolloutState:
+    async def record(self, rollout_id: str, state: RolloutState, after: RolloutState, *,
+                     fence: int = 0) -> RolloutState:
         """Store a change the analysis made itself (a check's verdict in the history); not audited."""
-        return await self._store.put(state, after)
+        return await self._store.put(state, after, fence=fence)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -237,6 +279,21 @@ class RolloutControl:
             await service.set_label(rollout.prompt, rollout.label, rollout.canary_version, mover, force=force,
                                     reason=reason or f"rollout {rollout.id} promoted", ticket=ticket)
 
+    async def _rewrite_alias(self, rollout: Rollout, caller: Caller | None, *, reason: str | None,
+                             ticket: str | None) -> int | None:
+        from gateway.audit import Actor
+        from gateway.config.yamlfile import ConfigError
+
+        if self._promote_alias is None:
+            raise InvalidRequest("The applied policies cannot be rewritten here to promote the canary.",
+                                 code="policies_unavailable")
+        actor = caller.actor if caller is not None else Actor(key_id="rollout-controller", team="system")
+        try:
+            return await self._promote_alias(rollout, actor, reason=reason, ticket=ticket)
+        except ConfigError as exc:
+            raise InvalidRequest("Promoting the canary would leave the policies invalid: "
+                                 + "; ".join(exc.problems), code="rollout_promotion_invalid") from None
+
     async def _change(
         self,
         rollout: Rollout,
@@ -248,6 +305,7 @@ class RolloutControl:
         ticket: str | None = None,
         detail: dict[str, Any] | None = None,
         forced: bool = False,
+        fence: int = 0,
     ) -> RolloutView:
         from gateway.audit import Actor
 
@@ -255,7 +313,7 @@ class RolloutControl:
         actor = caller.actor if caller is not None else Actor(key_id="rollout-controller", team="system")
         try:
             after = replace(change(before), actor=actor.key_id)
-            stored = await self._store.put(before, after)
+            stored = await self._store.put(before, after, fence=fence)
         except StateConflict:
             raise Conflict(f"The rollout '{rollout.id}' changed meanwhile; look at its status and try again.",
                            code="rollout_changed") from None

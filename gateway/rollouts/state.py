@@ -9,7 +9,10 @@ Statuses and what the canary gets (``RolloutState.weight_of``):
     aborted   nothing: rolled back to stable (final)
 
 Every change is a compare-and-set on ``revision``: two controllers (or an operator and the
-analysis) cannot both move the same rollout from the same state.
+analysis) cannot both move the same rollout from the same state. A write by the analysis also
+carries its controller lease generation (``fence``, see ``gateway.rollouts.lease``) and is
+refused once a newer generation has written: a controller that lost its lease mid-decision
+never moves a rollout after its successor did.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.storage.schema import rollout_state
@@ -45,6 +48,7 @@ class RolloutState:
     actor: str = ""
     revision: int = 0  # 0: never stored
     history: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    fence: int = 0  # the controller lease generation that last wrote it (0: operators only)
 
     def weight_of(self, rollout: Rollout) -> float | None:
         if self.status in ("running", "paused"):
@@ -92,6 +96,11 @@ class RolloutStateStore:
                                              func.count()).select_from(rollout_state))).one()
         return int(row[0]) * 1_000_003 + int(row[1])
 
+    async def max_fence(self) -> int:
+        """The largest controller generation that has written any rollout (the lease's floor)."""
+        async with self._db.engine.connect() as conn:
+            return int((await conn.execute(select(func.max(rollout_state.c.fence)))).scalar() or 0)
+
     async def all(self) -> dict[str, RolloutState]:
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(select(rollout_state))).mappings().all()
@@ -103,13 +112,19 @@ class RolloutStateStore:
                    ).mappings().first()
         return _state_of(row) if row is not None else None
 
-    async def put(self, before: RolloutState, after: RolloutState) -> RolloutState:
-        """Store ``after`` if the stored row is still ``before`` (by revision); raises ``StateConflict``."""
+    async def put(self, before: RolloutState, after: RolloutState, *, fence: int = 0) -> RolloutState:
+        """Store ``after`` if the stored row is still ``before`` (by revision) and, for the
+        analysis (``fence`` > 0, its lease generation), no newer controller has written it;
+        raises ``StateConflict``."""
+        if fence and before.fence > fence:
+            raise StateConflict(after.rollout_id)
         now = datetime.now(UTC)
+        stored_fence = max(before.fence, fence)
         values = {
             "status": after.status, "step": after.step, "failures": after.failures, "started_at": after.started_at,
             "step_started_at": after.step_started_at, "updated_at": now, "actor": after.actor[:64],
             "revision": before.revision + 1, "history": orjson.dumps(list(after.history[-50:])).decode(),
+            "fence": stored_fence,
         }
         try:
             async with self._db.engine.begin() as conn:
@@ -120,6 +135,7 @@ class RolloutStateStore:
                         update(rollout_state)
                         .where(rollout_state.c.rollout_id == after.rollout_id)
                         .where(rollout_state.c.revision == before.revision)
+                        .where(or_(rollout_state.c.fence.is_(None), rollout_state.c.fence <= stored_fence))
                         .values(**values)
                     )
                     if result.rowcount != 1:
@@ -128,7 +144,7 @@ class RolloutStateStore:
             raise StateConflict(after.rollout_id) from None
         return RolloutState(
             after.rollout_id, after.status, after.step, after.failures, after.started_at, after.step_started_at,
-            now, after.actor[:64], before.revision + 1, tuple(after.history[-50:]),
+            now, after.actor[:64], before.revision + 1, tuple(after.history[-50:]), stored_fence,
         )
 
 
@@ -140,5 +156,5 @@ def _state_of(row: Any) -> RolloutState:
         rollout_id=row["rollout_id"], status=status, step=row["step"], failures=row["failures"],
         started_at=_aware(row["started_at"]), step_started_at=_aware(row["step_started_at"]),
         updated_at=_aware(row["updated_at"]), actor=row["actor"], revision=row["revision"],
-        history=tuple(orjson.loads(row["history"] or "[]")),
+        history=tuple(orjson.loads(row["history"] or "[]")), fence=row["fence"] or 0,
     )

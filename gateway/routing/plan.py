@@ -31,13 +31,15 @@ class ShadowCopy:
 @dataclass(frozen=True, slots=True)
 class RoutingPlan:
     """Deployments to try in order (the first is the choice, the rest fallbacks), the variant
-    they belong to and the rollout that chose it (both ``None`` outside a rollout), and shadow
-    copies to send afterwards."""
+    they belong to and the rollout that chose it (both ``None`` outside a rollout), shadow
+    copies to send afterwards, and how many deployments the request's data class withheld
+    (so that when every permitted one fails, the caller learns the rest were forbidden)."""
 
     deployments: tuple[Deployment, ...]
     variant: str | None = None
     rollout_id: str | None = None
     shadows: tuple[ShadowCopy, ...] = ()
+    withheld: int = 0
 
 
 class RoutingStrategy(Protocol):

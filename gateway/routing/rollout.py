@@ -11,7 +11,9 @@ the weight only moves subjects from stable to canary.
 - **stable** routes to the alias' stable deployments by the weighted draw, with fallbacks
   among them;
 - **canary** routes to the canary's deployments only: it never falls back to stable, so that
-  the canary's failures count against the canary.
+  the canary's failures count against the canary. The data-class rule binds it: a request
+  whose class no canary deployment may receive is routed as stable instead (it cannot take
+  part in this rollout), never to a forbidden canary.
 
 A prompt rollout picks its variant earlier, in the resolve stage (a version is rendered
 there), and leaves it on the context; this strategy then keeps that variant and rollout id on
@@ -26,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.rollouts.model import CANARY, STABLE, subject_of
+from gateway.routing.data_classes import permitted
 from gateway.routing.plan import RoutingPlan
 from gateway.routing.uniform import uniform
 from gateway.routing.weighted import Weighted, order_deployments
@@ -68,7 +71,8 @@ class RolloutStrategy:
                 weight = self._book.weight(rollout)
                 if weight is None or not rollout.matches(ctx):
                     continue
-                if assign(rollout, ctx, weight) == CANARY:
-                    return RoutingPlan(order_deployments(rollout.canary, self._draw()), CANARY, rollout.id)
+                if assign(rollout, ctx, weight) == CANARY and permitted(rollout.canary, ctx.data_class):
+                    canary = permitted(order_deployments(rollout.canary, self._draw()), ctx.data_class)
+                    return RoutingPlan(canary, CANARY, rollout.id)
                 return RoutingPlan(order_deployments(rollout.stable, self._draw()), STABLE, rollout.id)
         return self._fallback.plan(ctx, alias)

@@ -1,33 +1,42 @@
-"""The default groundedness evaluator: offline, standard library only, one or two milliseconds.
+"""The default groundedness evaluator: offline, standard library only, about a millisecond.
 
 The answer is split into sentences, and sentences into claims (on ";" and on a coordinating
 conjunction that joins two clauses: ", but", ", and", "whereas", a bare "and" before a clause
-with its own subject and verb). Each claim is then:
+with its own subject and verb). The context is split the same way, into clauses. Each claim is:
 
-- an **abstention** ("the passages do not say", "I don't know", "not mentioned in the context",
-  "a human agent will follow up"): supported, never a hallucination;
-- dropped when it carries nothing to check (a courtesy like "Hope this helps!", a question back);
+- an **abstention** ("the passages do not say", "the leaflet doesn't mention", "I don't know",
+  "there is no information available", "a human agent will follow up"): supported, never a
+  hallucination;
+- dropped when it carries nothing to check (a courtesy like "Hope this helps!", a question back,
+  advice to ask someone else: "please ask a pharmacist");
 - otherwise checked against the context, and **unsupported** if any check fails:
 
   * *numbers and amounts*: every number in the claim (decimals, "1,200" == "1200", "30%" ==
-    "30 percent", "$1,200.50", "€30", "30 USD", ordinals, "thirty days" before a unit) occurs in
-    the context with the same unit or currency when both name one ("60 days" fails against
-    "30 days"; "30 weeks" fails against "30 days"; "$30" fails against "€30"), and the same
-    rate when both give one ("$20 per user per month" against "per year");
-  * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", weekdays
-    (context ranges like "Monday to Friday" count every day between), "9am", "17:00";
-  * *named entities*: capitalised spans (less a sentence's opening word), acronyms ("EU", "SSO")
-    and letter-digit codes ("S3", "v2"): every word occurs in the context;
+    "30 percent", "$1,200.50", "€30", "30 USD", ordinals, number words before a unit or a
+    counted noun: "thirty days", "three bags") occurs in the context with the same unit or
+    currency when both name one ("60 days" fails against "30 days"; "30 weeks" fails against
+    "30 days"; "$30" fails against "€30"), and the same rate when both give one ("$20 per user
+    per month" against "per year"); time units convert exactly ("3 weeks" == "21 days");
+  * *dates and times*: ISO dates, "5 December 2026", "Dec 5", "December 2026", day ranges
+    ("2-3 April", "April 2 and 3"), weekdays (context ranges like "Monday to Friday" count every
+    day between; "weekends" are Saturday and Sunday), "9am", "17:00";
+  * *named entities*: capitalised spans (less a sentence's opening word, unless the context uses
+    it as a name), acronyms ("EU", "SSO"; or the initials of a name in the context: "US") and
+    letter-digit codes ("S3", "v2"): every word occurs in the context;
   * *absolute terms* ("unlimited", "lifetime", "guaranteed", "instantly", "free", ...) occur in
     the context;
-  * *swapped values*: the context sentence the claim restates (most shared content words) does
-    not hold a different number or name of the same kind in place of the claim's ("the Team plan
-    includes SAML" against "the Enterprise plan includes SAML");
-  * *negation*: the context sentence that shares the most content words with the claim (at
-    least two, and 60 % of the claim's) must agree with it on negation ("are not available"
-    against "are available" fails, and so does "non-refundable" against "refundable");
-  * *content overlap*: the share of the claim's content words (lowercased, stopwords dropped,
-    lightly stemmed, a few common synonyms and idioms folded) found in the context is at least
+  * *swapped values*: for each of the claim's numbers and names, the context clause that shares
+    most of the rest of the claim (words weighted by their rarity in the context) is the
+    statement the claim restates; if it lacks the value and holds a different one of the same
+    kind, the claim swapped it in ("Buzz Aldrin remained in orbit" against "..., while Michael
+    Collins remained in orbit"), unless a clause holding the value shares nearly as much;
+  * *negation*: the context clause that shares the most content words with the claim (at
+    least two, and 60 % of the claim's or of the clause's) must agree with it on negation, by
+    the parity of negation cues ("do not give ... without advice" is not "can be given without
+    advice"); bounds are not negations ("no more than 8" is "a maximum of 8"), and words that
+    mean "not" are ("excluded" is "not included");
+  * *content overlap*: the share of the claim's content words (lowercased, stopwords and hedges
+    dropped, lightly stemmed, common synonyms and idioms folded) found in the context is at least
     ``min_overlap`` (0.5). Verified numbers and dates count as matched words; words of the
     question count half: restating the question is not support, but it is not invention either.
 
@@ -41,9 +50,11 @@ judgement's ``extra["truncated"]`` says so), which bounds the time per answer.
 from __future__ import annotations
 
 import functools
+import heapq
+import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -67,6 +78,7 @@ STOPWORDS: Final = frozenset(
     according passage passages context document documents article articles source sources
     information info based stated states say says said mention mentions mentioned note
     unfortunately fortunately sadly additionally furthermore moreover therefore hence basically actually
+    usually typically generally normally roughly approximately around nearly almost currently
     """.split()  # noqa: SIM905 - a word list reads better as text
 )
 
@@ -99,7 +111,6 @@ _SYNONYMS: Final = (
     ("quick", "fast", "rapid"),
     ("delete", "remove", "erase", "deletion", "removal"),
     ("move", "migrate", "migration", "transfer"),
-    ("show", "display"),
     ("use", "utilize", "utilise"),
     ("customer", "client"),
     ("login", "signin"),
@@ -108,6 +119,33 @@ _SYNONYMS: Final = (
     ("week", "weekly"),
     ("additional", "extra"),
     ("day", "daily"),
+    ("ship", "shipment", "delivery", "deliver", "dispatch"),
+    ("book", "booking", "reserve", "reservation", "schedule"),
+    ("online", "website", "web", "internet"),
+    ("advance", "ahead", "beforehand"),
+    ("next", "following", "subsequent"),
+    ("unused", "leftover", "remaining"),
+    ("carry", "roll"),
+    ("stay", "remain"),
+    ("employee", "staff", "worker", "personnel"),
+    ("doctor", "physician", "gp"),
+    ("phone", "telephone"),
+    ("big", "large", "huge"),
+    ("small", "little", "tiny"),
+    ("maximum", "max"),
+    ("minimum", "min"),
+    ("limit", "cap", "restriction", "restrict"),
+    ("answer", "respond", "response", "reply"),
+    ("approve", "approval", "authorise", "authorize", "authorisation", "authorization"),
+    ("exceed", "surpass"),
+    ("include", "contain", "comprise"),
+    ("moon", "lunar"),
+    ("sun", "solar"),
+    ("car", "vehicle"),
+    ("shut", "closed", "close"),
+    ("error", "failure", "fault"),
+    ("choose", "select", "pick"),
+    ("show", "display"),
 )
 
 _SUFFIXES: Final = ("ational", "ation", "ition", "ability", "ibility", "ments", "ment", "ness", "ingly", "ing",
@@ -173,7 +211,7 @@ _LIST_MARKER: Final = re.compile(r"(?m)^\s*(?:[-+\u2022]|\d{1,2}[.)])\s+")
 #: A yes/no word opening an answer is not part of its claim's polarity ("No, annual plans can ...");
 #: it needs its punctuation ("No one can ..." keeps its "No").
 _INTERJECTION: Final = re.compile(
-    r"^(?:yes|no|nope|yeah|yep|sure|ok|okay|of course|absolutely|sorry)[,!.:;]\s+(?=\S)", re.IGNORECASE
+    r"^(?:yes|no|nope|yeah|yep|sure|ok|okay|of course|absolutely|sorry)(?:[,!.:;]|\s+-)\s+(?=\S)", re.IGNORECASE
 )
 _GREETING: Final = re.compile(r"^(?:hi|hello|hey|dear|good (?:morning|afternoon|evening))\b[^,.!\n]{0,40}[,!]\s*",
                               re.IGNORECASE)
@@ -215,10 +253,12 @@ def sentences(text: str) -> list[str]:
 
 
 _CLAUSE_BREAK: Final = re.compile(
-    r";\s*|,\s+(?=(?:and|but|yet|so|while|whereas|although|though|however|or)\s)|\s+(?=(?:but|whereas)\s)",
+    r";\s*|,\s+(?=(?:and|but|yet|so|while|whereas|although|though|however|or)\s)|\s+(?=(?:but|whereas)\s)"
+    r"|,\s+(?=as\s+(?:is|are|was|were|does|do|did|well\s+as)\s)",
     re.IGNORECASE,
 )
-_CONJUNCTION: Final = re.compile(r"^(?:and|but|yet|so|while|whereas|although|though|however|or)\s+,?\s*",
+_CONJUNCTION: Final = re.compile(r"^(?:and|but|yet|so|while|whereas|although|though|however|or"
+                                 r"|as\s+(?:is|are|was|were|does|do|did|well\s+as))\s+,?\s*",
                                  re.IGNORECASE)
 _FRAGMENT_START: Final = re.compile(r"^(?:not|no|only|also|for|with|without|in|on|at|by|to|from|of|as|than)\b",
                                     re.IGNORECASE)
@@ -256,7 +296,10 @@ def claims_of(sentence: str) -> list[tuple[str, bool]]:
 _AUXILIARY: Final = (r"(?:is|are|was|were|can|cannot|can't|will|won't|must|may|should|has|have|had|does|do|did"
                      r"|isn't|aren't|doesn't|don't|gets?|takes?|costs?|includes?|requires?|needs?|applies|apply)")
 _BARE_AND: Final = re.compile(
-    r"\s+and\s+(?=(?:it|you|we|they|he|she|this|that|there|i)\s+\w|(?:[\w'-]+\s+){1,3}" + _AUXILIARY + r"\b)",
+    r"\s+and\s+(?=(?:it|you|we|they|he|she|this|that|there|i)\s+\w|(?:[\w'-]+\s+){1,3}" + _AUXILIARY + r"\b"
+    # ... or before a long noun phrase of its own: "the original receipt and the serial number
+    # printed on the box" holds two things to check.
+    r"|(?:the|a|an|its|their|your|our|his|her)\s+(?:[\w'-]+\s+){3})",
     re.IGNORECASE,
 )
 
@@ -277,25 +320,51 @@ _WORD: Final = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
 #: A few common idioms, read as the word they mean before tokenising.
+#: A few common idioms, read as the word they mean before tokenising. Each has a substring that
+#: must occur for it to match, tested first: a pattern costs a scan of the text, a test does not.
 _PHRASES: Final = (
-    (re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"), "refund"),
-    (re.compile(r"\bmoney[- ]back\b"), "refund"),
-    (re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"), "return"),
-    (re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
-    (re.compile(r"\bfor good\b"), "permanently"),
-    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
-    (re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:out|off)\b"), "logout"),
-    (re.compile(r"\bround the clock\b|\baround the clock\b"), "24/7"),
+    (("money",), re.compile(r"\b(?:get|getting|got|receive|receiving)\s+(?:your\s+|their\s+|the\s+)?money\s+back\b"
+                         r"|\bmoney[- ]back\b"), "refund"),
+    # "at no charge" is "free": its "no" is not the claim's negation.
+    (("charge",), re.compile(r"\b(?:at\s+|for\s+|with\s+)?(?:no|zero)\s+(?:extra\s+|additional\s+)?charge\b"
+                          r"|\bfree\s+of\s+charge\b|\bwithout\s+(?:any\s+)?(?:extra\s+)?charge\b"), "free"),
+    (("cost",), re.compile(r"\b(?:at\s+|for\s+|with\s+)?(?:no|zero)\s+(?:extra\s+|additional\s+)?cost\b"), "free"),
+    (("back",), re.compile(r"\b(?:send|sent|sending|ship|shipping|bring|brought)\s+(?:it\s+|them\s+)?back\b"),
+     "return"),
+    # A bound is not a negation: "no more than 23 kg" is "up to 23 kg", "do not take more than 8"
+    # is "take a maximum of 8".
+    (("than",), re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:more|longer|greater|higher|larger|heavier)\s+than\b"),
+     r"\1 maximum"),
+    (("than",), re.compile(r"\b(?:no|not)\s+(?:(\w+)\s+)?(?:less|fewer|shorter|lower|smaller)\s+than\b"),
+     r"\1 minimum"),
+    (("than",), re.compile(r"\b(?:no|not)\s+later\s+than\b"), "by"),
+    (("not ",), re.compile(r"\b(?:must|should|may|can|do|does|will)\s+not\s+(?:exceed|go\s+over)\b"
+                        r"|\bnot\s+exceeding\b"), "maximum"),
+    # Words that mean "not ...": their negation is the context's "not covered" or "not allowed".
+    (("exclu",), re.compile(r"\bexclud(?:ed|es)\b"), "not included"),
+    (("prohibit", "forbid", "bann"), re.compile(r"\b(?:prohibited|forbidden|banned)\b"), "not allowed"),
+    (("away", "once"), re.compile(r"\b(?:right away|straight away|at once)\b"), "immediately"),
+    (("good",), re.compile(r"\bfor good\b"), "permanently"),
+    (("log", "sign"), re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:in|on)\b"), "login"),
+    (("log", "sign"), re.compile(r"\b(?:log|sign)(?:ging|ged)?[- ]?(?:out|off)\b"), "logout"),
+    (("clock",), re.compile(r"\b(?:a)?round the clock\b"), "24/7"),
 )
 _CONTRACTION: Final = re.compile(r"'(?:ll|re|ve|d|m)\b")
+
+
+def expand_negations(text: str) -> str:
+    """"can't" as "can not", "won't" as "will not", "isn't" as "is not", "cannot" as "can not"."""
+    return (text.replace("can't", "can not").replace("Can't", "Can not").replace("won't", "will not")
+            .replace("Won't", "Will not").replace("n't", " not").replace("cannot", "can not"))
 
 
 def words(text: str) -> list[str]:
     """Lowercased word tokens: "n't" as "not", "cannot" as "can not", "you'll" as "you", a few
     idioms as the word they mean ("money back" as "refund"), "'s" dropped."""
-    lowered = _CONTRACTION.sub("", text.lower().replace("n't", " not").replace("cannot", "can not"))
-    for pattern, replacement in _PHRASES:
-        lowered = pattern.sub(replacement, lowered)
+    lowered = _CONTRACTION.sub("", expand_negations(text.lower()))
+    for triggers, pattern, replacement in _PHRASES:
+        if any(trigger in lowered for trigger in triggers):
+            lowered = pattern.sub(replacement, lowered)
     return [w[:-2] if w.endswith("'s") else w for w in _WORD.findall(lowered)]
 
 
@@ -311,24 +380,28 @@ def content_tokens(tokens: Iterable[str], *, units: bool = False) -> list[str]:
     out: list[str] = []
     previous = ""
     for t in tokens:
-        after_number = any(ch.isdigit() for ch in previous) or previous in _NUMBER_WORDS or \
-            previous in _UNIT_QUALIFIERS
-        if t in _MEASURE_WORDS and after_number and not units:
+        if not units and (t in _MEASURE_WORDS or t in _UNIT_QUALIFIERS) and (
+                _HAS_DIGIT(previous) or previous in _NUMBER_WORDS or previous in _UNIT_QUALIFIERS):
             previous = previous if previous in _UNIT_QUALIFIERS else t
             continue
         previous = t
-        if t not in STOPWORDS and t not in NEGATIONS and not any(ch.isdigit() for ch in t) and len(t) > 1:
+        if len(t) > 1 and t not in STOPWORDS and t not in NEGATIONS and not _HAS_DIGIT(t) and t not in _NUMBER_WORDS:
             out.append(t)
     return out
 
 
+_HAS_DIGIT: Final = re.compile(r"\d").search
+
+
 # --- abstentions and filler --------------------------------------------------------------------
 
-_SOURCE: Final = (r"(?:passages?|context|documents?|articles?|sources?|information|text|help[- ]?cent(?:re|er)"
-                  r"|knowledge base|materials?|provided|available)")
+_SOURCE: Final = (r"(?:passages?|context|documents?|documentation|docs|articles?|sources?|information|text"
+                  r"|help[- ]?cent(?:re|er)|knowledge base|materials?|provided|available|excerpts?|snippets?"
+                  r"|leaflet|manual|guide|faq|notes|records|results|page|extract)")
 _ABSTENTION: Final = re.compile(
     "|".join((
-        rf"\b(?:the|these|this|those|our|my)\s+(?:provided\s+|available\s+|given\s+|retrieved\s+)?{_SOURCE}\s+"
+        rf"\b(?:the|these|this|those|our|my)\s+(?:provided\s+|available\s+|given\s+|retrieved\s+)?"
+        rf"(?:\w+\s+)?{_SOURCE}\s+"
         r"(?:(?:provided|given|available|above|here|retrieved|i\s+have|we\s+have)\s+)?"
         r"(?:do|does|did|is|are|was|were)\s+not\s+(?:say|mention|specify|state|cover|contain|include|provide|"
         r"address|answer|tell|indicate|describe|explain|list|discuss|give|clarify|show|seem)",
@@ -341,6 +414,10 @@ _ABSTENTION: Final = re.compile(
         rf"\bnot\s+(?:covered|provided|included|given|found|listed|available)\s+(?:in|by|from)\s+(?:the\s+)?{_SOURCE}",
         r"\bno\s+(?:information|mention|details?|indication|data)\s+(?:about|on|regarding|of|as to|is given|in)\b",
         r"\b(?:not|insufficient|isn't)\s+enough\s+information\b|\binsufficient\s+information\b",
+        # "... doesn't say anything about X": a speech verb, whatever the subject, is about the source.
+        r"\b(?:do|does|did)\s+not\s+(?:say|mention|specify|state|indicate|clarify)\b",
+        r"\bno\s+(?:information|details?|data|mention)\s+(?:is\s+|was\s+)?(?:available|provided|given|here)\b",
+        rf"\b{_SOURCE}\s+(?:provided\s+|given\s+)?(?:is|are|was|were)\s+(?:empty|silent)\b",
         r"\b(?:can\s+not|could\s+not)\s+be\s+(?:determined|confirmed|answered|found)\b",
         r"\b(?:unclear|unknown)\s+(?:from|based on|in)\b",
         r"\b(?:human|support)?\s*(?:agent|colleague|someone|team|representative)\s+will\s+(?:follow\s+up|get\s+back"
@@ -358,8 +435,19 @@ _FILLER: Final = re.compile(
 )
 
 
+#: Advice to ask someone else ("please ask a pharmacist", "contact support"): nothing to check
+#: unless it names a number or a name, which the hard checks then see.
+_REFERRAL: Final = re.compile(
+    r"^(?:so\s+|but\s+)?(?:please\s+|you\s+(?:may|might|should|could)\s+(?:want\s+to\s+)?|i\s+(?:would\s+)?"
+    r"(?:recommend|suggest)(?:\s+that\s+you)?\s+|we\s+(?:recommend|suggest)\s+)?(?:ask|consult|contact|check\s+with"
+    r"|speak\s+(?:to|with)|talk\s+to|reach\s+out\s+to|asking|consulting|contacting|checking\s+with)\s+"
+    r"(?:a|an|your|the|our)\b",
+    re.IGNORECASE,
+)
+
+
 def is_abstention(claim: str) -> bool:
-    return _ABSTENTION.search(claim.replace("n't", " not").replace("cannot", "can not")) is not None
+    return _ABSTENTION.search(expand_negations(claim)) is not None
 
 
 # --- numbers, amounts, dates, times ------------------------------------------------------------
@@ -373,8 +461,14 @@ _WEEKDAYS: Final = {name: i for i, names in enumerate((
     ("friday", "fri"), ("saturday", "sat"), ("sunday", "sun")), start=0) for name in names}
 _MONTH_RE: Final = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
                     r"|Sept?(?:ember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
-_WEEKDAY_RE: Final = (r"(?:Mon(?:day)?|Tue(?:s|sday)?|Wed(?:nesday)?|Thu(?:r|rs|rsday)?|Fri(?:day)?|Sat(?:urday)?"
-                      r"|Sun(?:day)?)")
+_WEEKDAY_RE: Final = (r"(?:Mon(?:days?)?|Tue(?:s|sdays?)?|Wed(?:nesdays?)?|Thu(?:r|rs|rsdays?)?|Fri(?:days?)?"
+                      r"|Sat(?:urdays?)?|Sun(?:days?)?)")
+
+
+def _weekday(name: str) -> int:
+    """A weekday's number from its name, abbreviation or plural ("Saturdays")."""
+    name = name.lower().rstrip(".")
+    return _WEEKDAYS[name] if name in _WEEKDAYS else _WEEKDAYS[name[:-1]]
 _DATE_PATTERNS: Final = (
     re.compile(r"\b(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})\b"),
     re.compile(rf"\b(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<mn>{_MONTH_RE})\b\.?(?:,?\s+(?P<y>\d{{4}})\b)?"),
@@ -383,6 +477,16 @@ _DATE_PATTERNS: Final = (
     re.compile(rf"\b(?P<mn>{_MONTH_RE})\b\.?,?\s+(?P<y>\d{{4}})\b"),
     re.compile(r"\b(?P<mn>January|February|March|April|June|July|August|September|October|November|December)\b"),
 )
+#: A range of days in one month, "2-3 April 2025", "April 2 and 3", "May 4-6": every day in it.
+_DAY_RANGES: Final = (
+    re.compile(rf"\b(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?\s*(?:-|to|and|&)\s*(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\s+"
+               rf"(?:of\s+)?(?P<mn>{_MONTH_RE})\b\.?(?:,?\s+(?P<y>\d{{4}})\b)?"),
+    re.compile(rf"\b(?P<mn>{_MONTH_RE})\b\.?\s+(?P<d1>\d{{1,2}})(?:st|nd|rd|th)?\s*(?:-|to|and|&)\s*"
+               rf"(?P<d2>\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*(?:%|[:.,]\d))(?:,?\s+(?P<y>\d{{4}})\b)?"),
+)
+#: "weekdays" and "weekends" name days too: "open on Saturdays" against "open at weekends".
+_MONTH_NAME: Final = re.compile(rf"\b{_MONTH_RE}\b")
+_WEEK_PARTS: Final = re.compile(r"\b(?P<part>weekdays?|weekends?|week-?ends?)\b", re.IGNORECASE)
 _WEEKDAY_RANGE: Final = re.compile(rf"\b(?P<a>{_WEEKDAY_RE})\b\.?\s*(?:-|to|through|thru|until|till)\s*"
                                    rf"(?P<b>{_WEEKDAY_RE})\b")
 _WEEKDAY: Final = re.compile(rf"\b{_WEEKDAY_RE}\b")
@@ -437,6 +541,15 @@ _WORD_NUMBER: Final = re.compile(
 )
 
 
+#: A number word (two and up) before a counted plural noun: "three bags", "two doses".
+_WORD_COUNT: Final = re.compile(
+    r"\b(?P<w>two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen"
+    r"|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)"
+    r"(?=\s+(?!(?:is|was|has|does|this|thus|plus|us|its|as|yes|always|also)\b)[a-z]{2,}[^s\W]s\b)",
+    re.IGNORECASE,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Quantity:
     value: str
@@ -467,6 +580,8 @@ def _word_value(word: str) -> int:
 
 
 def _mask(text: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return text
     chars = list(text)
     for a, b in spans:
         chars[a:b] = " " * (b - a)
@@ -484,16 +599,44 @@ class Facts:
 
 
 def extract_facts(text: str) -> Facts:
+    """The numbers, amounts, dates, weekdays and times of ``text``.
+
+    Each kind is looked for only when a cheap test says it can be there (a digit, a month or a
+    weekday name): most clauses have none, and the patterns are the evaluator's main cost.
+    """
     facts = Facts()
     spans: list[tuple[int, int]] = []
-    for match in _WEEKDAY_RANGE.finditer(text):
-        a, b = _WEEKDAYS[match["a"].lower()], _WEEKDAYS[match["b"].lower()]
-        for weekday in range(a, (b if b >= a else b + 7) + 1):
-            facts.weekdays.setdefault(weekday % 7, match.group())
-        spans.append(match.span())
-    for match in _WEEKDAY.finditer(_mask(text, spans)):
-        facts.weekdays.setdefault(_WEEKDAYS[match.group().lower().rstrip(".")], match.group())
-    for pattern in _DATE_PATTERNS:
+    has_digit = _HAS_DIGIT(text) is not None
+    has_month = _MONTH_NAME.search(text) is not None
+    if _WEEKDAY.search(text):
+        for match in _WEEKDAY_RANGE.finditer(text):
+            a, b = _weekday(match["a"]), _weekday(match["b"])
+            for weekday in range(a, (b if b >= a else b + 7) + 1):
+                facts.weekdays.setdefault(weekday % 7, match.group())
+            spans.append(match.span())
+        for match in _WEEKDAY.finditer(_mask(text, spans)):
+            facts.weekdays.setdefault(_weekday(match.group()), match.group())
+    if "eek" in text:
+        for match in _WEEK_PARTS.finditer(text):
+            days = range(5) if match["part"].lower().startswith("weekday") else (5, 6)
+            for weekday in days:
+                facts.weekdays.setdefault(weekday, match.group())
+    if has_digit and has_month:
+        for pattern in _DAY_RANGES:
+            for match in pattern.finditer(_mask(text, spans)):
+                first, last = int(match["d1"]), int(match["d2"])
+                if not first < last <= 31:
+                    continue
+                range_year = int(match["y"]) if match["y"] else None
+                for range_day in range(first, last + 1):
+                    facts.dates.append(DateRef(_MONTHS[match["mn"].lower()], range_day, range_year,
+                                               match.group().strip()))
+                spans.append(match.span())
+    for index, pattern in enumerate(_DATE_PATTERNS):
+        # 0: ISO dates (digits); 1-3: a day or year with a month name; 4: a month name alone.
+        if (index == 0 and not has_digit) or (1 <= index <= 3 and not (has_digit and has_month)) or \
+                (index == 4 and not has_month):
+            continue
         for match in pattern.finditer(_mask(text, spans)):
             groups = match.groupdict()
             month = int(groups["m"]) if groups.get("m") else _MONTHS[groups["mn"].lower()]
@@ -503,6 +646,9 @@ def extract_facts(text: str) -> Facts:
             year = int(groups["y"]) if groups.get("y") else None
             facts.dates.append(DateRef(month, day, year, match.group().strip()))
             spans.append(match.span())
+    if not has_digit:
+        _word_quantities(text, facts)
+        return facts
     masked = _mask(text, spans)
     for match in _TIME.finditer(masked):
         if match["h"] is not None:
@@ -528,11 +674,22 @@ def extract_facts(text: str) -> Facts:
         facts.quantities.append(
             Quantity(_number_value(match["num"]), unit, masked[match.start():surface_end].strip(), rate)
         )
+    _word_quantities(masked, facts)
+    return facts
+
+
+def _word_quantities(masked: str, facts: Facts) -> None:
+    """Numbers written as words: before a unit ("thirty days"), or a count ("three bags")."""
+    word_spans: list[tuple[int, int]] = []
     for match in _WORD_NUMBER.finditer(masked):
         unit, surface_end = _unit_after(masked, match.end())
         rate, surface_end = _rate_after(masked, surface_end)
         facts.quantities.append(Quantity(str(_word_value(match["w"])), unit, masked[match.start():surface_end], rate))
-    return facts
+        word_spans.append(match.span())
+    for match in _WORD_COUNT.finditer(masked):
+        if any(a <= match.start() < b for a, b in word_spans):
+            continue
+        facts.quantities.append(Quantity(str(_word_value(match["w"])), None, match.group(), None))
 
 
 _RATE: Final = re.compile(
@@ -561,6 +718,25 @@ def _compatible(claim: Quantity, context: Quantity) -> bool:
     return claim.rate is None or context.rate is None or claim.rate == context.rate
 
 
+#: Units one converts into another, exactly: "3 weeks" is "21 days", "48 hours" is "2 days".
+_CONVERSIONS: Final = {("week", "day"): 7, ("day", "hour"): 24, ("hour", "minute"): 60, ("minute", "second"): 60,
+                       ("year", "month"): 12}
+
+
+def _converted(q: Quantity) -> list[tuple[str, str]]:
+    """The quantity in the units it converts to exactly (as (value, unit)), for whole numbers."""
+    if q.unit is None or not q.value.isdigit():
+        return []
+    value = int(q.value)
+    out: list[tuple[str, str]] = []
+    for (big, small), factor in _CONVERSIONS.items():
+        if q.unit == big:
+            out.append((str(value * factor), small))
+        elif q.unit == small and value % factor == 0:
+            out.append((str(value // factor), big))
+    return out
+
+
 def _unit_after(text: str, at: int) -> tuple[str | None, int]:
     pos = at
     for _ in range(2):
@@ -580,7 +756,8 @@ def _unit_after(text: str, at: int) -> tuple[str | None, int]:
 
 _CAPITALISED_SPAN: Final = re.compile(r"\b[A-Z][\w'&.-]*(?:\s+(?:[A-Z][\w'&.-]*|&|of|de|von|van)(?=\s|\b))*")
 _CODE: Final = re.compile(r"\b[A-Za-z]+\d[\w-]*\b")
-_NOT_ENTITIES: Final = frozenset(w.capitalize() for w in (*_MONTHS, *_WEEKDAYS)) | {"I", "OK", "Yes", "No", "AM", "PM"}
+_NOT_ENTITIES: Final = frozenset(w.capitalize() for w in (*_MONTHS, *_WEEKDAYS)) | \
+    frozenset(f"{w.capitalize()}s" for w in _WEEKDAYS if w.endswith("day")) | {"I", "OK", "Yes", "No", "AM", "PM"}
 
 
 def _is_acronym(word: str) -> bool:
@@ -624,6 +801,7 @@ class _ContextSentence:
     #: Each entity's lowercased words.
     entities: list[frozenset[str]]
     raw: frozenset[str]
+    values: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -637,6 +815,21 @@ class _Context:
     values: frozenset[str]
     #: content word -> the indexes of the sentences holding it
     postings: dict[str, list[int]] = field(default_factory=dict)
+    #: The words of the context's names (canonical), and the initials of its multi-word names
+    #: ("us" for "United States").
+    name_words: frozenset[str] = frozenset()
+    initialisms: frozenset[str] = frozenset()
+
+    #: The weight of a value held by one clause only (the rarest a word can be).
+    rare: float = 1.0
+
+    #: content word -> its rarity across the clauses: log((N + 1) / clauses holding it)
+    rarity: dict[str, float] = field(default_factory=dict)
+
+    def weight(self, shared: Iterable[str]) -> float:
+        """The summed rarity of some of the context's words (a word not in it weighs nothing)."""
+        rarity = self.rarity
+        return sum(rarity.get(w, 0.0) for w in shared)
 
     @property
     def empty(self) -> bool:
@@ -655,28 +848,54 @@ class _Context:
 
 
 def _negated(tokens: list[str], vocabulary: frozenset[str]) -> bool:
+    """Whether the text says "not": an odd number of negation cues, so "do not give ... without
+    advice" is positive about giving with advice, and "it can be given without advice" is not."""
+    cues = 0
     for token in tokens:
         if token in NEGATIONS:
-            return True
+            cues += 1
+            continue
         for prefix in _NEGATION_PREFIXES:
             if token.startswith(prefix) and len(token) - len(prefix) >= 4 and canonical(token[len(prefix):]) in \
                     vocabulary and canonical(token) not in vocabulary:
-                return True
-    return False
+                cues += 1
+                break
+    return cues % 2 == 1
 
 
 def _analyse_context(text: str) -> _Context:
     text = _CITATION.sub(" ", text)  # passage markers "[1]" are not numbers of the context
-    tokens = words(text)
-    cws = frozenset(content_words(tokens, units=True))
-    facts = extract_facts(text)
+    tokens: list[str] = []
+    facts = Facts()
     context_sentences = []
+    # Clauses, split as a claim is: "A landed, while B remained in orbit" holds two statements, and
+    # a claim that B landed restates the first with a swapped name. The whole context's words and
+    # facts are the union of its clauses' (each clause is read once).
+    seen: set[str] = set()
     for sentence in sentences(text):
-        stoks = words(sentence)
-        context_sentences.append(_ContextSentence(
-            sentence, stoks, frozenset(content_words(stoks, units=True)), extract_facts(sentence).quantities,
-            [frozenset(words(name)) for name in entities(sentence, True)], frozenset(stoks),
-        ))
+        for clause, at_start in claims_of(sentence):
+            if clause in seen:
+                continue  # a repeated clause says nothing new (and would slow every lookup)
+            seen.add(clause)
+            stoks = words(clause)
+            clause_facts = extract_facts(clause)
+            tokens.extend(stoks)
+            facts.quantities.extend(clause_facts.quantities)
+            facts.dates.extend(clause_facts.dates)
+            for day, surface in clause_facts.weekdays.items():
+                facts.weekdays.setdefault(day, surface)
+            for time, surface in clause_facts.times.items():
+                facts.times.setdefault(time, surface)
+            context_sentences.append(_ContextSentence(
+                clause, stoks, frozenset(content_words(stoks, units=True)), clause_facts.quantities,
+                [frozenset(canonical(w) for w in words(name)) for name in entities(clause, at_start)],
+                frozenset(stoks) | frozenset(canonical(t) for t in stoks),
+                frozenset(q.value for q in clause_facts.quantities),
+            ))
+    cws = frozenset().union(*(c.words for c in context_sentences))
+    initialisms = frozenset(
+        "".join(w[0] for w in name.split() if w[:1].isupper()).lower()
+        for clause in context_sentences for name in entities(clause.text, False) if len(name.split()) > 1)
     postings: dict[str, list[int]] = {}
     for index, analysed in enumerate(context_sentences):
         for word in analysed.words:
@@ -692,15 +911,28 @@ def _analyse_context(text: str) -> _Context:
         years=years,
         values=frozenset(q.value for q in facts.quantities),
         postings=postings,
+        name_words=frozenset().union(*(e for c in context_sentences for e in c.entities)),
+        initialisms=frozenset(i for i in initialisms if len(i) > 1),
+        rare=math.log(len(context_sentences) + 1),
+        rarity={word: math.log((len(context_sentences) + 1) / len(held)) for word, held in postings.items()},
     )
 
 
 # --- the evaluator -----------------------------------------------------------------------------
 
+#: A claim's opening capitalised word (matched at its start).
+_FIRST_WORD: Final = re.compile(r"[A-Z][a-z]+\b")
+
+#: A clause holding the claim's value with this share of the restated clause's weight means the
+#: claim combined two statements ("annual plan refunds take 5 days"), not that it swapped a value.
+_COMBINED: Final = 0.75
+#: The clauses, by shared-word weight, that may be the one a claim restates.
+_TOP_CLAUSES: Final = 24
+
 class GroundednessEvaluator:
     """The default evaluator (scope 1 a of issue 14): see the module docstring."""
 
-    def __init__(self, *, min_overlap: float = 0.5, negation_overlap: float = 0.6, threshold: float = 0.2,
+    def __init__(self, *, min_overlap: float = 0.5, negation_overlap: float = 0.6, threshold: float = 0.0,
                  max_answer_chars: int = 20_000, max_context_chars: int = 200_000) -> None:
         self.min_overlap = min_overlap
         self.negation_overlap = negation_overlap
@@ -740,8 +972,15 @@ class GroundednessEvaluator:
             return ClaimVerdict(claim, Verdict.ABSTENTION, ("abstains",), None, weight)
         facts = extract_facts(claim)
         names = entities(claim, at_start)
+        first = _FIRST_WORD.match(claim)
+        if at_start and first and canonical(first.group().lower()) in ctx.name_words and \
+                not any(n.split()[0] == first.group() for n in names):
+            # A sentence's first word is no name, unless the context uses it as one ("Advance
+            # tickets are ..." against "an Advance ticket ...; Anytime tickets are ...").
+            names.insert(0, first.group())
         has_hard = bool(facts.quantities or facts.dates or facts.weekdays or facts.times or names)
-        if not has_hard and (not cws or claim.rstrip().endswith("?") or _FILLER.match(claim.strip(" \"'"))):
+        if not has_hard and (not cws or claim.rstrip().endswith("?") or _FILLER.match(claim.strip(" \"'"))
+                             or _REFERRAL.match(claim.strip(" \"'"))):
             return ClaimVerdict(claim, Verdict.SUPPORTED, ("nothing to check",), None, weight)
         if ctx.empty:
             return ClaimVerdict(claim, Verdict.UNSUPPORTED, ("context is empty",), 0.0, weight)
@@ -753,6 +992,8 @@ class GroundednessEvaluator:
         facts_ok = n_facts - len(reasons)
         for name in names:
             missing = [w for w in words(name) if w not in ctx.raw_words and canonical(w) not in ctx.raw_words]
+            if missing and _is_acronym(name) and name.lower() in ctx.initialisms:
+                continue  # "US" against "United States"
             if missing:
                 reasons.append(f"entity '{name}' not in context")
         for i, token in enumerate(tokens):
@@ -789,6 +1030,8 @@ class GroundednessEvaluator:
     @staticmethod
     def _check_quantities(facts: Facts, ctx: _Context) -> Iterator[str]:
         for q in facts.quantities:
+            if any(c.value == value and c.unit == unit for value, unit in _converted(q) for c in ctx.facts.quantities):
+                continue  # "three weeks" against "21 days"
             same_value = [c for c in ctx.facts.quantities if c.value == q.value]
             if q.unit is None and not same_value and len(q.value) == 4 and q.value.isdigit() and \
                     int(q.value) in ctx.years:
@@ -825,55 +1068,86 @@ class GroundednessEvaluator:
                             ctx: _Context) -> Iterator[str]:
         """A number or name found in the context, but attached to another statement.
 
-        The context sentence that shares most of the claim's content words (at least two, and
-        60 %) is the statement the claim restates. If it lacks one of the claim's numbers or names
-        and has one of the same kind the claim lacks, the claim swapped it in ("the Team plan
-        includes SSO" against "the Enterprise plan includes SSO"), unless another sentence that
-        holds the claim's value shares nearly as many of its words (the claim combined two).
+        For each of the claim's numbers and names, the context clause that shares most of the
+        *rest* of the claim (its other content words, and its other numbers that the clause holds;
+        at least two, and 60 %) is the statement the claim restates. If that clause lacks the value
+        and has one of the same kind the claim lacks, the claim swapped it in ("Buzz Aldrin
+        remained in orbit" against "... while Michael Collins remained in orbit"), unless a clause
+        that holds the value shares nearly as much (the claim combined two statements).
+
+        Only clauses that share a word with the claim can be either (the inverted index finds
+        them); of those, only the best ``_TOP_CLAUSES`` by weight, and the best that hold one of
+        the claim's values or names, are compared, which bounds the cost on long contexts.
         """
-        if len(claim_words) < 2 or not (facts.quantities or names):
+        if not (facts.quantities or names):
             return
-        best, best_shared = ctx.best_sentences(claim_words)
-        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
-            return
+        own_words = {name: frozenset(canonical(w) for w in words(name)) for name in names}
+        claim_raw = frozenset().union(*own_words.values())
+        claim_values = frozenset(q.value for q in facts.quantities)
+        # Each clause's shared-word weight, summed from the inverted index: with and without the
+        # words of the claim's names. Only the best of them can be the restated clause, and only
+        # the best of those holding one of the claim's values or names can show that it combined
+        # two statements.
+        full: dict[int, float] = {}
+        rest_only: dict[int, float] = {}
+        for word in claim_words:
+            rarity = ctx.rarity.get(word, 0.0)
+            for index in ctx.postings.get(word, ()):
+                full[index] = full.get(index, 0.0) + rarity
+                if word not in claim_raw:
+                    rest_only[index] = rest_only.get(index, 0.0) + rarity
+        holders = [index for index in full if claim_values & ctx.sentences[index].values or
+                   any(own <= ctx.sentences[index].raw for own in own_words.values())]
+        selected = {*heapq.nlargest(_TOP_CLAUSES, full, key=full.__getitem__),
+                    *heapq.nlargest(_TOP_CLAUSES, rest_only, key=rest_only.__getitem__),
+                    *heapq.nlargest(_TOP_CLAUSES, holders, key=full.__getitem__)}
+        rows = [(ctx.sentences[i], claim_words & ctx.sentences[i].words, full[i]) for i in sorted(selected)]
         for q in facts.quantities:
-            def holds(sentence: _ContextSentence, q: Quantity = q) -> bool:
-                return any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
+            others = [o for o in facts.quantities if o is not q and o.value != q.value]
+            ranked = []
+            for sentence, shared, weight in rows:
+                held = sum(1 for o in others if o.value in sentence.values and
+                           any(c.value == o.value and _compatible(o, c) for c in sentence.quantities))
+                holds = q.value in sentence.values and \
+                    any(c.value == q.value and _compatible(q, c) for c in sentence.quantities)
+                rival = not holds and any(c.value not in claim_values and (c.unit == q.unit or None in (c.unit, q.unit))
+                                          for c in sentence.quantities)
+                ranked.append((sentence, len(shared) + held, weight + held * ctx.rare, holds, rival))
+            reason = self._swapped(ranked, len(claim_words) + len(others))
+            if reason:
+                yield f"number '{q.surface}' is not what the context says: '{reason}'"
+        for name, own in own_words.items():
+            if _is_acronym(name) and name.lower() in ctx.initialisms:
+                continue  # "US" for "United States": the clause holds it under its long name
+            ranked = []
+            for sentence, shared, weight in rows:
+                mine = shared & own
+                holds = own <= sentence.raw
+                rival = not holds and any(e and not e & claim_raw for e in sentence.entities)
+                ranked.append((sentence, len(shared) - len(mine), weight - ctx.weight(mine), holds, rival))
+            reason = self._swapped(ranked, len(claim_words - own))
+            if reason:
+                yield f"entity '{name}' is not what the context says: '{reason}'"
 
-            rivals = [c for c in best[0].quantities if not any(c.value == m.value for m in facts.quantities)
-                      and (c.unit == q.unit or c.unit is None or q.unit is None)]
-            if any(holds(sentence) for sentence in best) or not rivals or len(best) > 1:
-                continue
-            if not self._elsewhere(holds, claim_words, frozenset(), best_shared, ctx, names):
-                yield f"number '{q.surface}' is not what the context says: '{best[0].text}'"
-        claim_raw = frozenset(w for name in names for w in words(name))
-        for name in names:
-            name_words = frozenset(words(name))
+    def _swapped(self, ranked: list[tuple[_ContextSentence, int, float, bool, bool]], size: int) -> str | None:
+        """The clause the claim restates, when it lacks the claim's value and has a rival one.
 
-            def has_name(sentence: _ContextSentence, name_words: frozenset[str] = name_words) -> bool:
-                return name_words <= sentence.raw
-
-            rivals_e = [e for e in best[0].entities if e and not e & claim_raw]
-            if any(has_name(sentence) for sentence in best) or not rivals_e or len(best) > 1:
-                continue
-            own = frozenset(canonical(w) for w in name_words)
-            if not self._elsewhere(has_name, claim_words, own, best_shared, ctx, names):
-                yield f"entity '{name}' is not what the context says: '{best[0].text}'"
-
-    @staticmethod
-    def _elsewhere(holds: Callable[[_ContextSentence], bool], claim_words: frozenset[str], own: frozenset[str],
-                   best_shared: int, ctx: _Context, names: list[str]) -> bool:
-        """Another sentence holds the value, shares nearly as many of the claim's words, and is not
-        about another named thing (a name of its own while the claim's name is missing from it)."""
-        claim_raw = frozenset(w for name in names for w in words(name))
-        for sentence in ctx.sentences:
-            if not holds(sentence) or len((claim_words - own) & sentence.words) < best_shared - 1:
-                continue
-            other_name = any(e and not e & claim_raw for e in sentence.entities)
-            if other_name and any(not frozenset(words(name)) <= sentence.raw for name in names):
-                continue
-            return True
-        return False
+        ``ranked`` holds each candidate clause with the claim words it shares (how many, and their
+        weight: a word's rarity in the context, since a word in every clause, like "plan", tells
+        little about which statement is restated), whether it holds the value, and whether it has
+        a rival one. A clause holding the value with at least ``_COMBINED`` of the best weight
+        means the claim combined two statements: no swap.
+        """
+        if size < 2 or not ranked:
+            return None
+        best_weight = max(weight for _, _, weight, _, _ in ranked)
+        best = [row for row in ranked if abs(row[2] - best_weight) <= 1e-9]
+        best_count = best[0][1]
+        holder_weight = max((weight for _, _, weight, holds, _ in ranked if holds), default=0.0)
+        if best_count < 2 or best_count / size < self.negation_overlap or holder_weight >= _COMBINED * best_weight:
+            return None
+        swapped = [sentence for sentence, _, _, _, rival in best if rival]
+        return swapped[0].text if swapped else None
 
     def _check_negation(self, tokens: list[str], cws: list[str], ctx: _Context) -> str | None:
         """The claim and the context sentence sharing most of its content words agree on negation.
@@ -885,7 +1159,8 @@ class GroundednessEvaluator:
         if len(claim_words) < 2:
             return None
         best, best_shared = ctx.best_sentences(claim_words)
-        if best_shared < 2 or best_shared / len(claim_words) < self.negation_overlap:
+        if best_shared < 2 or best_shared / min(len(claim_words), max(len(b.words) for b in best)) < \
+                self.negation_overlap:
             return None
         for sentence in best:
             if _negated(tokens, sentence.words) == _negated(sentence.tokens, claim_words):

@@ -140,7 +140,7 @@ class NliEvaluator:
     """Scores claims by entailment from the context, with an operator's model loaded lazily."""
 
     def __init__(self, model_dir: str | Path, *, entailment_threshold: float | None = None,
-                 max_premise_chars: int | None = None, max_claims: int = 64, threshold: float = 0.2,
+                 max_premise_chars: int | None = None, max_claims: int = 64, threshold: float = 0.0,
                  max_answer_chars: int = 20_000) -> None:
         self.model_dir = Path(model_dir)
         self._entailment_threshold = entailment_threshold

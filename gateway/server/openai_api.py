@@ -93,6 +93,9 @@ class OpenAIApi:
                 if path == "/v1/models":
                     await self._models(headers, send, request_id, started)
                     return
+                if path == "/v1/feedback":
+                    await self._feedback(scope, headers, receive, send, request_id, started)
+                    return
                 raise NotFound(f"Unknown endpoint {scope['method']} {scope['path']}.", code="unknown_url")
             if scope["method"] != "POST":
                 raise InvalidRequest(f"{scope['path']} takes POST.", code="method_not_allowed", status=405)
@@ -112,6 +115,10 @@ class OpenAIApi:
             ctx.cache_control = headers.cache_control.decode("latin-1")
         if headers.session_id is not None:
             ctx.session_id = headers.session_id[:200].decode("latin-1")
+        if headers.data_class is not None:
+            ctx.data_class_header = headers.data_class[:200].decode("latin-1").strip()
+        if headers.traceparent is not None:
+            ctx.traceparent = headers.traceparent[:64].decode("latin-1")
         await self._serve(ctx, receive, send)
 
     async def _serve(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
@@ -196,6 +203,32 @@ class OpenAIApi:
         await send({"type": "http.response.start", "status": 200, "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
 
+    async def _feedback(self, scope: Scope, headers: _Headers, receive: Receive, send: Send, request_id: bytes,
+                        started: float) -> None:
+        """``POST /v1/feedback`` (gateway.feedback): the key first, then a bounded body."""
+        if scope["method"] != "POST":
+            raise InvalidRequest(f"{scope['path']} takes POST.", code="method_not_allowed", status=405)
+        token = bearer_token(headers.authorization)
+        principal = await self.runtime.keys.authenticate(token) if token else None
+        if principal is None:
+            raise AuthenticationFailed("Invalid or missing API key.")
+        service = self.runtime.feedback
+        if service is None:
+            raise NotFound(f"Unknown endpoint {scope['method']} {scope['path']}.", code="unknown_url")
+        from gateway.feedback.service import parse_body
+
+        body = parse_body(await self._read_body(headers.content_length, receive))
+        stored = await service.post(principal, body)
+        payload = orjson.dumps(stored.as_dict())
+        response_headers = [
+            *_JSON_HEADERS,
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", request_id),
+            (b"x-gateway-overhead-ms", _ms(time.perf_counter() - started)),
+        ]
+        await send({"type": "http.response.start", "status": 201, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
     async def _read_body(self, length: bytes | None, receive: Receive) -> bytes:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise RequestTooLarge(f"The request body is larger than the limit of {self.max_body} bytes.")
@@ -223,7 +256,9 @@ class _Headers:
     instead of once per wanted header matters on a path that must cost microseconds.
     """
 
-    __slots__ = ("authorization", "cache_control", "content_length", "request_id", "session_id")
+    __slots__ = (
+        "authorization", "cache_control", "content_length", "data_class", "request_id", "session_id", "traceparent"
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
@@ -231,6 +266,8 @@ class _Headers:
         self.content_length: bytes | None = None
         self.request_id: bytes | None = None
         self.session_id: bytes | None = None
+        self.data_class: bytes | None = None
+        self.traceparent: bytes | None = None
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
@@ -242,6 +279,10 @@ class _Headers:
                 self.cache_control = value
             elif name == b"x-session-id":
                 self.session_id = value
+            elif name == b"x-data-class":
+                self.data_class = value
+            elif name == b"traceparent":
+                self.traceparent = value
 
 
 def _request_id(given: bytes | None) -> bytes:

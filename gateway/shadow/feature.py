@@ -8,15 +8,26 @@ from typing import TYPE_CHECKING
 
 from gateway.features import Feature
 from gateway.ledger.writer import LedgerMetrics, LedgerWriter
+from gateway.routing.data_classes import permits as class_permits
 from gateway.shadow.runner import Permits, ShadowMetrics, ShadowRunner, allow_all
 from gateway.storage.schema import shadow_comparisons
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from gateway.catalog import Deployment
     from gateway.config.settings import Settings
+    from gateway.context import RequestContext
     from gateway.core import Core
     from gateway.storage import Database
+
+
+def data_class_permits(primary: RequestContext, deployment: Deployment) -> bool:
+    """The data-class rule for a copy: the primary's class (set by its route stage) must be one
+    the deployment may receive. The copy inherits that class (``ctx.fork``), so the pipeline
+    enforces it again on every path the copy takes; this only keeps a copy that could go
+    nowhere from being sent."""
+    return class_permits(primary.data_class, deployment)
 
 
 @dataclass

@@ -72,6 +72,12 @@ ledger = Table(
     Column("error_code", String(100), nullable=True),
     # The request's trace in Langfuse (32 hex digits), when tracing is on (added by migration 60).
     Column("trace_id", String(32), nullable=True),
+    # Added by migration 80 (data classes, fallbacks, downgrades): the request's data class, the
+    # alias whose deployment answered (another than ``alias`` after a fallback across aliases)
+    # and the alias asked for when a budget downgrade served ``alias`` instead.
+    Column("data_class", String(50), nullable=True),
+    Column("served_alias", String(200), nullable=True),
+    Column("downgraded_from", String(200), nullable=True),
     Index("ix_ledger_team_ts", "team", "ts"),
 )
 
@@ -219,6 +225,97 @@ rollout_state = Table(
     Column("actor", String(64), nullable=False),
     Column("revision", Integer, nullable=False, default=1),
     Column("history", Text, nullable=False, default="[]"),  # JSON list of check verdicts (newest last)
+    # The controller lease generation of the analysis that last wrote the row (0: an operator).
+    # A write by an older generation is refused: a controller that lost its lease while it was
+    # deciding cannot move a rollout after its successor did (fencing).
+    Column("fence", BigInteger, nullable=True, default=0),  # NULL (rows before migration 52): 0
+)
+
+# The rollout controller lease when there is no Redis (gateway.rollouts.lease): one row per
+# lease name; whoever holds an unexpired row runs the analysis. ``generation`` grows by one
+# with every new holder and is the fencing token of its writes.
+rollout_lease = Table(
+    "rollout_lease",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Hallucination scores of live answers (gateway.scoring.live), one row per scored request,
+# joinable with the ledger on ``request_id``. The variant, rollout and prompt version are copied
+# from the request so that a rollout's analysis reads one table (every replica writes it).
+hallucination_scores = Table(
+    "hallucination_scores",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("trace_id", String(32), nullable=True),
+    Column("team", String(200), nullable=False),
+    Column("alias", String(200), nullable=True),
+    Column("prompt_name", String(200), nullable=True),
+    Column("prompt_version", Integer, nullable=True),
+    Column("variant", String(100), nullable=True),
+    Column("rollout_id", String(100), nullable=True),
+    Column("evaluator", String(50), nullable=False),
+    Column("score", Float, nullable=False),  # [0, 1], 1 = unsupported
+    Column("threshold", Float, nullable=False),  # the evaluator's: score > threshold = hallucinated
+    Column("hallucinated", Boolean, nullable=False),
+    Column("claims", Integer, nullable=False, default=0),
+    Column("unsupported", Integer, nullable=False, default=0),
+    Column("reasons", Text, nullable=False, default="[]"),  # JSON: the first unsupported claims' reasons
+    Index("ix_hallucination_scores_rollout_ts", "rollout_id", "ts"),
+)
+
+# User feedback posted through POST /v1/feedback, on a request the poster's team made. The
+# request's variant, rollout and prompt version are copied from its ledger row when posted.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("trace_id", String(32), nullable=True),
+    Column("team", String(200), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("metric", String(100), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("alias", String(200), nullable=True),
+    Column("prompt_name", String(200), nullable=True),
+    Column("prompt_version", Integer, nullable=True),
+    Column("variant", String(100), nullable=True),
+    Column("rollout_id", String(100), nullable=True),
+    Index("ix_feedback_rollout_ts", "rollout_id", "ts"),
+)
+
+# Prompt versions mirrored into Langfuse prompt management (gateway.tracing.prompt_mirror):
+# which Langfuse version each gateway version became. A row with no ``langfuse_version`` is a
+# claim: the replica named in ``claimed_by`` is sending it (a stale claim is taken over).
+langfuse_prompt_versions = Table(
+    "langfuse_prompt_versions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),  # the gateway's
+    Column("langfuse_version", Integer, nullable=True),
+    Column("claimed_by", String(64), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("mirrored_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(300), nullable=True),
+)
+
+# Where each label was last set in Langfuse (``latest`` is Langfuse's own, never sent).
+langfuse_prompt_labels = Table(
+    "langfuse_prompt_labels",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("label", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),  # the gateway's
+    Column("langfuse_version", Integer, nullable=False),
+    Column("mirrored_at", DateTime(timezone=True), nullable=False),
 )
 
 # One row per shadow copy that ran (gateway.shadow): how its answer compared with the primary's.

@@ -10,7 +10,8 @@ gateway (and the official SDK) call, and keeps everything they sent:
 - prompt management: ``POST /api/public/v2/prompts`` (a new version, numbered per name as
   Langfuse does), ``GET /api/public/v2/prompts/{name}``, and
   ``PATCH /api/public/v2/prompts/{name}/versions/{version}`` (labels);
-- ``POST /api/public/scores``.
+- ``POST /api/public/scores`` (basic auth, like the traces; ``traceId``, ``name`` and ``value``
+  required), kept as posted (``scores(name)``).
 
 Failure modes, switched at run time with :meth:`LangfuseReceiver.set_mode`: ``normal``,
 ``error`` (every call answers 500), ``hang`` (connections are accepted, requests never
@@ -106,9 +107,12 @@ def _attributes(items: Any) -> dict[str, Any]:
 
 
 class LangfuseReceiver:
-    def __init__(self, *, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test") -> None:
+    def __init__(self, *, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test", keep: bool = True) -> None:
         self.public_key = public_key
         self.secret_key = secret_key
+        # False: decode and count spans, keep nothing (a benchmark's hours of traces in bounded memory).
+        self.keep = keep
+        self._span_count = 0
         self.mode: Mode = "normal"
         self._store = _Store()
         self._lock = threading.Lock()
@@ -203,6 +207,12 @@ class LangfuseReceiver:
             return list(self._store.authorizations)
 
     @property
+    def span_count(self) -> int:
+        """Spans received and accepted (counted whether or not payloads are kept)."""
+        with self._lock:
+            return self._span_count
+
+    @property
     def trace_posts(self) -> int:
         with self._lock:
             return self._store.trace_posts
@@ -242,9 +252,10 @@ class LangfuseReceiver:
         with self._lock:
             return [dict(version) for version in self._store.prompts.get(name, [])]
 
-    def scores(self) -> list[Any]:
+    def scores(self, name: str | None = None) -> list[Any]:
+        """Scores posted to ``/api/public/scores`` (as Langfuse takes them), optionally by name."""
         with self._lock:
-            return list(self._store.scores)
+            return [score for score in self._store.scores if name is None or score.get("name") == name]
 
     def clear(self) -> None:
         with self._lock:
@@ -292,10 +303,13 @@ class LangfuseReceiver:
             return web.Response(status=415, text="OTLP/HTTP protobuf expected")
         decoded = ExportTraceServiceRequest()
         decoded.ParseFromString(body)
+        count = sum(len(scope.spans) for resource in decoded.resource_spans for scope in resource.scope_spans)
         with self._lock:
-            self._store.raw.append(body)
-            self._store.requests.append(decoded)
-            self._store.authorizations.append(request.headers.get("Authorization"))
+            self._span_count += count
+            if self.keep:
+                self._store.raw.append(body)
+                self._store.requests.append(decoded)
+                self._store.authorizations.append(request.headers.get("Authorization"))
         return web.Response(
             body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
         )
@@ -366,7 +380,11 @@ class LangfuseReceiver:
         gated = await self._gate(request)
         if gated is not None:
             return gated
+        if not self._authorized(request):
+            return web.json_response({"message": "bad credentials"}, status=401)
         body = await self._json_call(request)
+        if not isinstance(body, dict) or not body.get("traceId") or not body.get("name") or "value" not in body:
+            return web.json_response({"message": "traceId, name and value are required"}, status=400)
         with self._lock:
             self._store.scores.append(body)
             number = len(self._store.scores)

@@ -5,11 +5,16 @@ id (and the ``x-gateway-trace-id`` response header), and ``record`` appends the 
 request to a bounded queue, or drops and counts it when the queue is full. Nothing is built,
 serialised or sent there.
 
-A background task does the rest: it turns queued requests into OTLP spans (``spans.span_of``),
+A background task does the rest: it turns queued requests into OTLP spans (``spans.SpanBuilder``),
 encodes a batch with the official OpenTelemetry protobuf definitions, compresses it and POSTs
-it to Langfuse's OTLP endpoint. One export is in flight at a time, bounded by ``timeout_s``.
-A batch Langfuse did not take (down, hanging, 5xx, 401) is dropped and counted, never retried
-into a growing backlog: tracing is fail-open, a Langfuse outage costs traces, not requests.
+it to each destination: Langfuse's OTLP endpoint, any OTLP/HTTP endpoint (``otlp_endpoint``,
+with its headers), or both. One export is in flight at a time, bounded by ``timeout_s``.
+A batch a destination did not take (down, hanging, 5xx, 401) is dropped and counted for it,
+never retried into a growing backlog: tracing is fail-open, an outage costs traces, not requests.
+
+Sampling is decided in ``record`` by the team's and alias's policy (``policy``); a failed
+request is always kept. A caller's W3C ``traceparent`` is read in ``start``: the request
+keeps the caller's trace id, and its span names the caller's span as parent.
 
 Why not the Langfuse SDK: it builds an OpenTelemetry SDK span per request on the request
 path (measured 126 to 197 µs CPU per generation, above the 100 µs budget). The gateway sends the
@@ -26,13 +31,17 @@ import gzip
 import logging
 import os
 import random
+import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
 
-from gateway.tracing import otlp
-from gateway.tracing.spans import failed, span_of
+from gateway.tracing import maskers, otlp
+from gateway.tracing.policy import TracePolicies, TracePolicy
+from gateway.tracing.redaction import Redactor
+from gateway.tracing.spans import PromptVersions, SpanBuilder, failed
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -48,6 +57,60 @@ TRACE_HEADER = b"x-gateway-trace-id"
 ENCODE_SLICE = 16
 #: At most one warning per this many seconds about traces being dropped.
 LOG_EVERY_S = 30.0
+#: ``version-traceid-parentid-flags`` (W3C Trace Context, version 00 and the future ones).
+TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where spans go: a name for metrics and logs, the traces URL and the headers to send."""
+
+    name: str  # "langfuse" or "otlp"
+    url: str
+    headers: dict[str, str]
+
+
+def destinations(settings: TracingSettings) -> list[Destination]:
+    found: list[Destination] = []
+    if settings.langfuse:
+        credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
+        found.append(Destination("langfuse", settings.langfuse_url + TRACES_PATH, {
+            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
+            # Langfuse's real-time ingestion path, which its own SDKs ask for.
+            "x-langfuse-ingestion-version": "4",
+        }))
+    if settings.otlp_endpoint:
+        headers = {name: value.get_secret_value() for name, value in settings.otlp_headers.items()}
+        found.append(Destination("otlp", settings.otlp_endpoint, headers))
+    return found
+
+
+def parse_traceparent(header: str) -> tuple[str, str] | None:
+    """(trace id, parent span id) from a W3C ``traceparent``, or None when it is not valid."""
+    match = TRACEPARENT.match(header.strip().lower())
+    if match is None:
+        return None
+    version, trace_id, span_id, _ = match.groups()
+    if version == "ff" or (version == "00" and len(header.strip()) != 55):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id
+
+
+def exporter_for(
+    settings: TracingSettings, *, dropped: Counter, exported: Counter, prompt_versions: PromptVersions | None = None
+) -> TraceExporter:
+    """An exporter with the policies, maskers and hash key ``settings`` name (task not started).
+
+    ``dropped`` is labelled (reason, destination), ``exported`` (destination).
+    """
+    policies = TracePolicies(TracePolicy(settings.sample_rate, settings.content))
+    redactor = Redactor(maskers.load(settings.maskers, settings.extra_maskers),
+                        hash_key=settings.hash_key.get_secret_value().encode())
+    builder = SpanBuilder(environment=settings.environment, redactor=redactor, policies=policies,
+                          prompt_versions=prompt_versions)
+    return TraceExporter(settings, builder=builder, policies=policies, dropped=dropped, exported=exported)
 
 
 class TraceExporter:
@@ -57,22 +120,25 @@ class TraceExporter:
         self,
         settings: TracingSettings,
         *,
+        builder: SpanBuilder,
+        policies: TracePolicies,
         dropped: Counter,
         exported: Counter,
         service_name: str = "llm-gateway",
     ) -> None:
         self.settings = settings
-        self.endpoint = settings.host.rstrip("/") + TRACES_PATH
-        credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
-        self.authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+        self.builder = builder
+        self.policies = policies
+        self.destinations = destinations(settings)
+        self.endpoint = ", ".join(destination.url for destination in self.destinations)
         self._queue: collections.deque[tuple[RequestContext, int]] = collections.deque()
         self._max = settings.queue_size
         self._batch = settings.batch_size
-        self._rate = settings.sample_rate
-        self._dropped_full = dropped.labels("queue_full")
-        self._dropped_export = dropped.labels("export_failed")
-        self._dropped_shutdown = dropped.labels("shutdown")
-        self._exported = exported
+        names = [destination.name for destination in self.destinations]
+        self._dropped_full = [dropped.labels("queue_full", name) for name in names]
+        self._dropped_export = {name: dropped.labels("export_failed", name) for name in names}
+        self._dropped_shutdown = [dropped.labels("shutdown", name) for name in names]
+        self._exported = {name: exported.labels(name) for name in names}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -86,20 +152,27 @@ class TraceExporter:
     # -- on the request path -----------------------------------------------------------------
 
     def start(self, ctx: RequestContext) -> None:
-        """Give the request its trace id and say it in the response headers."""
+        """Give the request its trace id (the caller's, with a valid ``traceparent``) and say it
+        in the response headers."""
         if ctx.trace_id is None:
-            ctx.trace_id = os.urandom(16).hex()
+            joined = parse_traceparent(ctx.traceparent) if ctx.traceparent else None
+            if joined is not None:
+                ctx.trace_id, ctx.parent_span_id = joined
+            else:
+                ctx.trace_id = os.urandom(16).hex()
         ctx.extra_headers.append((TRACE_HEADER, ctx.trace_id.encode()))
 
     def record(self, ctx: RequestContext) -> None:
         """Queue the finished request (a request sink: never blocks, never raises on a full queue)."""
         if ctx.trace_id is None:
             return
-        if self._rate < 1.0 and not failed(ctx) and random.random() >= self._rate:
+        rate = self.policies.of(ctx).sample_rate
+        if rate < 1.0 and not failed(ctx) and random.random() >= rate:
             return
         queue = self._queue
         if len(queue) >= self._max:
-            self._dropped_full.inc()
+            for counter in self._dropped_full:
+                counter.inc()
             self._lost(1)
             return
         queue.append((ctx, time.time_ns()))
@@ -127,7 +200,7 @@ class TraceExporter:
                 await self.export_batch()
 
     async def export_batch(self) -> bool:
-        """Send up to one batch from the queue; False if Langfuse did not take it (dropped)."""
+        """Send up to one batch from the queue; False if a destination did not take it (dropped)."""
         queue = self._queue
         taken = [queue.popleft() for _ in range(min(self._batch, len(queue)))]
         if not taken:
@@ -136,30 +209,36 @@ class TraceExporter:
             payload = await self._encode(taken)
         except Exception:
             log.exception("could not encode traces; dropped", extra={"spans": len(taken)})
-            self._dropped_export.inc(len(taken))
+            for counter in self._dropped_export.values():
+                counter.inc(len(taken))
             return False
         try:
-            error = await self._post(payload)
+            errors = await asyncio.gather(*(self._post(destination, payload) for destination in self.destinations))
         except asyncio.CancelledError:  # stopped mid-export: the batch is lost, say so
-            self._dropped_shutdown.inc(len(taken))
+            for counter in self._dropped_shutdown:
+                counter.inc(len(taken))
             self._unsent += len(taken)
             raise
-        if error is None:
-            self._exported.inc(len(taken))
-            return True
-        self._dropped_export.inc(len(taken))
-        self._lost(len(taken), error)
-        return False
+        delivered = True
+        for destination, error in zip(self.destinations, errors, strict=True):
+            if error is None:
+                self._exported[destination.name].inc(len(taken))
+            else:
+                delivered = False
+                self._dropped_export[destination.name].inc(len(taken))
+                self._lost(len(taken), f"{destination.name}: {error}")
+        return delivered
 
     async def _encode(self, taken: list[tuple[RequestContext, int]]) -> bytes:
-        environment = self.settings.environment
         spans: list[bytes] = []
+        build = self.builder.build
         for index, (ctx, end_ns) in enumerate(taken, start=1):
             try:
-                spans.append(span_of(ctx, end_ns, environment=environment))
+                spans.append(build(ctx, end_ns))
             except Exception:
                 log.exception("could not build a trace span; dropped", extra={"request_id": ctx.request_id})
-                self._dropped_export.inc()
+                for counter in self._dropped_export.values():
+                    counter.inc()
             if index % ENCODE_SLICE == 0:
                 await asyncio.sleep(0)
         payload = otlp.export_request(self._resource, "llm-gateway", spans)
@@ -167,19 +246,19 @@ class TraceExporter:
             payload = gzip.compress(payload, compresslevel=1)
         return payload
 
-    async def _post(self, payload: bytes) -> str | None:
-        """POST one payload; None when Langfuse took it, else why not."""
+    async def _post(self, destination: Destination, payload: bytes) -> str | None:
+        """POST one payload to one destination; None when it took it, else why not."""
         session = self._session
         if session is None or session.closed:
             session = self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
-                connector=aiohttp.TCPConnector(limit=2),
+                connector=aiohttp.TCPConnector(limit=4),
             )
-        headers = {"Authorization": self.authorization, "Content-Type": "application/x-protobuf"}
+        headers = {**destination.headers, "Content-Type": "application/x-protobuf"}
         if self.settings.compression == "gzip":
             headers["Content-Encoding"] = "gzip"
         try:
-            async with session.post(self.endpoint, data=payload, headers=headers) as response:
+            async with session.post(destination.url, data=payload, headers=headers) as response:
                 await response.read()
                 if response.status >= 300:
                     return f"HTTP {response.status}"
@@ -220,7 +299,8 @@ class TraceExporter:
                     break  # Langfuse is not taking them: do not spend the bound retrying
         finally:
             if self._queue:
-                self._dropped_shutdown.inc(len(self._queue))
+                for counter in self._dropped_shutdown:
+                    counter.inc(len(self._queue))
                 self._unsent += len(self._queue)
                 self._queue.clear()
             if self._unsent:

@@ -3,7 +3,7 @@
 Building the official ``opentelemetry-proto`` message objects cost ~65 µs per span (one
 Python object per attribute, then a copy into the span); writing the same bytes directly
 costs a fraction of that. Only what a request's span needs is here: string, bool, int and
-double attributes, a span with a status, and the ``ExportTraceServiceRequest`` envelope.
+double and string-array attributes, a span with a status, and the ``ExportTraceServiceRequest`` envelope.
 The field numbers are those of ``opentelemetry/proto/trace/v1/trace.proto`` and
 ``common/v1/common.proto``; ``tests/test_tracing_otlp.py`` decodes the output with the
 official definitions, as Langfuse does.
@@ -21,7 +21,8 @@ STATUS_ERROR: Final = 2
 _double = struct.Struct("<d").pack
 _fixed64 = struct.Struct("<Q").pack
 _keys: dict[str, bytes] = {}  # encoded "key" fields (a bounded set: the attribute names)
-Attribute = tuple[str, str | int | float | bool]
+AttributeValue = str | int | float | bool | list[str]
+Attribute = tuple[str, AttributeValue]
 
 
 def varint(value: int) -> bytes:
@@ -52,7 +53,7 @@ def _key(key: str) -> bytes:
     return encoded
 
 
-def key_value(key: str, value: str | int | float | bool) -> bytes:
+def key_value(key: str, value: AttributeValue) -> bytes:
     """One ``KeyValue`` (``key`` = 1, ``value`` = 2 an ``AnyValue``)."""
     if type(value) is str:
         data = value.encode()
@@ -66,23 +67,25 @@ def key_value(key: str, value: str | int | float | bool) -> bytes:
         any_value = b"\x18" + varint(value)  # int_value = 3
     elif isinstance(value, float):
         any_value = b"\x21" + _double(value)  # double_value = 4 (fixed64)
+    elif isinstance(value, list):  # array_value = 5: an ArrayValue of string AnyValues (values = 1)
+        any_value = _field(0x2A, b"".join(_field(0x0A, _field(0x0A, str(item).encode())) for item in value))
     else:
         any_value = _field(0x0A, str(value).encode())
     return _key(key) + _field(0x12, any_value)
 
 
 #: Encoded attributes whose values repeat from request to request (team, alias, model, status...).
-_repeating: dict[tuple[int, str, type, object], bytes] = {}
+_repeating: dict[tuple[int, str, type, object], bytes] = {}  # a list value is keyed as a tuple
 _REPEATING_MAX = 8192
 _REPEATING_MAX_CHARS = 64
 
 
-def attribute(key: str, value: str | int | float | bool, tag: int) -> bytes:
+def attribute(key: str, value: AttributeValue, tag: int) -> bytes:
     """``KeyValue`` as a repeated field under ``tag`` (``field << 3 | 2``). Short values are
     encoded once and reused: most of a request's attributes are the same as the last one's."""
     if type(value) is float or (type(value) is str and len(value) > _REPEATING_MAX_CHARS):
         return _field(tag, key_value(key, value))
-    index = (tag, key, type(value), value)
+    index = (tag, key, type(value), tuple(value) if type(value) is list else value)
     encoded = _repeating.get(index)
     if encoded is None:
         if len(_repeating) >= _REPEATING_MAX:

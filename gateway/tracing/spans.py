@@ -12,33 +12,50 @@ one span per request, the trace's only observation, typed ``generation``:
   message, and metadata (team, key id, alias, deployment, variant, rollout, cache status...).
 
 Everything here runs in the exporter's background task, never on the request path. The
-input, output and error message pass through the secret scrubber, so no key that a caller or
-an upstream echoed travels to Langfuse.
+input, output, error message and identifiers pass through the team's redaction policy
+(``redaction``): no key that a caller or an upstream echoed travels, and personal data only as
+the policy allows. The same span goes to any OTLP endpoint, so it carries the OpenTelemetry
+GenAI attributes (``gen_ai.*``) beside Langfuse's.
+
+A stream's time to first token is Langfuse's ``completion_start_time``: the moment its first
+event was relayed (the answer tap notes it). A request that came with a W3C ``traceparent``
+keeps that trace id and names the caller's span as its parent, so it joins the caller's trace.
+A fork (a shadow copy) keeps its primary's trace id and names its primary's span as parent
+(span ids are derived from trace and request ids, ``span_id_of``), so it is a child observation
+of the primary's generation. A prompt's version is sent as the Langfuse version it was mirrored
+to (``prompt_mirror``), so the generation links to it; until that is known, only the metadata
+names the gateway's version.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.redact import SECRETS
 from gateway.tracing import otlp
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
+    from gateway.tracing.policy import TracePolicies
+    from gateway.tracing.redaction import Content, Redactor
+
+#: (prompt name, gateway version) -> the Langfuse version it became, or None while unknown.
+PromptVersions = Callable[[str, int], int | None]
 
 #: Longest input or output sent (characters of JSON); longer ones are cut and say so.
 MAX_FIELD_CHARS = 256 * 1024
 _CUT = "…[cut by the gateway]"
 
 
-def _json_field(value: Any) -> str:
+def _json_text(value: Any) -> str:
     text = orjson.dumps(value).decode()
     if len(text) > MAX_FIELD_CHARS:
         text = text[:MAX_FIELD_CHARS] + _CUT
-    return SECRETS.scrub(text)
+    return text
 
 
 def request_input(ctx: RequestContext) -> Any:
@@ -81,87 +98,180 @@ def failed(ctx: RequestContext) -> bool:
     return ctx.error is not None or ctx.status >= 400
 
 
-def span_of(ctx: RequestContext, end_ns: int, *, environment: str) -> bytes:
-    """The request's span, encoded (an OTLP ``Span``). ``ctx.trace_id`` is set (by the start hook)."""
-    assert ctx.trace_id is not None
-    elapsed = ctx.elapsed_seconds if ctx.elapsed_seconds is not None else 0.0
-    alias = ctx.alias.name if ctx.alias is not None else (ctx.requested_model or "unknown")
-    deployment = ctx.deployment
-    attributes: list[otlp.Attribute] = [
-        ("langfuse.observation.type", "generation"),
-        ("langfuse.trace.name", ctx.prompt_name or alias),
-        ("langfuse.environment", environment),
-        ("gen_ai.operation.name", "chat" if ctx.endpoint.value == "chat" else "embeddings"),
-        ("gen_ai.request.model", ctx.requested_model or alias),
-    ]
-    add = attributes.append
-    if ctx.user:
-        add(("user.id", ctx.user))
-    if ctx.session_id:
-        add(("session.id", ctx.session_id))
-    if deployment is not None:
-        add(("langfuse.observation.model.name", deployment.model))
-        add(("gen_ai.response.model", deployment.model))
-        add(("gen_ai.provider.name", deployment.provider))
-    if ctx.prompt_name is not None and ctx.prompt_version is not None:
-        add(("langfuse.observation.prompt.name", ctx.prompt_name))
-        add(("langfuse.observation.prompt.version", ctx.prompt_version))
-    given = request_input(ctx)
-    if given is not None:
-        add(("langfuse.observation.input", _json_field(given)))
-    output = request_output(ctx)
-    if output is not None:
-        add(("langfuse.observation.output", _json_field(output)))
-    usage = ctx.usage
-    if usage is not None:
-        add(("langfuse.observation.usage_details", orjson.dumps(
-            {"input": usage.prompt_tokens, "output": usage.completion_tokens, "total": usage.total_tokens}
-        ).decode()))
-        add(("gen_ai.usage.input_tokens", usage.prompt_tokens))
-        add(("gen_ai.usage.output_tokens", usage.completion_tokens))
-    # The ledger's number, as is: a Langfuse cost equal to the ledger row's to the nano-dollar.
-    add(("langfuse.observation.cost_details", orjson.dumps({"total": ctx.cost}).decode()))
-    status_code, message = 0, ""
-    if failed(ctx):
-        message = SECRETS.scrub(str(ctx.error)) if ctx.error is not None else f"HTTP {ctx.status}"
-        add(("langfuse.observation.level", "ERROR" if ctx.status != 499 else "WARNING"))
-        add(("langfuse.observation.status_message", message))
-        status_code = otlp.STATUS_ERROR
-        if ctx.error is not None and ctx.error.code:
-            add(("error.type", ctx.error.code))
-    metadata: dict[str, str | int | float | bool | None] = {
-        "request_id": ctx.request_id,
-        "team": ctx.team,
-        "key_id": ctx.principal.key_id if ctx.principal is not None else None,
-        "alias": alias,
-        "deployment": deployment.label if deployment is not None else None,
-        "variant": ctx.variant,
-        "rollout_id": ctx.rollout_id,
-        "prompt_label": ctx.prompt_label,
-        "cache_status": ctx.cache_status,
-        "budget_status": ctx.budget_status,
-        "fallback": bool(deployment is not None and ctx.deployments and deployment is not ctx.deployments[0]),
-        "attempts": ctx.attempts,
-        "status": ctx.status,
-        "stream": ctx.stream,
-        "origin": ctx.origin.value,
-        "parent_request_id": ctx.parent_id,
-        "error_code": ctx.error.code if ctx.error is not None else None,
-        "latency_ms": round(elapsed * 1000, 3),
-        "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
-        "saved_cost": ctx.saved_cost or None,
-    }
-    for key, value in metadata.items():
-        if value is not None:
-            add((_METADATA.get(key) or _metadata_key(key), value))
-    return otlp.span(
-        trace_id=bytes.fromhex(ctx.trace_id),
-        span_id=os.urandom(8),
-        name=f"{ctx.endpoint.value} {alias}",
-        kind=otlp.SPAN_KIND_SERVER,
-        start_ns=max(end_ns - int(elapsed * 1e9), 0),
-        end_ns=end_ns,
-        attributes_bytes=otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG),
-        status_code=status_code,
-        status_message=message,
-    )
+#: Request parameters reported as GenAI attributes (``gen_ai.request.*``).
+_REQUEST_PARAMETERS = (
+    ("max_tokens", "gen_ai.request.max_tokens"), ("max_completion_tokens", "gen_ai.request.max_tokens"),
+    ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"),
+    ("seed", "gen_ai.request.seed"), ("frequency_penalty", "gen_ai.request.frequency_penalty"),
+    ("presence_penalty", "gen_ai.request.presence_penalty"),
+)
+
+
+def span_id_of(trace_id: str, request_id: str) -> bytes:
+    """A request's span id, derived from its trace and request ids: a fork (a shadow copy) names
+    its primary's span as parent from the ``parent_id`` it carries, with nothing shared at run time."""
+    return hashlib.blake2b(f"{trace_id}/{request_id}".encode(), digest_size=8).digest()
+
+
+def _iso_json(ns: int) -> str:
+    """A time as Langfuse's SDK sends ``completion_start_time``: a JSON string, ISO 8601."""
+    moment = datetime.fromtimestamp(ns / 1e9, tz=UTC)
+    return orjson.dumps(moment.isoformat()).decode()
+
+
+class SpanBuilder:
+    """Turns a finished request into its encoded span, with the team's redaction policy."""
+
+    def __init__(
+        self,
+        *,
+        environment: str,
+        redactor: Redactor,
+        policies: TracePolicies,
+        prompt_versions: PromptVersions | None = None,
+    ) -> None:
+        self.environment = environment
+        self.redactor = redactor
+        self.policies = policies
+        # None: prompts are not mirrored, the gateway's version is the one to name.
+        self.prompt_versions = prompt_versions
+
+    def build(self, ctx: RequestContext, end_ns: int) -> bytes:
+        """The request's span, encoded (an OTLP ``Span``). ``ctx.trace_id`` is set (by the start hook)."""
+        assert ctx.trace_id is not None
+        content: Content = self.policies.of(ctx).content
+        redactor = self.redactor
+        elapsed = ctx.elapsed_seconds if ctx.elapsed_seconds is not None else 0.0
+        start_ns = max(end_ns - int(elapsed * 1e9), 0)
+        alias = ctx.alias.name if ctx.alias is not None else (ctx.requested_model or "unknown")
+        deployment = ctx.deployment
+        operation = "chat" if ctx.endpoint.value == "chat" else "embeddings"
+        attributes: list[otlp.Attribute] = [
+            ("langfuse.observation.type", "generation"),
+            ("langfuse.environment", self.environment),
+            ("gen_ai.operation.name", operation),
+            ("gen_ai.request.model", ctx.requested_model or alias),
+        ]
+        add = attributes.append
+        if ctx.parent_id is None:  # a fork is an observation in its primary's trace: it names no trace
+            add(("langfuse.trace.name", ctx.prompt_name or alias))
+        if ctx.user:
+            add(("user.id", redactor.identifier(ctx.user, content)))
+        if ctx.session_id:
+            session = redactor.identifier(ctx.session_id, content)
+            add(("session.id", session))
+            add(("gen_ai.conversation.id", session))
+        if deployment is not None:
+            add(("langfuse.observation.model.name", deployment.model))
+            add(("gen_ai.response.model", deployment.model))
+            add(("gen_ai.provider.name", deployment.provider))
+        body = ctx.body
+        if body:
+            for parameter, name in _REQUEST_PARAMETERS:
+                value = body.get(parameter)
+                if type(value) is int or type(value) is float:
+                    add((name, value))
+        self._prompt(ctx, add)
+        given = request_input(ctx)
+        if given is not None:
+            text = redactor.content(_json_text(given), content)
+            if text is not None:
+                add(("langfuse.observation.input", text))
+        output = request_output(ctx)
+        if output is not None:
+            text = redactor.content(_json_text(output), content)
+            if text is not None:
+                add(("langfuse.observation.output", text))
+        answer = ctx.answer
+        if answer is not None:
+            first_at = answer.first_at
+            if first_at is not None:  # a stream's first event: the time to first token
+                add(("langfuse.observation.completion_start_time",
+                     _iso_json(start_ns + int(max(first_at - ctx.started, 0.0) * 1e9))))
+            if not answer.empty and answer.status < 400 and ctx.endpoint.value == "chat":
+                reasons = [reason for reason in answer.finish_reasons if reason]
+                if reasons:
+                    add(("gen_ai.response.finish_reasons", reasons))
+        usage = ctx.usage
+        if usage is not None:
+            add(("langfuse.observation.usage_details", orjson.dumps(
+                {"input": usage.prompt_tokens, "output": usage.completion_tokens, "total": usage.total_tokens}
+            ).decode()))
+            add(("gen_ai.usage.input_tokens", usage.prompt_tokens))
+            add(("gen_ai.usage.output_tokens", usage.completion_tokens))
+        # The ledger's number, as is: a Langfuse cost equal to the ledger row's to the nano-dollar.
+        add(("langfuse.observation.cost_details", orjson.dumps({"total": ctx.cost}).decode()))
+        status_code, message = 0, ""
+        if failed(ctx):
+            raw = str(ctx.error) if ctx.error is not None else f"HTTP {ctx.status}"
+            message = redactor.content(raw, "mask" if content == "none" else content) or ""
+            add(("langfuse.observation.level", "ERROR" if ctx.status != 499 else "WARNING"))
+            add(("langfuse.observation.status_message", message))
+            status_code = otlp.STATUS_ERROR
+            if ctx.error is not None and ctx.error.code:
+                add(("error.type", ctx.error.code))
+            elif ctx.status == 499:
+                add(("error.type", "cancelled"))
+        self._metadata(ctx, alias, content, elapsed, add)
+        if ctx.parent_span_id:  # the caller's span (traceparent)
+            parent = bytes.fromhex(ctx.parent_span_id)
+        elif ctx.parent_id is not None:  # a fork: its primary's span
+            parent = span_id_of(ctx.trace_id, ctx.parent_id)
+        else:
+            parent = b""
+        return otlp.span(
+            trace_id=bytes.fromhex(ctx.trace_id),
+            span_id=span_id_of(ctx.trace_id, ctx.request_id),
+            parent_span_id=parent,
+            name=f"{operation} {alias}",
+            kind=otlp.SPAN_KIND_SERVER,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            attributes_bytes=otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG),
+            status_code=status_code,
+            status_message=message,
+        )
+
+    def _prompt(self, ctx: RequestContext, add: Callable[[otlp.Attribute], None]) -> None:
+        name, version = ctx.prompt_name, ctx.prompt_version
+        if name is None or version is None:
+            return
+        linked: int | None = version
+        if self.prompt_versions is not None:
+            linked = self.prompt_versions(name, version)
+        if linked is not None:
+            add(("langfuse.observation.prompt.name", name))
+            add(("langfuse.observation.prompt.version", linked))
+
+    def _metadata(
+        self, ctx: RequestContext, alias: str, content: Content, elapsed: float,
+        add: Callable[[otlp.Attribute], None],
+    ) -> None:
+        deployment = ctx.deployment
+        metadata: dict[str, str | int | float | bool | None] = {
+            "request_id": ctx.request_id,
+            "team": ctx.team,
+            "key_id": ctx.principal.key_id if ctx.principal is not None else None,
+            "alias": alias,
+            "deployment": deployment.label if deployment is not None else None,
+            "variant": ctx.variant,
+            "rollout_id": ctx.rollout_id,
+            "prompt_version": ctx.prompt_version,  # the gateway's (the link names Langfuse's)
+            "prompt_label": ctx.prompt_label,
+            "cache_status": ctx.cache_status,
+            "budget_status": ctx.budget_status,
+            "fallback": bool(deployment is not None and ctx.deployments and deployment is not ctx.deployments[0]),
+            "attempts": ctx.attempts,
+            "status": ctx.status,
+            "stream": ctx.stream,
+            "origin": ctx.origin.value,
+            "parent_request_id": ctx.parent_id,
+            "error_code": ctx.error.code if ctx.error is not None else None,
+            "latency_ms": round(elapsed * 1000, 3),
+            "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
+            "saved_cost": ctx.saved_cost or None,
+            "content_policy": content if content != "full" else None,
+        }
+        for key, value in metadata.items():
+            if value is not None:
+                add((_METADATA.get(key) or _metadata_key(key), value))

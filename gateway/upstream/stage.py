@@ -6,6 +6,17 @@ Errors the caller caused (an upstream 400) are not retried; timeouts, connection
 429 and 5xx are, with exponential backoff, first on the same deployment (``retries``) and
 then on the alias' next deployment.
 
+The data-class rule is checked again right here, at the provider-call boundary: a deployment
+that may not receive the request's class (``Deployment.admits``) is never called, whatever the
+plan says; it is skipped, logged and counted as an attempt with outcome ``forbidden``. The
+route stage already filtered the plan, so this only ever fires on a bug, and then it fails
+closed. When every permitted deployment failed and the rule withheld others (here or in the
+plan, ``RoutingPlan.withheld``), the caller gets 403 ``data_class_forbidden`` naming the class
+(and the last failure): no permitted deployment is left.
+
+A deployment of another alias than the one routed to (a fallback alias, see
+``gateway.routing.fallbacks``) that answers adds ``x-gateway-fallback: ALIAS``.
+
 Every reply it returns carries the one answer tap (``gateway.answer``): ``ctx.answer`` is set
 here, once, and every later reader (cache, usage, evaluators, tracing) reads that.
 """
@@ -21,7 +32,7 @@ from collections.abc import Callable
 from gateway.answer import tap_reply
 from gateway.catalog import Deployment
 from gateway.context import Endpoint, Reply, RequestContext
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.errors import DataClassForbidden, UpstreamError, UpstreamUnavailable
 from gateway.providers import ProviderRegistry
 
 log = logging.getLogger("gateway.upstream")
@@ -44,7 +55,16 @@ class CallUpstream:
     async def __call__(self, ctx: RequestContext) -> Reply:
         last_error: UpstreamError | None = None
         attempt = 0
+        data_class = ctx.data_class
+        refused = 0
         for deployment in ctx.deployments:
+            if not deployment.admits(data_class):
+                refused += 1
+                self._attempted(deployment, 0.0, "forbidden")
+                log.error("a plan held a deployment the request's data class forbids; not called",
+                          extra={"request_id": ctx.request_id, "deployment": deployment.label,
+                                 "data_class": data_class})
+                continue
             provider = self._providers.for_deployment(deployment)
             call = provider.chat if ctx.endpoint is Endpoint.CHAT else provider.embeddings
             for retry in range(deployment.retries + 1):
@@ -81,8 +101,21 @@ class CallUpstream:
                 elapsed = time.perf_counter() - started
                 ctx.upstream_seconds += elapsed
                 self._attempted(deployment, elapsed, "ok")
+                alias = ctx.alias
+                if alias is not None and deployment.alias != alias.name:
+                    ctx.extra_headers.append((b"x-gateway-fallback", deployment.alias.encode()))
                 tap_reply(ctx, reply)
                 return reply
+        plan = ctx.plan
+        withheld = refused + (plan.withheld if plan is not None else 0)
+        if withheld and data_class is not None:
+            # Every permitted deployment failed (or none was left): the rest may not have the data.
+            failed = f" The permitted ones failed (last: {last_error.message})" if last_error is not None else ""
+            raise DataClassForbidden(
+                f"No deployment left for this request may receive data of class '{data_class}'; "
+                f"{withheld} were withheld by the data-class policy.{failed}",
+                data_class=data_class, param="model",
+            )
         if last_error is None:
             raise UpstreamUnavailable("The model has no deployment to send the request to.")
         raise last_error

@@ -11,6 +11,14 @@ A JSON answer is metered before it is returned. A stream is metered by a *meter*
 (``ctx.on_meter``), phase 1 of ``RequestContext.finish``: after the last event, before any
 usage-known callback (a budget settlement), whatever order the stages registered in.
 
+On the way in, it also applies chat deployments' context windows (``max_input_tokens``, from
+``models.yaml`` or litellm's price map): a deployment whose window the prompt exceeds is
+skipped for the next one in the plan instead of failing upstream, and when none fits the
+request is a 400 ``context_length_exceeded``. The prompt is counted only when its size could
+matter: a prompt has at most about twice as many tokens as its JSON has bytes, so a request
+smaller than half the smallest window is never counted for this. A count made here is left on
+``ctx.prompt_tokens``, where the budget stage and the meter find it.
+
 Tokenizers are built only when needed (see ``gateway.usage.tokens``). A JSON answer awaits
 one; a stream's meter cannot wait, so without a built tokenizer it *defers* the count
 (``ctx.defer``): the settlement, and the record stage's recording, happen once it is counted.
@@ -23,7 +31,10 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import orjson
+
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
+from gateway.errors import ContextLengthExceeded
 from gateway.pipeline_types import Handler
 from gateway.usage.tokens import ByteBound, TokenCounter, Tokenizer, count_output
 
@@ -51,6 +62,8 @@ class MeterUsage:
         self.tokens = tokens
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
+        if _window_may_matter(ctx):
+            await self._fit_windows(ctx)
         reply = await call_next(ctx)
         if isinstance(reply, JsonReply):
             await self._meter_json(ctx, reply)
@@ -85,6 +98,21 @@ class MeterUsage:
         if len(ctx.raw_body) > _THREAD_COUNT_BYTES:
             return await asyncio.to_thread(count)
         return count()
+
+    async def _fit_windows(self, ctx: RequestContext) -> None:
+        """Keep the deployments whose context window holds the prompt (see the module docstring)."""
+        prompt = await self.prompt_tokens(ctx)
+        ctx.prompt_tokens = prompt
+        fits = tuple(d for d in ctx.deployments if d.max_input_tokens is None or prompt[d.id] <= d.max_input_tokens)
+        if not fits:
+            smallest = min(prompt.values())
+            largest = max(d.max_input_tokens or 0 for d in ctx.deployments)
+            raise ContextLengthExceeded(
+                f"The prompt has {smallest} tokens, more than the context window of every deployment this "
+                f"request may use (the largest holds {largest}); shorten the messages.",
+                param="messages",
+            )
+        ctx.deployments = fits
 
     def prepare(self, deployments: Iterable[Deployment]) -> None:
         """Start building, in the background, the tokenizers ``deployments`` will need."""
@@ -183,6 +211,26 @@ class MeterUsage:
             endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
             prompt_tokens = self.tokens.count_prompt(tokenizer, endpoint, ctx.body)
         _set_usage(ctx, prompt_tokens, count_output(tokenizer, text))
+
+
+def _window_may_matter(ctx: RequestContext) -> bool:
+    """Whether the prompt could exceed one of the deployments' context windows: only then is it
+    counted. Tokens never exceed twice the JSON bytes (BPE tokens are at least a byte of text,
+    and each message's few tokens of framing take more JSON bytes than that). Chat only: an
+    embedding model's limit is per input, and a batch of short inputs may exceed it in sum."""
+    if ctx.endpoint is not Endpoint.CHAT:
+        return False
+    smallest = 0
+    for deployment in ctx.deployments:
+        limit = deployment.max_input_tokens
+        if limit is not None and (not smallest or limit < smallest):
+            smallest = limit
+    if not smallest:
+        return False
+    size = len(ctx.raw_body)
+    if ctx.prompt_name is not None:
+        size = len(orjson.dumps(ctx.body))  # a rendered prompt can be far larger than what was sent
+    return 2 * size + 16 > smallest
 
 
 def _set_usage(ctx: RequestContext, prompt_tokens: int, completion_tokens: int) -> None:

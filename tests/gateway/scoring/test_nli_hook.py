@@ -195,5 +195,5 @@ def test_evaluators_are_built_by_name(model_dir: Path) -> None:
     assert isinstance(nli, NliEvaluator) and not nli.loaded
     with pytest.raises(ValueError, match="needs the directory"):
         build_evaluator("nli")
-    with pytest.raises(ValueError, match="unknown evaluator 'llm'; known: groundedness, nli"):
+    with pytest.raises(ValueError, match="unknown evaluator 'llm'; known: groundedness, embedding, nli"):
         build_evaluator("llm")

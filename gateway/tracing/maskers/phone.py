@@ -1,0 +1,26 @@
+"""Phone numbers: 7 to 15 digits (E.164's range), with an optional ``+`` and the usual
+separators (spaces, dots, dashes, parentheses).
+
+Plain numbers are not phone numbers: a candidate that looks like an ISO date or a decimal
+(one dot, no other separator) is kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+_CANDIDATE = re.compile(r"(?<![\w+.\-])(?:\+|\(\+?)?\d[\d ().\-]{5,22}\d(?![\w])")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def phone_valid(text: str) -> bool:
+    digits = sum(c.isdigit() for c in text)
+    if not 7 <= digits <= 15:
+        return False
+    if _DATE.fullmatch(text):
+        return False
+    separators = {c for c in text if not c.isdigit()}
+    return separators != {"."} or text.count(".") > 1
+
+
+PHONE = ("phone", _CANDIDATE, phone_valid, ())

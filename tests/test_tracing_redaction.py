@@ -1,0 +1,171 @@
+"""Redaction of trace content: each default masker, the four policies, per-team and per-alias
+policies, and the W3C traceparent a request may join."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from benchmarks.servers import stage_catalog
+from gateway.auth import Principal
+from gateway.catalog import Team
+from gateway.config.policies import TeamSpec
+from gateway.context import Endpoint, RequestContext
+from gateway.redact import SECRETS
+from gateway.tracing import maskers
+from gateway.tracing.exporter import parse_traceparent
+from gateway.tracing.maskers import MASKERS, Masker
+from gateway.tracing.maskers.card import luhn_valid
+from gateway.tracing.maskers.iban import iban_valid
+from gateway.tracing.policy import TracePolicies, TracePolicy
+from gateway.tracing.redaction import Redactor
+
+#: A deployment's own masker, loaded by import path in the test below.
+EMPLOYEE = Masker("employee", re.compile(r"\bEMP-\d{5}\b"))
+REDACTOR = Redactor(list(MASKERS.values()), hash_key=b"k" * 32)
+
+FOUND = [
+    ("email", "write to ana.lopez+work@mail.example.co.uk today", "ana.lopez+work@mail.example.co.uk"),
+    ("card", "card 4111 1111 1111 1111 exp 12/29", "4111 1111 1111 1111"),
+    ("card", "card 5500-0000-0000-0004", "5500-0000-0000-0004"),
+    ("card", "amex 378282246310005.", "378282246310005"),
+    ("iban", "pay DE89 3704 0044 0532 0130 00 now", "DE89 3704 0044 0532 0130 00"),
+    ("iban", "GB82WEST12345698765432", "GB82WEST12345698765432"),
+    ("ip", "from 192.168.10.254 via", "192.168.10.254"),
+    ("ip", "v6 2001:db8::8a2e:370:7334 ok", "2001:db8::8a2e:370:7334"),
+    ("phone", "call +1 (415) 555-0134 now", "+1 (415) 555-0134"),
+    ("phone", "tel 030 1234 5678", "030 1234 5678"),
+    ("phone", "or +44 20 7946 0958.", "+44 20 7946 0958"),
+    ("secret", "key sk-proj-abcdefghijklmnop1234", "sk-proj-abcdefghijklmnop1234"),
+    ("secret", "aws AKIAIOSFODNN7EXAMPLE here", "AKIAIOSFODNN7EXAMPLE"),
+    ("secret", "gh ghp_abcdefghijklmnopqrstuvwxyz0123456789", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+    ("secret", "Authorization: Bearer abc.def-ghi_jkl", "abc.def-ghi_jkl"),
+]
+
+KEPT = [
+    "order 4111 1111 1111 1112 (fails Luhn)",
+    "iban DE89 3704 0044 0532 0130 02 (fails mod-97 and Luhn)",
+    "on 2026-12-05 at 12:30:45",
+    "pi is 3.14159265",
+    "version 1.2.3.4.5",
+    "999.1.1.1 is not an address",
+    "the year 2026 and 42 things",
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "secret"), FOUND, ids=[f"{k}-{n}" for n, (k, _, _) in enumerate(FOUND)])
+def test_each_default_masker_finds_its_kind(kind: str, text: str, secret: str) -> None:
+    masked = REDACTOR.content(text, "mask")
+    assert masked is not None and secret not in masked
+    # Key shapes the log scrubber knows too are gone before the maskers run.
+    assert f"[{kind}]" in masked or (kind == "secret" and "[redacted]" in masked)
+
+
+@pytest.mark.parametrize("text", KEPT)
+def test_what_only_looks_like_personal_data_is_kept(text: str) -> None:
+    assert REDACTOR.content(text, "mask") == text
+
+
+def test_checksums() -> None:
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    assert iban_valid("DE89370400440532013000") and not iban_valid("DE89370400440532013001")
+
+
+def test_the_four_policies() -> None:
+    text = "I am ana@example.com, card 4111111111111111, key sk-abcdefghijklmnop."
+    assert REDACTOR.content("aws AKIAIOSFODNN7EXAMPLE", "full") == "aws [secret]"  # a shape only the masker knows
+    assert REDACTOR.content(text, "none") is None
+    full = REDACTOR.content(text, "full")
+    assert full is not None and "ana@example.com" in full and "sk-abcdefghijklmnop" not in full  # keys never
+    assert REDACTOR.content(text, "mask") == "I am [email], card [card], key [redacted]."
+    hashed = REDACTOR.content(text, "hash")
+    assert hashed is not None and re.fullmatch(
+        r"I am \[email#[a-p]{16}\], card \[card#[a-p]{16}\], key \[redacted\]\.", hashed
+    )
+    assert REDACTOR.content("ana@example.com", "hash") == REDACTOR.content("again ana@example.com", "hash")[6:]  # type: ignore[index]
+    other_key = Redactor(list(MASKERS.values()), hash_key=b"x" * 32)
+    assert other_key.content("ana@example.com", "hash") != REDACTOR.content("ana@example.com", "hash")
+
+
+def test_configured_secrets_are_scrubbed_by_value_under_every_policy() -> None:
+    SECRETS.use("test-redaction", ["a3f9c2e81b7d4f6a"])  # a provider key of no known shape
+    try:
+        for policy in ("full", "mask", "hash"):
+            assert "a3f9c2e81b7d4f6a" not in (REDACTOR.content("upstream said a3f9c2e81b7d4f6a", policy) or "")  # type: ignore[arg-type]
+    finally:
+        SECRETS.use("test-redaction", [])
+
+
+def test_identifiers_are_hashed_unless_full() -> None:
+    assert REDACTOR.identifier("ana@example.com", "full") == "ana@example.com"
+    hashed = REDACTOR.identifier("ana@example.com", "mask")
+    assert hashed.startswith("[email#") and hashed == REDACTOR.identifier("ana@example.com", "none")
+    assert REDACTOR.identifier("user-42", "mask") == "user-42"
+
+
+def test_extra_maskers_load_by_import_path() -> None:
+    chosen = maskers.load(["email", "card"], ["test_tracing_redaction:EMPLOYEE"])
+    assert [masker.name for masker in chosen] == ["email", "card", "employee"]
+    with pytest.raises(ValueError, match="unknown masker"):
+        maskers.load(["passport"])
+    with pytest.raises(ValueError, match="is not a"):
+        maskers.load([], ["gateway.tracing.maskers:DEFAULT_ORDER"])
+    custom = Redactor(chosen)
+    assert custom.content("EMP-12345 ana@example.com", "mask") == "[employee] [email]"
+
+
+def _ctx(team: str | None, alias: str) -> RequestContext:
+    catalog = stage_catalog("t", {})
+    ctx = RequestContext(request_id="r", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None, catalog=catalog)
+    if team is not None:
+        ctx.principal = Principal(key_id="k", team=team, roles=frozenset({"app"}))
+    ctx.requested_model = alias
+    return ctx
+
+
+def test_policies_per_team_and_alias() -> None:
+    ctx = _ctx("t", "bench")
+    spec = TeamSpec.model_validate(
+        {
+            "tracing": {
+                "sample_rate": 0.5,
+                "content": "mask",
+                "aliases": {"gpt-*": {"sample_rate": 0.0, "content": "none"}},
+            }
+        }
+    )
+    ctx.catalog.teams["t"] = Team("t", spec)
+    policies = TracePolicies(TracePolicy(1.0, "full"))
+    assert policies.of(ctx) == TracePolicy(0.5, "mask")
+    ctx.requested_model = "gpt-4o"
+    assert policies.of(ctx) == TracePolicy(0.0, "none")
+    assert policies.of(_ctx(None, "bench")) == TracePolicy(1.0, "full")  # no team: the default
+    ctx.catalog.teams["t"] = Team("t", TeamSpec())  # a new catalog's team: its own answer
+    assert policies.of(ctx) == TracePolicy(1.0, "full")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ),
+        (
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-00",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ),
+        (
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ),
+        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+        ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),
+        ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", None),
+        ("garbage", None),
+    ],
+)
+def test_traceparent(header: str, expected: tuple[str, str] | None) -> None:
+    assert parse_traceparent(header) == expected
