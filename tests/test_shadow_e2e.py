@@ -79,7 +79,9 @@ def _deployment(upstream: str, model: str, *, priced: bool) -> dict[str, Any]:
 def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) -> None:
     models = {
         "aliases": {
-            "primary": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=False)]},
+            "primary": {
+                "deployments": [{**_deployment(primary, "gpt-4o-mini", priced=False), "max_data_class": "internal"}]
+            },
             "primary-priced": {"deployments": [_deployment(primary, "gpt-4o-mini", priced=True)]},
             "shadow-target": {"deployments": [_deployment(shadow, "gpt-4o", priced=True)]},
             "shadow-target-2": {"deployments": [_deployment(shadow, "gpt-4.1-mini", priced=True)]},
@@ -92,6 +94,8 @@ def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) 
                 "models": ["*"],
                 "budget": {"limit_usd": 10.0, "period": "daily", "shadow_limit_usd": 0.0},
             },
+            # Its requests are internal: the primary alias may receive them, the shadow target not.
+            f"{team}-internal": {"models": ["*"], "data_class": "internal"},
         }
     }
     shadows = {
@@ -109,6 +113,7 @@ def _write_policies(proc: GatewayProcess, primary: str, shadow: str, team: str) 
     (policies / "models.yaml").write_text(yaml.safe_dump(models))
     (policies / "teams.yaml").write_text(yaml.safe_dump(teams))
     (policies / "shadows.yaml").write_text(yaml.safe_dump(shadows))
+    (policies / "data_classes.yaml").write_text(yaml.safe_dump({"classes": ["public", "internal"]}))
 
 
 def _start(root: Path, fake: FakeHandle, shadow: FakeHandle, team: str, redis_url: str = "") -> GatewayProcess:
@@ -378,6 +383,18 @@ def test_a_spent_shadow_scope_skips_the_copy(
     skipped = _copies(gateway_proc, "mirror", "budget")
     assert "hello shadow" in _ask(_client(gateway_proc, tight), stream=False)
     _wait(lambda: _copies(gateway_proc, "mirror", "budget") == skipped + 1)
+    assert shadow_fake.stats()["requests"] == 0
+
+
+def test_a_copy_its_data_class_forbids_is_never_sent(
+    gateway_proc: GatewayProcess, fake: FakeHandle, shadow_fake: FakeHandle
+) -> None:
+    internal = gateway_proc.create_key(f"{TEAM}-internal")
+    _wait(lambda: _in_flight(gateway_proc) == 0)
+    forbidden = _copies(gateway_proc, "mirror", "forbidden")
+    assert "hello shadow" in _ask(_client(gateway_proc, internal), stream=False)
+    _wait(lambda: _copies(gateway_proc, "mirror", "forbidden") == forbidden + 1)
+    _wait(lambda: _in_flight(gateway_proc) == 0)
     assert shadow_fake.stats()["requests"] == 0
 
 
