@@ -16,6 +16,7 @@ from gateway.config.yamlfile import ConfigError
 from gateway.pricing import FREE, Price, context_window, lookup, price_map
 from gateway.rollouts.model import RolloutIndex, build_rollouts
 from gateway.routing.data_classes import OFF, DataClassPolicy, build_policy, receivable
+from gateway.shadow.rules import ShadowIndex, build_shadow_index
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class Catalog:
     bundle: PolicyBundle
     rollouts: RolloutIndex = field(default_factory=RolloutIndex)  # policies/rollouts.yaml
     data_classes: DataClassPolicy = OFF  # policies/data_classes.yaml
+    shadows: ShadowIndex = field(default_factory=ShadowIndex)  # policies/shadows.yaml
 
     def team(self, name: str) -> Team | None:
         if name == ADMIN_TEAM.name and name not in self.teams:
@@ -225,9 +227,11 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
                                    tuple(alias_spec.fallbacks))
     teams = {name: Team(name, spec) for name, spec in bundle.teams.teams.items()}
     rollouts = build_rollouts(bundle.rollouts, aliases, problems, bundle.prompts.protected_labels)
+    shadows = build_shadow_index(bundle.shadows, aliases, rollouts, problems)
     # The price map is ~9 MiB of Python objects needed only while pricing deployments:
     # drop it rather than carry it for the life of the process (a reload reads it again).
     price_map.cache_clear()
     if problems:
         raise ConfigError(problems)
-    return Catalog(aliases=aliases, teams=teams, bundle=bundle, rollouts=rollouts, data_classes=classes)
+    return Catalog(aliases=aliases, teams=teams, bundle=bundle, rollouts=rollouts, data_classes=classes,
+                   shadows=shadows)

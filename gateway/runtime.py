@@ -41,8 +41,10 @@ from gateway.rollouts import RolloutBook
 from gateway.rollouts.control import RolloutControl, using
 from gateway.rollouts.feature import build_lease, build_rollouts_feature
 from gateway.rollouts.prompt_choice import PromptRollouts
-from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, Weighted
+from gateway.routing import Downgrades, RolloutStrategy, Route, RoutingStrategy, ShadowStrategy, Weighted
 from gateway.scoring.feature import build_scoring
+from gateway.shadow.feature import build_shadows, data_class_permits
+from gateway.shadow.runner import ShadowRunner
 from gateway.storage import Database, open_database
 from gateway.tracing import build_tracing
 from gateway.upstream import CallUpstream
@@ -82,6 +84,7 @@ class Runtime:
     rollouts: RolloutBook | None = None
     rollout_control: RolloutControl | None = None  # start/pause/.../abort, for /admin/rollouts
     feedback: FeedbackService | None = None  # POST /v1/feedback
+    shadows: ShadowRunner | None = None  # sends the plans' shadow copies after the answers
     handler: Handler | None = None  # the assembled pipeline
     core: Core | None = None  # the one entry to it: /v1, evaluations and shadow copies call it
     # The applied policy snapshot being served (None: the files under policies_dir, never applied).
@@ -278,12 +281,22 @@ async def create_runtime(settings: Settings) -> Runtime:
     assert rollouts.book is not None and rollouts.control is not None and rollouts.counters is not None
     record.add_sink(rollouts.counters)
     runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control
-    runtime.routing = RolloutStrategy(rollouts.book)
+    # Rollouts decide the deployments; shadow rules add the copies to send afterwards.
+    runtime.routing = ShadowStrategy(RolloutStrategy(rollouts.book))
     prompts = await build_prompts(
         settings, db, registry=metrics.registry, redis=redis, audit=runtime.audit, catalog=current,
         core=lambda: runtime.core, version_chooser=PromptRollouts(rollouts.book),
     )
     runtime.install(prompts)
     runtime.prompts = prompts.repository
+    # Installed after the ledger and budgets: at shutdown its copies are cancelled first, so
+    # they still settle their shadow budget and write their ledger rows.
+    # A copy whose target no deployment of may receive the primary's data class is not sent.
+    shadows = build_shadows(settings, db, core=lambda: runtime.core, registry=metrics.registry,
+                            permits=data_class_permits)
+    runtime.install(shadows)
+    assert shadows.runner is not None
+    runtime.shadows = shadows.runner
+    record.add_sink(shadows.runner)
     runtime.build()
     return runtime

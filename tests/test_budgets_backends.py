@@ -183,10 +183,11 @@ async def test_the_used_ratio_gauge_in_process(db: Database) -> None:
     await seed(db, "t", 0.25)
     reservation = await reserve(backend, team)
     assert isinstance(reservation, Reservation)
-    # The rebuild from the ledger reports what it found; a settle the new total.
-    assert used_ratio(alert.metrics, team) == pytest.approx({"team": 0.25, "key:key_a": 0.5})
+    # The rebuild from the ledger reports what it found (the team's shadow scope too: nothing
+    # spent on shadow copies); a settle the new total.
+    assert used_ratio(alert.metrics, team) == pytest.approx({"team": 0.25, "key:key_a": 0.5, "shadow": 0.0})
     backend.settle(reservation, to_nanos(0.05))
-    assert used_ratio(alert.metrics, team) == pytest.approx({"team": 0.30, "key:key_a": 0.6})
+    assert used_ratio(alert.metrics, team) == pytest.approx({"team": 0.30, "key:key_a": 0.6, "shadow": 0.0})
     # Against the policy's current limit, at scrape time.
     raised = budget(2.0, keys={"key_a": {"limit_usd": 0.5}})
     assert used_ratio(alert.metrics, raised)["team"] == pytest.approx(0.15)

@@ -256,7 +256,9 @@ async def test_alerts_fire_once_and_status_is_reported(
         assert f'gateway_budget_alerts_total{{scope="team",team="{team}",threshold="80"}} 1.0' in metrics
         assert denied.status_code == 403
         assert response.status_code == 200
-        (row,) = response.json()
+        rows = {found["scope"]: found for found in response.json()}
+        assert set(rows) == {"team", "shadow"}  # the team's shadow scope is listed beside it
+        row = rows["team"]
         assert row["team"] == team and row["scope"] == "team" and row["hard"] is False
         assert row["spent_usd"] == pytest.approx(0.048) and row["limit_usd"] == 0.02
         assert row["remaining_usd"] == 0 and row["source"] == backend

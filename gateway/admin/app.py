@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from gateway.admin import audit, keys, prompts, reports, rollouts
+from gateway.admin import audit, keys, prompts, reports, rollouts, shadow
 from gateway.admin import budgets as budgets_admin
 from gateway.admin import cache as cache_admin
 from gateway.errors import GatewayError, InvalidRequest, NotFound, error_body
@@ -39,6 +39,7 @@ def create_admin_app(runtime: Runtime) -> FastAPI:
     app.include_router(reports.page_router)
     app.include_router(budgets_admin.router)
     app.include_router(rollouts.router)
+    app.include_router(shadow.router)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from gateway.budgets.policy import TeamBudget, Window
+from gateway.budgets.policy import SHADOW_KIND, TeamBudget, Window
 from gateway.storage import Database
 from gateway.storage.schema import ledger
 
@@ -27,18 +27,23 @@ RECONCILED_CODE = "reservation_expired"
 async def spent_by_field(
     db: Database, budget: TeamBudget, window: Window, *, before: datetime | None = None
 ) -> dict[str, int]:
-    """Nano-USD spent in ``window`` (up to ``before``) per counter field: team, key and alias."""
+    """Nano-USD spent in ``window`` (up to ``before``) per counter field: team, key and alias,
+    and the shadow scope, which alone counts the rows of shadow copies (``kind = shadow``)."""
     end = window.end if before is None else min(window.end, before)
+    shadow = (ledger.c.kind == SHADOW_KIND).label("shadow")
     query = (
-        select(ledger.c.key_id, ledger.c.alias, func.coalesce(func.sum(ledger.c.cost_nanos), 0))
+        select(ledger.c.key_id, ledger.c.alias, shadow, func.coalesce(func.sum(ledger.c.cost_nanos), 0))
         .where(ledger.c.team == budget.team, ledger.c.ts >= window.start, ledger.c.ts < end)
-        .group_by(ledger.c.key_id, ledger.c.alias)
+        .group_by(ledger.c.key_id, ledger.c.alias, shadow)
     )
     async with db.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     spent = {scope.field: 0 for scope in budget.all_scopes()}
-    for key_id, alias, total in rows:
+    for key_id, alias, is_shadow, total in rows:
         amount = int(total)
+        if is_shadow:
+            spent[budget.shadow_scope.field] += amount
+            continue
         spent[budget.team_scope.field] += amount
         if key_id is not None and (scope := budget.keys.get(key_id)) is not None:
             spent[scope.field] += amount
@@ -73,10 +78,13 @@ def reconciled_row(
     cost_nanos: int,
     window: Window,
     now: datetime | None = None,
+    kind: str = RECONCILED_KIND,
 ) -> dict[str, Any]:
     """The ledger row for a dead request's reservation, charged at its worst case.
 
-    Its time is clamped into the period the reservation was charged to, so the period's
+    ``kind`` is ``shadow`` for a shadow copy's reservation, so the row is summed into the
+    team's shadow scope (where it was charged), not into its budget. Its time is clamped into
+    the period the reservation was charged to, so the period's
     ledger sum and its counter match even when the reservation expires after midnight.
     """
     moment = now or datetime.now(UTC)
@@ -94,7 +102,7 @@ def reconciled_row(
         "prompt_name": None,
         "prompt_version": None,
         "variant": None,
-        "kind": RECONCILED_KIND,
+        "kind": kind,
         "status": 0,  # no answer was ever known
         "prompt_tokens": 0,
         "completion_tokens": 0,

@@ -5,6 +5,11 @@ the rounding the ledger uses too) and a set of *scopes*: the team's own budget p
 and per-alias sub-budgets inside it. A request is admitted only if every scope that applies to
 it has room, and its spend is charged to all of them.
 
+Shadow copies (``gateway.shadow``) are charged to one scope of their own, the team's *shadow
+scope* (``shadow_limit_usd``, default 10 % of the team's limit, always hard), and to nothing
+else: shadow spend never counts against the team's budget, and the team's spend never leaves
+its shadows without room. In the ledger, shadow rows are told apart by ``kind = shadow``.
+
 Periods are calendar periods in UTC: a day from 00:00, an ISO week from Monday 00:00, a month
 from the 1st. The period a spend belongs to is decided by when it is committed (the request's
 end), the same instant the ledger stamps its row with, so budgets and reports agree.
@@ -25,7 +30,13 @@ if TYPE_CHECKING:
     from gateway.config.policies import BudgetSpec
 
 Period = Literal["daily", "weekly", "monthly"]
-ScopeKind = Literal["team", "key", "alias"]
+ScopeKind = Literal["team", "key", "alias", "shadow"]
+
+#: The counter field of a team's shadow scope; ledger rows of this kind are summed into it only.
+SHADOW_FIELD = "sh"
+SHADOW_KIND = "shadow"
+#: The shadow scope's limit when ``shadow_limit_usd`` is not given: this share of the team's.
+DEFAULT_SHADOW_SHARE = 0.10
 
 #: Always alerted: the limit itself (for a hard budget: the first refusal of the period once
 #: spend is near the limit, see ``REFUSAL_ALERTS_FROM_PCT``).
@@ -110,11 +121,13 @@ class Scope:
 
     @property
     def field(self) -> str:
-        return "t" if self.kind == "team" else f"{self.kind[0]}:{self.name}"
+        if self.kind == "team":
+            return "t"
+        return SHADOW_FIELD if self.kind == "shadow" else f"{self.kind[0]}:{self.name}"
 
     @property
     def label(self) -> str:
-        return "team" if self.kind == "team" else f"{self.kind}:{self.name}"
+        return self.kind if self.kind in ("team", "shadow") else f"{self.kind}:{self.name}"
 
     @property
     def limit_usd(self) -> float:
@@ -128,6 +141,7 @@ class TeamBudget:
     team_scope: Scope
     thresholds: tuple[float, ...]  # percentages, ascending, ending with 100
     webhook_url: str | None
+    shadow_scope: Scope  # what the team's shadow copies may spend (charged nowhere else)
     keys: dict[str, Scope] = field(default_factory=dict)
     aliases: dict[str, Scope] = field(default_factory=dict)
 
@@ -145,7 +159,7 @@ class TeamBudget:
         return tuple(scopes)
 
     def all_scopes(self) -> tuple[Scope, ...]:
-        return (self.team_scope, *self.keys.values(), *self.aliases.values())
+        return (self.team_scope, *self.keys.values(), *self.aliases.values(), self.shadow_scope)
 
     def window(self, now: datetime | None = None) -> Window:
         return window(self.period, now)
@@ -157,12 +171,14 @@ def team_budget(team: str, spec: BudgetSpec) -> TeamBudget:
     def sub(kind: ScopeKind, name: str, limit_usd: float, hard: bool | None) -> Scope:
         return Scope(kind, name, to_nanos(limit_usd), spec.hard if hard is None else hard)
 
+    shadow_usd = spec.shadow_limit_usd if spec.shadow_limit_usd is not None else spec.limit_usd * DEFAULT_SHADOW_SHARE
     return TeamBudget(
         team=team,
         period=spec.period,
         team_scope=Scope("team", team, to_nanos(spec.limit_usd), spec.hard),
         thresholds=thresholds,
         webhook_url=spec.webhook_url or None,
+        shadow_scope=Scope("shadow", team, to_nanos(shadow_usd), True),
         keys={key: sub("key", key, s.limit_usd, s.hard) for key, s in spec.keys.items()},
         aliases={alias: sub("alias", alias, s.limit_usd, s.hard) for alias, s in spec.aliases.items()},
     )

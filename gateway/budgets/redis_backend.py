@@ -53,8 +53,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.budgets.alerts import Alerts, crossings
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation, ScopeState
-from gateway.budgets.ledger_io import reconciled_row, spent_by_field
-from gateway.budgets.policy import EXHAUSTED_PCT, REFUSAL_ALERTS_FROM_PCT, Scope, TeamBudget, Window, window
+from gateway.budgets.ledger_io import RECONCILED_KIND, reconciled_row, spent_by_field
+from gateway.budgets.policy import (
+    EXHAUSTED_PCT,
+    REFUSAL_ALERTS_FROM_PCT,
+    SHADOW_FIELD,
+    SHADOW_KIND,
+    Scope,
+    TeamBudget,
+    Window,
+    window,
+)
 from gateway.config.settings import BudgetSettings
 from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire, Script
 from gateway.storage import Database
@@ -583,8 +592,9 @@ class RedisBackend:
                 if not spent_after:
                     continue  # its period's counters are gone; the rebuild took the ledger's word
                 win = _window_of(record["l"])
+                kind = SHADOW_KIND if record["f"] == [SHADOW_FIELD] else RECONCILED_KIND
                 rows.append(reconciled_row(team=team, request_id=str(record["q"]), key_id=record.get("k"),
-                                           alias=record.get("al"), cost_nanos=amount, window=win))
+                                           alias=record.get("al"), cost_nanos=amount, window=win, kind=kind))
                 self._alerts.metrics.reconciled.labels(team).inc()
                 log.warning(
                     "dead request's budget reservation charged at its worst case",

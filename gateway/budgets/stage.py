@@ -16,6 +16,10 @@ nothing.) A failed or cancelled request is charged what it is known to have cost
 nothing. Counting tokens is the usage stage's job; this stage counts only the prompt, for the
 reservation, and leaves the count on ``ctx.prompt_tokens`` so it is not made twice.
 
+A shadow copy (``ctx.is_shadow``) reserves and settles against the team's shadow scope only
+(``budget.shadow_limit_usd``, always hard): the team's own counters never see it, and a spent
+shadow scope refuses the copy, which nobody is waiting for.
+
 A refusal is a 429 ``budget_exceeded`` naming the team, the limit, the period's spend and
 when it resets; it reserved nothing and costs nothing. If the counters cannot be reached, a
 hard budget refuses with 503 ``budget_unavailable`` (fail closed: spending blind could break
@@ -104,7 +108,8 @@ class Budget:
             # Free deployments: nothing to hold, nothing to charge.
             return await call_next(ctx)
         assert principal is not None and ctx.alias is not None
-        scopes = budget.scopes_for(principal.key_id, ctx.alias.name)
+        # A shadow copy is charged to the team's shadow scope alone, never to its budget.
+        scopes = (budget.shadow_scope,) if ctx.is_shadow else budget.scopes_for(principal.key_id, ctx.alias.name)
         outcome: Reservation | Refusal | None
         try:
             outcome = await self.backend.reserve(

@@ -28,6 +28,7 @@ _GROUPS = {
     "config": "gateway.cli.config_cmd",
     "policies": "gateway.cli.policies_cmd",
     "rollouts": "gateway.cli.rollouts",
+    "shadow": "gateway.cli.shadow",
     "audit": "gateway.cli.audit_cmd",
     "report": "gateway.cli.report",
     "budgets": "gateway.cli.budgets",

@@ -1,6 +1,6 @@
 """Policy files under ``policies/``: model aliases (``models.yaml``), teams (``teams.yaml``),
-the prompt policy (``prompts.yaml``), rollouts (``rollouts.yaml``, see ``rollouts.py``) and data
-classes (``data_classes.yaml``).
+the prompt policy (``prompts.yaml``), rollouts (``rollouts.yaml``, see ``rollouts.py``), data
+classes (``data_classes.yaml``) and shadow traffic (``shadows.yaml``, see ``shadows.py``).
 
 These are the edge models: strict pydantic schemas with a description per field, validated
 with file and line in every error. The request path never sees them; ``gateway.catalog``
@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.config.rollouts import RolloutsFile
+from gateway.config.shadows import ShadowsFile
 from gateway.config.yamlfile import ConfigError, load_yaml, validate
 
 
@@ -165,6 +166,11 @@ class BudgetSpec(_Strict):
     aliases: dict[str, SubBudgetSpec] = Field(default_factory=dict, description="Per model alias.")
     downgrade: DowngradeSpec | None = Field(
         None, description="Serve a cheaper alias past a share of the budget: {at_pct, from, to}."
+    )
+    shadow_limit_usd: float | None = Field(
+        None, ge=0,
+        description="USD per period for shadow copies (policies/shadows.yaml), counted apart from limit_usd and "
+        "always hard: past it copies are skipped. Default: 10 % of limit_usd.",
     )
 
     @model_validator(mode="after")
@@ -337,6 +343,7 @@ class PolicyBundle(_Strict):
     rollouts: RolloutsFile = RolloutsFile()
     data_classes: DataClassesFile = DataClassesFile()
     scoring: ScoringPolicy = ScoringPolicy()
+    shadows: ShadowsFile = ShadowsFile()
 
 
 def load_policies(policies_dir: Path) -> PolicyBundle:
@@ -383,8 +390,16 @@ def load_policies(policies_dir: Path) -> PolicyBundle:
             scoring = validate(ScoringPolicy, load_yaml(scoring_path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+    shadows = ShadowsFile()
+    shadows_path = policies_dir / "shadows.yaml"
+    if shadows_path.exists():
+        try:
+            shadows = validate(ShadowsFile, load_yaml(shadows_path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     return PolicyBundle(
-        models=models, teams=teams, prompts=prompts, rollouts=rollouts, data_classes=data_classes, scoring=scoring
+        models=models, teams=teams, prompts=prompts, rollouts=rollouts, data_classes=data_classes, scoring=scoring,
+        shadows=shadows,
     )

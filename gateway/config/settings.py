@@ -344,6 +344,29 @@ class ScoringSettings(_Strict):
     )
 
 
+class ShadowSettings(_Strict):
+    """How shadow copies run. Which requests are copied, and where to, is policy (policies/shadows.yaml).
+
+    Copies go out after the caller's answer is delivered, in the background: at most
+    ``max_concurrent`` at once per process (more are dropped and counted), each cut off after
+    ``timeout_s``. Nothing about a copy reaches the caller.
+    """
+
+    enabled: bool = Field(
+        True, description="Send the shadow copies that policies ask for (false: none, each counted as disabled)."
+    )
+    max_concurrent: int = Field(
+        16, ge=1, le=10_000, description="Copies in flight at once per process; beyond it copies are dropped and "
+        "counted (gateway_shadow_copies_total{outcome=\"dropped_full\"}).",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Longest a copy may run, to its last byte; then it is cancelled and counted."
+    )
+    shutdown_timeout_s: float = Field(
+        2.0, ge=0, le=60, description="At shutdown, how long cancelled copies get to record themselves."
+    )
+
+
 class Settings(_Strict):
     """Everything ``gateway.yaml`` may say. ``base_dir`` anchors the relative paths in it."""
 
@@ -362,6 +385,7 @@ class Settings(_Strict):
     tracing: TracingSettings = TracingSettings()
     rollouts: RolloutSettings = RolloutSettings()
     scoring: ScoringSettings = ScoringSettings()
+    shadow: ShadowSettings = ShadowSettings()
 
     def resolve_path(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.base_dir / path)

@@ -31,6 +31,7 @@ from collections import deque
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy import Table
 
 from gateway.config.settings import LedgerSettings
 from gateway.storage import Database
@@ -46,21 +47,27 @@ _CATCH_UP_BATCHES: Final = 10  # the most batches one INSERT takes when the writ
 
 
 class LedgerMetrics:
-    """The writer's Prometheus series, on the gateway's registry."""
+    """The writer's Prometheus series, on the gateway's registry.
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    ``prefix`` names them: the ledger's are ``gateway_ledger_*``; another append-only table
+    written by the same machinery (shadow comparisons) has its own prefix.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None, prefix: str = "gateway_ledger", what: str = "Ledger"
+    ) -> None:
         self.queue_depth = Gauge(
-            "gateway_ledger_queue_depth", "Ledger rows waiting to be written.",
+            f"{prefix}_queue_depth", f"{what} rows waiting to be written.",
             registry=registry, multiprocess_mode="livesum",
         )
-        self.written = Counter("gateway_ledger_rows_written_total", "Ledger rows written.", registry=registry)
+        self.written = Counter(f"{prefix}_rows_written_total", f"{what} rows written.", registry=registry)
         self.dropped = Counter(
-            "gateway_ledger_rows_dropped_total",
-            "Ledger rows lost: queue full, refused by the database, or unwritten at shutdown.",
+            f"{prefix}_rows_dropped_total",
+            f"{what} rows lost: queue full, refused by the database, or unwritten at shutdown.",
             ("reason",), registry=registry,
         )
         self.failed_batches = Counter(
-            "gateway_ledger_batches_failed_total", "Ledger batch writes that failed and were retried.",
+            f"{prefix}_batches_failed_total", f"{what} batch writes that failed and were retried.",
             registry=registry,
         )
 
@@ -94,8 +101,9 @@ class LedgerWriter:
         await writer.close()        # at shutdown: writes everything still queued
     """
 
-    def __init__(self, db: Database, settings: LedgerSettings, *, metrics: LedgerMetrics) -> None:
-        self._appender = bulk_appender(db, ledger)
+    def __init__(self, db: Database, settings: LedgerSettings, *, metrics: LedgerMetrics,
+                 table: Table = ledger) -> None:
+        self._appender = bulk_appender(db, table)
         self._queue_size = settings.queue_size
         self._batch_size = settings.batch_size
         self._interval_s = settings.flush_interval_ms / 1000

@@ -1,6 +1,6 @@
 """What the route stage decides for a request: a plan, made by a routing strategy.
 
-A strategy is one module (``weighted.py`` today; rollouts and shadows add theirs) with a
+A strategy is one module (``weighted.py``, ``rollout.py``, ``shadow.py``) with a
 ``plan(ctx, alias) -> RoutingPlan`` method. The route stage asks it and applies the answer;
 it never draws anything itself, so a new way to route adds a strategy and leaves the stage as
 it is.

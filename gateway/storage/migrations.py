@@ -59,7 +59,7 @@ def add_column(table: Table, name: str) -> Callable[[Connection], None]:
 
 
 # Version ranges by feature keep concurrent work from colliding: core 1-9, prompts 10-19,
-# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69,
+# ledger and budgets 20-29, audit 30-39, cache 40-49, rollouts 50-59, tracing 60-69, shadow 70-79,
 # data classes and fallbacks 80-89, live scoring and feedback 90-99.
 MIGRATIONS: list[Migration] = [
     Migration(1, "api keys", create_tables(schema.api_keys)),
@@ -79,6 +79,7 @@ MIGRATIONS: list[Migration] = [
     Migration(60, "trace ids on ledger rows", add_column(schema.ledger, "trace_id")),
     Migration(61, "prompt versions mirrored into Langfuse",
               create_tables(schema.langfuse_prompt_versions, schema.langfuse_prompt_labels)),
+    Migration(70, "shadow comparisons", create_tables(schema.shadow_comparisons)),
     Migration(80, "data class on ledger rows", add_column(schema.ledger, "data_class")),
     Migration(81, "served alias on ledger rows", add_column(schema.ledger, "served_alias")),
     Migration(82, "downgraded alias on ledger rows", add_column(schema.ledger, "downgraded_from")),

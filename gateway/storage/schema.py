@@ -317,3 +317,36 @@ langfuse_prompt_labels = Table(
     Column("langfuse_version", Integer, nullable=False),
     Column("mirrored_at", DateTime(timezone=True), nullable=False),
 )
+
+# One row per shadow copy that ran (gateway.shadow): how its answer compared with the primary's.
+# ``request_id`` is the primary's and ``shadow_request_id`` the copy's, both as in the ledger,
+# so either side's ledger row joins on it. Comparison columns are NULL when the copy did not
+# complete (``outcome`` error or timeout) or when they do not apply (no JSON asked, no tools).
+shadow_comparisons = Table(
+    "shadow_comparisons",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("rule", String(100), nullable=False),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("shadow_request_id", String(64), nullable=False),
+    Column("team", String(200), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("primary_alias", String(200), nullable=True),
+    Column("shadow_alias", String(200), nullable=True),
+    Column("outcome", String(20), nullable=False),  # completed | error | timeout
+    Column("primary_status", Integer, nullable=False),
+    Column("shadow_status", Integer, nullable=False),
+    Column("error_code", String(100), nullable=True),
+    Column("exact_match", Boolean, nullable=True),
+    Column("length_ratio", Float, nullable=True),
+    Column("similarity", Float, nullable=True),
+    Column("json_valid", Boolean, nullable=True),
+    Column("schema_valid", Boolean, nullable=True),
+    Column("tools_match", Boolean, nullable=True),
+    Column("primary_latency_ms", Float, nullable=False, default=0.0),
+    Column("shadow_latency_ms", Float, nullable=False, default=0.0),
+    Column("primary_cost_nanos", BigInteger, nullable=False, default=0),
+    Column("shadow_cost_nanos", BigInteger, nullable=False, default=0),
+    Index("ix_shadow_comparisons_rule_ts", "rule", "ts"),
+)

@@ -52,10 +52,14 @@ def period_key(team: str, period: str = "daily", now: datetime | None = None) ->
     return "gwb:{" + team + "}:" + window(period, now or datetime.now(UTC)).label  # type: ignore[arg-type]
 
 
-def counters(client: redis.Redis, team: str, period: str = "daily") -> dict[str, int]:
-    """The period's spent (``s:FIELD``) and reserved (``r:FIELD``) counters; the team's default to 0."""
+def counters(client: redis.Redis, team: str, period: str = "daily", *, shadow: bool = False) -> dict[str, int]:
+    """The period's spent (``s:FIELD``) and reserved (``r:FIELD``) counters; the team's default to 0.
+
+    The shadow scope's (``s:sh``, ``r:sh``) are left out unless ``shadow``."""
     raw = client.hgetall(period_key(team, period))
     found = {k.decode(): int(v) for k, v in raw.items() if k.decode().startswith(("s:", "r:"))}
+    if not shadow:
+        found = {name: value for name, value in found.items() if name[2:] != "sh"}
     return {"s:t": 0, "r:t": 0, **found}
 
 

@@ -95,6 +95,8 @@ class Fault:
     echo_key: bool = False
     # Stream this many events, then an in-band ``data: {"error": ...}`` event, and end.
     error_after_chunks: int | None = None
+    # Send the status line, then drop the connection without an answer (a crashed upstream).
+    close: bool = False
     echoed: str = ""  # filled in when the fault is taken (the request's credential)
 
     @classmethod
@@ -137,6 +139,7 @@ class Fault:
             path=path,
             echo_key=bool(raw.get("echo_key", False)),
             error_after_chunks=error_after,
+            close=bool(raw.get("close", False)),
         )
 
     def matches(self, route: str) -> bool:
@@ -175,6 +178,10 @@ def _openai_error(status: int, message: str) -> dict[str, Any]:
 def _anthropic_error(status: int, message: str) -> dict[str, Any]:
     kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+class _InjectedClose(Exception):
+    """Raised (after the status line) to make the server drop the connection."""
 
 
 class _BadRequest(Exception):
@@ -291,6 +298,12 @@ class FakeUpstream:
             return
 
         streaming = isinstance(payload, dict) and payload.get("stream") is True
+        if fault is not None and fault.close:
+            # uvicorn closes the connection of an app that fails after its response started:
+            # the client sees headers and then the connection going away, with no answer.
+            headers = _SSE_HEADERS if streaming else [*_JSON_HEADERS, (b"content-length", b"4096")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            raise _InjectedClose("injected fault: the connection is closed without an answer")
         if fault is not None and fault.garbage:
             if streaming:
                 await _send_raw(send, 200, _SSE_HEADERS, _GARBAGE_STREAM)
