@@ -10,7 +10,7 @@
   built, so that a policy gating on ``feedback.NAME`` works with scoring off;
 - ``annotator``: marks a rolled-back canary's traces (with the sender);
 - ``feedback``: the service behind ``POST /v1/feedback``;
-- ``puller``: pulls back the scores Langfuse's own evaluators produced (tracing on and
+- ``puller``: pulls back the scores Langfuse's own evaluators produced (Langfuse configured and
   ``scoring.langfuse_pull.enabled``); it asks only while ``puller.leading()`` says this replica
   holds the rollout controller lease (the runtime wires it to the analyzer).
 
@@ -166,9 +166,9 @@ def build_scoring(
 
 
 def build_puller(settings: Settings, db: Database, registry: CollectorRegistry) -> ScorePuller | None:
-    """The evaluator-score puller, started, when tracing is on and it is enabled."""
+    """The evaluator-score puller, started, when traces go to Langfuse and it is enabled."""
     config = settings.scoring.langfuse_pull
-    if not (settings.tracing.enabled and config.enabled):
+    if not (settings.tracing.langfuse and config.enabled):
         return None
     client = ScoresClient(
         settings.tracing, page_size=config.page_size, max_pages=config.max_pages, retries=config.retries

@@ -141,7 +141,7 @@ class ScoresClient:
     """Lists a trace's scores from Langfuse's public API, page by page, with retries."""
 
     def __init__(self, settings: TracingSettings, *, page_size: int = 50, max_pages: int = 4, retries: int = 2) -> None:
-        self.endpoint = settings.host.rstrip("/") + SCORES_PATH
+        self.endpoint = settings.langfuse_url + SCORES_PATH
         credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
         self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
         self._timeout_s = settings.timeout_s

@@ -4,6 +4,7 @@ retries, failures counted, the gateway's own scores skipped, each score stored o
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -226,3 +227,22 @@ def test_a_check_on_langfuse_name_gates_like_feedback() -> None:
     assert evaluate(rollout, 0.5, {"canary": stats(0.1, 0.1, 0.1), "stable": stats(0, 0, 0)}).verdict == "pass"
     few = evaluate(rollout, 0.5, {"canary": stats(1, 1), "stable": stats(0, 0, 0)})
     assert few.verdict == "inconclusive" and "min_samples" in few.why
+
+
+async def test_the_background_task_asks_only_while_its_replica_leads(db: Database, receiver: LangfuseReceiver) -> None:
+    receiver.add_score(CANARY_TRACE, "correctness", 1.0)
+    pulling = puller(db, receiver.url, interval_s=0.02)
+    leads = False
+    pulling.leading = lambda: leads
+    pulling.start()
+    try:
+        await asyncio.sleep(0.2)  # ten rounds' time, none of them its to run
+        assert receiver.score_reads() == []
+        leads = True
+        for _ in range(200):
+            if await stored(db):
+                break
+            await asyncio.sleep(0.02)
+        assert [r["id"] for r in await stored(db)] == ["eval-1"]
+    finally:
+        await pulling.close()
