@@ -279,6 +279,8 @@ async def create_runtime(settings: Settings) -> Runtime:
     )
     runtime.install(rollouts)
     assert rollouts.book is not None and rollouts.control is not None and rollouts.counters is not None
+    if scoring.puller is not None and rollouts.analyzer is not None:
+        scoring.puller.leading = rollouts.analyzer.leads  # pull where the analysis runs
     record.add_sink(rollouts.counters)
     runtime.rollouts, runtime.rollout_control = rollouts.book, rollouts.control
     # Rollouts decide the deployments; shadow rules add the copies to send afterwards.

@@ -48,6 +48,7 @@ METRICS: dict[str, str] = {
 #: Families of metrics named ``PREFIX.NAME`` (``feedback.thumbs_down``: any feedback metric).
 METRIC_FAMILIES: dict[str, str] = {
     "feedback": "mean value of the feedback metric NAME posted to /v1/feedback (e.g. thumbs_down: 1 down, 0 up)",
+    "langfuse": "mean value of the score NAME Langfuse's own evaluators put on the traces (pulled back)",
 }
 
 

@@ -315,6 +315,36 @@ class RolloutSettings(_Strict):
     )
 
 
+class LangfusePullSettings(_Strict):
+    """Pulling back the scores Langfuse's own evaluators put on rollout traces (docs/scoring.md).
+
+    Only with tracing on, only on the replica holding the rollout controller lease, and only for
+    the traces of requests in running rollouts; a trace is asked until it has a pulled score or
+    is ``lookback_s`` old. Failures are counted and retried at the trace's next turn.
+    """
+
+    enabled: bool = Field(True, description="Pull evaluator scores back (tracing must be on).")
+    interval_s: float = Field(30.0, gt=0, le=3600, description="Time between two pulling rounds.")
+    delay_s: float = Field(
+        60.0, ge=0, le=86_400, description="How old a request's trace is when first asked (evaluators run late)."
+    )
+    retry_s: float = Field(
+        120.0, gt=0, le=86_400, description="A trace asked without a score is asked again after this."
+    )
+    lookback_s: float = Field(3600.0, gt=0, le=7 * 86_400, description="Traces older than this are no longer asked.")
+    max_traces: int = Field(100, ge=1, le=10_000, description="Traces asked per round (the rest wait for the next).")
+    concurrency: int = Field(4, ge=1, le=64, description="Calls to Langfuse at a time.")
+    page_size: int = Field(50, ge=1, le=100, description="Scores asked per page.")
+    max_pages: int = Field(4, ge=1, le=100, description="Pages read per trace at most.")
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a call Langfuse did not answer (5xx, 429, timeout)."
+    )
+    sources: list[Literal["EVAL", "ANNOTATION", "API"]] = Field(
+        ["EVAL"],
+        description="Langfuse score sources pulled (EVAL: its evaluators; the gateway's own are never pulled).",
+    )
+
+
 class ScoringSettings(_Strict):
     """Hallucination scoring of live answers, off the request path (docs/scoring.md).
 
@@ -342,6 +372,7 @@ class ScoringSettings(_Strict):
     shutdown_timeout_s: float = Field(
         5.0, ge=0, le=300, description="How long a graceful stop tries to score, write and send what is queued."
     )
+    langfuse_pull: LangfusePullSettings = LangfusePullSettings()
 
 
 class ShadowSettings(_Strict):

@@ -361,6 +361,13 @@ class RolloutAnalyzer:
         # A stalled holder whose lease may have expired meanwhile does not act on it.
         return bool(self.generation) and loop.time() < self._held_until
 
+    def leads(self) -> bool:
+        """Whether this replica held the controller lease at its last renewal, and still trusts it
+        (no I/O: for background work that only the controller's replica should do)."""
+        if self._lease is None:
+            return True
+        return bool(self.generation) and asyncio.get_running_loop().time() < self._held_until
+
     async def tick(self) -> list[tuple[str, str]]:
         """Check every running rollout that is due; returns (rollout id, action) for each decision."""
         from gateway.errors import GatewayError

@@ -9,7 +9,10 @@
 - ``quality``: the rollouts analysis' ``MetricSource`` (ledger + scores + feedback); always
   built, so that a policy gating on ``feedback.NAME`` works with scoring off;
 - ``annotator``: marks a rolled-back canary's traces (with the sender);
-- ``feedback``: the service behind ``POST /v1/feedback``.
+- ``feedback``: the service behind ``POST /v1/feedback``;
+- ``puller``: pulls back the scores Langfuse's own evaluators produced (Langfuse configured and
+  ``scoring.langfuse_pull.enabled``); it asks only while ``puller.leading()`` says this replica
+  holds the rollout controller lease (the runtime wires it to the analyzer).
 
 One shutdown step stops them in order, within ``scoring.shutdown_timeout_s``: score what is
 queued, write the scores, then send what waits for Langfuse.
@@ -29,6 +32,7 @@ from gateway.feedback import FeedbackService
 from gateway.scoring import build_evaluator
 from gateway.scoring.langfuse import ScoreSender
 from gateway.scoring.live import LiveMetrics, LiveScorer
+from gateway.scoring.pull import PulledStore, PullMetrics, ScorePuller, ScoresClient
 from gateway.scoring.quality import QualityMetrics, RollbackAnnotator
 from gateway.scoring.runners import ProcessRunner, Runner
 from gateway.scoring.store import ScoreWriter
@@ -50,6 +54,7 @@ class ScoringFeature(Feature):
     quality: QualityMetrics | None = None
     annotator: RollbackAnnotator | None = None
     feedback: FeedbackService | None = None
+    puller: ScorePuller | None = None
 
 
 def build_scoring(
@@ -134,8 +139,11 @@ def build_scoring(
         )
         scorer.start()
     annotator = RollbackAnnotator(db, sender) if sender is not None else None
+    puller = build_puller(settings, db, registry)
 
     async def close() -> None:
+        if puller is not None:
+            await puller.close()
         deadline = time.monotonic() + config.shutdown_timeout_s
         if scorer is not None:
             await scorer.close(deadline)
@@ -153,4 +161,43 @@ def build_scoring(
         quality=QualityMetrics(db),
         annotator=annotator,
         feedback=FeedbackService(db, sender=sender, flush_ledger=flush_ledger),
+        puller=puller,
     )
+
+
+def build_puller(settings: Settings, db: Database, registry: CollectorRegistry) -> ScorePuller | None:
+    """The evaluator-score puller, started, when traces go to Langfuse and it is enabled."""
+    config = settings.scoring.langfuse_pull
+    if not (settings.tracing.langfuse and config.enabled):
+        return None
+    client = ScoresClient(
+        settings.tracing, page_size=config.page_size, max_pages=config.max_pages, retries=config.retries
+    )
+    metrics = PullMetrics(
+        traces=Counter(
+            "gateway_langfuse_pull_traces_total",
+            "Rollout traces whose scores Langfuse listed to the puller.",
+            registry=registry,
+        ),
+        stored=Counter(
+            "gateway_langfuse_pulled_scores_total",
+            "Scores of Langfuse's own evaluators pulled back and stored.",
+            registry=registry,
+        ),
+        skipped=Counter(
+            "gateway_langfuse_pull_skipped_total",
+            "Scores listed but not stored, by reason (own, source, not_numeric, duplicate).",
+            ("reason",),
+            registry=registry,
+        ),
+        failures=Counter(
+            "gateway_langfuse_pull_failures_total",
+            "Failed score pulls, by reason "
+            "(unauthorized, rejected, server_error, timeout, unreachable, bad_answer, store_failed).",
+            ("reason",),
+            registry=registry,
+        ),
+    )
+    puller = ScorePuller(client, PulledStore(db), metrics, config, leading=lambda: False)
+    puller.start()
+    return puller

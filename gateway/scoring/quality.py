@@ -8,7 +8,9 @@ scored answers and feedback values of the rollout's requests. Three kinds of met
   ``threshold``, else each answer's evaluator threshold, as stored);
 - ``hallucination_score``: the mean score (0 grounded .. 1 unsupported);
 - ``feedback.NAME``: the mean value of the feedback metric ``NAME`` (post ``thumbs_down`` as 1
-  for a thumbs-down and 0 for a thumbs-up, and ``feedback.thumbs_down`` is the thumbs-down rate).
+  for a thumbs-down and 0 for a thumbs-up, and ``feedback.thumbs_down`` is the thumbs-down rate);
+- ``langfuse.NAME``: the mean value of the score ``NAME`` that Langfuse's own evaluators put on
+  the requests' traces, pulled back by ``gateway.scoring.pull``.
 
 Each counts its samples (scored answers, feedback values): below the check's ``min_samples`` in
 the canary (or in stable, when the check compares with it) the check is inconclusive.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -53,6 +56,7 @@ class QualityStats(VariantStats):
 
     scores: tuple[tuple[float, bool], ...] = ()  # (score, hallucinated by its evaluator's threshold)
     feedback: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    langfuse: dict[str, tuple[float, ...]] = field(default_factory=dict)  # evaluator scores, by name
 
     def hallucination_rate(self, threshold: float | None) -> float:
         if not self.scores:
@@ -74,6 +78,8 @@ class QualityStats(VariantStats):
             found["hallucination_score"] = round(self.mean_score(), 6)
         for name, values in sorted(self.feedback.items()):
             found[f"feedback.{name}"] = {"count": len(values), "mean": round(sum(values) / len(values), 6)}
+        for name, values in sorted(self.langfuse.items()):
+            found[f"langfuse.{name}"] = {"count": len(values), "mean": round(sum(values) / len(values), 6)}
         return found
 
 
@@ -89,14 +95,19 @@ def _hallucination_score(check: CheckSpec) -> MetricReader:
     return MetricReader(lambda s: _quality(s).mean_score(), lambda s: len(_quality(s).scores))
 
 
-def _feedback(check: CheckSpec) -> MetricReader:
-    name = check.metric.partition(".")[2]
+def _named_mean(kind: Callable[[QualityStats], dict[str, tuple[float, ...]]]) -> Callable[[CheckSpec], MetricReader]:
+    """The reader of ``KIND.NAME``: the mean of the values named ``NAME``, counted as samples."""
 
-    def value(stats: VariantStats) -> float:
-        values = _quality(stats).feedback.get(name, ())
-        return sum(values) / len(values) if values else 0.0
+    def reader(check: CheckSpec) -> MetricReader:
+        name = check.metric.partition(".")[2]
 
-    return MetricReader(value, lambda s: len(_quality(s).feedback.get(name, ())))
+        def value(stats: VariantStats) -> float:
+            values = kind(_quality(stats)).get(name, ())
+            return sum(values) / len(values) if values else 0.0
+
+        return MetricReader(value, lambda s: len(kind(_quality(s)).get(name, ())))
+
+    return reader
 
 
 register_reader("hallucination_rate", "share of scored answers above the hallucination threshold", _hallucination_rate)
@@ -105,7 +116,18 @@ register_reader(
     "mean hallucination score of scored answers (0 grounded .. 1 unsupported)",
     _hallucination_score,
 )
-register_reader("feedback", "mean value of the feedback metric NAME posted to /v1/feedback", _feedback, family=True)
+register_reader(
+    "feedback",
+    "mean value of the feedback metric NAME posted to /v1/feedback",
+    _named_mean(lambda s: s.feedback),
+    family=True,
+)
+register_reader(
+    "langfuse",
+    "mean value of the score NAME Langfuse's own evaluators put on the traces (pulled back)",
+    _named_mean(lambda s: s.langfuse),
+    family=True,
+)
 
 
 class QualityMetrics:
@@ -116,10 +138,11 @@ class QualityMetrics:
         self._store = QualityStore(db)
 
     async def window(self, rollout_id: str, since: datetime) -> dict[str, VariantStats]:
-        base, scores, votes = await asyncio.gather(
+        base, scores, votes, evaluated = await asyncio.gather(
             self._ledger.window(rollout_id, since),
             self._store.scores(rollout_id, since),
             self._store.feedback(rollout_id, since),
+            self._store.langfuse(rollout_id, since),
         )
         per_scores: dict[str, list[tuple[float, bool]]] = {}
         for sample in scores:
@@ -127,8 +150,11 @@ class QualityMetrics:
         per_feedback: dict[str, dict[str, list[float]]] = {}
         for vote in votes:
             per_feedback.setdefault(vote.variant, {}).setdefault(vote.metric, []).append(vote.value)
+        per_langfuse: dict[str, dict[str, list[float]]] = {}
+        for score in evaluated:
+            per_langfuse.setdefault(score.variant, {}).setdefault(score.metric, []).append(score.value)
         found: dict[str, VariantStats] = {}
-        for variant in {*base, *per_scores, *per_feedback}:
+        for variant in {*base, *per_scores, *per_feedback, *per_langfuse}:
             stats = base.get(variant, VariantStats())
             found[variant] = QualityStats(
                 stats.requests,
@@ -137,6 +163,7 @@ class QualityMetrics:
                 stats.cost_usd,
                 scores=tuple(per_scores.get(variant, ())),
                 feedback={name: tuple(values) for name, values in per_feedback.get(variant, {}).items()},
+                langfuse={name: tuple(values) for name, values in per_langfuse.get(variant, {}).items()},
             )
         return found
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from sqlalchemy import insert, select
 
-from gateway.storage.schema import feedback, hallucination_scores
+from gateway.storage.schema import feedback, hallucination_scores, langfuse_scores
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -203,6 +203,14 @@ class QualityStore:
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [FeedbackSample(variant or "", metric, float(value)) for variant, metric, value in rows]
+
+    async def langfuse(self, rollout_id: str, since: datetime) -> list[FeedbackSample]:
+        """Scores pulled back from Langfuse's evaluators (``gateway.scoring.pull``), by name."""
+        c = langfuse_scores.c
+        query = select(c.variant, c.name, c.value).where(c.rollout_id == rollout_id, c.ts >= since)
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [FeedbackSample(variant or "", name, float(value)) for variant, name, value in rows]
 
     async def trace_ids(self, rollout_id: str, variant: str, since: datetime, limit: int) -> list[str]:
         """Trace ids of a variant's scored requests since ``since`` (to annotate them)."""

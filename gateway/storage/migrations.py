@@ -85,6 +85,7 @@ MIGRATIONS: list[Migration] = [
     Migration(82, "downgraded alias on ledger rows", add_column(schema.ledger, "downgraded_from")),
     Migration(90, "hallucination scores of live answers", create_tables(schema.hallucination_scores)),
     Migration(91, "user feedback", create_tables(schema.feedback)),
+    Migration(92, "scores pulled back from Langfuse", create_tables(schema.langfuse_scores)),
 ]
 
 _ADVISORY_LOCK_ID = 727_001  # arbitrary, fixed: "gateway migrations"

@@ -291,6 +291,30 @@ feedback = Table(
     Index("ix_feedback_rollout_ts", "rollout_id", "ts"),
 )
 
+# Scores that Langfuse's own evaluators put on the traces of rollout requests, pulled back by
+# trace id (gateway.scoring.pull). ``id`` is Langfuse's score id: a score pulled twice is stored
+# once. ``ts`` is when it was pulled (a rollout's analysis window reads it, as it reads when
+# feedback was posted); the request's variant, rollout and prompt version are copied from its
+# ledger row.
+langfuse_scores = Table(
+    "langfuse_scores",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+    Column("scored_at", DateTime(timezone=True), nullable=True),  # Langfuse's timestamp of the score
+    Column("trace_id", String(32), nullable=False, index=True),
+    Column("request_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("source", String(20), nullable=False),  # Langfuse's: EVAL, ANNOTATION, API
+    Column("team", String(200), nullable=False),
+    Column("prompt_name", String(200), nullable=True),
+    Column("prompt_version", Integer, nullable=True),
+    Column("variant", String(100), nullable=True),
+    Column("rollout_id", String(100), nullable=True),
+    Index("ix_langfuse_scores_rollout_ts", "rollout_id", "ts"),
+)
+
 # Prompt versions mirrored into Langfuse prompt management (gateway.tracing.prompt_mirror):
 # which Langfuse version each gateway version became. A row with no ``langfuse_version`` is a
 # claim: the replica named in ``claimed_by`` is sending it (a stale claim is taken over).

@@ -11,7 +11,13 @@ gateway (and the official SDK) call, and keeps everything they sent:
   Langfuse does), ``GET /api/public/v2/prompts/{name}``, and
   ``PATCH /api/public/v2/prompts/{name}/versions/{version}`` (labels);
 - ``POST /api/public/scores`` (basic auth, like the traces; ``traceId``, ``name`` and ``value``
-  required), kept as posted (``scores(name)``).
+  required), kept as posted (``scores(name)``);
+- ``GET /api/public/v2/scores`` (and the older ``GET /api/public/scores``, same answer): the
+  scores of the project, filtered by ``traceId``, ``name`` and ``source``, paged by ``page`` (from
+  1) and ``limit`` as Langfuse pages them (``{"data": [...], "meta": {"page", "limit",
+  "totalItems", "totalPages"}}``). It lists the posted scores (``source`` ``API``) and those a
+  test put there with :meth:`LangfuseReceiver.add_score`, as if Langfuse's evaluators had
+  produced them (``source`` ``EVAL``). Each query is kept (``score_reads()``).
 
 Failure modes, switched at run time with :meth:`LangfuseReceiver.set_mode`: ``normal``,
 ``error`` (every call answers 500), ``hang`` (connections are accepted, requests never
@@ -30,10 +36,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import math
 import socket
 import threading
 import zlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -88,6 +96,8 @@ class _Store:
     calls: list[Call] = field(default_factory=list)
     prompts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     scores: list[Any] = field(default_factory=list)
+    evaluator_scores: list[dict[str, Any]] = field(default_factory=list)  # put there by add_score
+    score_reads: list[dict[str, str]] = field(default_factory=list)  # the query of each GET
     trace_posts: int = 0  # every POST to the traces endpoint, answered or not
 
 
@@ -165,6 +175,8 @@ class LangfuseReceiver:
         app.router.add_get("/api/public/v2/prompts/{name}", self._get_prompt)
         app.router.add_patch("/api/public/v2/prompts/{name}/versions/{version}", self._update_labels)
         app.router.add_post("/api/public/scores", self._score)
+        app.router.add_get("/api/public/scores", self._list_scores)
+        app.router.add_get("/api/public/v2/scores", self._list_scores)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         await self._listen()
@@ -256,6 +268,42 @@ class LangfuseReceiver:
         """Scores posted to ``/api/public/scores`` (as Langfuse takes them), optionally by name."""
         with self._lock:
             return [score for score in self._store.scores if name is None or score.get("name") == name]
+
+    def add_score(
+        self,
+        trace_id: str,
+        name: str,
+        value: Any,
+        *,
+        source: str = "EVAL",
+        score_id: str | None = None,
+        data_type: str = "NUMERIC",
+        comment: str | None = None,
+    ) -> str:
+        """A score on ``trace_id`` as if Langfuse's own evaluator produced it (listed by GET
+        scores, never by ``scores()``); returns its id. Thread-safe: a test adds them while a
+        gateway pulls."""
+        with self._lock:
+            found = score_id or f"eval-{len(self._store.evaluator_scores) + 1}"
+            self._store.evaluator_scores.append(
+                {
+                    "id": found,
+                    "traceId": trace_id,
+                    "name": name,
+                    "value": value,
+                    "source": source,
+                    "dataType": data_type,
+                    "comment": comment,
+                    "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                    "environment": "default",
+                }
+            )
+        return found
+
+    def score_reads(self) -> list[dict[str, str]]:
+        """The query of every GET of the scores (in arrival order)."""
+        with self._lock:
+            return [dict(query) for query in self._store.score_reads]
 
     def clear(self) -> None:
         with self._lock:
@@ -389,3 +437,42 @@ class LangfuseReceiver:
             self._store.scores.append(body)
             number = len(self._store.scores)
         return web.json_response({"id": f"score-{number}"})
+
+    async def _list_scores(self, request: web.Request) -> web.Response:
+        gated = await self._gate(request)
+        if gated is not None:
+            return gated
+        if not self._authorized(request):
+            return web.json_response({"message": "bad credentials"}, status=401)
+        query = dict(request.query)
+        try:
+            page, limit = int(query.get("page", "1")), int(query.get("limit", "50"))
+        except ValueError:
+            return web.json_response({"message": "page and limit are integers"}, status=400)
+        if page < 1 or not 1 <= limit <= 100:
+            return web.json_response({"message": "page >= 1, 1 <= limit <= 100"}, status=400)
+        with self._lock:
+            self._store.score_reads.append(query)
+            posted = [
+                {
+                    "id": body.get("id") or f"score-{number}",
+                    "traceId": body["traceId"],
+                    "name": body["name"],
+                    "value": body["value"],
+                    "source": "API",
+                    "dataType": body.get("dataType", "NUMERIC"),
+                    "comment": body.get("comment"),
+                    "environment": body.get("environment", "default"),
+                }
+                for number, body in enumerate(self._store.scores, 1)
+            ]
+            listed = [*posted, *(dict(score) for score in self._store.evaluator_scores)]
+        wanted = {key: query[key] for key in ("traceId", "name", "source") if key in query}
+        listed = [score for score in listed if all(score.get(key) == value for key, value in wanted.items())]
+        total = len(listed)
+        return web.json_response(
+            {
+                "data": listed[(page - 1) * limit : page * limit],
+                "meta": {"page": page, "limit": limit, "totalItems": total, "totalPages": math.ceil(total / limit)},
+            }
+        )
