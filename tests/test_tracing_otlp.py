@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -93,6 +95,30 @@ def test_a_failed_request_as_a_span() -> None:
     assert orjson.loads(attributes["langfuse.observation.cost_details"]) == {"total": 1.5e-7}
     assert attributes["langfuse.observation.metadata.team"] == "t"
     assert "langfuse.observation.output" not in attributes
+    for absent in ("data_class", "served_alias", "downgraded_from"):  # off, or as asked: not sent
+        assert f"langfuse.observation.metadata.{absent}" not in attributes
+
+
+def test_the_data_class_fallback_alias_and_downgrade_are_on_the_span() -> None:
+    catalog = stage_catalog("t", {})
+    asked, served = catalog.aliases["bench"], catalog.aliases["bench"].deployments[0]
+    ctx = RequestContext(request_id="r1", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None, catalog=catalog)
+    ctx.principal = Principal(key_id="key_1", team="t", roles=frozenset({"app"}))
+    ctx.body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+    ctx.alias, ctx.deployments, ctx.status = asked, asked.deployments, 200
+    ctx.deployment = dataclasses.replace(served, alias="other-alias")  # served by a fallback alias
+    ctx.data_class, ctx.downgraded_from = "restricted", "big-model"
+    ctx.trace_id = "0af7651916cd43dd8448eb211c80319c"
+    span = Span()
+    builder = SpanBuilder(environment="env", redactor=Redactor(list(MASKERS.values())),
+                          policies=TracePolicies(TracePolicy(1.0, "full")))
+    span.ParseFromString(builder.build(ctx, 2_000_000_000))
+    meta = {k.removeprefix("langfuse.observation.metadata."): v for k, v in _attributes(span.attributes).items()
+            if k.startswith("langfuse.observation.metadata.")}
+    assert (meta["data_class"], meta["served_alias"], meta["downgraded_from"]) == (
+        "restricted", "other-alias", "big-model"
+    )
+    assert meta["alias"] == "bench"
 
 
 def test_a_fork_is_a_child_observation_of_its_primarys_span() -> None:

@@ -261,6 +261,12 @@ class SpanBuilder:
             "cache_status": ctx.cache_status,
             "budget_status": ctx.budget_status,
             "fallback": bool(deployment is not None and ctx.deployments and deployment is not ctx.deployments[0]),
+            # The alias whose deployment answered differs from ``alias`` after a fallback across
+            # aliases; ``downgraded_from`` names the alias asked for when a budget downgrade
+            # replaced it. Both as on the ledger row.
+            "served_alias": deployment.alias if deployment is not None and deployment.alias != alias else None,
+            "downgraded_from": ctx.downgraded_from,
+            "data_class": ctx.data_class,
             "attempts": ctx.attempts,
             "status": ctx.status,
             "stream": ctx.stream,
