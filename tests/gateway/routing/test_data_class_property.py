@@ -3,9 +3,11 @@
 Hypothesis draws policies (ordered classes, a tag rule), aliases with deployments (each with a
 ``max_data_class`` and a region tag), fallbacks between aliases, a team's default class and
 allow-list, a rollout with a canary deployment, a budget downgrade, the request's header and
-prompt classes, a shadow-style fork of the request, and a failure pattern per deployment. Each
-case runs through the real route stage and the real upstream stage; a recording provider at
-the provider-call boundary notes every deployment actually called.
+prompt classes, shadow rules (on the alias or on the rollout, to any alias), a shadow-style fork
+of the request, and a failure pattern per deployment. Each case runs through the core handler
+and the real parse, resolve, route and upstream stages, and the shadow copies through the real
+shadow runner; a recording provider at the provider-call boundary notes every deployment
+actually called, by the primary, its retries and fallbacks, the canary and the copies.
 
 The oracle never asks the routing code: it reads the generated *specs* (the class index and
 tags each deployment was declared with) and the expected request class, the highest of the
@@ -24,17 +26,26 @@ from unittest import mock
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from gateway.auth import Principal
 from gateway.catalog import Catalog, Deployment, ModelAlias, build_catalog
 from gateway.config.policies import DataClassesFile, ModelsFile, PolicyBundle, TeamsFile
 from gateway.config.rollouts import RolloutsFile
+from gateway.config.settings import ShadowSettings
+from gateway.config.shadows import ShadowsFile
 from gateway.context import Endpoint, JsonReply, Origin, Reply, RequestContext
-from gateway.errors import DataClassForbidden, GatewayError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from gateway.core import Core
+from gateway.errors import DataClassForbidden, UpstreamError, UpstreamRejected, UpstreamTimeout
+from gateway.parse.stage import ParseRequest
 from gateway.pipeline import build_pipeline
+from gateway.resolve.stage import Resolve
 from gateway.rollouts import RolloutBook
 from gateway.rollouts.state import RolloutState
 from gateway.routing import RolloutStrategy, Route
+from gateway.routing.shadow import ShadowStrategy
+from gateway.shadow.feature import data_class_permits
+from gateway.shadow.runner import ShadowMetrics, ShadowRunner
 from gateway.upstream import CallUpstream
 from gateway.upstream import stage as upstream_stage
 
@@ -65,6 +76,7 @@ class Case:
     prompt_class: int | None
     fork: bool
     user: str
+    shadows: list[tuple[int, str]]  # (target alias, traffic: "alias", "rollout", "canary" or "stable")
 
 
 OUTCOMES = ("ok", "ok", "timeout", "503", "429", "400")
@@ -97,6 +109,8 @@ def cases(draw: st.DrawFn) -> Case:
     canary = None
     if len(aliases[0]) > 1 and pick(2):
         canary = (pick(len(aliases[0])), (0.1, 0.5, 1.0)[pick(3)])
+    traffic = ("alias", "rollout", "canary", "stable") if canary is not None else ("alias",)
+    shadows = [(pick(alias_count), traffic[pick(len(traffic))]) for _ in range(pick(3))]
     return Case(
         classes=classes,
         rule_class=some_class(),
@@ -111,6 +125,7 @@ def cases(draw: st.DrawFn) -> Case:
         prompt_class=some_class(),
         fork=bool(pick(2)),
         user=f"u{pick(4)}",
+        shadows=shadows,
     )
 
 
@@ -139,12 +154,19 @@ def catalog_for(case: Case) -> Catalog:
             "target": {"alias": "a0", "canary": {"deployment": case.canary[0]}},
             "steps": [{"weight": case.canary[1] * 100}],
         }
+    shadows: dict[str, Any] = {}
+    for number, (target, traffic) in enumerate(case.shadows):
+        on: dict[str, Any] = {"alias": "a0"} if traffic == "alias" else {"rollout": "ro"}
+        if traffic in ("canary", "stable"):
+            on["variant"] = traffic
+        shadows[f"s{number}"] = {"target": f"a{target}", "sample_rate": 1.0, "traffic": on}
     return build_catalog(
         PolicyBundle(
             models=ModelsFile.model_validate(models),
             teams=TeamsFile.model_validate({"teams": {"t": team}}),
             rollouts=RolloutsFile.model_validate({"rollouts": rollouts}),
             data_classes=DataClassesFile.model_validate({"classes": list(names), "rules": rules}),
+            shadows=ShadowsFile.model_validate({"shadows": shadows}),
         )
     )
 
@@ -204,13 +226,13 @@ class FixedDowngrade:
 
 
 def request(case: Case, catalog: Catalog) -> RequestContext:
+    body = {"model": "a0", "messages": [{"role": "user", "content": "hi"}]}
     ctx = RequestContext(
         request_id=f"r-{case.user}",
         endpoint=Endpoint.CHAT,
-        raw_body=b"{}",
+        raw_body=orjson.dumps(body),
         authorization=None,
         catalog=catalog,
-        alias=catalog.aliases["a0"],
     )
     ctx.principal = Principal("key_1", "t", frozenset())
     ctx.user = case.user
@@ -230,15 +252,14 @@ async def run_case(case: Case) -> None:
     recorder = Recorder(case)
     book = RolloutBook({"ro": RolloutState("ro", "running", step=0, revision=1)})  # type: ignore[arg-type]
     downgrade = catalog.aliases[f"a{case.downgrade_to}"] if case.downgrade_to is not None else None
-    route = Route(RolloutStrategy(book), downgrades=FixedDowngrade(downgrade))
-    pipeline = build_pipeline([route], CallUpstream(recorder))  # type: ignore[arg-type]
+    # Every shadow rule draws (sample rate 1): each copy the plan holds is sent.
+    route = Route(ShadowStrategy(RolloutStrategy(book), draw=lambda: 0.0), downgrades=FixedDowngrade(downgrade))
+    pipeline = build_pipeline([ParseRequest(), Resolve(), route], CallUpstream(recorder))  # type: ignore[arg-type]
+    core = Core(pipeline)
     rank = expected_rank(case)
     ctx = request(case, catalog)
-    outcome: GatewayError | None = None
-    try:
-        await pipeline(ctx)
-    except GatewayError as error:
-        outcome = error
+    await core.run(ctx)
+    outcome = ctx.error
     if case.header_unknown and case.classes:
         assert outcome is not None and outcome.code == "unknown_data_class"
     for called in recorder.called:
@@ -247,11 +268,17 @@ async def run_case(case: Case) -> None:
         # Only once every permitted deployment it tried had failed.
         assert all(outcome_of(case, called) != "ok" for called in recorder.called)
         assert rank is not None and outcome.data_class == CLASS_NAMES[rank]
+    if case.shadows and outcome is None:
+        runner = ShadowRunner(lambda: core, ShadowSettings(), SHADOW_METRICS, None, permits=data_class_permits)
+        recorder.called.clear()
+        runner.record(ctx)
+        await runner.idle()
+        for called in recorder.called:
+            assert may_receive(case, called, rank), ("shadow", called, rank)
     if case.fork and outcome is None:
         # A copy of the request (as a shadow is made) keeps at least the primary's class, and
         # passes the same boundary.
         copy = ctx.fork(Origin.SHADOW)
-        copy.alias = catalog.aliases["a0"]
         recorder.called.clear()
         with contextlib.suppress(UpstreamError, DataClassForbidden):
             await pipeline(copy)
@@ -264,6 +291,7 @@ async def instant(delay: float) -> None:
 
 
 QUIET = logging.getLogger("gateway.upstream")
+SHADOW_METRICS = ShadowMetrics(CollectorRegistry())
 
 
 @settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
