@@ -27,10 +27,6 @@ class RolloutBook:
     def use(self, states: dict[str, RolloutState]) -> None:
         self._states = states  # one reference swap
 
-    def in_progress(self) -> bool:
-        """Whether a stored rollout is running or paused."""
-        return any(state.status in ("running", "paused") for state in self._states.values())
-
     def state(self, rollout_id: str) -> RolloutState | None:
         return self._states.get(rollout_id)
 

@@ -137,10 +137,8 @@ async def build_rollouts_feature(
         async def took_lease(holder: str, generation: int) -> None:
             from gateway.audit import Actor
 
-            # Who leads, from when: what a post-mortem of a failover reads first. Only while a
-            # rollout may move: a gateway without one would log every restart in the audit.
-            if not (book.in_progress() or any(r.spec.start == "auto" for r in catalog().rollouts.by_id.values())):
-                return
+            # Who leads, from when: what a post-mortem of a failover reads first. Every
+            # acquisition, rollouts or not: one started later must find its leader here.
             await audit.append(Actor(key_id="rollout-controller", team="system"), "rollout.controller",
                                "rollouts:controller", before=None,
                                after={"holder": holder, "generation": generation})
