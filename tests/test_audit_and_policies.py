@@ -4,8 +4,8 @@ out to running replicas without a restart."""
 from __future__ import annotations
 
 import asyncio
-import json
 import itertools
+import json
 import time
 from pathlib import Path
 
