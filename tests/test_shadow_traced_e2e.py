@@ -1,6 +1,7 @@
-"""A shadow copy is traced as an observation in its primary's trace, through a real gateway:
-the caller's trace id holds two spans, the copy's a child of the caller's generation, with
-origin ``shadow`` and the primary's request id, and the shadow target as its alias."""
+"""A shadow copy through a real gateway is an observation in its primary's trace (the caller's
+trace id holds two spans, the copy's a child of the caller's generation, with origin ``shadow``,
+the primary's request id and the shadow target as its alias), and never a caller's request in
+the request metrics."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from conftest import FakeHandle, make_gateway
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.langfuse_receiver import LangfuseReceiver, ReceivedSpan
 from support.gateway_proc import GatewayProcess
@@ -80,3 +83,26 @@ def test_a_shadow_copy_is_a_child_observation_of_its_primarys_trace(
     assert primary.attributes[META + "request_id"] == request_id
     assert (primary.attributes[META + "alias"], copy.attributes[META + "alias"]) == ("fake-chat", "mock")
     assert copy.attributes[META + "status"] == 200
+
+
+def test_shadow_copies_are_not_callers_requests_in_the_metrics(traced: GatewayProcess) -> None:
+    client = OpenAI(base_url=f"{traced.url}/v1", api_key=traced.create_key("alpha"), max_retries=0, timeout=20)
+    client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": "count me once"}])
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        found = {}
+        for family in text_string_to_metric_families(httpx.get(f"{traced.url}/metrics", timeout=10).text):
+            for sample in family.samples:
+                found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return found
+
+    deadline = time.monotonic() + 10
+    while samples().get(("gateway_shadow_copies_total", (("outcome", "completed"), ("rule", "mirror"))), 0) < 3:
+        assert time.monotonic() < deadline, "the copies did not complete"
+        time.sleep(0.05)
+    counted = samples()
+    callers = [key for key in counted if key[0] == "gateway_requests_total"]
+    assert callers and all(dict(labels)["model"] == "fake-chat" for _, labels in callers)
+    # The copies' upstream calls are real and counted as such (the mock deployment's outcomes).
+    assert any(name == "gateway_upstream_duration_seconds_count" and "mock" in dict(labels).get("deployment", "")
+               for name, labels in counted)

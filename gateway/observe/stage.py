@@ -134,9 +134,13 @@ class Record:
         m = self._metrics
         model = ctx.alias.name if ctx.alias is not None else "unknown"
         team = ctx.team if ctx.principal is not None else "anonymous"
-        m.child(m.requests, team, model, str(ctx.status)).inc()
-        m.child(m.latency, model).observe(elapsed)
-        m.child(m.overhead, ctx.endpoint.value).observe(ctx.overhead_seconds)
+        if not ctx.origin.internal:
+            # What callers see: a shadow copy to a failing target or an evaluation case must not
+            # move the request rate, error rate or latency alerts page on. Their spend below is
+            # real and counted; the upstream stage counts their deployments' outcomes.
+            m.child(m.requests, team, model, str(ctx.status)).inc()
+            m.child(m.latency, model).observe(elapsed)
+            m.child(m.overhead, ctx.endpoint.value).observe(ctx.overhead_seconds)
         if ctx.usage is not None:
             m.child(m.tokens, team, model, "input").inc(ctx.usage.prompt_tokens)
             m.child(m.tokens, team, model, "output").inc(ctx.usage.completion_tokens)
@@ -168,6 +172,9 @@ class Record:
                 "overhead_ms": round(ctx.overhead_seconds * 1000, 3),
                 "error": ctx.error.code if ctx.error else None,
             }
+            if ctx.origin.internal:  # a shadow copy or an evaluation case, and whose
+                line["origin"] = ctx.origin.value
+                line["parent_request_id"] = ctx.parent_id
             if ctx.trace_id is not None:  # tracing is on: logs, ledger rows and traces join on it
                 line["trace_id"] = ctx.trace_id
             if ctx.rollout_id is not None:  # a progressive rollout took the request: which arm
