@@ -69,7 +69,8 @@ def build_scoring(
     worker process (tests)."""
     config = settings.scoring
     sender: ScoreSender | None = None
-    if settings.tracing.enabled:
+    # Scores go to Langfuse only: an OTLP-only tracing set-up has nowhere to send them.
+    if settings.tracing.enabled and settings.tracing.langfuse:
         sender = ScoreSender(
             settings.tracing,
             queue_size=config.langfuse_queue_size,

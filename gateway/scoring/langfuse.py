@@ -81,7 +81,7 @@ class ScoreSender:
         concurrency: int = 4,
     ) -> None:
         self.settings = settings
-        self.endpoint = settings.host.rstrip("/") + SCORES_PATH
+        self.endpoint = settings.langfuse_url + SCORES_PATH  # LANGFUSE_HOST or LANGFUSE_BASE_URL
         credentials = f"{settings.public_key}:{settings.secret_key.get_secret_value()}"
         self._authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
         self._queue: collections.deque[LangfuseScore] = collections.deque()

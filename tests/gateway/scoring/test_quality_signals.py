@@ -250,10 +250,13 @@ def receiver() -> Iterator[LangfuseReceiver]:
         yield running
 
 
-def sender(receiver: LangfuseReceiver, *, secret: str | None = None, retries: int = 2) -> tuple[ScoreSender, Any]:
+def sender(
+    receiver: LangfuseReceiver, *, secret: str | None = None, retries: int = 2, by_base_url: bool = False
+) -> tuple[ScoreSender, Any]:
     registry = CollectorRegistry()
+    where = {"base_url": receiver.url} if by_base_url else {"host": receiver.url}
     settings = TracingSettings(
-        host=receiver.url,
+        **where,
         public_key=receiver.public_key,
         secret_key=SecretStr(secret or receiver.secret_key),
         timeout_s=0.5,
@@ -311,3 +314,11 @@ async def test_the_sender_delivers_retries_and_drops_with_counts(receiver: Langf
     assert time.monotonic() - started < 5
     assert registry.get_sample_value("dropped_total", {"reason": "shutdown"}) == 1
     receiver.set_mode("normal")
+
+
+async def test_the_sender_finds_langfuse_by_its_base_url_alone(receiver: LangfuseReceiver) -> None:
+    # LANGFUSE_BASE_URL (the SDK's newer name) without LANGFUSE_HOST: the same endpoint.
+    found, _ = sender(receiver, by_base_url=True)
+    found.submit(score(41))
+    assert await found.send_batch() == 1
+    assert any(s["id"] == "s41" for s in receiver.scores())
