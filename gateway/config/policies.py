@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.config.rollouts import RolloutsFile
 from gateway.config.shadows import ShadowsFile
 from gateway.config.yamlfile import ConfigError, load_yaml, validate
+
+PolicyFile = TypeVar("PolicyFile", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -346,57 +348,35 @@ class PolicyBundle(_Strict):
     shadows: ShadowsFile = ShadowsFile()
 
 
-def load_policies(policies_dir: Path) -> PolicyBundle:
-    """Load every policy file; all problems in all files are reported together."""
-    problems: list[str] = []
-    models = ModelsFile()
-    teams = TeamsFile()
-    models_path = policies_dir / "models.yaml"
-    teams_path = policies_dir / "teams.yaml"
+def _optional_file(path: Path, empty: PolicyFile, problems: list[str]) -> PolicyFile:
+    """``path`` validated as ``empty``'s model; ``empty`` when the file does not exist or is
+    wrong (its problems then go to ``problems``, so that every file's are reported together)."""
+    if not path.exists():
+        return empty
     try:
-        models = validate(ModelsFile, load_yaml(models_path))
+        return validate(type(empty), load_yaml(path))
     except ConfigError as exc:
         problems.extend(exc.problems)
-    if teams_path.exists():
-        try:
-            teams = validate(TeamsFile, load_yaml(teams_path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    prompts = PromptsPolicy()
-    prompts_path = policies_dir / "prompts.yaml"
-    if prompts_path.exists():
-        try:
-            prompts = validate(PromptsPolicy, load_yaml(prompts_path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    rollouts = RolloutsFile()
-    rollouts_path = policies_dir / "rollouts.yaml"
-    if rollouts_path.exists():
-        try:
-            rollouts = validate(RolloutsFile, load_yaml(rollouts_path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    data_classes = DataClassesFile()
-    classes_path = policies_dir / "data_classes.yaml"
-    if classes_path.exists():
-        try:
-            data_classes = validate(DataClassesFile, load_yaml(classes_path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    scoring = ScoringPolicy()
-    scoring_path = policies_dir / "scoring.yaml"
-    if scoring_path.exists():
-        try:
-            scoring = validate(ScoringPolicy, load_yaml(scoring_path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    shadows = ShadowsFile()
-    shadows_path = policies_dir / "shadows.yaml"
-    if shadows_path.exists():
-        try:
-            shadows = validate(ShadowsFile, load_yaml(shadows_path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+        return empty
+
+
+def load_policies(policies_dir: Path) -> PolicyBundle:
+    """Load every policy file; all problems in all files are reported together.
+
+    ``models.yaml`` must exist; every other file is optional and defaults to an empty policy.
+    """
+    problems: list[str] = []
+    models = ModelsFile()
+    try:
+        models = validate(ModelsFile, load_yaml(policies_dir / "models.yaml"))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    teams = _optional_file(policies_dir / "teams.yaml", TeamsFile(), problems)
+    prompts = _optional_file(policies_dir / "prompts.yaml", PromptsPolicy(), problems)
+    rollouts = _optional_file(policies_dir / "rollouts.yaml", RolloutsFile(), problems)
+    data_classes = _optional_file(policies_dir / "data_classes.yaml", DataClassesFile(), problems)
+    scoring = _optional_file(policies_dir / "scoring.yaml", ScoringPolicy(), problems)
+    shadows = _optional_file(policies_dir / "shadows.yaml", ShadowsFile(), problems)
     if problems:
         raise ConfigError(problems)
     return PolicyBundle(
