@@ -44,7 +44,7 @@ import httpx
 import orjson
 import yaml
 
-from benchmarks.procs import Server, start_server
+from benchmarks.procs import Server, free_port, start_server
 from benchmarks.servers import stage_catalog
 from gateway.auth import Principal
 from gateway.cache import Cache, MemoryStore, PurgeFilter, RedisStore
@@ -60,13 +60,6 @@ MESSAGES = [
     {"role": "user", "content": "What is the capital of France, and what is it known for?"},
 ]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles_ms(samples: list[float]) -> dict[str, float]:

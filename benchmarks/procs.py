@@ -14,6 +14,7 @@ import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -229,3 +230,10 @@ def start_server(
         time.sleep(0.01)
     server.stop()
     raise StartupFailed(f"{name} was not ready within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ import orjson
 
 from benchmarks import report
 from benchmarks.load import LoadResult, LoadSpec, Tool, measure
-from benchmarks.procs import Server, http_post_status, wait_idle
+from benchmarks.procs import Server, free_port, http_post_status, wait_idle
 from benchmarks.report import ServerRun
 from benchmarks.servers import (
     BENCH_DIR,
@@ -78,11 +77,6 @@ class Options:
     full: bool = False  # --profile full
     redis_url: str = ""
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log(message: str) -> None:

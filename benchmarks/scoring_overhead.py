@@ -33,7 +33,7 @@ import httpx
 import orjson
 import yaml
 
-from benchmarks.procs import Server, start_server
+from benchmarks.procs import Server, free_port, start_server
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 PASSAGES = [
@@ -75,13 +75,6 @@ ANSWER = (
     "Hope this helps!"
 )
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_gateway(workdir: Path, name: str, upstream: str, scoring: bool) -> tuple[Server, str]:

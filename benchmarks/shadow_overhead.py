@@ -36,7 +36,7 @@ import httpx
 import orjson
 import yaml
 
-from benchmarks.procs import Server, start_server
+from benchmarks.procs import Server, free_port, start_server
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 MESSAGES = [
@@ -44,13 +44,6 @@ MESSAGES = [
     {"role": "user", "content": "What is the capital of France, and what is it known for?"},
 ]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_fake(workdir: Path, name: str, latency_ms: float) -> Server:

@@ -38,7 +38,7 @@ import httpx
 import orjson
 import yaml
 
-from benchmarks.procs import Server, start_server
+from benchmarks.procs import Server, free_port, start_server
 from gateway.testing.langfuse_receiver import LangfuseReceiver
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
@@ -47,13 +47,6 @@ MESSAGES = [
     {"role": "user", "content": "What is the capital of France, and what is it known for?"},
 ]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_gateway(workdir: Path, name: str, upstream: str, tracing: dict[str, Any] | None) -> tuple[Server, str]:
