@@ -27,7 +27,7 @@ from gateway.pipeline_types import Handler
 from gateway.pricing import to_nanos
 from gateway.storage import Database, open_database
 from gateway.usage import MeterUsage
-from gateway.usage.tokens import TiktokenTokenizer, TokenCounter
+from gateway.usage.tokens import ByteBound, TiktokenTokenizer, TokenCounter
 from gateway.wire import CompletionBuilder
 from support.budgets import WORST, catalog_of, priced_models
 
@@ -286,64 +286,107 @@ def gated(tokens: TokenCounter, monkeypatch: pytest.MonkeyPatch) -> tuple[thread
     return gate, loads
 
 
-async def test_concurrent_first_requests_share_one_build(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    catalog = catalog_of(models(), teams())
+#: ~600 tokens in either encoding, 3,000 bytes: the byte bound is five times the count. (Under
+#: half of gpt-4's 8,192-token window, so the usage stage does not count it for the window.)
+LONG = [{"role": "user", "content": "word " * 600}]
+
+
+async def test_far_from_its_limit_a_team_reserves_the_bound_and_builds_no_tokenizer(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = catalog_of(models(), teams(limit_usd=1.0))
+    tokens = TokenCounter()  # nothing built yet
+    gate, loads = gated(tokens, monkeypatch)  # a build would hang: none may start
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    budget = stage(tokens, backend)
+    held: list[int] = []
+
+    async def upstream(ctx: RequestContext) -> Reply:
+        state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
+        assert state is not None
+        held.append(state["t"].reserved)
+        return await answered(Usage(9, 10))(ctx)
+
+    contexts = [context(catalog, "priced-pair", {"messages": HI, "max_tokens": 10}) for _ in range(5)]
+    replies = await asyncio.wait_for(asyncio.gather(*(budget(ctx, upstream) for ctx in contexts)), 5)
+    assert all(isinstance(reply, JsonReply) for reply in replies)
+    assert loads == [] and tokens.encodings == set() and tokens.building == set()
+    # Each held the bound (one token per byte, plus framing) at gpt-4's price, the dearer fallback.
+    bound = ByteBound().count_messages(HI)
+    assert bound == 3 + 3 + len("user") + len("Hi there") and budget.usage.prompt_bound(contexts[0]) == bound
+    one = to_nanos(bound * 3e-6 + 10 * 2e-4)
+    assert held and max(held) <= 5 * one and all(amount % one == 0 for amount in held)
+    for ctx in contexts:
+        assert ctx.prompt_tokens is None  # the bound is never taken for a count
+        ctx.finish()
+    state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
+    assert state is not None and state["t"].reserved == 0
+    assert state["t"].spent == 5 * to_nanos(9 * 1e-6 + 10 * 1e-4)  # the real cost, on gpt-4o-mini
+    gate.set()
+
+
+async def test_near_its_limit_the_exact_count_decides_built_once_for_concurrent_requests(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = TokenCounter()
+    exact = TiktokenTokenizer(tokens.encoding("cl100k_base")).count_messages(HI)
+    bound = ByteBound().count_messages(HI)
+    exact_worst, bound_worst = (tokens * 3e-6 + 10 * 2e-4 for tokens in (exact, bound))
+    assert exact < bound
+    # A limit between the two: the bound is refused, one exact reservation fits, a second does not.
+    catalog = catalog_of(models(), teams(limit_usd=(exact_worst + bound_worst) / 2))
     tokens = TokenCounter()  # nothing built yet
     gate, loads = gated(tokens, monkeypatch)
     backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
     budget = stage(tokens, backend)
-    contexts = [
-        context(catalog, alias, {"messages": HI, "max_tokens": 100})
-        for alias in ("priced", "priced", "priced-pair", "priced", "priced-pair")
-    ]
-    calls = [asyncio.ensure_future(budget(ctx, answered(Usage(5, 10)))) for ctx in contexts]
+    contexts = [context(catalog, "priced-pair", {"messages": HI, "max_tokens": 10}) for _ in range(3)]
+    calls = [asyncio.ensure_future(budget(ctx, answered(Usage(9, 10)))) for ctx in contexts]
     await asyncio.sleep(0.1)
-    assert not any(call.done() for call in calls)  # held until their tokenizers exist
+    assert not any(call.done() for call in calls)  # refused by the bound, waiting for the count
     assert tokens.building == {"o200k_base", "cl100k_base"} and tokens.encodings == set()
     gate.set()
-    replies = await asyncio.gather(*calls)
-    assert all(isinstance(reply, JsonReply) for reply in replies)
-    assert sorted(loads) == ["cl100k_base", "o200k_base"]  # one build each, shared by five requests
-    assert tokens.encodings == {"o200k_base", "cl100k_base"} and tokens.building == set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert sorted(loads) == ["cl100k_base", "o200k_base"]  # one build each, shared by three requests
+    admitted = [ctx for ctx, outcome in zip(contexts, outcomes, strict=True) if isinstance(outcome, JsonReply)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, RateLimited)]
+    assert len(admitted) == 1 and len(refused) == 2
+    assert admitted[0].prompt_tokens is not None and admitted[0].prompt_tokens["priced-pair#1"] == exact
+    # What the admitted request holds is the exact worst case, not the bound.
+    assert refused[0].extra["reserved_usd"] == pytest.approx(exact_worst)
     for ctx in contexts:
         ctx.finish()
     state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
-    assert state is not None and state["t"].reserved == 0 and state["t"].spent > 0
+    assert state is not None and state["t"].reserved == 0 and state["t"].spent == to_nanos(9 * 1e-6 + 10 * 1e-4)
 
 
-async def test_budgeted_teams_tokenizers_are_built_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = models()
-    catalog = catalog_of(spec, {"teams": {
-        "t": {"models": ["priced"], "budget": {"limit_usd": 1.0, "period": "daily"}},
-        "free-for-all": {"models": ["*"]},
-    }})
+async def test_a_prompt_that_dominates_its_worst_case_is_counted_exactly(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 3,000 bytes at gpt-4's 3e-6 would be $0.009 against $0.002 of output: the bound would
+    # hold four times the prompt's cost, so the exact count is made (and waited for) up front.
+    catalog = catalog_of(models(), teams(limit_usd=1.0))
     tokens = TokenCounter()
     gate, loads = gated(tokens, monkeypatch)
-    budget = stage(tokens, None)
-    # gpt-4o-mini only: the other aliases are reachable only by a team without a budget.
-    assert [d.id for d in budget.book.budgeted_deployments(catalog)] == ["priced#0"]
-    budget.use_catalog(catalog)
-    assert tokens.building == {"o200k_base"}
-    gate.set()
-    for _ in range(200):
-        if not tokens.building:
-            break
-        await asyncio.sleep(0.02)
-    assert tokens.encodings == {"o200k_base"} and loads == ["o200k_base"]
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    budget = stage(tokens, backend)
+    ctx = context(catalog, "priced-pair", {"messages": LONG, "max_tokens": 10})
+    held: list[int] = []
 
-    # A policy change giving a budget to the other team builds what it can reach, once each.
-    everyone = catalog_of(spec, {"teams": {
-        "t": {"models": ["priced"], "budget": {"limit_usd": 1.0, "period": "daily"}},
-        "free-for-all": {"models": ["*"], "budget": {"limit_usd": 1.0, "period": "daily"}},
-    }})
-    budget.use_catalog(everyone)
-    budget.use_catalog(everyone)
-    assert tokens.building == {"cl100k_base"}  # house-model-7b and the mock's estimate too
-    for _ in range(200):
-        if not tokens.building:
-            break
-        await asyncio.sleep(0.02)
-    assert tokens.encodings == {"o200k_base", "cl100k_base"} and sorted(loads) == ["cl100k_base", "o200k_base"]
+    async def upstream(ctx: RequestContext) -> Reply:
+        state = await backend.snapshot(catalog_budget(catalog), catalog_budget(catalog).window())
+        assert state is not None
+        held.append(state["t"].reserved)
+        return await answered(Usage(600, 10))(ctx)
+
+    call = asyncio.ensure_future(budget(ctx, upstream))
+    await asyncio.sleep(0.1)
+    assert not call.done() and tokens.building == {"o200k_base", "cl100k_base"}
+    gate.set()
+    assert isinstance(await call, JsonReply)
+    exact = TiktokenTokenizer(tokens.encoding("cl100k_base")).count_messages(LONG)
+    assert ctx.prompt_tokens is not None and ctx.prompt_tokens["priced-pair#1"] == exact
+    assert held == [to_nanos(exact * 3e-6 + 10 * 2e-4)]
+    ctx.finish()
 
 
 def test_a_long_stream_is_kept_as_text_not_as_its_wire_form() -> None:

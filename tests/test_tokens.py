@@ -14,6 +14,9 @@ import orjson
 import pytest
 from conftest import FakeHandle, make_gateway
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gateway.budgets import Budget
 from gateway.config.settings import load_settings
 from gateway.runtime import Runtime, create_runtime
@@ -244,25 +247,11 @@ async def _built(counter: TokenCounter) -> frozenset[str]:
     return counter.encodings
 
 
-async def test_a_gateway_without_budgets_builds_no_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runtime = await _runtime(tmp_path, {"teams": {"alpha": {"models": ["*"]}}}, monkeypatch)
-    try:
-        assert isinstance(runtime.budget, Budget) and isinstance(runtime.usage, MeterUsage)
-        counter = runtime.usage.tokens
-        await asyncio.sleep(0.2)  # anything started in the background would show by now
-        assert counter.building == set() and counter.encodings == set()
-        # A policy change that gives alpha a budget on fake-chat builds what alpha can reach.
-        teams = {"teams": {"alpha": {"models": ["fake-chat"], "budget": {"limit_usd": 5.0, "period": "daily"}}}}
-        runtime.use_catalog(catalog_of(default_models("http://127.0.0.1:9"), teams))
-        assert counter.building == {"o200k_base"}
-        assert await _built(counter) == {"o200k_base"}
-    finally:
-        await runtime.close()
-
-
-async def test_a_budgeted_teams_tokenizers_are_built_at_start_up(
+async def test_no_tokenizer_is_built_at_start_up_or_on_a_policy_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Budgets reserve with a byte bound (``gateway.budgets.stage``): a tokenizer (25-45 MiB,
+    ~0.5 s) is built only for a request the bound does not fit, or an answer without usage."""
     teams = {"teams": {
         "alpha": {"models": ["fake-embed", "mock"], "budget": {"limit_usd": 5.0, "period": "daily"}},
         "beta": {"models": ["*"]},
@@ -271,7 +260,43 @@ async def test_a_budgeted_teams_tokenizers_are_built_at_start_up(
     try:
         assert isinstance(runtime.budget, Budget) and isinstance(runtime.usage, MeterUsage)
         counter = runtime.usage.tokens
-        # text-embedding-3-small and the mock's estimate are cl100k_base; gpt-4o* is beta's only.
-        assert await _built(counter) == {"cl100k_base"}
+        await asyncio.sleep(0.2)  # anything started in the background would show by now
+        assert counter.building == set() and counter.encodings == set()
+        everyone = {"teams": {"alpha": {"models": ["*"], "budget": {"limit_usd": 5.0, "period": "daily"}}}}
+        runtime.use_catalog(catalog_of(default_models("http://127.0.0.1:9"), everyone))
+        await asyncio.sleep(0.2)
+        assert counter.building == set() and counter.encodings == set()
     finally:
         await runtime.close()
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
+_PART = st.one_of(
+    st.builds(lambda text: {"type": "text", "text": text}, _TEXT),
+    st.just({"type": "image_url", "image_url": {"url": "https://x/y.png"}}),
+    st.builds(lambda text: {"type": "input_audio", "input_audio": {"data": text, "format": "wav"}}, _TEXT),
+)
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+     "content": st.one_of(st.none(), _TEXT, st.lists(_PART, max_size=4))},
+    optional={
+        "name": _TEXT,
+        "tool_calls": st.lists(st.fixed_dictionaries({
+            "id": _TEXT, "type": st.just("function"),
+            "function": st.fixed_dictionaries({"name": _TEXT, "arguments": _TEXT})}), max_size=3),
+    },
+)
+_TOOLS = st.one_of(st.none(), st.lists(st.fixed_dictionaries({
+    "type": st.just("function"),
+    "function": st.fixed_dictionaries({"name": _TEXT, "description": _TEXT})}), max_size=2))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(_MESSAGE, max_size=6), tools=_TOOLS)
+def test_the_byte_bound_is_never_below_the_exact_count(
+    counter: TokenCounter, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> None:
+    """A budget reserves with ``ByteBound`` and trusts it never to reserve too little."""
+    bound = ByteBound().count_messages(messages, tools)
+    for name in ("o200k_base", "cl100k_base"):
+        assert bound >= TiktokenTokenizer(counter.encoding(name)).count_messages(messages, tools)

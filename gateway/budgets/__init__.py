@@ -2,8 +2,7 @@
 
 ``build_budgets`` is the feature's factory: it picks the counter backend (Redis when
 ``redis.url`` is set, else in process) and returns the pipeline stage and the reporter (status
-for the admin API, the CLI and the finance page), with its shutdown step and the catalog
-listener that pre-builds budgeted teams' tokenizers. See
+for the admin API, the CLI and the finance page), with its shutdown step. See
 ``gateway.budgets.stage`` for what a request goes through and ``redis_backend`` for how the
 counters stay exact across replicas, dead processes and a Redis that lost its data.
 """
@@ -117,8 +116,6 @@ async def build_budgets(
     stage = Budget(
         backend, counter, book, metrics, default_max_output_tokens=settings.budgets.default_max_output_tokens
     )
-    # Budgeted teams' tokenizers are built in the background now and again on each policy change.
-    stage.use_catalog(catalog())
 
     async def close() -> None:
         # Requests whose count was deferred (a stream without usage, tokenizer being built)
@@ -132,7 +129,6 @@ async def build_budgets(
     return BudgetFeature(
         stage=stage,
         closers=[close],
-        catalog_listeners=[stage.use_catalog],
         reporter=BudgetStatus(backend, db, catalog, book),
         downgrades=Downgrades(backend, book),
     )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 from gateway.pricing import from_nanos, to_nanos
 
 if TYPE_CHECKING:
-    from gateway.catalog import Catalog, Deployment
+    from gateway.catalog import Catalog
     from gateway.config.policies import BudgetSpec
 
 Period = Literal["daily", "weekly", "monthly"]
@@ -206,14 +206,3 @@ class BudgetBook:
 
     def for_team(self, catalog: Catalog, team: str) -> TeamBudget | None:
         return self.budgets(catalog).get(team)
-
-    def budgeted_deployments(self, catalog: Catalog) -> list[Deployment]:
-        """Every deployment a team with a budget may reach (through the aliases it may use):
-        the ones whose tokenizers budgeted requests need before their upstream call."""
-        teams = [team for name in self.budgets(catalog) if (team := catalog.team(name)) is not None]
-        return [
-            deployment
-            for alias in catalog.aliases.values()
-            if any(team.allows_model(alias.name) for team in teams)
-            for deployment in alias.deployments
-        ]

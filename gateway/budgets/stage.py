@@ -25,18 +25,24 @@ when it resets; it reserved nothing and costs nothing. If the counters cannot be
 hard budget refuses with 503 ``budget_unavailable`` (fail closed: spending blind could break
 the promise) and a soft one admits, alerts, and charges the spend once Redis is back.
 
-Tokenizers for the deployments a team with a budget can reach are built in the background
-(at start-up and on each policy change); the stage awaits one still being built before a
-budgeted request's reservation: a reservation must not be guessed.
+The prompt's tokens are first *bounded*, not counted: one token per UTF-8 byte of what the
+count would read (a BPE token covers at least one byte), with the same framing and image
+estimate. The bound costs microseconds and no tokenizer, where a tokenizer costs 25-45 MiB for
+the life of the process and ~0.5 s to build. A reservation of the bound is never too small.
+The stage counts exactly (building the tokenizer once, on a worker thread) only when the
+bound is refused, so a request that fits exactly is never refused because of the bound, or
+when the prompt's share of the bounded worst case is above ``BOUND_SLACK`` (10 %), so a bounded
+reservation holds at most ~11 % more than the exact one while in flight (a long prompt on a
+dear input price is counted). Settlement charges the real cost either way. A team far from
+its limit sending ordinary prompts never needs a tokenizer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.budgets.alerts import BudgetMetrics
 from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, Reservation
@@ -46,24 +52,24 @@ from gateway.errors import RateLimited, ServiceUnavailable
 from gateway.pipeline_types import Handler
 from gateway.pricing import from_nanos, to_nanos
 
-if TYPE_CHECKING:
-    from gateway.catalog import Catalog, Deployment
-
 log = logging.getLogger("gateway.budget")
 
 
 class PromptCounter(Protocol):
     """Counting is the usage stage's (``gateway.usage.MeterUsage`` is one); the budget asks it."""
 
+    def prompt_bound(self, ctx: RequestContext) -> int:
+        """An upper bound of the prompt's tokens on any deployment, counted without a tokenizer."""
+        ...
+
     async def prompt_tokens(self, ctx: RequestContext) -> dict[str, int]:
         """Prompt tokens per deployment id in ``ctx.deployments``, waiting for tokenizers being built."""
         ...
 
-    def prepare(self, deployments: Iterable[Deployment]) -> None:
-        """Start building, in the background, the tokenizers ``deployments`` will need."""
-        ...
 
 _UNAVAILABLE_LOG_EVERY_S = 10.0
+#: A bounded reservation is used when the prompt's bounded cost is at most this share of it.
+BOUND_SLACK = 0.1
 
 
 class Budget:
@@ -85,24 +91,19 @@ class Budget:
         self._default_max_out = default_max_output_tokens
         self._unavailable_logged: dict[str, float] = {}
 
-    def use_catalog(self, catalog: Catalog) -> None:
-        """Start building, in the background, the tokenizers budgeted teams will need.
-
-        Called at start-up and with each newly applied catalog (inside the event loop). Only
-        deployments reachable by a team with a budget: the others need a tokenizer only when an
-        upstream reports no usage, and build it then.
-        """
-        self.counter.prepare(self.book.budgeted_deployments(catalog))
-
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         principal = ctx.principal
         budget = self.book.for_team(ctx.catalog, principal.team) if principal is not None else None
         if budget is None or not ctx.deployments:
             return await call_next(ctx)
-        prompt = ctx.prompt_tokens  # counted already when a context window could matter
-        if prompt is None or any(d.id not in prompt for d in ctx.deployments):
-            prompt = await self.counter.prompt_tokens(ctx)
-            ctx.prompt_tokens = prompt
+        prompt = ctx.prompt_tokens  # counted exactly already when a context window could matter
+        exact = prompt is not None and all(d.id in prompt for d in ctx.deployments)
+        if prompt is None or not exact:
+            bound = self.counter.prompt_bound(ctx)
+            prompt = {d.id: bound for d in ctx.deployments}
+            if self._bound_too_loose(ctx, bound, self.worst_case(ctx, prompt)):
+                prompt = ctx.prompt_tokens = await self.counter.prompt_tokens(ctx)
+                exact = True
         worst = self.worst_case(ctx, prompt)
         if worst <= 0:
             # Free deployments: nothing to hold, nothing to charge.
@@ -110,14 +111,13 @@ class Budget:
         assert principal is not None and ctx.alias is not None
         # A shadow copy is charged to the team's shadow scope alone, never to its budget.
         scopes = (budget.shadow_scope,) if ctx.is_shadow else budget.scopes_for(principal.key_id, ctx.alias.name)
-        outcome: Reservation | Refusal | None
-        try:
-            outcome = await self.backend.reserve(
-                budget, scopes, worst, request_id=ctx.request_id, key_id=principal.key_id, alias=ctx.alias.name
-            )
-        except BudgetUnavailable as exc:
-            self._unavailable(ctx, budget, scopes, exc)  # raises for a hard budget
-            outcome = None
+        outcome = await self._reserve(ctx, budget, scopes, worst)
+        if isinstance(outcome, Refusal) and not exact:
+            # The bound did not fit: the exact count (a tokenizer, built once, on a worker
+            # thread) decides. Only requests this close to a limit ever pay for it.
+            prompt = ctx.prompt_tokens = await self.counter.prompt_tokens(ctx)
+            worst = self.worst_case(ctx, prompt)
+            outcome = await self._reserve(ctx, budget, scopes, worst)
         if isinstance(outcome, Refusal):
             raise self._refuse(ctx, budget, outcome, worst)
         ctx.budget_status = "admitted" if outcome is not None else "unchecked"
@@ -127,6 +127,31 @@ class Budget:
         # is known to have cost, normally nothing.
         ctx.on_usage(lambda ctx: self._settle(ctx, budget, scopes, reserved))
         return await call_next(ctx)
+
+    async def _reserve(
+        self, ctx: RequestContext, budget: TeamBudget, scopes: tuple[Scope, ...], worst: int
+    ) -> Reservation | Refusal | None:
+        """Reserve ``worst``; ``None`` when the counters are unreachable and the budget is soft."""
+        assert ctx.principal is not None and ctx.alias is not None
+        try:
+            return await self.backend.reserve(
+                budget, scopes, worst, request_id=ctx.request_id, key_id=ctx.principal.key_id, alias=ctx.alias.name
+            )
+        except BudgetUnavailable as exc:
+            self._unavailable(ctx, budget, scopes, exc)  # raises for a hard budget
+            return None
+
+    @staticmethod
+    def _bound_too_loose(ctx: RequestContext, bound: int, worst: int) -> bool:
+        """Whether the bound's prompt cost is over ``BOUND_SLACK`` of the worst case it makes.
+
+        The bound can overstate only the prompt's share; when that share is small (the usual
+        case: the output limit dominates), a bounded reservation is at most ~11 % above the exact
+        one. A long prompt on a dear input price would hold up to four times its cost while in
+        flight and starve concurrent requests near the limit: it is counted exactly instead.
+        """
+        prompt_cost = max(bound * deployment.price.input_per_token for deployment in ctx.deployments)
+        return to_nanos(prompt_cost) > worst * BOUND_SLACK
 
     # -- cost estimates ------------------------------------------------------------------
 

@@ -189,26 +189,15 @@ class Tokenizer(Protocol):
     def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int: ...
 
 
-class TiktokenTokenizer:
-    """An OpenAI encoding; messages counted with OpenAI's per-message framing."""
+class _FramedCount:
+    """OpenAI's message framing over a text counter (``count_text``): shared by the exact count
+    (:class:`TiktokenTokenizer`) and the upper bound (:class:`ByteBound`), so the two walk the
+    same parts of a request and the bound can never skip one the count sees."""
 
-    __slots__ = ("_encode", "_short", "encoding")
-
-    def __init__(self, encoding: tiktoken.Encoding) -> None:
-        self.encoding = encoding
-        self._encode = encoding.encode_ordinary  # user text is never read as special tokens
-        # Roles and names repeat on every request; their counts are remembered (bounded).
-        self._short: dict[str, int] = {}
+    __slots__ = ()
 
     def count_text(self, text: str) -> int:
-        if len(text) <= 24:
-            found = self._short.get(text)
-            if found is None:
-                found = len(self._encode(text))
-                if len(self._short) < 4096:
-                    self._short[text] = found
-            return found
-        return len(self._encode(text))
+        raise NotImplementedError
 
     def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int:
         total = _REPLY_PRIMER
@@ -256,6 +245,28 @@ class TiktokenTokenizer:
         )
 
 
+class TiktokenTokenizer(_FramedCount):
+    """An OpenAI encoding; messages counted with OpenAI's per-message framing."""
+
+    __slots__ = ("_encode", "_short", "encoding")
+
+    def __init__(self, encoding: tiktoken.Encoding) -> None:
+        self.encoding = encoding
+        self._encode = encoding.encode_ordinary  # user text is never read as special tokens
+        # Roles and names repeat on every request; their counts are remembered (bounded).
+        self._short: dict[str, int] = {}
+
+    def count_text(self, text: str) -> int:
+        if len(text) <= 24:
+            found = self._short.get(text)
+            if found is None:
+                found = len(self._encode(text))
+                if len(self._short) < 4096:
+                    self._short[text] = found
+            return found
+        return len(self._encode(text))
+
+
 class LiteLLMTokenizer:
     """``litellm.token_counter`` for a non-OpenAI model (never fetches images or tokenizers)."""
 
@@ -285,16 +296,22 @@ class LiteLLMTokenizer:
             return self._fallback.count_messages(messages, tools)
 
 
-class ByteBound:
-    """An upper bound (one token per UTF-8 byte), for a model whose encoding went missing at
-    run time (a policy reload added it). Reserving too much is safe; too little is not."""
+class ByteBound(_FramedCount):
+    """An upper bound of any byte-level BPE count: one token per UTF-8 byte (a token covers at
+    least one byte), with the same framing and image estimate as the exact count.
+
+    Used for a budget's reservation before the exact count is known to matter (see
+    ``gateway.budgets.stage``), and for a model whose encoding went missing at run time (a
+    policy reload added it). Reserving too much is safe; too little is not."""
+
+    __slots__ = ()
 
     def count_text(self, text: str) -> int:
-        return len(text.encode())
+        return len(text) if text.isascii() else len(text.encode())
 
-    def count_messages(self, messages: Sequence[Any], tools: Any = None) -> int:
-        payload = orjson.dumps([messages, tools]) if tools else orjson.dumps(messages)
-        return len(payload) + _REPLY_PRIMER + _TOKENS_PER_MESSAGE * len(messages)
+
+#: The one :class:`ByteBound` (it holds nothing).
+BYTE_BOUND: Final = ByteBound()
 
 
 class TokenCounter:
