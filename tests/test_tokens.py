@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 from conftest import FakeHandle, make_gateway
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
