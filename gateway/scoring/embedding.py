@@ -270,9 +270,7 @@ class BertEncoder:
         positions = self._embeddings[1].shape[0]
         wanted = max_tokens or int(_read_json(root / "sentence_bert_config.json").get("max_seq_length", MAX_TOKENS))
         self.max_tokens = min(wanted, positions)
-        self._tokenizer = tokenizer_class.from_file(str(root / TOKENIZER_FILE))
-        self._tokenizer.enable_truncation(max_length=self.max_tokens)
-        self._tokenizer.no_padding()  # padded here, per length-sorted batch
+        self._tokenizer = _tokenizer(tokenizer_class, root, self.max_tokens)
         self.dimensions = int(self._embeddings[0].shape[1])
 
     @staticmethod
@@ -308,28 +306,9 @@ class BertEncoder:
 
     def encode(self, texts: Sequence[str]) -> Array:
         """One L2-normalised float32 row per text, in order."""
-        np = self._np
-        out: Array = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         if not texts:
-            return out
-        ids = [encoding.ids for encoding in self._tokenizer.encode_batch([str(t) for t in texts])]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        start = 0
-        while start < len(order):
-            # The batch ends where one more text would pass BATCH_TOKENS (sorted: the last is longest).
-            end = start + 1
-            while end < len(order) and (end + 1 - start) * len(ids[order[end]]) <= BATCH_TOKENS:
-                end += 1
-            chosen = order[start:end]
-            longest = len(ids[chosen[-1]])
-            batch = np.zeros((len(chosen), longest), dtype=np.int64)  # 0 = [PAD]; masked anyway
-            mask = np.zeros((len(chosen), longest), dtype=np.float32)
-            for row, i in enumerate(chosen):
-                batch[row, : len(ids[i])] = ids[i]
-                mask[row, : len(ids[i])] = 1.0
-            out[chosen] = self._forward(batch, mask)
-            start = end
-        return out
+            return self._np.zeros((0, self.dimensions), dtype=self._np.float32)  # type: ignore[no-any-return]
+        return _in_batches(self._np, self._tokenizer, texts, self._forward)
 
     def _forward(self, ids: Any, mask: Array) -> Array:
         np = self._np
@@ -339,10 +318,7 @@ class BertEncoder:
         key_bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
         for layer in self._layers:
             x = self._layer(x, key_bias, layer)
-        summed = (x * mask[..., None]).sum(axis=1)
-        pooled = summed / np.clip(mask.sum(axis=1, keepdims=True), 1e-9, None)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return pooled / np.clip(norms, 1e-12, None)  # type: ignore[no-any-return]
+        return _mean_pooled(np, x, mask)
 
     def _layer(self, x: Array, key_bias: Array, weights: tuple[Array, ...]) -> Array:
         np = self._np
@@ -403,6 +379,54 @@ def _gelu(np: Any, x: Array) -> Array:
     return poly  # type: ignore[no-any-return]
 
 
+def _in_batches(np: Any, tokenizer: Any, texts: Sequence[str], forward: Callable[[Any, Any], Array]) -> Array:
+    """``forward(ids, mask)`` over length-sorted batches of at most BATCH_TOKENS tokens (padding
+    included), the rows put back in the texts' order. One batch padded to the longest text
+    would make every short clause pay for a long one."""
+    ids = [encoding.ids for encoding in tokenizer.encode_batch([str(t) for t in texts])]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: Array | None = None
+    start = 0
+    while start < len(order):
+        # The batch ends where one more text would pass BATCH_TOKENS (sorted: the last is longest).
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * len(ids[order[end]]) <= BATCH_TOKENS:
+            end += 1
+        chosen = order[start:end]
+        longest = len(ids[chosen[-1]])
+        batch = np.zeros((len(chosen), longest), dtype=np.int64)  # 0 = [PAD]; masked anyway
+        mask = np.zeros((len(chosen), longest), dtype=np.float32)
+        for row, i in enumerate(chosen):
+            batch[row, : len(ids[i])] = ids[i]
+            mask[row, : len(ids[i])] = 1.0
+        vectors = forward(batch, mask)
+        if out is None:
+            out = np.zeros((len(ids), vectors.shape[1]), dtype=np.float32)
+        out[chosen] = vectors
+        start = end
+    assert out is not None, "no texts"
+    return out
+
+
+def _tokenizer(tokenizer_class: Any, root: Path, max_tokens: int) -> Any:
+    """The model's tokenizer, truncating at ``max_tokens``; padding is done per batch (``_in_batches``)."""
+    try:
+        tokenizer = tokenizer_class.from_file(str(root / TOKENIZER_FILE))
+    except Exception as exc:  # tokenizers' own errors: not a tokenizer.json it can read
+        raise EmbeddingModelError(f"cannot load {root / TOKENIZER_FILE}: {exc}") from None
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _mean_pooled(np: Any, hidden: Array, mask: Array) -> Array:
+    """sentence-transformers' mean pooling over the attention mask, then L2 normalisation."""
+    summed = (hidden * mask[..., None]).sum(axis=1)
+    pooled = summed / np.clip(mask.sum(axis=1, keepdims=True), 1e-9, None)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return pooled / np.clip(norms, 1e-12, None)  # type: ignore[no-any-return]
+
+
 # --- The ONNX encoder ---------------------------------------------------------------------
 
 
@@ -419,24 +443,19 @@ def onnx_encoder(model_dir: str | Path, *, max_tokens: int = MAX_TOKENS) -> Enco
         raise EmbeddingModelError(
             f"an ONNX model needs the 'embedding-onnx' extra (pip install 'llm-gateway[embedding-onnx]'): {exc}"
         ) from None
-    session = onnxruntime.InferenceSession(str(root / ONNX_FILE), providers=["CPUExecutionProvider"])
-    tokenizer = tokenizer_class.from_file(str(root / TOKENIZER_FILE))
-    tokenizer.enable_truncation(max_length=max_tokens)
-    tokenizer.enable_padding()
+    try:
+        session = onnxruntime.InferenceSession(str(root / ONNX_FILE), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own errors: not an ONNX model, or one it cannot run
+        raise EmbeddingModelError(f"cannot load {root / ONNX_FILE}: {exc}") from None
+    tokenizer = _tokenizer(tokenizer_class, root, max_tokens)
     inputs = {item.name for item in session.get_inputs()}
 
+    def forward(ids: Any, mask: Array) -> Array:
+        feed = {"input_ids": ids, "attention_mask": mask.astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, {name: value for name, value in feed.items() if name in inputs})[0]
+        return _mean_pooled(np, hidden.astype(np.float32), mask)
+
     def encode(texts: Sequence[str]) -> Sequence[Sequence[float]]:
-        batch = tokenizer.encode_batch(list(texts))
-        feed = {
-            "input_ids": np.array([e.ids for e in batch], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64),
-        }
-        if "token_type_ids" in inputs:
-            feed["token_type_ids"] = np.array([e.type_ids for e in batch], dtype=np.int64)
-        hidden = session.run(None, {k: v for k, v in feed.items() if k in inputs})[0]
-        mask = feed["attention_mask"][..., None].astype(hidden.dtype)
-        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).tolist()  # type: ignore[no-any-return]
+        return _in_batches(np, tokenizer, texts, forward).tolist() if texts else []
 
     return encode

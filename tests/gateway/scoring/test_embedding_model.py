@@ -23,7 +23,7 @@ import pytest
 
 from gateway.scoring import EmbeddingEvaluator, GroundednessEvaluator, build_evaluator
 from gateway.scoring.cases import accuracy, read_cases, score_cases
-from gateway.scoring.embedding import DEFAULT_MODEL_INSTALL, BertEncoder
+from gateway.scoring.embedding import DEFAULT_MODEL, DEFAULT_MODEL_INSTALL, BertEncoder, EmbeddingModelError, model_root
 
 REPO = Path(__file__).resolve().parents[3]
 REFERENCE = REPO / "tests/data/minilm_reference.json"
@@ -114,3 +114,12 @@ def test_the_embedding_evaluator_is_at_least_as_accurate_as_documented(encoder: 
         f"F1 on hallucinated answers fell to {measured.f1:.3f} (documented: {reported['f1']:.3f}); precision "
         f"{measured.precision:.3f}, recall {measured.recall:.3f}"
     )
+
+
+def test_a_tokenizer_it_cannot_read_is_refused_beside_good_weights(encoder: BertEncoder, tmp_path: Path) -> None:
+    root = model_root(DEFAULT_MODEL)
+    for name in ("model.safetensors", "config.json"):
+        (tmp_path / name).symlink_to(root / name)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(EmbeddingModelError, match=r"cannot load .*tokenizer\.json"):
+        BertEncoder(tmp_path)

@@ -181,7 +181,7 @@ def test_the_encoder_is_chosen_by_what_the_directory_holds(tmp_path: Path) -> No
         onnx_encoder(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     # ONNX beside it wins: onnxruntime is asked (absent, or it rejects the bytes).
-    with pytest.raises(Exception, match=r"embedding-onnx|onnx|ONNX|protobuf|Protobuf"):
+    with pytest.raises(EmbeddingModelError, match=r"needs the 'embedding-onnx' extra|cannot load .*model\.onnx"):
         load_encoder(tmp_path)
 
 
@@ -195,6 +195,10 @@ def test_a_model_the_numpy_encoder_cannot_run_is_refused(tmp_path: Path) -> None
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
     with pytest.raises(EmbeddingModelError, match="pools other than by the mean"):
+        BertEncoder(tmp_path)
+    (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (tmp_path / "model.safetensors").write_bytes(b"")  # cannot be read: refused first
+    with pytest.raises(EmbeddingModelError, match=r"cannot load .*model\.safetensors"):
         BertEncoder(tmp_path)
 
 
