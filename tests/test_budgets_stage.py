@@ -325,7 +325,7 @@ async def test_far_from_its_limit_a_team_reserves_the_bound_and_builds_no_tokeni
     gate.set()
 
 
-async def test_near_its_limit_the_exact_count_decides_built_once_for_concurrent_requests(
+async def test_a_request_dear_against_its_limit_is_counted_exactly_one_build_for_all(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokens = TokenCounter()
@@ -333,7 +333,8 @@ async def test_near_its_limit_the_exact_count_decides_built_once_for_concurrent_
     bound = ByteBound().count_messages(HI)
     exact_worst, bound_worst = (tokens * 3e-6 + 10 * 2e-4 for tokens in (exact, bound))
     assert exact < bound
-    # A limit between the two: the bound is refused, one exact reservation fits, a second does not.
+    # A limit between the two (so the bound is far above 1 % of it): each request is counted
+    # exactly before it reserves; one fits, a second does not.
     catalog = catalog_of(models(), teams(limit_usd=(exact_worst + bound_worst) / 2))
     tokens = TokenCounter()  # nothing built yet
     gate, loads = gated(tokens, monkeypatch)
@@ -342,7 +343,7 @@ async def test_near_its_limit_the_exact_count_decides_built_once_for_concurrent_
     contexts = [context(catalog, "priced-pair", {"messages": HI, "max_tokens": 10}) for _ in range(3)]
     calls = [asyncio.ensure_future(budget(ctx, answered(Usage(9, 10)))) for ctx in contexts]
     await asyncio.sleep(0.1)
-    assert not any(call.done() for call in calls)  # refused by the bound, waiting for the count
+    assert not any(call.done() for call in calls)  # waiting for the count
     assert tokens.building == {"o200k_base", "cl100k_base"} and tokens.encodings == set()
     gate.set()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -359,12 +360,33 @@ async def test_near_its_limit_the_exact_count_decides_built_once_for_concurrent_
     assert state is not None and state["t"].reserved == 0 and state["t"].spent == to_nanos(9 * 1e-6 + 10 * 1e-4)
 
 
-async def test_a_prompt_that_dominates_its_worst_case_is_counted_exactly(
+async def test_a_refused_bound_is_retried_with_the_exact_count(db: Database) -> None:
+    tokens = TokenCounter()
+    exact = TiktokenTokenizer(tokens.encoding("cl100k_base")).count_messages(HI)
+    bound = ByteBound().count_messages(HI)
+    exact_worst, bound_worst = (to_nanos(tokens * 3e-6 + 10 * 2e-4) for tokens in (exact, bound))
+    catalog = catalog_of(models(), teams(limit_usd=1.0))  # the bound is 0.2 % of the limit
+    backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    team = catalog_budget(catalog)
+    # Spent so far: all but room for the exact worst case, not for the bound.
+    room = (exact_worst + bound_worst) // 2
+    await backend.reserve(team, team.scopes_for("key_1", "priced-pair"), 0, request_id="warm", key_id="key_1",
+                          alias="priced-pair")
+    backend.charge(team, team.scopes_for("key_1", "priced-pair"), to_nanos(1.0) - room, request_id="earlier")
+    budget = stage(tokens, backend)
+    ctx = context(catalog, "priced-pair", {"messages": HI, "max_tokens": 10})
+    assert isinstance(await budget(ctx, answered(Usage(9, 10))), JsonReply)
+    assert ctx.budget_status == "admitted"
+    assert ctx.prompt_tokens is not None and ctx.prompt_tokens["priced-pair#1"] == exact
+    ctx.finish()
+
+
+async def test_a_long_prompt_dear_against_its_limit_is_counted_before_it_reserves(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 3,000 bytes at gpt-4's 3e-6 would be $0.009 against $0.002 of output: the bound would
-    # hold four times the prompt's cost, so the exact count is made (and waited for) up front.
-    catalog = catalog_of(models(), teams(limit_usd=1.0))
+    # 3,000 bytes at gpt-4's 3e-6 would be $0.009 of prompt, $0.011 with the output: over 1 %
+    # of a $0.50 limit, so the exact count is made (and waited for) before the reservation.
+    catalog = catalog_of(models(), teams(limit_usd=0.5))
     tokens = TokenCounter()
     gate, loads = gated(tokens, monkeypatch)
     backend = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))

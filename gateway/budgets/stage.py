@@ -31,10 +31,11 @@ estimate. The bound costs microseconds and no tokenizer, where a tokenizer costs
 the life of the process and ~0.5 s to build. A reservation of the bound is never too small.
 The stage counts exactly (building the tokenizer once, on a worker thread) only when the
 bound is refused, so a request that fits exactly is never refused because of the bound, or
-when the prompt's share of the bounded worst case is above ``BOUND_SLACK`` (10 %), so a bounded
-reservation holds at most ~11 % more than the exact one while in flight (a long prompt on a
-dear input price is counted). Settlement charges the real cost either way. A team far from
-its limit sending ordinary prompts never needs a tokenizer.
+when the bounded reservation is over ``BOUND_SHARE`` (1 %) of a hard limit it counts against,
+so what a bound overstates is never a meaningful share of a budget (a request as dear as a
+hundredth of its team's budget is counted before it reserves). Settlement charges the real
+cost either way. A team sending requests that are small against its limit never needs a
+tokenizer.
 """
 
 from __future__ import annotations
@@ -68,8 +69,15 @@ class PromptCounter(Protocol):
 
 
 _UNAVAILABLE_LOG_EVERY_S = 10.0
-#: A bounded reservation is used when the prompt's bounded cost is at most this share of it.
-BOUND_SLACK = 0.1
+#: A bounded reservation is used when it is at most this share of the smallest hard limit.
+BOUND_SHARE = 0.01
+
+
+def _bound_is_small(worst: int, scopes: tuple[Scope, ...]) -> bool:
+    """Whether a reservation of ``worst`` (made with the prompt's bound) is small enough that
+    what it overstates cannot matter: at most ``BOUND_SHARE`` of every hard limit it counts
+    against (soft limits refuse nothing)."""
+    return all(worst <= scope.limit_nanos * BOUND_SHARE for scope in scopes if scope.hard)
 
 
 class Budget:
@@ -96,21 +104,21 @@ class Budget:
         budget = self.book.for_team(ctx.catalog, principal.team) if principal is not None else None
         if budget is None or not ctx.deployments:
             return await call_next(ctx)
+        assert principal is not None and ctx.alias is not None
+        # A shadow copy is charged to the team's shadow scope alone, never to its budget.
+        scopes = (budget.shadow_scope,) if ctx.is_shadow else budget.scopes_for(principal.key_id, ctx.alias.name)
         prompt = ctx.prompt_tokens  # counted exactly already when a context window could matter
         exact = prompt is not None and all(d.id in prompt for d in ctx.deployments)
         if prompt is None or not exact:
             bound = self.counter.prompt_bound(ctx)
             prompt = {d.id: bound for d in ctx.deployments}
-            if self._bound_too_loose(ctx, bound, self.worst_case(ctx, prompt)):
+            if not _bound_is_small(self.worst_case(ctx, prompt), scopes):
                 prompt = ctx.prompt_tokens = await self.counter.prompt_tokens(ctx)
                 exact = True
         worst = self.worst_case(ctx, prompt)
         if worst <= 0:
             # Free deployments: nothing to hold, nothing to charge.
             return await call_next(ctx)
-        assert principal is not None and ctx.alias is not None
-        # A shadow copy is charged to the team's shadow scope alone, never to its budget.
-        scopes = (budget.shadow_scope,) if ctx.is_shadow else budget.scopes_for(principal.key_id, ctx.alias.name)
         outcome = await self._reserve(ctx, budget, scopes, worst)
         if isinstance(outcome, Refusal) and not exact:
             # The bound did not fit: the exact count (a tokenizer, built once, on a worker
@@ -140,18 +148,6 @@ class Budget:
         except BudgetUnavailable as exc:
             self._unavailable(ctx, budget, scopes, exc)  # raises for a hard budget
             return None
-
-    @staticmethod
-    def _bound_too_loose(ctx: RequestContext, bound: int, worst: int) -> bool:
-        """Whether the bound's prompt cost is over ``BOUND_SLACK`` of the worst case it makes.
-
-        The bound can overstate only the prompt's share; when that share is small (the usual
-        case: the output limit dominates), a bounded reservation is at most ~11 % above the exact
-        one. A long prompt on a dear input price would hold up to four times its cost while in
-        flight and starve concurrent requests near the limit: it is counted exactly instead.
-        """
-        prompt_cost = max(bound * deployment.price.input_per_token for deployment in ctx.deployments)
-        return to_nanos(prompt_cost) > worst * BOUND_SLACK
 
     # -- cost estimates ------------------------------------------------------------------
 
