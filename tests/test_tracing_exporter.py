@@ -106,3 +106,44 @@ async def test_an_unreachable_langfuse_loses_the_batch_and_the_stop_is_bounded()
     assert time.monotonic() - started < 1.5
     assert exporter.queued == 0
     assert _dropped(registry, "export_failed") + _dropped(registry, "shutdown") == 5
+
+
+async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
+    """The exporter trickles: recorded requests' spans are built on later turns of the loop (a
+    slice of at most BUILD_SLICE_S each), so the exporter lets go of finished requests at once,
+    and the batch leaves when full or flush_interval_ms after its first span."""
+    import asyncio
+
+    exporter, registry = _exporter(batch_size=4, flush_interval_ms=200, queue_size=100)
+    sent: list[int] = []
+
+    async def post(destination: object, payload: bytes) -> str | None:
+        sent.append(len(payload))
+        return None
+
+    exporter._post = post  # type: ignore[method-assign]
+    exporter.start_task()
+    try:
+        for n in range(3):
+            ctx = _ctx(n)
+            exporter.start(ctx)
+            exporter.record(ctx)
+        assert exporter.queued == 3 and len(exporter._built) == 0  # nothing built on the request path
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(exporter._built) == 3 and not exporter._queue  # built: no request held any more
+        assert sent == []  # three of four: waiting for the flush interval
+        await asyncio.sleep(0.3)
+        assert len(sent) == 1 and exporter.queued == 0
+        assert registry.get_sample_value("exported_total", {"destination": "langfuse"}) == 3
+        # A full batch leaves at once.
+        for n in range(4):
+            ctx = _ctx(10 + n)
+            exporter.start(ctx)
+            exporter.record(ctx)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(sent) == 2 and exporter.queued == 0
+        assert registry.get_sample_value("exported_total", {"destination": "langfuse"}) == 7
+    finally:
+        await exporter.close()
