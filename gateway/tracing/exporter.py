@@ -5,17 +5,17 @@ id (and the ``x-gateway-trace-id`` response header), and ``record`` appends the 
 request to a bounded queue, or drops and counts it when the queue is full. Nothing is built,
 serialised or sent there.
 
-A background task does the rest: it turns queued requests into OTLP spans (``spans.SpanBuilder``),
-one span per turn of the event loop as requests finish (a span with masking costs ~0.1 ms: built
-in bursts of a whole batch, even yielding every 16 spans, they stalled the requests of that
-moment by 20-35 ms at concurrency 1, and held every request's objects until its batch was due).
+A background task does the rest: it turns queued requests into OTLP spans (``spans.SpanBuilder``)
+as they finish, in slices of ``BUILD_SLICE_S`` of loop time (longer while a backlog waits), so
+requests running meanwhile wait a fraction of a millisecond. (A span with masking costs ~0.1 ms;
+built a whole batch at a time, even yielding every 16 spans, they stalled the requests of that
+moment by 20-35 ms at concurrency 1, and held every request's objects until its batch was due.)
 When a batch is full or ``flush_interval_ms`` after its first span, it encodes the batch with
-the official OpenTelemetry protobuf definitions, compresses it (on a worker thread when large:
-zlib releases the GIL) and POSTs it to each destination: Langfuse's OTLP endpoint, any
-OTLP/HTTP endpoint (``otlp_endpoint``, with its headers), or both. One export is in flight at
-a time, bounded by ``timeout_s``. A batch a destination did not take (down, hanging, 5xx, 401)
-is dropped and counted for it, never retried into a growing backlog: tracing is fail-open, an
-outage costs traces, not requests.
+the official OpenTelemetry protobuf definitions, compresses it and POSTs it to each
+destination: Langfuse's OTLP endpoint, any OTLP/HTTP endpoint (``otlp_endpoint``, with its
+headers), or both. One export is in flight at a time, bounded by ``timeout_s``. A batch a
+destination did not take (down, hanging, 5xx, 401) is dropped and counted for it, never
+retried into a growing backlog: tracing is fail-open, an outage costs traces, not requests.
 
 Sampling is decided in ``record`` by the team's and alias's policy (``policy``); a failed
 request is always kept. A caller's W3C ``traceparent`` is read in ``start``: the request
@@ -60,8 +60,7 @@ TRACES_PATH = "/api/public/otel/v1/traces"
 TRACE_HEADER = b"x-gateway-trace-id"
 #: Longest the exporter builds spans before it lets the event loop run other work.
 BUILD_SLICE_S = 0.0005
-#: Batches this large are compressed on a worker thread (zlib releases the GIL while it works).
-COMPRESS_IN_THREAD_BYTES = 32 * 1024
+MAX_BUILD_SLICE_S = 0.004
 #: At most one warning per this many seconds about traces being dropped.
 LOG_EVERY_S = 30.0
 #: ``version-traceid-parentid-flags`` (W3C Trace Context, version 00 and the future ones).
@@ -203,11 +202,13 @@ class TraceExporter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # A slice of spans per turn of the loop (BUILD_SLICE_S of CPU at most), so requests
-            # running meanwhile wait for a fraction of a millisecond, and at high rates the
-            # builder still keeps up (one span per turn did not, at concurrency 64).
+            # A slice of spans per turn of the loop, so requests running meanwhile wait for a
+            # fraction of a millisecond. The slice grows with the backlog (a batch more queued,
+            # one more BUILD_SLICE_S, up to MAX_BUILD_SLICE_S): under load a loop turn is long,
+            # and a fixed 0.5 ms let the queue fill and spans drop at concurrency 64.
             while self._queue and len(self._built) < self._batch:
-                until = time.perf_counter() + BUILD_SLICE_S
+                slice_s = min(BUILD_SLICE_S * (1 + len(self._queue) // self._batch), MAX_BUILD_SLICE_S)
+                until = time.perf_counter() + slice_s
                 while self._queue and len(self._built) < self._batch and time.perf_counter() < until:
                     self._build_next()
                 await asyncio.sleep(0)
@@ -277,10 +278,9 @@ class TraceExporter:
     async def _payload(self, spans: list[bytes]) -> bytes:
         payload = otlp.export_request(self._resource, "llm-gateway", spans)
         if self.settings.compression == "gzip":
-            if len(payload) >= COMPRESS_IN_THREAD_BYTES:
-                payload = await asyncio.to_thread(gzip.compress, payload, compresslevel=1)
-            else:
-                payload = gzip.compress(payload, compresslevel=1)
+            # On the loop: a full batch (~400 KiB) takes 2-4 ms once per batch. On a worker
+            # thread it gave each pool thread its own malloc arena: +10 MiB RSS measured.
+            payload = gzip.compress(payload, compresslevel=1)
         return payload
 
     async def _post(self, destination: Destination, payload: bytes) -> str | None:
