@@ -17,6 +17,7 @@ declared ones, and checks each recorded call against them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -291,6 +292,10 @@ async def instant(delay: float) -> None:
 
 
 QUIET = logging.getLogger("gateway.upstream")
+#: One event loop for every case: a new one per case (``asyncio.run``) was most of the test's
+#: time (creating and closing a loop costs more than routing a request).
+RUNNER = asyncio.Runner()
+atexit.register(RUNNER.close)
 SHADOW_METRICS = ShadowMetrics(CollectorRegistry())
 
 
@@ -299,4 +304,4 @@ SHADOW_METRICS = ShadowMetrics(CollectorRegistry())
 def test_no_request_reaches_a_deployment_its_class_forbids(case: Case) -> None:
     # Failed attempts log a warning each; formatting thousands of them is not what is tested.
     with mock.patch.object(upstream_stage.asyncio, "sleep", instant), mock.patch.object(QUIET, "disabled", True):
-        asyncio.run(run_case(case))
+        RUNNER.run(run_case(case))
