@@ -24,17 +24,10 @@ import pytest
 from gateway.scoring import EmbeddingEvaluator, GroundednessEvaluator, build_evaluator
 from gateway.scoring.cases import accuracy, read_cases, score_cases
 from gateway.scoring.embedding import DEFAULT_MODEL, DEFAULT_MODEL_INSTALL, BertEncoder, EmbeddingModelError, model_root
+from support.hallucination import SETS, documented
 
 REPO = Path(__file__).resolve().parents[3]
 REFERENCE = REPO / "tests/data/minilm_reference.json"
-SETS = {name: REPO / f"tests/data/hallucination_{file}.jsonl"
-        for name, file in (("dev", "dev"), ("validation", "validation"), ("held-out", "holdout"))}
-#: A row of the page's accuracy table: | `evaluator` | set | cases | precision | recall | F1 | ...
-ROW = re.compile(
-    r"^\|\s*`(?P<evaluator>[\w-]+)`\s*\|\s*(?P<set>[\w-]+)\s*\|\s*(?P<cases>\d+)\s*\|\s*(?P<p>[\d.]+)\s*\|"
-    r"\s*(?P<r>[\d.]+)\s*\|\s*(?P<f1>[\d.]+)\s*\|",
-    re.MULTILINE,
-)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: How far the numpy encoder may be from sentence-transformers, per dimension and per cosine.
 TOLERANCE = 1e-4
@@ -94,15 +87,6 @@ def test_a_paraphrase_is_rescued_and_an_invented_claim_is_not(encoder: BertEncod
     assert re.fullmatch(r"embedding similarity 0\.\d\d >= 0\.60 \(content overlap .*\)", paraphrase.reasons[0])
     (invented,) = evaluator.score(context, "", "Guests need a day pass to enter the building.").claims
     assert not invented.supported and re.fullmatch(r"embedding similarity 0\.[0-5]\d < 0\.60", invented.reasons[-1])
-
-
-def documented() -> dict[tuple[str, str], dict[str, float]]:
-    page = (REPO / "docs/scoring.md").read_text()
-    section = page[page.index("## Accuracy") :]
-    return {
-        (m["evaluator"], m["set"]): {"cases": float(m["cases"]), "f1": float(m["f1"])}
-        for m in ROW.finditer(section)
-    }
 
 
 @pytest.mark.parametrize("name", list(SETS))

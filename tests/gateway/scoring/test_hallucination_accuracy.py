@@ -11,37 +11,12 @@ from __future__ import annotations
 
 import collections
 import json
-import re
-from pathlib import Path
 
 import pytest
 
 from gateway.scoring import GroundednessEvaluator
 from gateway.scoring.cases import accuracy, read_cases, score_cases
-
-REPO = Path(__file__).resolve().parents[3]
-SETS = {name: REPO / f"tests/data/hallucination_{file}.jsonl"
-        for name, file in (("dev", "dev"), ("validation", "validation"), ("held-out", "holdout"))}
-#: A row of the page's accuracy table: | `evaluator` | set | cases | precision | recall | F1 | ...
-ROW = re.compile(
-    r"^\|\s*`(?P<evaluator>[\w-]+)`\s*\|\s*(?P<set>[\w-]+)\s*\|\s*(?P<cases>\d+)\s*\|\s*(?P<p>[\d.]+)\s*\|"
-    r"\s*(?P<r>[\d.]+)\s*\|\s*(?P<f1>[\d.]+)\s*\|",
-    re.MULTILINE,
-)
-
-
-def documented() -> dict[tuple[str, str], dict[str, float]]:
-    page = (REPO / "docs/scoring.md").read_text()
-    section = page[page.index("## Accuracy") :]
-    return {
-        (m["evaluator"], m["set"]): {
-            "cases": float(m["cases"]),
-            "precision": float(m["p"]),
-            "recall": float(m["r"]),
-            "f1": float(m["f1"]),
-        }
-        for m in ROW.finditer(section)
-    }
+from support.hallucination import SETS, documented
 
 
 def test_the_sets_cover_every_kind_of_case_the_issue_asks_for() -> None:
