@@ -202,20 +202,26 @@ class TraceExporter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # A slice of spans per turn of the loop, so requests running meanwhile wait for a
-            # fraction of a millisecond. The slice grows with the backlog (a batch more queued,
-            # one more BUILD_SLICE_S, up to MAX_BUILD_SLICE_S): under load a loop turn is long,
-            # and a fixed 0.5 ms let the queue fill and spans drop at concurrency 64.
-            while self._queue and len(self._built) < self._batch:
-                slice_s = min(BUILD_SLICE_S * (1 + len(self._queue) // self._batch), MAX_BUILD_SLICE_S)
-                until = time.perf_counter() + slice_s
-                while self._queue and len(self._built) < self._batch and time.perf_counter() < until:
-                    self._build_next()
-                await asyncio.sleep(0)
+            await self._build_batch()
             if len(self._built) >= self._batch or (self._built and self._flush_timer is None):
                 await self.export_batch()
                 if self._queue or self._built:
                     self._wake.set()
+
+    async def _build_batch(self) -> None:
+        """Build queued spans until a batch is ready or the queue is empty, a slice per turn.
+
+        A slice of spans per turn of the loop, so requests running meanwhile wait for a fraction
+        of a millisecond. The slice grows with the backlog (a batch more queued, one more
+        BUILD_SLICE_S, up to MAX_BUILD_SLICE_S): under load a loop turn is long, and a fixed
+        0.5 ms let the queue fill and spans drop at concurrency 64.
+        """
+        while self._queue and len(self._built) < self._batch:
+            slice_s = min(BUILD_SLICE_S * (1 + len(self._queue) // self._batch), MAX_BUILD_SLICE_S)
+            until = time.perf_counter() + slice_s
+            while self._queue and len(self._built) < self._batch and time.perf_counter() < until:
+                self._build_next()
+            await asyncio.sleep(0)
 
     def _build_next(self) -> None:
         """Build the oldest queued request's span (a failure is logged and counted as dropped)."""
@@ -241,9 +247,7 @@ class TraceExporter:
     async def export_batch(self) -> bool:
         """Send up to one batch (building what it needs from the queue); False if a destination
         did not take it (dropped)."""
-        while self._queue and len(self._built) < self._batch:
-            self._build_next()
-            await asyncio.sleep(0)
+        await self._build_batch()
         taken = self._built[: self._batch]
         del self._built[: len(taken)]
         if self._flush_timer is not None and not self._built:
