@@ -24,7 +24,12 @@ from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess
 from support.servers import start_uvicorn_in_thread
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# Redis logical databases 13, 14, 15: one per pytest-xdist worker (gw0, gw1, gw2), because the
+# tests that use Redis flush their database; one worker, or no xdist, uses 13.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+if _XDIST_WORKER > 2:
+    raise RuntimeError("the tests have Redis databases 13-15 for at most three xdist workers")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{13 + _XDIST_WORKER}")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
