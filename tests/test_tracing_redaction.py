@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.servers import stage_catalog
 from gateway.auth import Principal
@@ -169,3 +171,33 @@ def test_policies_per_team_and_alias() -> None:
 )
 def test_traceparent(header: str, expected: tuple[str, str] | None) -> None:
     assert parse_traceparent(header) == expected
+
+
+# The maskers' patterns are written for re's fast scan (boundary checks after the first
+# character, see gateway/tracing/maskers); these are the plain forms they must agree with.
+PLAIN_FORMS = {
+    "card": r"(?<![\w.])\d(?:[ \-]?\d){12,18}(?![\w])",
+    "phone": r"(?<![\w+.\-])(?:\+|\(\+?)?\d[\d ().\-]{5,22}\d(?![\w])",
+    "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+}
+# Pieces the text is made of: digit runs (so card- and phone-long runs are common), separators,
+# letters on both sides of \w (a non-ASCII digit and letter among them), what IBANs and IPs
+# are made of.
+_MASKER_PIECES = ["4111", "1111", "12345", "7", "0", "٣", " ", "-", ".", "+", "(", "(+", ")", ":", "::", "_", "\n", "@",
+                  "DE", "GB", "89", "X", "é", "a", "fe80", "f"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.lists(st.sampled_from(_MASKER_PIECES), max_size=16).map("".join))
+def test_fast_masker_patterns_find_what_their_plain_forms_find(text: str) -> None:
+    for name, plain in PLAIN_FORMS.items():
+        fast = MASKERS[name].pattern
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in re.finditer(plain, text)], name
+    ip = MASKERS["ip"]
+    if ip.pattern.search(text) is not None:
+        assert ip.prefilter is not None and ip.prefilter.search(text) is not None
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1", "fe80::1", "::1", "2001:db8::2:1", "a 192.168.1.20.", "x ::ffff:1"])
+def test_the_ip_prefilter_passes_every_address(text: str) -> None:
+    assert MASKERS["ip"].sub(text, lambda kind, _value: f"[{kind}]") != text

@@ -23,4 +23,9 @@ def ip_valid(text: str) -> bool:
     return True
 
 
-IP_ADDRESS = ("ip", _CANDIDATE, ip_valid, ())
+# Every candidate holds a dot before a digit (IPv4) or two colons at most four hex digits apart
+# (IPv6): this pattern, which starts with a character, skips most text 3 to 4 times faster than
+# the candidate pattern, whose lookbehinds come first (see the package docstring).
+_PREFILTER = re.compile(r"\.\d|:[0-9A-Fa-f]{0,4}:")
+
+IP_ADDRESS = ("ip", _CANDIDATE, ip_valid, (), _PREFILTER)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 
-_CANDIDATE = re.compile(r"(?<![\w+.\-])(?:\+|\(\+?)?\d[\d ().\-]{5,22}\d(?![\w])")
+# (?<![\w+.\-])(?:\+|\(\+?)?\d[\d ().\-]{5,22}\d(?!\w), written to start with its first character
+# for re's fast scan (see the package docstring): a "+", "(" or digit, the boundary checked
+# behind it, then what may follow that character.
+_CANDIDATE = re.compile(r"[+(\d](?<![\w+.\-].)(?:(?<=\+)\d|(?<=\()\+?\d|(?<=\d))[\d ().\-]{5,22}\d(?![\w])")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
