@@ -51,10 +51,9 @@ from gateway.upstream import CallUpstream
 from gateway.usage import build_usage
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from gateway.feedback import FeedbackService
     from gateway.prompts import PromptService
+    from gateway.redis.wire import RedisWire
 
 log = logging.getLogger("gateway.runtime")
 
@@ -69,7 +68,7 @@ class Runtime:
     providers: ProviderRegistry
     record: Record
     audit: AuditLog
-    redis: Redis | None = None
+    redis: RedisWire | None = None
     prompts: PromptRepository | None = None
     # Stages of optional features, present when the feature is configured (see build()).
     usage: Stage | None = None
@@ -221,9 +220,9 @@ async def create_runtime(settings: Settings) -> Runtime:
     if redis is not None:
 
         async def ping_redis() -> None:
-            await redis.ping()
+            await redis.call(b"PING")
 
-        runtime.install(Feature(closers=[redis.aclose], readiness={"redis": ping_redis}))
+        runtime.install(Feature(closers=[redis.close], readiness={"redis": ping_redis}))
 
     def current() -> Catalog:
         return runtime.catalog

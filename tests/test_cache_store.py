@@ -27,13 +27,14 @@ from gateway.cache.entry import Entry, decode_entry, encode_entry
 from gateway.cache.keys import PurgeFilter, entry_key, shared_scope, team_scope
 from gateway.cache.memory import ENTRY_OVERHEAD, MemoryStore
 from gateway.cache.metrics import CacheMetrics
-from gateway.cache.redis_store import RedisStore, purge_keys
+from gateway.cache.redis_store import RedisStore
 from gateway.catalog import build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.errors import UpstreamUnavailable
 from gateway.observe import Metrics
 from gateway.providers import mock_responses as mock
+from gateway.redis.wire import RedisWire
 from gateway.wire import assemble, replay
 from support.gateway_proc import free_port
 
@@ -318,7 +319,7 @@ def redis_store(client: Redis, url: str | None = None, **overrides: Any) -> Redi
     options.update(overrides)
     kwargs = client.connection_pool.connection_kwargs
     url = url or f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
-    return RedisStore(url, CacheMetrics(Metrics(), "redis"), admin=client, **options)
+    return RedisStore(url, CacheMetrics(Metrics(), "redis"), admin=RedisWire(url, timeout_s=0.5), **options)
 
 
 async def test_redis_lookup_takes_the_lock_once_and_a_write_releases_it(redis_client: Redis) -> None:
@@ -401,9 +402,24 @@ async def test_redis_purge_matches_parts_exactly(redis_client: Redis) -> None:
     for k in [doomed, *kept]:
         await redis_client.set(k, b"v")
     await redis_client.set("unrelated:key", b"v")
-    assert await purge_keys(redis_client, PurgeFilter(scopes=(team_scope("a*"),), prompt="p", version=3)) == 1
+    assert await store.purge(PurgeFilter(scopes=(team_scope("a*"),), prompt="p", version=3)) == 1
     assert await redis_client.exists(doomed) == 0
     assert await redis_client.exists(*kept, "unrelated:key") == 4
+    await store.close()
+
+
+async def test_a_purge_walks_every_scan_page_and_unlinks_in_batches(redis_client: Redis) -> None:
+    """More keys than one SCAN page (COUNT 1000) and than one UNLINK batch (500)."""
+    store = redis_store(redis_client)
+    doomed = [entry_key(team_scope("t"), "m", "p", 3, f"{n:032x}") for n in range(2_500)]
+    kept = [entry_key(team_scope("u"), "m", "p", 3, f"{n:032x}") for n in range(1_500)]
+    async with redis_client.pipeline(transaction=False) as pipe:
+        for k in [*doomed, *kept]:
+            pipe.set(k, b"v")
+        await pipe.execute()
+    assert await store.purge(PurgeFilter(scopes=(team_scope("t"),))) == 2_500
+    assert await redis_client.exists(*doomed) == 0
+    assert await redis_client.exists(*kept) == 1_500
     await store.close()
 
 

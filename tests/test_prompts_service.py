@@ -513,9 +513,8 @@ async def test_signing_key_file_is_created_private_and_reused(tmp_path: Path) ->
 
 
 async def test_sync_keeps_polling_when_redis_is_down_and_refresh_fails() -> None:
-    from redis.asyncio import Redis
-
     from gateway.prompts.sync import LabelSync
+    from gateway.redis.wire import RedisWire
     from support.gateway_proc import free_port
 
     calls = 0
@@ -527,19 +526,18 @@ async def test_sync_keeps_polling_when_redis_is_down_and_refresh_fails() -> None
             raise ConnectionError("storage hiccup")  # the loop must survive it
         return False
 
-    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.1, socket_timeout=0.1)
+    dead = RedisWire(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.1, connect_timeout_s=0.1)
     sync = LabelSync(refresh, dead, poll_interval_s=0.05)
     sync.start()
     await asyncio.sleep(0.6)
     await sync.close()
-    await dead.aclose()
+    await dead.close()
     assert calls >= 4
 
 
 async def test_a_published_change_wakes_other_replicas_at_once(redis_url: str) -> None:
-    from redis.asyncio import Redis
-
     from gateway.prompts.sync import LabelSync, publish_change
+    from gateway.redis.wire import RedisWire
 
     subscribed, woken = asyncio.Event(), asyncio.Event()
     calls = 0
@@ -551,7 +549,7 @@ async def test_a_published_change_wakes_other_replicas_at_once(redis_url: str) -
         (subscribed if calls == 1 else woken).set()
         return True
 
-    redis = Redis.from_url(redis_url)
+    redis = RedisWire(redis_url, timeout_s=0.5)
     sync = LabelSync(refresh, redis, poll_interval_s=30)  # only a message can be this quick
     sync.start()
     try:
@@ -560,4 +558,40 @@ async def test_a_published_change_wakes_other_replicas_at_once(redis_url: str) -
         await asyncio.wait_for(woken.wait(), timeout=1.0)
     finally:
         await sync.close()
-        await redis.aclose()
+        await redis.close()
+
+
+async def test_the_subscription_comes_back_after_redis_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis killed under a subscribed replica: the subscription is noticed lost, reopened once
+    Redis is back, and a message published then wakes the replica."""
+    from gateway.prompts import sync as sync_module
+    from gateway.prompts.sync import LabelSync, publish_change
+    from gateway.redis.wire import RedisWire
+    from support.redis_server import RedisServer
+
+    monkeypatch.setattr(sync_module, "_PING_EVERY_S", 0.1)
+    server = RedisServer().start()
+    refreshed = asyncio.Event()
+
+    async def refresh() -> bool:
+        refreshed.set()
+        return True
+
+    redis = RedisWire(server.url, timeout_s=0.5)
+    sync = LabelSync(refresh, redis, poll_interval_s=30)
+    sync.start()
+    try:
+        await asyncio.wait_for(refreshed.wait(), timeout=10)  # subscribed
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(server.start)
+        refreshed.clear()
+        await asyncio.wait_for(refreshed.wait(), timeout=10)  # subscribed again: a refresh for what was missed
+        refreshed.clear()
+        await publish_change(redis)
+        await asyncio.wait_for(refreshed.wait(), timeout=1.0)
+        assert server.client().pubsub_numsub(sync_module.CHANNEL) == [(sync_module.CHANNEL, 1)]
+    finally:
+        await sync.close()
+        await redis.close()
+        server.stop()

@@ -22,11 +22,10 @@ from gateway.config.yamlfile import ConfigError
 from gateway.features import Feature
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from gateway.cache.redis_store import RedisStore
     from gateway.config.settings import Settings
     from gateway.observe import Metrics
+    from gateway.redis.wire import RedisWire
 
 __all__ = [
     "Cache",
@@ -42,10 +41,10 @@ __all__ = [
 ]
 
 
-def build_cache(settings: Settings, metrics: Metrics, redis: Redis | None) -> Feature | None:
+def build_cache(settings: Settings, metrics: Metrics, redis: RedisWire | None) -> Feature | None:
     """The cache feature: its stage and the shutdown step that finishes background writes.
 
-    ``redis`` is the shared redis-py client (purges); the request path gets its own wire
+    ``redis`` is the process's shared off-path connection (purges); the request path gets its own wire
     connection to ``settings.redis.url``.
     """
     cache = settings.cache

@@ -11,7 +11,7 @@ The request-path operations (lookup, the single-flight poll, store, lock release
 store's own :class:`~gateway.redis.wire.RedisWire`: one pipelined connection at ~20 µs of CPU
 per command, where redis-py's pooled asyncio client costs ~150-300 µs, more than the whole
 rest of a cache hit. Purges (SCAN over the keyspace, rare, admin-only) use the process's shared
-redis-py client.
+off-path connection (``gateway.redis.conn``), so they never queue behind or delay lookups.
 
 Every request-path operation waits at most ``redis.op_timeout_ms`` for its reply, and at most
 as long again if it has to wait for a connection to be (re)opened; a failure or timeout makes
@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Final
-
-from redis.exceptions import RedisError
+from typing import Any, Final
 
 from gateway.cache.base import FAILED, MISSING, CacheUnavailable, LockState, Lookup
 from gateway.cache.breaker import CircuitBreaker
@@ -34,9 +32,6 @@ from gateway.cache.entry import Entry, decode_entry, encode_entry
 from gateway.cache.keys import PurgeFilter, lock_key, parse_key
 from gateway.cache.metrics import CacheMetrics
 from gateway.redis.wire import Arg, RedisReplyError, RedisUnavailable, RedisWire, Script
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 log = logging.getLogger("gateway.cache")
 
@@ -63,8 +58,8 @@ return 0
 _ACQUIRED: Final = Lookup(None, LockState.ACQUIRED)
 _HELD_ELSEWHERE: Final = Lookup(None, LockState.HELD_ELSEWHERE)
 _LOCK_STATES: Final = {0: MISSING, 2: _ACQUIRED, 3: _HELD_ELSEWHERE}
-# What a dead, slow or restarting Redis raises through redis-py (purges only).
-_DOWN: Final = (RedisError, OSError, EOFError, TimeoutError)
+# What a dead, slow or restarting Redis raises on the shared connection (purges only).
+_DOWN: Final = (RedisUnavailable, RedisReplyError)
 _CONNECT_S: Final = 0.25  # least time a connection attempt gets (as the shared client's)
 _POLL_FIRST_S: Final = 0.002
 _POLL_MAX_S: Final = 0.05
@@ -75,7 +70,7 @@ class RedisStore:
     """The cache's Redis backend.
 
     ``url`` is ``redis.url``: the store opens its own wire connection to it (deadline
-    ``op_timeout_s``). ``admin`` is the process's shared redis-py client, used for purges.
+    ``op_timeout_s``). ``admin`` is the process's shared off-path connection, used for purges.
     """
 
     name = "redis"
@@ -86,7 +81,7 @@ class RedisStore:
         url: str,
         metrics: CacheMetrics,
         *,
-        admin: Redis,
+        admin: RedisWire,
         op_timeout_s: float,
         compress_min: int,
         max_pending: int,
@@ -256,7 +251,7 @@ class RedisStore:
             return None
 
 
-async def purge_keys(redis: Redis, selection: PurgeFilter) -> int:
+async def purge_keys(redis: RedisWire, selection: PurgeFilter) -> int:
     """SCAN for the selection's key patterns, check each key exactly, UNLINK in batches.
 
     Raises ``CacheUnavailable`` if Redis fails; entries already unlinked stay unlinked.
@@ -265,15 +260,20 @@ async def purge_keys(redis: Redis, selection: PurgeFilter) -> int:
     try:
         for pattern in selection.patterns():
             batch: list[bytes] = []
-            async for raw in redis.scan_iter(match=pattern, count=1000):
-                parts = parse_key(raw.decode(errors="replace"))
-                if parts is not None and selection.matches(parts):
-                    batch.append(raw)
-                if len(batch) >= _PURGE_BATCH:
-                    removed += await redis.unlink(*batch)
-                    batch = []
+            cursor = b"0"
+            while True:
+                cursor, keys = await redis.call(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", 1000)
+                for raw in keys:
+                    parts = parse_key(raw.decode(errors="replace"))
+                    if parts is not None and selection.matches(parts):
+                        batch.append(raw)
+                    if len(batch) >= _PURGE_BATCH:
+                        removed += await redis.call(b"UNLINK", *batch)
+                        batch = []
+                if cursor == b"0":
+                    break
             if batch:
-                removed += await redis.unlink(*batch)
+                removed += await redis.call(b"UNLINK", *batch)
     except _DOWN as exc:
         raise CacheUnavailable(f"Redis did not answer the purge ({type(exc).__name__}).") from None
     return removed

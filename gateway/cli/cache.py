@@ -173,7 +173,7 @@ def _purge_direct(
         try:
             return await purge_keys(redis, selection)
         finally:
-            await redis.aclose()
+            await redis.close()
 
     try:
         return run(do_purge)

@@ -33,10 +33,10 @@ from gateway.storage import open_database
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-    from redis.asyncio import Redis
 
     from gateway.core import Core
     from gateway.prompts.service import PromptService
+    from gateway.redis.wire import RedisWire
     from gateway.storage import Database
 
 log = logging.getLogger("gateway.prompts")
@@ -81,7 +81,7 @@ async def build_prompts(
     db: Database,
     *,
     registry: CollectorRegistry,
-    redis: Redis | None,
+    redis: RedisWire | None,
     audit: AuditLog,
     catalog: CatalogSource,
     core: Callable[[], Core | None],
@@ -177,5 +177,5 @@ async def open_service(settings: Settings) -> AsyncIterator[PromptService]:
         )
     finally:
         if redis is not None:
-            await redis.aclose()
+            await redis.close()
         await db.close()

@@ -16,26 +16,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire
 
 log = logging.getLogger("gateway.prompts")
 
 CHANNEL = b"gateway:prompts:labels"
 _WARN_EVERY_S = 30.0
+#: How often an idle subscription is checked with a PING: a Redis that froze or vanished
+#: without closing the connection is noticed within this plus the reply deadline.
+_PING_EVERY_S = 5.0
 
 
-async def publish_change(redis: Redis | None) -> None:
+async def publish_change(redis: RedisWire | None) -> None:
     """Ring the doorbell after a committed move; failures only delay others until their next poll."""
     if redis is None:
         return
-    from redis.exceptions import RedisError  # only with Redis configured: keeps it out of start-up
-
     try:
-        await redis.publish(CHANNEL, b"1")
-    except (RedisError, OSError, TimeoutError) as exc:
+        await redis.call(b"PUBLISH", CHANNEL, b"1")
+    except (RedisUnavailable, RedisReplyError) as exc:
         log.warning("could not publish a prompt label change; replicas will see it at their next poll",
                     extra={"error": type(exc).__name__})
 
@@ -43,7 +42,9 @@ async def publish_change(redis: Redis | None) -> None:
 class LabelSync:
     """The background tasks of one replica: the refresh loop and, with Redis, the subscriber."""
 
-    def __init__(self, refresh: Callable[[], Awaitable[bool]], redis: Redis | None, poll_interval_s: float) -> None:
+    def __init__(
+        self, refresh: Callable[[], Awaitable[bool]], redis: RedisWire | None, poll_interval_s: float
+    ) -> None:
         self._refresh = refresh
         self._redis = redis
         self._interval = poll_interval_s
@@ -88,25 +89,25 @@ class LabelSync:
                 # Storage hiccups must not kill the loop: keep serving the last snapshot.
                 self._warn("could not refresh prompt labels; serving the last known ones", exc)
 
-    async def _subscribe_loop(self, redis: Redis) -> None:
-        from redis.exceptions import RedisError
-
+    async def _subscribe_loop(self, redis: RedisWire) -> None:
         backoff = 0.5
         while True:
-            pubsub = redis.pubsub()
+            subscription = None
             try:
-                await pubsub.subscribe(CHANNEL)
+                subscription = await redis.subscribe(CHANNEL, lambda _channel, _data: self._wake.set())
                 backoff = 0.5
                 # Messages may have been missed while (re)connecting.
                 self._wake.set()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        self._wake.set()
-            except (RedisError, OSError, TimeoutError) as exc:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(subscription.closed), _PING_EVERY_S)
+                    if subscription.closed.done():
+                        raise RedisUnavailable("Redis closed the subscription")
+                    await subscription.ping()
+            except (RedisUnavailable, RedisReplyError) as exc:
                 self._warn("prompt label subscription lost; polling until Redis is back", exc)
             finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()
+                if subscription is not None:
+                    subscription.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
