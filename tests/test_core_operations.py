@@ -210,19 +210,31 @@ def test_a_start_up_failure_says_why_before_uvicorn_gives_up(tmp_path: Path) -> 
     assert reason < next(i for i, line in enumerate(lines) if "Application startup failed" in line)
 
 
-def test_multiple_workers_share_metrics(tmp_path: Path, fake_upstream: FakeHandle) -> None:
+def test_multiple_workers_share_metrics(tmp_path: Path, fake_upstream: FakeHandle, redis_url: str) -> None:
+    """Counters are summed over the workers, and the series computed at scrape time (a budget's
+    used ratio, from Redis) are there too: with several workers they once went missing."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    teams = {"teams": {"alpha": {"models": ["*"], "prompts": ["*"],
+                                 "budget": {"limit_usd": 1000, "period": "monthly", "hard": True}}}}
     proc = GatewayProcess(
         GatewayConfig(root=tmp_path, upstream=fake_upstream.url, database_url=f"sqlite:///{tmp_path / 'g.db'}",
-                      models=default_models(fake_upstream.url)),
+                      models=default_models(fake_upstream.url), teams=teams, redis_url=redis_url),
         workers=2,
     ).start()
     try:
         key = proc.create_key("alpha")
         for _ in range(20):
             assert chat(proc, key).status_code == 200
-        text = httpx.get(f"{proc.url}/metrics").text
-        line = next(line for line in text.splitlines()
-                    if line.startswith('gateway_requests_total{model="fake-chat",status="200",team="alpha"}'))
-        assert float(line.rsplit(" ", 1)[1]) == 20.0
+        time.sleep(1.0)  # settles are batched
+        for _ in range(4):  # whichever worker answers the scrape
+            text = httpx.get(f"{proc.url}/metrics").text
+            line = next(line for line in text.splitlines()
+                        if line.startswith('gateway_requests_total{model="fake-chat",status="200",team="alpha"}'))
+            assert float(line.rsplit(" ", 1)[1]) == 20.0
+            ratio = next(line for line in text.splitlines()
+                         if line.startswith('gateway_budget_used_ratio{scope="team",team="alpha"}'))
+            assert 0 < float(ratio.rsplit(" ", 1)[1]) < 1
     finally:
         proc.stop()

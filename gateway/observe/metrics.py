@@ -5,6 +5,11 @@ deployment labels) or small fixed sets (status codes): a caller sending random m
 cannot create new series. Children are cached because ``labels()`` costs microseconds on
 a path that has few to spare. With several workers, prometheus-client's multiprocess mode
 is used (``PROMETHEUS_MULTIPROC_DIR``, set by ``gateway serve``).
+
+Some series are computed at scrape time by collectors of their own (``gateway_budget_used_ratio``,
+``gateway_rollout_step``...), from state every worker shares (Redis, the database). The
+multiprocess files know nothing of them, so with several workers a scrape adds the collectors
+of the worker that answers it to the summed series (they once went missing there).
 """
 
 from __future__ import annotations
@@ -20,9 +25,30 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class GatewayRegistry(CollectorRegistry):
+    """A registry that also remembers its scrape-time collectors (anything registered that is
+    not a plain metric), for the multiprocess scrape (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self.scrape_time: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        if not isinstance(collector, MetricWrapperBase):
+            self.scrape_time.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        if collector in self.scrape_time:
+            self.scrape_time.remove(collector)
 
 
 class Metrics:
@@ -30,7 +56,7 @@ class Metrics:
     run several apps in one process)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = GatewayRegistry()
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total", "Requests by team, model alias and status.", ("team", "model", "status"),
@@ -85,5 +111,7 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            for collector in self.registry.scrape_time:
+                registry.register(collector)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
