@@ -12,8 +12,9 @@ from __future__ import annotations
 from gateway.config.settings import RedisSettings
 from gateway.redis.wire import RedisWire
 
-#: Opening a connection may take longer than a reply (a TLS handshake to a distant Redis).
-_CONNECT_S = 1.0
+#: Least time opening a connection gets (a TLS handshake takes longer than a reply), and no
+#: more: the readiness check waits on it, and a probe's own timeout is often 1 s.
+_CONNECT_S = 0.25
 
 
 def connect_redis(settings: RedisSettings) -> RedisWire | None:
