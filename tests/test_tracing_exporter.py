@@ -147,3 +147,27 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
         assert registry.get_sample_value("exported_total", {"destination": "langfuse"}) == 7
     finally:
         await exporter.close()
+
+
+async def test_the_queue_depth_gauge_follows_the_backlog() -> None:
+    """gateway_trace_queue_depth: what waits for export, set per export (not per request)."""
+    from prometheus_client import Gauge
+
+    registry = CollectorRegistry()
+    config = TracingSettings.model_validate({"host": f"http://127.0.0.1:{free_port()}", "public_key": "pk-lf-1",
+                                             "secret_key": "sk-lf-1", "batch_size": 256, "timeout_s": 0.2})
+    exporter = exporter_for(
+        config, dropped=Counter("dropped", "d", ("reason", "destination"), registry=registry),
+        exported=Counter("exported", "e", ("destination",), registry=registry),
+        depth=Gauge("depth", "q", registry=registry),
+    )
+    for n in range(300):
+        ctx = _ctx(n)
+        exporter.start(ctx)
+        exporter.record(ctx)
+    assert registry.get_sample_value("depth") == 0.0  # recording costs no gauge update
+    await exporter.export_batch()  # one batch of 256 taken (and refused: nothing listens)
+    assert registry.get_sample_value("depth") == 44.0
+    await exporter.export_batch()
+    assert registry.get_sample_value("depth") == 0.0
+    await exporter.close()

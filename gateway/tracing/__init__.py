@@ -42,7 +42,7 @@ def build_tracing(
     """The tracing feature (its tasks started: call inside the running loop), or None when off."""
     if not settings.enabled:
         return None
-    from prometheus_client import Counter
+    from prometheus_client import Counter, Gauge
 
     from gateway.tracing.exporter import exporter_for
 
@@ -67,7 +67,11 @@ def build_tracing(
             ("kind", "outcome"), registry=registry,
         )
         mirror = PromptMirror(settings, db, mirrored=mirrored)
-    exporter = exporter_for(settings, dropped=dropped, exported=exported,
+    depth = Gauge(
+        "gateway_trace_queue_depth", "Finished requests waiting to be exported as traces (built or not); "
+        "at tracing.queue_size new ones are dropped.", registry=registry, multiprocess_mode="livesum",
+    )
+    exporter = exporter_for(settings, dropped=dropped, exported=exported, depth=depth,
                             prompt_versions=mirror.langfuse_version if mirror is not None else None)
     exporter.start_task()
     closers: list[Closer] = [exporter.close]

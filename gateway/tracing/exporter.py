@@ -49,7 +49,7 @@ from gateway.tracing.redaction import Redactor
 from gateway.tracing.spans import PromptVersions, SpanBuilder, failed
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter
+    from prometheus_client import Counter, Gauge
 
     from gateway.config.settings import TracingSettings
     from gateway.context import RequestContext
@@ -105,18 +105,21 @@ def parse_traceparent(header: str) -> tuple[str, str] | None:
 
 
 def exporter_for(
-    settings: TracingSettings, *, dropped: Counter, exported: Counter, prompt_versions: PromptVersions | None = None
+    settings: TracingSettings, *, dropped: Counter, exported: Counter, prompt_versions: PromptVersions | None = None,
+    depth: Gauge | None = None,
 ) -> TraceExporter:
     """An exporter with the policies, maskers and hash key ``settings`` name (task not started).
 
-    ``dropped`` is labelled (reason, destination), ``exported`` (destination).
+    ``dropped`` is labelled (reason, destination), ``exported`` (destination); ``depth`` is set
+    to the requests waiting for export, once per build slice and per export (not per request).
     """
     policies = TracePolicies(TracePolicy(settings.sample_rate, settings.content))
     redactor = Redactor(maskers.load(settings.maskers, settings.extra_maskers),
                         hash_key=settings.hash_key.get_secret_value().encode())
     builder = SpanBuilder(environment=settings.environment, redactor=redactor, policies=policies,
                           prompt_versions=prompt_versions)
-    return TraceExporter(settings, builder=builder, policies=policies, dropped=dropped, exported=exported)
+    return TraceExporter(settings, builder=builder, policies=policies, dropped=dropped, exported=exported,
+                         depth=depth)
 
 
 class TraceExporter:
@@ -131,6 +134,7 @@ class TraceExporter:
         dropped: Counter,
         exported: Counter,
         service_name: str = "llm-gateway",
+        depth: Gauge | None = None,
     ) -> None:
         self.settings = settings
         self.builder = builder
@@ -147,6 +151,7 @@ class TraceExporter:
         self._dropped_export = {name: dropped.labels("export_failed", name) for name in names}
         self._dropped_shutdown = [dropped.labels("shutdown", name) for name in names]
         self._exported = {name: exported.labels(name) for name in names}
+        self._depth = depth
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -203,6 +208,8 @@ class TraceExporter:
             await self._wake.wait()
             self._wake.clear()
             await self._build_batch()
+            if self._depth is not None:
+                self._depth.set(self.queued)
             if len(self._built) >= self._batch or (self._built and self._flush_timer is None):
                 await self.export_batch()
                 if self._queue or self._built:
@@ -250,6 +257,8 @@ class TraceExporter:
         await self._build_batch()
         taken = self._built[: self._batch]
         del self._built[: len(taken)]
+        if self._depth is not None:
+            self._depth.set(self.queued)
         if self._flush_timer is not None and not self._built:
             self._flush_timer.cancel()
             self._flush_timer = None
