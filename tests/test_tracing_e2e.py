@@ -3,6 +3,7 @@ path to a local receiver, and a Langfuse that is down, failing or hanging never 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import signal
@@ -139,6 +140,11 @@ async def test_a_request_is_one_generation_with_its_fields_and_the_ledgers_cost(
     cost = span.json("langfuse.observation.cost_details")["total"]
     assert to_nanos(cost) == row["cost_nanos"] > 0
     assert row["trace_id"] == trace_id  # finance, logs and traces join
+    # The access log is written by a background thread: its line may lag the answer.
+    for _ in range(100):
+        if f'"trace_id":"{trace_id}"' in traced.log():
+            break
+        await asyncio.sleep(0.05)
     assert f'"trace_id":"{trace_id}"' in traced.log()
 
 
