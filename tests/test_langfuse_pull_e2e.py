@@ -53,7 +53,8 @@ def test_a_canary_that_langfuse_evaluators_score_badly_is_rolled_back(
             try:
                 wait_until(lambda: status(proc, "answer-v2").get("status") == "aborted", timeout=30)
             except AssertionError:
-                raise AssertionError(json.dumps(status(proc, "answer-v2"), indent=1)[-3000:]) from None
+                raise AssertionError(f"traffic: {traffic.error or 'running'}\n"
+                                     + json.dumps(status(proc, "answer-v2"), indent=1)[-3000:]) from None
         metrics = httpx.get(f"{proc.url}/metrics").text
     finally:
         proc.stop()

@@ -129,6 +129,7 @@ class Traffic:
         self.seen: list[tuple[str | None, str | None, str]] = []  # (variant, trace id, request id)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._error: str | None = None
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -137,8 +138,22 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+        if self.error is not None and exc[0] is None:
+            raise AssertionError(f"the traffic thread stopped: {self.error}")
+
+    @property
+    def error(self) -> str | None:
+        """Why the thread stopped early (an answer that was not 200...), so a test that then
+        waits in vain says so instead of timing out with too few samples."""
+        return self._error
 
     def _run(self) -> None:
+        try:
+            self._send()
+        except BaseException as exc:
+            self._error = f"{type(exc).__name__}: {exc}"[:2000]
+
+    def _send(self) -> None:
         with httpx.Client(base_url=self.proc.url, timeout=20) as client:
             i = 0
             while not self._stop.is_set():
