@@ -538,9 +538,7 @@ class Subscription:
     async def ping(self) -> None:
         """A round trip, under the wire's reply deadline: a stuck connection fails and closes.
         (Redis answers PING on a subscribed connection with a ``pong`` array, in order.)"""
-        reply = await self._protocol.send(hiredis.pack_command((b"PING",)))
-        if isinstance(reply, hiredis.ReplyError):
-            raise RedisUnavailable(f"Redis refused PING: {reply}")
+        _result(await self._protocol.send(hiredis.pack_command((b"PING",))))
 
     def close(self) -> None:
         self._protocol.close()
