@@ -24,6 +24,8 @@ from support.gateway_proc import ADMIN_KEY, GatewayProcess
 STALL_BOUND_S = 0.050  # the issue's bound for /health/live and a /v1 call while hostile input is handled
 BASELINE_S = 0.5  # probing before the hostile request, to learn what this machine's noise alone costs
 
+pytestmark = pytest.mark.alone  # the 50 ms bound is wall-clock: no other xdist worker runs meanwhile
+
 
 class Prober:
     """Calls ``/health/live`` and a ``/v1`` mock completion in a loop; keeps the slowest of each."""

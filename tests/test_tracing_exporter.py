@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from benchmarks.servers import stage_catalog
@@ -82,6 +83,7 @@ def test_sampling_keeps_every_failure() -> None:
     assert exporter.queued == 1
 
 
+@pytest.mark.alone  # a 50 ms wall-clock bound
 def test_a_full_queue_drops_and_counts_without_blocking() -> None:
     exporter, registry = _exporter(queue_size=3)
     started = time.perf_counter()
