@@ -387,7 +387,10 @@ class ScorePuller:
         if self._client.others > others_before:
             self._metrics.skipped.labels("not_numeric").inc(self._client.others - others_before)
         try:
-            stored = await self._store.store(list(found.values()), now)
+            # Stamped when stored, not when the round began: a round can outlast an analysis
+            # interval (many traces, a slow Langfuse), and scores stamped with its start would
+            # land behind the window of every check that could read them.
+            stored = await self._store.store(list(found.values()), self._clock())
         except Exception:
             log.exception("could not store the scores pulled from Langfuse", extra={"scores": len(found)})
             self._metrics.failures.labels("store_failed").inc()

@@ -148,6 +148,26 @@ async def test_each_score_is_stored_once_and_a_pulled_trace_is_not_asked_again(
     assert [r["id"] for r in await stored(db)] == ["late", "same"]
 
 
+async def test_scores_are_stamped_when_stored_not_when_their_round_began(
+    db: Database, receiver: LangfuseReceiver
+) -> None:
+    # A round can outlast an analysis interval (many traces, a slow Langfuse): scores stamped with
+    # the round's start landed behind every check's window and were never read (seen in CI).
+    receiver.add_score(CANARY_TRACE, "correctness", 1.0, score_id="late-round")
+    began = datetime.now(UTC)
+    readings = iter([began, began + timedelta(seconds=90)])
+    slow = puller(db, receiver.url)
+    slow._clock = lambda: next(readings)
+    try:
+        assert await slow.pull() == 1
+    finally:
+        await slow.close()
+    [row] = await stored(db)
+    assert row["ts"].replace(tzinfo=UTC) == began + timedelta(seconds=90)
+    window = await QualityMetrics(db).window("ro", began + timedelta(seconds=60))
+    assert window["canary"].langfuse == {"correctness": (1.0,)}
+
+
 async def test_a_store_race_between_two_holders_keeps_one_copy(db: Database, receiver: LangfuseReceiver) -> None:
     receiver.add_score(CANARY_TRACE, "correctness", 1.0, score_id="one")
     store = PulledStore(db)
