@@ -12,7 +12,7 @@ from gateway.config.settings import Settings, TracingSettings
 from gateway.context import Endpoint, RequestContext
 from gateway.errors import InvalidRequest
 from gateway.tracing import build_tracing
-from gateway.tracing.exporter import TRACE_HEADER, TraceExporter, destinations, exporter_for
+from gateway.tracing.exporter import GATHER_S, TRACE_HEADER, TraceExporter, destinations, exporter_for
 from support.servers import free_port
 
 CATALOG = stage_catalog("t", {})
@@ -111,9 +111,10 @@ async def test_an_unreachable_langfuse_loses_the_batch_and_the_stop_is_bounded()
 
 
 async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
-    """The exporter trickles: recorded requests' spans are built on later turns of the loop (a
-    slice of at most BUILD_SLICE_S each), so the exporter lets go of finished requests at once,
-    and the batch leaves when full or flush_interval_ms after its first span."""
+    """The exporter trickles: recorded requests' spans are built GATHER_S later, together, on
+    later turns of the loop (a slice of at most BUILD_SLICE_S each), so the exporter lets go of
+    finished requests within GATHER_S; a full batch is built and sent at once, a partial one
+    flush_interval_ms after its first span."""
     import asyncio
 
     exporter, registry = _exporter(batch_size=4, flush_interval_ms=200, queue_size=100)
@@ -133,6 +134,8 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
         assert exporter.queued == 3 and len(exporter._built) == 0  # nothing built on the request path
         for _ in range(5):
             await asyncio.sleep(0)
+        assert len(exporter._built) == 0  # gathering: at low rates several spans are built per wake-up
+        await asyncio.sleep(GATHER_S + 0.03)
         assert len(exporter._built) == 3 and not exporter._queue  # built: no request held any more
         assert sent == []  # three of four: waiting for the flush interval
         await asyncio.sleep(0.3)

@@ -6,9 +6,10 @@ request to a bounded queue, or drops and counts it when the queue is full. Nothi
 serialised or sent there.
 
 A background task does the rest: it turns queued requests into OTLP spans (``spans.SpanBuilder``)
-as they finish, in slices of ``BUILD_SLICE_S`` of loop time (longer while a backlog waits), so
-requests running meanwhile wait a fraction of a millisecond. (A span with masking costs ~0.1 ms;
-built a whole batch at a time, even yielding every 16 spans, they stalled the requests of that
+shortly after they finish (``GATHER_S``, so that a quiet gateway builds a few per wake-up), in
+slices of ``BUILD_SLICE_S`` of loop time (longer while a backlog waits), so requests running
+meanwhile wait a fraction of a millisecond. (A span with masking costs ~0.1 ms; built a whole
+batch at a time, even yielding every 16 spans, they stalled the requests of that
 moment by 20-35 ms at concurrency 1, and held every request's objects until its batch was due.)
 When a batch is full or ``flush_interval_ms`` after its first span, it encodes the batch with
 the official OpenTelemetry protobuf definitions, compresses it and POSTs it to each
@@ -61,6 +62,11 @@ TRACE_HEADER = b"x-gateway-trace-id"
 #: Longest the exporter builds spans before it lets the event loop run other work.
 BUILD_SLICE_S = 0.0005
 MAX_BUILD_SLICE_S = 0.004
+#: How long the exporter lets finished requests gather before it builds their spans, unless a
+#: batch is already waiting. At low rates this builds several spans per wake-up instead of one
+#: per request (full profile at concurrency 1: ~100 µs of CPU less per request); a span still
+#: leaves within ``flush_interval_ms``.
+GATHER_S = 0.02
 #: At most one warning per this many seconds about traces being dropped.
 LOG_EVERY_S = 30.0
 #: ``version-traceid-parentid-flags`` (W3C Trace Context, version 00 and the future ones).
@@ -206,6 +212,8 @@ class TraceExporter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if len(self._queue) < self._batch:
+                await asyncio.sleep(GATHER_S)
             self._wake.clear()
             await self._build_batch()
             if self._depth is not None:
