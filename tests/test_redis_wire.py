@@ -18,7 +18,7 @@ import hiredis
 import pytest
 import redis
 
-from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire, Script, parse_redis_url
+from gateway.redis.wire import HOLD_S, RedisReplyError, RedisUnavailable, RedisWire, Script, parse_redis_url
 from support.redis_server import RedisServer
 from support.servers import free_port
 
@@ -105,6 +105,46 @@ async def test_concurrent_calls_share_one_connection_and_get_their_own_replies(w
     scripted = await asyncio.gather(*(wire.evalsha(ANSWER, [], [i]) for i in range(100)))
     assert scripted == [i + 1 for i in range(100)]
     assert await wire.call("CLIENT", "ID") == first_id  # everything went over one connection
+
+
+def _record_writes(wire: RedisWire) -> list[bytes]:
+    """What the connection hands the transport, one item per write."""
+    protocol = wire._protocol
+    assert protocol is not None and protocol._transport is not None
+    writes: list[bytes] = []
+    transport = protocol._transport
+    real = transport.write
+
+    def write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        real(data)
+
+    transport.write = write  # type: ignore[method-assign]
+    return writes
+
+
+async def test_a_held_back_write_leaves_with_the_next_command_and_replies_stay_in_order(wire: RedisWire) -> None:
+    await wire.evalsha(ANSWER, [], [0])  # connected, script loaded
+    writes = _record_writes(wire)
+    held = wire.evalsha_soon(ANSWER, [], [41], later=True)
+    await asyncio.sleep(0)
+    assert writes == [] and not held.done()  # held back, not sent on its own
+    assert await wire.call("ECHO", "now") == b"now"
+    assert len(writes) == 1 and b"ECHO" in writes[0] and b"EVALSHA" in writes[0]  # one write for both
+    assert held.done() and held.result() == 42
+
+
+async def test_a_held_back_write_alone_leaves_within_hold_s(wire: RedisWire) -> None:
+    await wire.evalsha(ANSWER, [], [0])
+    writes = _record_writes(wire)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await wire.evalsha(ANSWER, [], [1], later=True) == 2
+    assert loop.time() - started >= HOLD_S * 0.9 and len(writes) == 1
+    # Many held writes and prompt calls interleaved: every caller gets its own reply.
+    mixed = [wire.evalsha_soon(ANSWER, [], [i], later=i % 2 == 0) for i in range(50)]
+    mixed += [asyncio.ensure_future(wire.call("ECHO", f"e{i}")) for i in range(50)]
+    assert await asyncio.gather(*mixed) == [i + 1 for i in range(50)] + [f"e{i}".encode() for i in range(50)]
 
 
 async def test_the_url_database_is_selected(wire: RedisWire, redis_url: str) -> None:

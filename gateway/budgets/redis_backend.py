@@ -465,7 +465,7 @@ class RedisBackend:
             args += (item.rid, item.cost, held, key_index(charge_key), key_index(charge_key + ":pending"),
                      1 if item.retry else 0, item.at_ms, len(item.scopes))
             args += (scope.field for scope in item.scopes)
-        reply = await self._wire.evalsha(SETTLE, keys, args)
+        reply = await self._wire.evalsha(SETTLE, keys, args, later=True)  # leaves with the next reserve
         await self._after_settle(chunk, reply)
 
     async def _after_settle(self, chunk: list[_Settlement], reply: list[int]) -> None:

@@ -207,7 +207,8 @@ class RedisStore:
         """Send a write nobody waits for; its outcome feeds the breaker and the metrics."""
         if not self.breaker.closed:
             return  # opened since the write was queued
-        future = self._wire.evalsha_soon(script, keys, args)
+        # later: nobody waits for it; it leaves with the next lookup (or within the wire's HOLD_S).
+        future = self._wire.evalsha_soon(script, keys, args, later=True)
         self._pending.add(future)
         future.add_done_callback(functools.partial(self._sent, op, stored))
 

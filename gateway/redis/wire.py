@@ -39,6 +39,8 @@ Arg = str | bytes | int | float
 _CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _TRUE: Final = frozenset({"1", "true", "yes", "on", "y"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", "n"})
+#: Longest a write sent with ``later=True`` waits for another command to leave with.
+HOLD_S: Final = 0.005
 
 
 class RedisUnavailable(Exception):
@@ -163,12 +165,22 @@ class _Protocol(asyncio.Protocol):
     due before the earlier ones anyway). One watchdog per connection replaces a timer per command:
     replies come in order, so if the oldest command waited past the deadline, the connection is
     stuck and everything on it fails (and the next command opens a new one).
+
+    A write nobody waits for promptly (``later=True``: a cache store, a budget settlement) is
+    held back until the next command leaves, and goes in the same write, or at most
+    ``HOLD_S``. On a quiet gateway every write costs a system call and every reply a wake-up
+    of the loop (~50 µs of CPU together on the benchmark VM, against ~7 µs a command when
+    pipelined); held back, a request's background writes ride with the next request's lookup
+    and their replies arrive in the same read.
     """
 
     def __init__(self, timeout_s: float) -> None:
         self._reader = hiredis.Reader()
         self._waiting: deque[tuple[float, asyncio.Future[Any]]] = deque()
         self._outgoing: list[bytes] = []
+        self._held = 0  # waiting commands not written yet (all in _outgoing)
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_soon = False  # _flush_handle is a call_soon, not a HOLD_S timer
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         #: The reply deadline; the handshake runs under the (longer) connect timeout.
@@ -218,22 +230,40 @@ class _Protocol(asyncio.Protocol):
             f"Redis connection lost: {exc}" if exc else "Redis closed the connection", maybe_applied=True
         ))
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; the future gets its reply (or ``RedisUnavailable``)."""
+    def send(self, packed: bytes, *, later: bool = False) -> asyncio.Future[Any]:
+        """Queue one packed command; the future gets its reply (or ``RedisUnavailable``).
+
+        ``later``: nobody waits for the reply soon, so the command may wait up to ``HOLD_S``
+        to leave with the next one."""
         if not self.usable:
             raise RedisUnavailable("Redis connection is closed")
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
         now = loop.time()
         waiting = self._waiting
-        if not waiting:
-            # Nothing in flight: a quiet moment, so send at once rather than an iteration later.
-            self._transport.write(packed)  # type: ignore[union-attr]  # usable: it is set
-        elif not self._outgoing:
-            loop.call_soon(self._flush)
-            self._outgoing.append(packed)
+        outgoing = self._outgoing
+        if later:
+            outgoing.append(packed)
+            self._held += 1
+            if self._flush_handle is None:
+                self._flush_handle = loop.call_later(HOLD_S, self._flush)
+            now += HOLD_S  # its reply deadline counts from when it leaves at the latest
+        elif len(waiting) == self._held:
+            # Nothing written is unanswered: a quiet moment, so send at once rather than an
+            # iteration later, with whatever was held back.
+            if outgoing:
+                outgoing.append(packed)
+                self._flush()
+            else:
+                self._transport.write(packed)  # type: ignore[union-attr]  # usable: it is set
         else:
-            self._outgoing.append(packed)
+            outgoing.append(packed)
+            self._held += 1
+            if not self._flush_soon:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()
+                self._flush_handle = loop.call_soon(self._flush)
+                self._flush_soon = True
         waiting.append((now, future))
         if self._watchdog is None:
             self._watchdog = loop.call_at(now + self.timeout, self._check)
@@ -242,6 +272,8 @@ class _Protocol(asyncio.Protocol):
     def send_pair(self, first: bytes, second: bytes) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
         """Two commands in one write (a script's ``SCRIPT LOAD`` and its ``EVALSHA``)."""
         one = self.send(first + second)
+        if self._outgoing:  # queued, not written: its second reply is held back too
+            self._held += 1
         two: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.append((self._waiting[-1][0], two))  # the second reply is the next one
         return one, two
@@ -256,6 +288,11 @@ class _Protocol(asyncio.Protocol):
             self._watchdog = self._loop.call_at(self._waiting[0][0] + timeout_s, self._check)
 
     def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # a no-op when it is what runs this
+            self._flush_handle = None
+        self._flush_soon = False
+        self._held = 0
         if self._outgoing and self._transport is not None and not self.lost:
             outgoing = self._outgoing
             self._transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
@@ -285,6 +322,10 @@ class _Protocol(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
         self._outgoing.clear()
+        self._held = 0
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -354,14 +395,16 @@ class RedisWire:
             raise RedisReplyError(str(reply))
         return reply
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[Arg]) -> Any:
-        """Run a script: one round trip, whether or not Redis knew the script yet."""
+    async def evalsha(self, script: Script, keys: list[str], args: list[Arg], *, later: bool = False) -> Any:
+        """Run a script: one round trip, whether or not Redis knew the script yet.
+
+        ``later``: the caller can wait; the command may be held back (see ``_Protocol``)."""
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             protocol = await self._connect(self._connect_wait)
         command = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))  # type: ignore[arg-type]
         if script.sha in protocol.scripts:
-            reply = await protocol.send(command)
+            reply = await protocol.send(command, later=later)
             if not isinstance(reply, hiredis.ReplyError):
                 return reply
             if not str(reply).startswith("NOSCRIPT"):
@@ -371,7 +414,9 @@ class RedisWire:
                 protocol = await self._connect(self._connect_wait)
         return await self._load_and_run(protocol, script, command)
 
-    def evalsha_soon(self, script: Script, keys: list[str], args: list[Arg]) -> asyncio.Future[Any]:
+    def evalsha_soon(
+        self, script: Script, keys: list[str], args: list[Arg], *, later: bool = False
+    ) -> asyncio.Future[Any]:
         """:meth:`evalsha` for callers that do not wait for the reply (background writes).
 
         On the common path (connected, script loaded) the command is queued at once and the
@@ -383,7 +428,7 @@ class RedisWire:
         if protocol is None or not protocol.usable or script.sha not in protocol.scripts:
             return asyncio.ensure_future(self.evalsha(script, keys, args))
         command = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))  # type: ignore[arg-type]
-        reply = protocol.send(command)
+        reply = protocol.send(command, later=later)
         result: asyncio.Future[Any] = reply.get_loop().create_future()
         reply.add_done_callback(functools.partial(self._resolve_soon, result, protocol, script, keys, args))
         return result
