@@ -147,6 +147,34 @@ async def test_a_held_back_write_alone_leaves_within_hold_s(wire: RedisWire) -> 
     assert await asyncio.gather(*mixed) == [i + 1 for i in range(50)] + [f"e{i}".encode() for i in range(50)]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stalled_event_loop_is_not_taken_for_a_late_redis(redis_url: str, loop: str) -> None:
+    """The deadline is Redis' to meet, not the loop's: a command queued behind another, then a
+    loop stalled for 4 deadlines (a collection, a slow callback) before the queue was written,
+    must not fail the connection. It did: the deadline counted from before the stall, and a
+    three-replica test once got 503 budget_unavailable from it under CI load."""
+    import time
+
+    import hiredis
+    import uvloop
+
+    async def scenario() -> list[bytes]:
+        wire = RedisWire(redis_url, timeout_s=0.05)
+        try:
+            await wire.call("PING")
+            protocol = wire._protocol
+            assert protocol is not None
+            first = protocol.send(hiredis.pack_command(("ECHO", "first")))
+            second = protocol.send(hiredis.pack_command(("ECHO", "second")))  # queued: one is in flight
+            time.sleep(0.2)  # noqa: ASYNC251  # the stall under test
+            return [await first, await second]
+        finally:
+            await wire.close()
+
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    assert run(scenario()) == [b"first", b"second"]
+
+
 async def test_the_url_database_is_selected(wire: RedisWire, redis_url: str) -> None:
     assert await wire.evalsha(WHICH_DB, ["wire:db"], ["here"]) == b"here"
     assert redis.Redis.from_url(redis_url).get("wire:db") == b"here"  # DB 13, not DB 0

@@ -163,8 +163,9 @@ class _Protocol(asyncio.Protocol):
     latency); commands sent while others are in flight are gathered and leave together at the
     next loop iteration (the busy case: one syscall for all of them, and their replies are not
     due before the earlier ones anyway). One watchdog per connection replaces a timer per command:
-    replies come in order, so if the oldest command waited past the deadline, the connection is
-    stuck and everything on it fails (and the next command opens a new one).
+    replies come in order, so if the oldest command waited past the deadline since it was
+    written (not since it was queued: a busy loop is not a late Redis), the connection is stuck
+    and everything on it fails (and the next command opens a new one).
 
     A write nobody waits for promptly (``later=True``: a cache store, a budget settlement) is
     held back until the next command leaves, and goes in the same write, or at most
@@ -247,7 +248,6 @@ class _Protocol(asyncio.Protocol):
             self._held += 1
             if self._flush_handle is None:
                 self._flush_handle = loop.call_later(HOLD_S, self._flush)
-            now += HOLD_S  # its reply deadline counts from when it leaves at the latest
         elif len(waiting) == self._held:
             # Nothing written is unanswered: a quiet moment, so send at once rather than an
             # iteration later, with whatever was held back.
@@ -292,7 +292,15 @@ class _Protocol(asyncio.Protocol):
             self._flush_handle.cancel()  # a no-op when it is what runs this
             self._flush_handle = None
         self._flush_soon = False
-        self._held = 0
+        held, self._held = self._held, 0
+        if held:
+            # A command's reply deadline counts from when it leaves, not from when it was queued:
+            # a loop stalled in between (a collection, a slow callback) is not Redis being late,
+            # and failing the connection for it once answered hard budgets with 503s.
+            now = self._loop.time()
+            waiting = self._waiting
+            for index in range(len(waiting) - held, len(waiting)):
+                waiting[index] = (now, waiting[index][1])
         if self._outgoing and self._transport is not None and not self.lost:
             outgoing = self._outgoing
             self._transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
@@ -303,7 +311,11 @@ class _Protocol(asyncio.Protocol):
         if not self._waiting:
             return
         sent = self._waiting[0][0]
-        if self._loop.time() - sent >= self.timeout:
+        if len(self._waiting) == self._held:
+            # Nothing has left yet (the loop was busy before the flush ran): the deadline of
+            # what is queued starts when it is written (see _flush).
+            self._watchdog = self._loop.call_at(self._loop.time() + self.timeout, self._check)
+        elif self._loop.time() - sent >= self.timeout:
             self._fail(RedisUnavailable(
                 f"Redis did not answer within {self.timeout * 1000:.0f} ms", maybe_applied=True
             ))
