@@ -152,6 +152,12 @@ class FullProfile:
     langfuse_public_key: str
     langfuse_secret_key: str
     team: str  # unique per run: budget counters and cache entries of earlier runs stay apart
+    #: Features left out (``benchmarks.full_ablation``): any of ``FULL_FEATURES``.
+    without: frozenset[str] = frozenset()
+
+
+#: What ``FullProfile.without`` may leave out.
+FULL_FEATURES = ("tracing", "cache", "budget", "rollout")
 
 
 def write_gateway_config(root: Path, upstream: str, *, access_log: bool, full: FullProfile | None = None) -> Path:
@@ -186,19 +192,24 @@ def write_gateway_config(root: Path, upstream: str, *, access_log: bool, full: F
     teams: dict[str, object] = {"teams": {"bench": {"models": ["*"], "prompts": ["*"]}}}
     if full is not None:
         config["redis"] = {"url": full.redis_url}
-        config["tracing"] = {
-            "host": full.langfuse_url, "public_key": full.langfuse_public_key,
-            "secret_key": "${BENCH_LANGFUSE_SECRET}", "sample_rate": 1.0, "environment": "bench",
-        }
+        if "tracing" not in full.without:
+            config["tracing"] = {
+                "host": full.langfuse_url, "public_key": full.langfuse_public_key,
+                "secret_key": "${BENCH_LANGFUSE_SECRET}", "sample_rate": 1.0, "environment": "bench",
+            }
         # The canary: the same fake, as the alias' second deployment (weight 0 outside the rollout).
         models = {"aliases": {MODEL: {"deployments": [deployment, {**deployment, "weight": 0}]}}}
-        teams = {"teams": {full.team: {
+        team: dict[str, object] = {
             "models": ["*"], "prompts": ["*"],
             "cache": {"enabled": True, "cache_nondeterministic": True, "ttl_s": 60},
             "budget": {"limit_usd": 1_000_000, "period": "daily", "hard": True},
             "tracing": {"content": "mask"},
-        }}}
-        rollouts = {"rollouts": {"bench-canary": {
+        }
+        for feature in ("cache", "budget"):
+            if feature in full.without:
+                del team[feature]
+        teams = {"teams": {full.team: team}}
+        rollouts: dict[str, object] = {"rollouts": {} if "rollout" in full.without else {"bench-canary": {
             "target": {"alias": MODEL, "canary": {"deployment": 1}},
             "steps": [{"weight": 50}, {"weight": 100}], "interval_s": 3600, "start": "auto",
         }}}

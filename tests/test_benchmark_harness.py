@@ -236,3 +236,36 @@ def test_profile_summary_ranks_own_time_packages_and_gateway_functions(tmp_path:
     # Inclusive time of the gateway's own functions: 30 + 10 samples had serve on the stack.
     assert "| 40.0% | `serve (gateway/server/openai_api.py:80)` |" in text
     assert "run (" not in text.split("gateway function")[1]  # uvicorn is not the gateway
+
+
+def test_the_full_profile_ablation_leaves_out_what_it_names_and_reports_the_difference(tmp_path: Path) -> None:
+    import argparse
+
+    import yaml
+
+    from benchmarks.full_ablation import report, variants
+    from benchmarks.servers import FULL_FEATURES, FullProfile, write_gateway_config
+
+    def written(without: frozenset[str]) -> tuple[dict[str, object], dict[str, object], dict[str, object]]:
+        root = tmp_path / ("-".join(sorted(without)) or "full")
+        full = FullProfile("redis://127.0.0.1:6379/15", "http://127.0.0.1:1", "pk", "sk", "bench-t", without)
+        path = write_gateway_config(root, "http://127.0.0.1:2", access_log=True, full=full)
+        config = yaml.safe_load(path.read_text())
+        team = yaml.safe_load((root / "policies" / "teams.yaml").read_text())["teams"]["bench-t"]
+        rollouts = yaml.safe_load((root / "policies" / "rollouts.yaml").read_text())["rollouts"]
+        return config, team, rollouts
+
+    config, team, rollouts = written(frozenset())
+    assert "tracing" in config and "cache" in team and "budget" in team and "bench-canary" in rollouts
+    config, team, rollouts = written(frozenset(FULL_FEATURES))
+    assert "tracing" not in config and "cache" not in team and "budget" not in team and rollouts == {}
+    assert config["redis"]["url"]  # what stays: key auth, the prompt, Redis for what is left
+
+    found = variants()
+    assert [v.without for v in found][1:5] == [frozenset({f}) for f in FULL_FEATURES]
+    for variant, cpu in zip(found, (1000, 800, 900, 750, 980, 400), strict=True):
+        variant.cpu_us += [cpu, cpu + 10]
+        variant.p50_ms += [1.0, 1.2]
+        variant.p99_ms += [3.0, 3.5]
+    table = report(found, argparse.Namespace(concurrency=1, seconds=10.0, rounds=2))
+    assert "| without budget | 755 [750, 760] | -250 | 1.100 | 3.250 |" in table
