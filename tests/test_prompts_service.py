@@ -489,9 +489,13 @@ def _load_key_id(base_dir: str) -> str:
 
 def test_workers_starting_together_generate_one_key(tmp_path: Path) -> None:
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        key_ids = pool.map(_load_key_id, [str(tmp_path)] * 8)
+    # An executor lets its workers exit on their own at shutdown; multiprocessing.Pool's exit
+    # SIGTERMs them, and one child once hung in that signal's handler (coverage saving its data)
+    # until the test's 300 s timeout.
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        key_ids = list(pool.map(_load_key_id, [str(tmp_path)] * 8))
     assert len(set(key_ids)) == 1
     assert [p.name for p in (tmp_path / ".gateway").iterdir()] == ["prompt-signing.key"], "no temporary file left"
 
