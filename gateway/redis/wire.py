@@ -231,6 +231,11 @@ class _Protocol(asyncio.Protocol):
             f"Redis connection lost: {exc}" if exc else "Redis closed the connection", maybe_applied=True
         ))
 
+    @property
+    def _nothing_written_waits(self) -> bool:
+        """No command written to Redis is still waiting for its reply (held ones may wait)."""
+        return len(self._waiting) == self._held
+
     def send(self, packed: bytes, *, later: bool = False) -> asyncio.Future[Any]:
         """Queue one packed command; the future gets its reply (or ``RedisUnavailable``).
 
@@ -248,9 +253,9 @@ class _Protocol(asyncio.Protocol):
             self._held += 1
             if self._flush_handle is None:
                 self._flush_handle = loop.call_later(HOLD_S, self._flush)
-        elif len(waiting) == self._held:
-            # Nothing written is unanswered: a quiet moment, so send at once rather than an
-            # iteration later, with whatever was held back.
+        elif self._nothing_written_waits:
+            # A quiet moment: send at once rather than an iteration later, with whatever was
+            # held back.
             if outgoing:
                 outgoing.append(packed)
                 self._flush()
@@ -310,12 +315,13 @@ class _Protocol(asyncio.Protocol):
         self._watchdog = None
         if not self._waiting:
             return
-        sent = self._waiting[0][0]
-        if len(self._waiting) == self._held:
+        if self._nothing_written_waits:
             # Nothing has left yet (the loop was busy before the flush ran): the deadline of
             # what is queued starts when it is written (see _flush).
             self._watchdog = self._loop.call_at(self._loop.time() + self.timeout, self._check)
-        elif self._loop.time() - sent >= self.timeout:
+            return
+        sent = self._waiting[0][0]
+        if self._loop.time() - sent >= self.timeout:
             self._fail(RedisUnavailable(
                 f"Redis did not answer within {self.timeout * 1000:.0f} ms", maybe_applied=True
             ))
