@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.load import LoadSpec, run_load
+from benchmarks.load import LoadSpec, measure, run_load
 from benchmarks.procs import free_port
 from benchmarks.servers import FULL_FEATURES, FullProfile, start_fake, start_gateway, write_bodies, wrk_path
 
@@ -59,16 +59,14 @@ def run_once(variant: Variant, workdir: Path, upstream: str, plain: Path, args: 
         server, endpoint = start_gateway(workdir, upstream, port=free_port(), core=SERVER_CORE, full=full)
         try:
             run_load(LoadSpec(endpoint, plain, args.concurrency, False, args.warmup, "wrk", core=LOAD_CORE))
-            before = server.cpu_seconds()
-            result = run_load(
-                LoadSpec(endpoint, plain, args.concurrency, False, args.seconds, "wrk", core=LOAD_CORE)
+            result = measure(
+                LoadSpec(endpoint, plain, args.concurrency, False, args.seconds, "wrk", core=LOAD_CORE), [server]
             )
-            spent = server.cpu_seconds() - before
         finally:
             server.stop()
     if result.errors or not result.requests:
         raise RuntimeError(f"{variant.name}: {result.errors} errors in {result.requests} requests")
-    variant.cpu_us.append(spent / result.requests * 1e6)
+    variant.cpu_us.append(result.cpu_s[server.name] / result.requests * 1e6)
     variant.p50_ms.append(result.latency_us["p50"] / 1000)
     variant.p99_ms.append(result.latency_us["p99"] / 1000)
 
