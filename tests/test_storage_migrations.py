@@ -45,7 +45,8 @@ def _open_together(url: str, go: Path, processes: int = 4) -> list[subprocess.Co
 @pytest.mark.slow
 def test_processes_migrating_a_fresh_database_together_all_start(fresh_database_url: str, tmp_path: Path) -> None:
     results = _open_together(fresh_database_url, tmp_path / "go")
-    failures = [r.stderr.strip().splitlines()[-1] for r in results if r.returncode != 0]
+    # the error as well as SQLAlchemy's link line after it
+    failures = [r.stderr.strip().splitlines()[-3:] for r in results if r.returncode != 0]
     assert not failures, failures
     assert all(r.stdout.strip() == "opened" for r in results)
     if fresh_database_url.startswith("sqlite"):
@@ -75,3 +76,57 @@ async def test_a_ledger_from_before_trace_ids_gets_the_column(fresh_database_url
         assert "trace_id" in columns and 60 in versions
     finally:
         await db.close()
+
+
+async def test_a_file_locked_while_it_is_switched_to_wal_is_waited_for(tmp_path: Path) -> None:
+    """SQLite refuses the switch to WAL at once, busy timeout or not, while another connection
+    holds the write lock: processes opening a fresh file together failed start-up on it."""
+    import sqlite3
+    import threading
+
+    from gateway.storage import open_database
+
+    path = tmp_path / "rollback.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other_process (x)")  # a file in the rollback journal, as new files are
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO other_process VALUES (1)")
+    released = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    released.start()
+    try:
+        db = await open_database(f"sqlite:///{path}")
+        async with db.engine.connect() as conn:
+            mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar_one()
+        await db.close()
+    finally:
+        released.join()
+        holder.close()
+    assert mode == "wal"
+
+
+def test_pragmas_give_up_on_the_lock_after_the_busy_timeout_and_never_retry_other_errors() -> None:
+    import sqlite3
+
+    from gateway.storage.database import BUSY_TIMEOUT_MS, apply_sqlite_pragmas
+
+    now = [0.0]
+    tried: list[str] = []
+
+    def locked(statement: str) -> None:
+        tried.append(statement)
+        if "journal_mode" in statement:
+            now[0] += 1.0
+            raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        apply_sqlite_pragmas(locked, clock=lambda: now[0])
+    assert tried.count("PRAGMA journal_mode=WAL") == BUSY_TIMEOUT_MS // 1000  # one a second of the fake clock
+
+    def broken(statement: str) -> None:
+        tried.append(statement)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    tried.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk"):
+        apply_sqlite_pragmas(broken, clock=lambda: 0.0)
+    assert len(tried) == 1

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
-from gateway.storage.database import SQLITE_PRAGMAS, Database
+from gateway.storage.database import Database, apply_sqlite_pragmas
 from gateway.threads import POLITE_NICE, lower_priority
 
 Row = Mapping[str, Any]
@@ -144,8 +144,7 @@ class _SqliteLane:
         if self._conn is None:
             # isolation_level=None: transactions are begun and ended here, explicitly.
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            for pragma in SQLITE_PRAGMAS:
-                conn.execute(pragma)
+            apply_sqlite_pragmas(conn.execute)
             self._conn = conn
         return self._conn
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,19 +47,44 @@ class Database:
 # page cache (2 MiB per connection) fills as the ledger grows and shows as resident memory
 # creeping up for the first hundred thousand requests. The gateway's hot writes are appends and
 # its reads are point lookups or rare reports: 512 KiB each does.
+BUSY_TIMEOUT_MS = 10_000
 SQLITE_PRAGMAS = (
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",  # first: the pragmas below may wait on a lock
     "PRAGMA journal_mode=WAL",
-    "PRAGMA busy_timeout=10000",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA cache_size=-512",
 )
+_JOURNAL_RETRY_S = 0.01
+
+
+def apply_sqlite_pragmas(execute: Callable[[str], object], *, clock: Callable[[], float] = time.monotonic) -> None:
+    """Run SQLITE_PRAGMAS through ``execute`` (one statement each).
+
+    Switching a rollback-journal file to WAL needs the write lock, and SQLite refuses it at
+    once, without the busy handler, while another connection holds that lock: on a fresh
+    file, processes starting together (a server's workers, a CLI beside them) switch at the
+    same moment and a loser failed start-up with "database is locked". The switch is retried
+    for as long as the busy timeout; once any process has made it, the file is in WAL and the
+    pragma is a no-op.
+    """
+    deadline = clock() + BUSY_TIMEOUT_MS / 1000
+    for pragma in SQLITE_PRAGMAS:
+        while True:
+            try:
+                execute(pragma)
+                break
+            except sqlite3.OperationalError as exc:
+                if "journal_mode" not in pragma or "locked" not in str(exc) or clock() >= deadline:
+                    raise
+                time.sleep(_JOURNAL_RETRY_S)  # start-up only: a file already in WAL never gets here
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    for pragma in SQLITE_PRAGMAS:
-        cursor.execute(pragma)
-    cursor.close()
+    try:
+        apply_sqlite_pragmas(cursor.execute)
+    finally:
+        cursor.close()
 
 
 async def open_database(url: str, *, run_migrations: bool = True) -> Database:
