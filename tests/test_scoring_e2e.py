@@ -50,7 +50,7 @@ messages:
     content: "{user}"
 """
 
-TEAMS = {"teams": {"alpha": {}, "beta": {}}}
+TEAMS: dict[str, dict[str, dict[str, object]]] = {"teams": {"alpha": {}, "beta": {}}}
 
 
 @pytest.fixture
