@@ -20,10 +20,8 @@ the batch to the worker and taking the outcome back, ``time.thread_time``), and 
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +29,9 @@ from typing import Any
 
 import httpx
 import orjson
-import yaml
 
-from benchmarks.procs import Server, free_port, start_server
+from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway, start_fake_upstream
+from benchmarks.procs import Server
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 PASSAGES = [
@@ -77,52 +75,6 @@ ANSWER = (
 
 
 
-def start_gateway(workdir: Path, name: str, upstream: str, scoring: bool) -> tuple[Server, str]:
-    root = workdir / name
-    (root / "policies").mkdir(parents=True, exist_ok=True)
-    (root / "prompts").mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "access_log": True, "log_level": "warning"},
-        "storage": {"database_url": f"sqlite:///{root / 'gateway.db'}"},
-        "auth": {"admin_key": ADMIN_KEY},
-        "scoring": {"enabled": scoring},
-    }
-    deployment = {"provider": "openai", "base_url": f"{upstream}/v1", "model": "gpt-4o-mini", "retries": 0}
-    (root / "gateway.yaml").write_text(yaml.safe_dump(config))
-    (root / "policies" / "models.yaml").write_text(
-        yaml.safe_dump({"aliases": {"gpt-4o-mini": {"deployments": [deployment]}}})
-    )
-    (root / "policies" / "teams.yaml").write_text(yaml.safe_dump({"teams": {"bench": {}}}))
-    (root / "policies" / "scoring.yaml").write_text(yaml.safe_dump({"sample_rate": 1.0 if scoring else 0.0}))
-    port = free_port()
-    server = start_server(
-        f"gateway ({name})",
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(root / "gateway.yaml"),
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        base_url=f"http://127.0.0.1:{port}",
-        ready_path="/health/ready",
-        log_path=root / "gateway.log",
-        core=None,
-        env={**os.environ, "GATEWAY_CONFIG": str(root / "gateway.yaml")},
-        cwd=root,
-    )
-    created = httpx.post(
-        f"{server.base_url}/admin/keys", json={"team": "bench"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-    )
-    created.raise_for_status()
-    return server, created.json()["key"]
-
-
 def scored_count(server: Server) -> float:
     text = httpx.get(f"{server.base_url}/metrics").text
     for line in text.splitlines():
@@ -132,27 +84,22 @@ def scored_count(server: Server) -> float:
 
 
 def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
-    fake_port = free_port()
-    fake = start_server(
-        "fake upstream",
-        [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
-        base_url=f"http://127.0.0.1:{fake_port}",
-        ready_path="/health",
-        log_path=workdir / "fake.log",
-        core=None,
-    )
+    fake = start_fake_upstream(workdir)
     servers = [fake]
     try:
         gateways: dict[str, tuple[Server, str]] = {}
         for name, scoring in (("off", False), ("on", True)):
-            gateways[name] = start_gateway(workdir, name, fake.base_url, scoring)
+            gateways[name] = start_bench_gateway(
+                workdir, name, admin_key=ADMIN_KEY, aliases=one_alias(fake.base_url),
+                sections={"scoring": {"enabled": scoring}},
+                policies={"scoring": {"sample_rate": 1.0 if scoring else 0.0}},
+            )
             servers.append(gateways[name][0])
-        latency: dict[str, list[float]] = {name: [] for name in gateways}
-        overhead: dict[str, list[float]] = {name: [] for name in gateways}
-        cpu: dict[str, list[float]] = {name: [] for name in gateways}
+        sent = {name: 0 for name in gateways}
         with httpx.Client(timeout=30) as client:
 
-            def ask(name: str, n: int) -> None:
+            def ask(name: str, n: int) -> tuple[float, float]:
+                """(latency ms, the gateway's x-gateway-overhead-ms)"""
                 server, key = gateways[name]
                 body = {
                     "model": "gpt-4o-mini",
@@ -168,43 +115,41 @@ def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
                     content=orjson.dumps(body),
                     headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
                 )
-                latency[name].append((time.perf_counter() - started) * 1000)
+                latency = (time.perf_counter() - started) * 1000
                 response.raise_for_status()
-                overhead[name].append(float(response.headers["x-gateway-overhead-ms"]))
+                sent[name] += 1
+                return latency, float(response.headers["x-gateway-overhead-ms"])
 
-            sent = {name: 0 for name in gateways}
             for n in range(300):  # warm up: connections, imports, the scoring worker process
                 for name in gateways:
                     ask(name, n)
-                    sent[name] += 1
             deadline = time.monotonic() + 60
             while scored_count(gateways["on"][0]) < sent["on"] and time.monotonic() < deadline:
                 time.sleep(0.1)
-            for values in (*latency.values(), *overhead.values()):
-                values.clear()
-            for block in range(blocks):
-                for name in ("off", "on") if block % 2 == 0 else ("on", "off"):
-                    server = gateways[name][0]
-                    before = server.cpu_seconds()
-                    for n in range(requests):
-                        ask(name, n)
-                        sent[name] += 1
-                    # The block's answers are all scored and written inside the block.
-                    deadline = time.monotonic() + 60
-                    while name == "on" and scored_count(server) < sent[name] and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                    time.sleep(0.3)
-                    cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
+
+            def all_scored(name: str) -> None:
+                """The block's answers are all scored and written inside the block."""
+                server = gateways[name][0]
+                deadline = time.monotonic() + 60
+                while name == "on" and scored_count(server) < sent[name] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.3)
+
+            measured = alternating_blocks(
+                {name: server for name, (server, _) in gateways.items()}, ask, blocks=blocks, requests=requests,
+                after_block=all_scored,
+            )
         scored = scored_count(gateways["on"][0])
     finally:
         for server in reversed(servers):
             server.stop()
-    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    cpu_off, cpu_on = statistics.median(measured.cpu_us["off"]), statistics.median(measured.cpu_us["on"])
+    answers = {name: [answer for block in found for answer in block] for name, found in measured.answers.items()}
     return {
         "requests_per_block": requests,
         "blocks": blocks,
-        "latency_p50_ms": {name: round(statistics.median(v), 3) for name, v in latency.items()},
-        "overhead_p50_ms": {name: round(statistics.median(v), 3) for name, v in overhead.items()},
+        "latency_p50_ms": {name: round(statistics.median(a[0] for a in found), 3) for name, found in answers.items()},
+        "overhead_p50_ms": {name: round(statistics.median(a[1] for a in found), 3) for name, found in answers.items()},
         "cpu_us_per_request": {"off": round(cpu_off, 1), "on": round(cpu_on, 1)},
         "cpu_us_per_scored_answer": round(cpu_on - cpu_off, 1),
         "answers_scored": scored,

@@ -23,10 +23,8 @@ request without copies (``timeit``, best of 5).
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +32,9 @@ from typing import Any
 
 import httpx
 import orjson
-import yaml
 
-from benchmarks.procs import Server, free_port, start_server
+from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway, start_fake_upstream
+from benchmarks.procs import Server
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 MESSAGES = [
@@ -46,76 +44,17 @@ MESSAGES = [
 
 
 
-def start_fake(workdir: Path, name: str, latency_ms: float) -> Server:
-    port = free_port()
-    return start_server(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "gateway.testing.fake_upstream",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--latency-ms",
-            str(latency_ms),
-        ],
-        base_url=f"http://127.0.0.1:{port}",
-        ready_path="/health",
-        log_path=workdir / f"{name}.log",
-        core=None,
-    )
-
-
 def start_gateway(workdir: Path, name: str, upstream: str, shadow_upstream: str | None) -> tuple[Server, str]:
-    root = workdir / name
-    (root / "policies").mkdir(parents=True, exist_ok=True)
-    (root / "prompts").mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "access_log": True, "log_level": "warning"},
-        "storage": {"database_url": f"sqlite:///{root / 'gateway.db'}"},
-        "auth": {"admin_key": ADMIN_KEY},
-        "shadow": {"max_concurrent": 16, "timeout_s": 30},
-    }
-    deployment = {"provider": "openai", "base_url": f"{upstream}/v1", "model": "gpt-4o-mini", "retries": 0}
-    aliases: dict[str, Any] = {"gpt-4o-mini": {"deployments": [deployment]}}
+    aliases = one_alias(upstream)
+    policies: dict[str, Any] = {}
     if shadow_upstream is not None:
-        aliases["candidate"] = {
-            "deployments": [{**deployment, "base_url": f"{shadow_upstream}/v1", "model": "gpt-4o", "timeout_s": 600}]
-        }
+        aliases["candidate"] = {"deployments": [{**aliases["gpt-4o-mini"]["deployments"][0],
+                                                 "base_url": f"{shadow_upstream}/v1", "model": "gpt-4o",
+                                                 "timeout_s": 600}]}
         rule = {"target": "candidate", "sample_rate": 1.0, "traffic": {"alias": "gpt-4o-mini"}}
-        (root / "policies" / "shadows.yaml").write_text(yaml.safe_dump({"shadows": {"bench": rule}}))
-    (root / "gateway.yaml").write_text(yaml.safe_dump(config))
-    (root / "policies" / "models.yaml").write_text(yaml.safe_dump({"aliases": aliases}))
-    (root / "policies" / "teams.yaml").write_text(yaml.safe_dump({"teams": {"bench": {}}}))
-    port = free_port()
-    server = start_server(
-        f"gateway ({name})",
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            "--config",
-            str(root / "gateway.yaml"),
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        base_url=f"http://127.0.0.1:{port}",
-        ready_path="/health/ready",
-        log_path=root / "gateway.log",
-        core=None,
-        env={**os.environ, "GATEWAY_CONFIG": str(root / "gateway.yaml")},
-        cwd=root,
-    )
-    created = httpx.post(
-        f"{server.base_url}/admin/keys", json={"team": "bench"}, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
-    )
-    created.raise_for_status()
-    return server, created.json()["key"]
+        policies["shadows"] = {"shadows": {"bench": rule}}
+    return start_bench_gateway(workdir, name, admin_key=ADMIN_KEY, aliases=aliases,
+                               sections={"shadow": {"max_concurrent": 16, "timeout_s": 30}}, policies=policies)
 
 
 def copies(server: Server) -> dict[str, float]:
@@ -132,20 +71,16 @@ def copies(server: Server) -> dict[str, float]:
 
 
 def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
-    primary = start_fake(workdir, "fake-primary", 0)
+    primary = start_fake_upstream(workdir, "fake-primary")
     servers = [primary]
     try:
-        hanging = start_fake(workdir, "fake-hanging", 600_000)
-        fast = start_fake(workdir, "fake-fast", 0)
+        hanging = start_fake_upstream(workdir, "fake-hanging", latency_ms=600_000)
+        fast = start_fake_upstream(workdir, "fake-fast")
         servers += [hanging, fast]
         gateways: dict[str, tuple[Server, str]] = {}
         for name, shadow in (("off", None), ("hang", hanging.base_url), ("fast", fast.base_url)):
             gateways[name] = start_gateway(workdir, name, primary.base_url, shadow)
             servers.append(gateways[name][0])
-        latency: dict[str, list[float]] = {name: [] for name in gateways}
-        p50s: dict[str, list[float]] = {name: [] for name in gateways}
-        cpu: dict[str, list[float]] = {name: [] for name in gateways}
-        names = list(gateways)
         with httpx.Client(timeout=30) as client:
 
             def ask(name: str, n: int) -> float:
@@ -164,30 +99,24 @@ def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
                 return elapsed * 1000
 
             for n in range(300):  # warm up: connections, imports, tokenizers, the slots filling
-                for name in names:
+                for name in gateways:
                     ask(name, n)
             time.sleep(1.0)
-            for block in range(blocks):
-                order = names[block % len(names) :] + names[: block % len(names)]
-                for name in order:
-                    server = gateways[name][0]
-                    before = server.cpu_seconds()
-                    block_latency = [ask(name, n) for n in range(requests)]
-                    cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
-                    latency[name].extend(block_latency)
-                    p50s[name].append(statistics.median(block_latency))
+            measured = alternating_blocks(
+                {name: server for name, (server, _) in gateways.items()}, ask, blocks=blocks, requests=requests
+            )
         outcomes = {name: copies(gateways[name][0]) for name in ("hang", "fast")}
     finally:
         for server in reversed(servers):
             server.stop()
     result: dict[str, Any] = {"requests_per_block": requests, "blocks": blocks}
-    for name in latency:
-        ordered = sorted(latency[name])
+    for name, found in measured.answers.items():
+        ordered = sorted(latency for block in found for latency in block)
         result[name] = {
             "caller_p50_ms": round(statistics.median(ordered), 3),
             "caller_p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 3),
-            "block_p50_ms_median": round(statistics.median(p50s[name]), 3),
-            "cpu_us_per_request": round(statistics.median(cpu[name]), 1),
+            "block_p50_ms_median": round(statistics.median(statistics.median(block) for block in found), 3),
+            "cpu_us_per_request": round(statistics.median(measured.cpu_us[name]), 1),
         }
     result["p50_hang_minus_off_ms"] = round(result["hang"]["caller_p50_ms"] - result["off"]["caller_p50_ms"], 3)
     result["p50_fast_minus_off_ms"] = round(result["fast"]["caller_p50_ms"] - result["off"]["caller_p50_ms"], 3)

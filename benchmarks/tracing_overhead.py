@@ -25,10 +25,8 @@ anything): the measurement behind the choice of writing OTLP directly.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,9 +34,9 @@ from typing import Any
 
 import httpx
 import orjson
-import yaml
 
-from benchmarks.procs import Server, free_port, start_server
+from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway, start_fake_upstream
+from benchmarks.procs import Server
 from gateway.testing.langfuse_receiver import LangfuseReceiver
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
@@ -49,56 +47,18 @@ MESSAGES = [
 
 
 
-def start_gateway(workdir: Path, name: str, upstream: str, tracing: dict[str, Any] | None) -> tuple[Server, str]:
-    root = workdir / name
-    (root / "policies").mkdir(parents=True, exist_ok=True)
-    (root / "prompts").mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "access_log": True, "log_level": "warning"},
-        "storage": {"database_url": f"sqlite:///{root / 'gateway.db'}"},
-        "auth": {"admin_key": ADMIN_KEY},
-    }
-    if tracing is not None:
-        config["tracing"] = tracing
-    deployment = {"provider": "openai", "base_url": f"{upstream}/v1", "model": "gpt-4o-mini", "retries": 0}
-    (root / "gateway.yaml").write_text(yaml.safe_dump(config))
-    (root / "policies" / "models.yaml").write_text(
-        yaml.safe_dump({"aliases": {"gpt-4o-mini": {"deployments": [deployment]}}})
-    )
-    (root / "policies" / "teams.yaml").write_text(yaml.safe_dump({"teams": {"bench": {}}}))
-    port = free_port()
-    server = start_server(
-        f"gateway ({name})",
-        [sys.executable, "-m", "gateway", "serve", "--config", str(root / "gateway.yaml"), "--port", str(port),
-         "--workers", "1"],
-        base_url=f"http://127.0.0.1:{port}", ready_path="/health/ready", log_path=root / "gateway.log",
-        core=None, env={**os.environ, "GATEWAY_CONFIG": str(root / "gateway.yaml")}, cwd=root,
-    )
-    created = httpx.post(f"{server.base_url}/admin/keys", json={"team": "bench"},
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-    created.raise_for_status()
-    return server, created.json()["key"]
-
-
 def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict[str, Any]:
-    fake_port = free_port()
-    fake = start_server(
-        "fake upstream",
-        [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
-        base_url=f"http://127.0.0.1:{fake_port}", ready_path="/health", log_path=workdir / "fake.log", core=None,
-    )
+    fake = start_fake_upstream(workdir)
     servers = [fake]
     with LangfuseReceiver() as receiver:
         try:
             tracing = {"host": receiver.url, "public_key": receiver.public_key, "secret_key": receiver.secret_key,
                        "sample_rate": 1.0, "compression": compression}
             gateways: dict[str, tuple[Server, str]] = {}
-            for name, settings in (("off", None), ("on", tracing)):
-                gateways[name] = start_gateway(workdir, name, fake.base_url, settings)
+            for name, sections in (("off", {}), ("on", {"tracing": tracing})):
+                gateways[name] = start_bench_gateway(workdir, name, admin_key=ADMIN_KEY,
+                                                     aliases=one_alias(fake.base_url), sections=sections)
                 servers.append(gateways[name][0])
-            overhead: dict[str, list[float]] = {name: [] for name in gateways}
-            cpu: dict[str, list[float]] = {name: [] for name in gateways}
-            sent = 0
             with httpx.Client(timeout=30) as client:
 
                 def ask(name: str, n: int) -> float:
@@ -114,17 +74,13 @@ def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict
                 for n in range(300):  # warm up: connections, imports, the exporter's session
                     for name in gateways:
                         ask(name, n)
-                sent += 300
                 time.sleep(1.0)
-                for block in range(blocks):
-                    for name in (("off", "on") if block % 2 == 0 else ("on", "off")):
-                        server = gateways[name][0]
-                        before = server.cpu_seconds()
-                        for n in range(requests):
-                            overhead[name].append(ask(name, n))
-                        time.sleep(0.6)  # let the exporter's last batch go out inside the block
-                        cpu[name].append((server.cpu_seconds() - before) / requests * 1e6)
-                sent += blocks * requests
+                measured = alternating_blocks(
+                    {name: server for name, (server, _) in gateways.items()}, ask, blocks=blocks, requests=requests,
+                    # let the exporter's last batch go out inside the block
+                    after_block=lambda _name: time.sleep(0.6),
+                )
+            sent = 300 + blocks * requests
             deadline = time.monotonic() + 10
             while len(receiver.spans()) < sent and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -132,14 +88,15 @@ def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict
         finally:
             for server in reversed(servers):
                 server.stop()
-    cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    cpu_off, cpu_on = statistics.median(measured.cpu_us["off"]), statistics.median(measured.cpu_us["on"])
     return {
         "requests_per_block": requests,
         "blocks": blocks,
         "compression": compression,
         "cpu_us_per_request": {"off": round(cpu_off, 1), "on": round(cpu_on, 1)},
         "cpu_us_added_by_tracing": round(cpu_on - cpu_off, 1),
-        "overhead_p50_ms": {name: round(statistics.median(v), 3) for name, v in overhead.items()},
+        "overhead_p50_ms": {name: round(statistics.median([x for block in answers for x in block]), 3)
+                            for name, answers in measured.answers.items()},
         "spans_received": received,
         "traced_requests": sent,
     }
