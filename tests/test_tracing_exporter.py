@@ -35,6 +35,29 @@ def _ctx(n: int = 0) -> RequestContext:
                           catalog=CATALOG)
 
 
+def _spans(payload: bytes) -> list[object]:
+    """The spans of one POSTed payload, decoded with the official definitions, as Langfuse would."""
+    import gzip
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload)
+    return [span for resource in request.resource_spans for scope in resource.scope_spans for span in scope.spans]
+
+
+def _capture_posts(exporter: TraceExporter) -> list[bytes]:
+    """The payloads ``exporter`` posts from now on, kept instead of sent (each taken)."""
+    sent: list[bytes] = []
+
+    async def post(destination: object, payload: bytes) -> str | None:
+        sent.append(payload)
+        return None
+
+    exporter._post = post  # type: ignore[method-assign]
+    return sent
+
+
 def _dropped(registry: CollectorRegistry, reason: str) -> float:
     return registry.get_sample_value("dropped_total", {"reason": reason, "destination": "langfuse"}) or 0.0
 
@@ -111,36 +134,27 @@ async def test_an_unreachable_langfuse_loses_the_batch_and_the_stop_is_bounded()
 
 
 async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
-    """The exporter trickles: recorded requests' spans are built GATHER_S later, together, on
-    later turns of the loop (a slice of at most BUILD_SLICE_S each), so the exporter lets go of
-    finished requests within GATHER_S; a full batch is built and sent at once, a partial one
+    """With nothing waiting, a finished request's span is built as it is recorded (its answer has
+    gone out) and the request let go; a full batch is sent at once, a partial one
     flush_interval_ms after its first span."""
     import asyncio
 
     exporter, registry = _exporter(batch_size=4, flush_interval_ms=200, queue_size=100)
-    sent: list[int] = []
-
-    async def post(destination: object, payload: bytes) -> str | None:
-        sent.append(len(payload))
-        return None
-
-    exporter._post = post  # type: ignore[method-assign]
+    sent = _capture_posts(exporter)
     exporter.start_task()
     try:
         for n in range(3):
             ctx = _ctx(n)
             exporter.start(ctx)
             exporter.record(ctx)
-        assert exporter.queued == 3 and len(exporter._built) == 0  # nothing built on the request path
+            assert not exporter._queue and exporter._built == n + 1  # built: no request held
         for _ in range(5):
             await asyncio.sleep(0)
-        assert len(exporter._built) == 0  # gathering: at low rates several spans are built per wake-up
-        await asyncio.sleep(GATHER_S + 0.03)
-        assert len(exporter._built) == 3 and not exporter._queue  # built: no request held any more
         assert sent == []  # three of four: waiting for the flush interval
         await asyncio.sleep(0.3)
         assert len(sent) == 1 and exporter.queued == 0
         assert registry.get_sample_value("exported_total", {"destination": "langfuse"}) == 3
+        assert [span.name for span in _spans(sent[0])] == ["chat unknown"] * 3  # type: ignore[attr-defined]
         # A full batch leaves at once.
         for n in range(4):
             ctx = _ctx(10 + n)
@@ -150,8 +164,56 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
             await asyncio.sleep(0)
         assert len(sent) == 2 and exporter.queued == 0
         assert registry.get_sample_value("exported_total", {"destination": "langfuse"}) == 7
+        assert len(_spans(sent[1])) == 4
     finally:
         await exporter.close()
+
+
+async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
+    """While spans wait (a batch being sent, a burst), recorded requests queue; the export task
+    builds them GATHER_S later, a slice of loop time at a time, never on the request path."""
+    import asyncio
+
+    exporter, _ = _exporter(batch_size=2, flush_interval_ms=200, queue_size=100)
+    exporter._post = lambda destination, payload: asyncio.sleep(0.05)  # type: ignore[method-assign,assignment,return-value]
+    exporter.start_task()
+    try:
+        for n in range(6):  # two build at once and fill the batch; the rest queue behind it
+            ctx = _ctx(n)
+            exporter.start(ctx)
+            exporter.record(ctx)
+        assert exporter._built == 2 and len(exporter._queue) == 4
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(exporter._queue) == 4  # gathering: at low rates several spans are built per wake-up
+        await asyncio.sleep(GATHER_S + 0.5)
+        assert exporter.queued == 0
+    finally:
+        await exporter.close()
+
+
+def test_a_batch_is_one_valid_request_whatever_the_compression() -> None:
+    """Each span is its own resource_spans entry, compressed as it is built: the batch's bytes,
+    joined (and the compressor's tail), decode as one ExportTraceServiceRequest."""
+    import asyncio
+
+    async def batch(compression: str) -> bytes:
+        exporter, _ = _exporter(batch_size=10, compression=compression)
+        sent = _capture_posts(exporter)
+        exporter.start_task()
+        for n in range(5):
+            ctx = _ctx(n)
+            exporter.start(ctx)
+            exporter.record(ctx)
+        await exporter.export_batch()
+        await exporter.close()
+        return sent[0]
+
+    for compression in ("gzip", "none"):
+        payload = asyncio.run(batch(compression))
+        assert payload[:2] == b"\x1f\x8b" if compression == "gzip" else payload[:1] == b"\x0a"
+        spans = _spans(payload)
+        assert len(spans) == 5 and len({span.trace_id for span in spans}) == 5  # type: ignore[attr-defined]
 
 
 async def test_the_queue_depth_gauge_follows_the_backlog() -> None:

@@ -49,6 +49,27 @@ def test_each_attribute_value_decodes_to_itself(value: otlp.AttributeValue) -> N
     assert decoded == value and type(decoded) is type(value)
 
 
+def test_envelope_entries_concatenate_into_one_request() -> None:
+    """The exporter's form: each span a whole resource_spans entry, the batch their concatenation."""
+    envelope = otlp.Envelope([("service.name", "svc")], "scope")
+    spans = [
+        otlp.span(trace_id=bytes([n]) * 16, span_id=bytes([n]) * 8, name=f"span {n}", kind=otlp.SPAN_KIND_SERVER,
+                  start_ns=1, end_ns=2, attributes_bytes=otlp.attributes([("n", n)], otlp.SPAN_ATTRIBUTE_TAG))
+        for n in range(1, 4)
+    ]
+    single = _decode(envelope.entry(spans[0]))  # one entry alone is a whole request
+    assert single.name == "span 1"
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(b"".join(envelope.entry(span) for span in spans))
+    assert len(request.resource_spans) == 3
+    for n, resource_spans in enumerate(request.resource_spans, start=1):
+        assert _attributes(resource_spans.resource.attributes) == {"service.name": "svc"}
+        [scope_spans] = resource_spans.scope_spans
+        assert scope_spans.scope.name == "scope"
+        [span] = scope_spans.spans
+        assert span.name == f"span {n}" and _attributes(span.attributes) == {"n": n}
+
+
 def test_a_span_with_every_field() -> None:
     attrs = [("a", "1"), ("b", 2), ("c", 3.5), ("d", True)]
     encoded = [

@@ -1,22 +1,28 @@
-"""Traces off the request path: a bounded queue the record stage feeds, and one export task.
+"""Traces off the request path: spans built once answers have gone out, and one export task.
 
 On the request path tracing does two things, both cheap: ``start`` gives the request its trace
-id (and the ``x-gateway-trace-id`` response header), and ``record`` appends the finished
-request to a bounded queue, or drops and counts it when the queue is full. Nothing is built,
-serialised or sent there.
+id (and the ``x-gateway-trace-id`` response header), and ``record`` takes the finished request,
+or drops and counts it when the bounded queue is full. ``record`` runs once the reply has been
+delivered (a sink of the record stage), so nothing is built, serialised or sent before an
+answer goes out.
 
-A background task does the rest: it turns queued requests into OTLP spans (``spans.SpanBuilder``)
-shortly after they finish (``GATHER_S``, so that a quiet gateway builds a few per wake-up), in
-slices of ``BUILD_SLICE_S`` of loop time (longer while a backlog waits), so requests running
-meanwhile wait a fraction of a millisecond. (A span with masking costs ~0.1 ms; built a whole
-batch at a time, even yielding every 16 spans, they stalled the requests of that
-moment by 20-35 ms at concurrency 1, and held every request's objects until its batch was due.)
-When a batch is full or ``flush_interval_ms`` after its first span, it encodes the batch with
-the official OpenTelemetry protobuf definitions, compresses it and POSTs it to each
-destination: Langfuse's OTLP endpoint, any OTLP/HTTP endpoint (``otlp_endpoint``, with its
-headers), or both. One export is in flight at a time, bounded by ``timeout_s``. A batch a
-destination did not take (down, hanging, 5xx, 401) is dropped and counted for it, never
-retried into a growing backlog: tracing is fail-open, an outage costs traces, not requests.
+When nothing waits to be built, ``record`` builds the span at once (``spans.SpanBuilder``, ~0.1 ms
+with masking) and lets go of the request: at concurrency 1 the next request waits for at most
+that one span. When spans are waiting (a burst, a batch being sent), requests queue, and the
+export task builds them ``GATHER_S`` later, in slices of ``BUILD_SLICE_S`` of loop time (longer
+while a backlog waits), so requests running meanwhile wait a fraction of a millisecond. (Built
+a whole batch at a time, spans stalled the requests of that moment by 20-35 ms at concurrency
+1; built in slices at low load too, a request waited for a whole slice at each of its turns of
+the loop, which put 2 ms on the p99.)
+
+Each span is written as a whole ``resource_spans`` entry of an OTLP ``ExportTraceServiceRequest``
+(``otlp.Envelope``) and, with gzip, compressed as it is built, so that at export only the
+compressor's tail is left (compressing a whole batch at once held the loop for 2-4 ms). A batch
+leaves when full or ``flush_interval_ms`` after its first span, POSTed to each destination:
+Langfuse's OTLP endpoint, any OTLP/HTTP endpoint (``otlp_endpoint``, with its headers), or both.
+One export is in flight at a time, bounded by ``timeout_s``. A batch a destination did not take
+(down, hanging, 5xx, 401) is dropped and counted for it, never retried into a growing backlog:
+tracing is fail-open, an outage costs traces, not requests.
 
 Sampling is decided in ``record`` by the team's and alias's policy (``policy``); a failed
 request is always kept. A caller's W3C ``traceparent`` is read in ``start``: the request
@@ -33,12 +39,12 @@ import asyncio
 import base64
 import collections
 import contextlib
-import gzip
 import logging
 import os
 import random
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,9 +68,9 @@ TRACE_HEADER = b"x-gateway-trace-id"
 #: Longest the exporter builds spans before it lets the event loop run other work.
 BUILD_SLICE_S = 0.0005
 MAX_BUILD_SLICE_S = 0.004
-#: How long the exporter lets finished requests gather before it builds their spans, unless a
-#: batch is already waiting. At low rates this builds several spans per wake-up instead of one
-#: per request (full profile at concurrency 1: ~100 µs of CPU less per request); a span still
+#: How long queued requests (those that found spans waiting) gather before the export task
+#: builds them, unless a batch is already queued: several spans per wake-up instead of one per
+#: request (a wake-up per span cost ~100 µs of CPU per request at concurrency 1); a span still
 #: leaves within ``flush_interval_ms``.
 GATHER_S = 0.02
 #: At most one warning per this many seconds about traces being dropped.
@@ -148,7 +154,11 @@ class TraceExporter:
         self.destinations = destinations(settings)
         self.endpoint = ", ".join(destination.url for destination in self.destinations)
         self._queue: collections.deque[tuple[RequestContext, int]] = collections.deque()
-        self._built: list[bytes] = []  # encoded spans waiting for their batch
+        # The batch being built: how many spans, and its payload so far (the spans' envelope
+        # entries, or what the compressor has given back of them).
+        self._built = 0
+        self._parts: list[bytes] = []
+        self._gzip: zlib._Compress | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
         self._max = settings.queue_size
         self._batch = settings.batch_size
@@ -164,9 +174,9 @@ class TraceExporter:
         self._last_warning = 0.0
         self._lost_since_warning = 0
         self._unsent = 0  # lost to a stop (counted under reason "shutdown")
-        self._resource: list[otlp.Attribute] = [
-            ("service.name", service_name), ("deployment.environment", settings.environment),
-        ]
+        self._envelope = otlp.Envelope(
+            [("service.name", service_name), ("deployment.environment", settings.environment)], "llm-gateway"
+        )
 
     # -- on the request path -----------------------------------------------------------------
 
@@ -189,19 +199,27 @@ class TraceExporter:
         if rate < 1.0 and not failed(ctx) and random.random() >= rate:
             return
         queue = self._queue
-        if len(queue) + len(self._built) >= self._max:
+        if len(queue) + self._built >= self._max:
             for counter in self._dropped_full:
                 counter.inc()
             self._lost(1)
             return
         queue.append((ctx, time.time_ns()))
+        if len(queue) == 1 and self._built < self._batch and self._task is not None:
+            # Nothing waits to be built: build this span now. Its answer has gone out (sinks run
+            # once the reply is delivered), and one span costs the next request at most its
+            # own build, where a slice of the background task cost it up to BUILD_SLICE_S at
+            # each of its turns of the loop.
+            self._build_next()
+            if self._built < self._batch:
+                return  # the batch's flush timer sends it
         if not self._wake.is_set():
             self._wake.set()
 
     @property
     def queued(self) -> int:
         """Requests recorded and not yet exported (built or not)."""
-        return len(self._queue) + len(self._built)
+        return len(self._queue) + self._built
 
     # -- in the background -------------------------------------------------------------------
 
@@ -212,13 +230,13 @@ class TraceExporter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if len(self._queue) < self._batch:
+            if len(self._queue) < self._batch and self._built < self._batch:
                 await asyncio.sleep(GATHER_S)
             self._wake.clear()
             await self._build_batch()
             if self._depth is not None:
                 self._depth.set(self.queued)
-            if len(self._built) >= self._batch or (self._built and self._flush_timer is None):
+            if self._built >= self._batch or (self._built and self._flush_timer is None):
                 await self.export_batch()
                 if self._queue or self._built:
                     self._wake.set()
@@ -231,10 +249,10 @@ class TraceExporter:
         BUILD_SLICE_S, up to MAX_BUILD_SLICE_S): under load a loop turn is long, and a fixed
         0.5 ms let the queue fill and spans drop at concurrency 64.
         """
-        while self._queue and len(self._built) < self._batch:
+        while self._queue and self._built < self._batch:
             slice_s = min(BUILD_SLICE_S * (1 + len(self._queue) // self._batch), MAX_BUILD_SLICE_S)
             until = time.perf_counter() + slice_s
-            while self._queue and len(self._built) < self._batch and time.perf_counter() < until:
+            while self._queue and self._built < self._batch and time.perf_counter() < until:
                 self._build_next()
             await asyncio.sleep(0)
 
@@ -242,7 +260,7 @@ class TraceExporter:
         """Build the oldest queued request's span (a failure is logged and counted as dropped)."""
         ctx, end_ns = self._queue.popleft()
         try:
-            span = self.builder.build(ctx, end_ns)
+            entry = self._envelope.entry(self.builder.build(ctx, end_ns))
         except Exception:
             log.exception("could not build a trace span; dropped", extra={"request_id": ctx.request_id})
             for counter in self._dropped_export.values():
@@ -253,7 +271,15 @@ class TraceExporter:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 self.settings.flush_interval_ms / 1000, self._flush_due
             )
-        self._built.append(span)
+        self._built += 1
+        if self.settings.compression == "gzip":
+            # Compressed span by span as built: at export only the compressor's tail is left.
+            if self._gzip is None:
+                self._gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip's header and trailer
+            entry = self._gzip.compress(entry)
+            if not entry:
+                return  # held in the compressor's window
+        self._parts.append(entry)
 
     def _flush_due(self) -> None:
         self._flush_timer = None
@@ -263,46 +289,40 @@ class TraceExporter:
         """Send up to one batch (building what it needs from the queue); False if a destination
         did not take it (dropped)."""
         await self._build_batch()
-        taken = self._built[: self._batch]
-        del self._built[: len(taken)]
+        taken, parts, compressor = self._built, self._parts, self._gzip
+        self._built, self._parts, self._gzip = 0, [], None
         if self._depth is not None:
             self._depth.set(self.queued)
-        if self._flush_timer is not None and not self._built:
+        if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
         if not taken:
             return True
         try:
-            payload = await self._payload(taken)
+            if compressor is not None:
+                parts.append(compressor.flush())
+            payload = b"".join(parts)
         except Exception:
-            log.exception("could not encode traces; dropped", extra={"spans": len(taken)})
+            log.exception("could not encode traces; dropped", extra={"spans": taken})
             for counter in self._dropped_export.values():
-                counter.inc(len(taken))
+                counter.inc(taken)
             return False
         try:
             errors = await asyncio.gather(*(self._post(destination, payload) for destination in self.destinations))
         except asyncio.CancelledError:  # stopped mid-export: the batch is lost, say so
             for counter in self._dropped_shutdown:
-                counter.inc(len(taken))
-            self._unsent += len(taken)
+                counter.inc(taken)
+            self._unsent += taken
             raise
         delivered = True
         for destination, error in zip(self.destinations, errors, strict=True):
             if error is None:
-                self._exported[destination.name].inc(len(taken))
+                self._exported[destination.name].inc(taken)
             else:
                 delivered = False
-                self._dropped_export[destination.name].inc(len(taken))
-                self._lost(len(taken), f"{destination.name}: {error}")
+                self._dropped_export[destination.name].inc(taken)
+                self._lost(taken, f"{destination.name}: {error}")
         return delivered
-
-    async def _payload(self, spans: list[bytes]) -> bytes:
-        payload = otlp.export_request(self._resource, "llm-gateway", spans)
-        if self.settings.compression == "gzip":
-            # On the loop: a full batch (~400 KiB) takes 2-4 ms once per batch. On a worker
-            # thread it gave each pool thread its own malloc arena: +10 MiB RSS measured.
-            payload = gzip.compress(payload, compresslevel=1)
-        return payload
 
     async def _post(self, destination: Destination, payload: bytes) -> str | None:
         """POST one payload to one destination; None when it took it, else why not."""
@@ -365,7 +385,7 @@ class TraceExporter:
                     counter.inc(left)
                 self._unsent += left
                 self._queue.clear()
-                self._built.clear()
+                self._built, self._parts, self._gzip = 0, [], None
             if self._unsent:
                 log.warning("traces not sent at shutdown", extra={"dropped": self._unsent})
             if self._session is not None:

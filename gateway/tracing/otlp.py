@@ -133,6 +133,28 @@ def span(
 SPAN_ATTRIBUTE_TAG: Final = 0x4A  # Span.attributes = 9
 
 
+class Envelope:
+    """Each span as a whole ``ResourceSpans`` entry (``ExportTraceServiceRequest.resource_spans``,
+    field 1) with the same resource and scope: entries concatenate into a valid request.
+
+    So a batch's bytes are final as each span is built, and can be compressed span by span
+    instead of all at once at export (a whole batch, 2-4 ms of loop time, was one of the stalls
+    in the latency tail). The repeated resource and scope cost ~60 bytes a span before
+    compression and next to nothing after.
+    """
+
+    __slots__ = ("_head", "_scope")
+
+    def __init__(self, resource: Iterable[Attribute], scope_name: str) -> None:
+        self._head = _field(0x0A, attributes(resource, 0x0A))  # ResourceSpans.resource = 1
+        self._scope = _field(0x0A, _field(0x0A, scope_name.encode()))  # ScopeSpans.scope = 1 (its name = 1)
+
+    def entry(self, span: bytes) -> bytes:
+        """``span`` (encoded) as one ``resource_spans`` entry."""
+        scope_spans = self._scope + _field(0x12, span)  # ScopeSpans.spans = 2
+        return _field(0x0A, self._head + _field(0x12, scope_spans))  # ResourceSpans.scope_spans = 2
+
+
 def export_request(resource: Iterable[Attribute], scope_name: str, spans: Iterable[bytes]) -> bytes:
     """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``."""
     resource_bytes = attributes(resource, 0x0A)  # Resource.attributes = 1
