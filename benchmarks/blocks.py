@@ -24,18 +24,6 @@ from benchmarks.procs import Server, free_port, start_server
 T = TypeVar("T")
 
 
-def start_fake_upstream(workdir: Path, name: str = "fake upstream", *, latency_ms: float = 0) -> Server:
-    """The project's fake upstream on a free port (``latency_ms``: before each answer)."""
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(port)]
-    if latency_ms:
-        argv += ["--latency-ms", str(latency_ms)]
-    return start_server(
-        name, argv, base_url=f"http://127.0.0.1:{port}", ready_path="/health",
-        log_path=workdir / f"{name.replace(' ', '-')}.log", core=None,
-    )
-
-
 def one_alias(upstream: str, name: str = "gpt-4o-mini") -> dict[str, Any]:
     """``models.yaml``'s aliases: ``name`` served by ``upstream``'s OpenAI-compatible API."""
     deployment = {"provider": "openai", "base_url": f"{upstream}/v1", "model": name, "retries": 0}

@@ -45,7 +45,7 @@ import orjson
 import yaml
 
 from benchmarks.procs import Server, free_port, start_server
-from benchmarks.servers import stage_catalog
+from benchmarks.servers import stage_catalog, start_fake
 from gateway.auth import Principal
 from gateway.cache import Cache, MemoryStore, PurgeFilter, RedisStore
 from gateway.cache.keys import team_scope
@@ -116,15 +116,7 @@ def start_gateway(workdir: Path, name: str, upstream: str, team: str, **options:
 
 def through_server(workdir: Path, requests: int, redis_url: str | None) -> dict[str, Any]:
     team = "bench-" + secrets.token_hex(4)
-    fake_port = free_port()
-    fake = start_server(
-        "fake upstream",
-        [sys.executable, "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(fake_port)],
-        base_url=f"http://127.0.0.1:{fake_port}",
-        ready_path="/health",
-        log_path=workdir / "fake.log",
-        core=None,
-    )
+    fake = start_fake(workdir, port=free_port(), core=None)
     servers = [fake]
     try:
         gateways = {}

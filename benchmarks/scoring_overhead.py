@@ -30,8 +30,9 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway, start_fake_upstream
-from benchmarks.procs import Server
+from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway
+from benchmarks.procs import Server, free_port
+from benchmarks.servers import start_fake
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 PASSAGES = [
@@ -84,7 +85,7 @@ def scored_count(server: Server) -> float:
 
 
 def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
-    fake = start_fake_upstream(workdir)
+    fake = start_fake(workdir, port=free_port(), core=None)
     servers = [fake]
     try:
         gateways: dict[str, tuple[Server, str]] = {}

@@ -118,13 +118,21 @@ def _gateway_command() -> list[str]:
     return [str(script)] if script.exists() else [_python(), "-m", "gateway"]
 
 
-def start_fake(workdir: Path, *, port: int, core: int | None) -> Server:
+def start_fake(
+    workdir: Path, *, port: int, core: int | None, name: str = "fake upstream", latency_ms: float = 0
+) -> Server:
+    """The project's fake upstream (``latency_ms``: before each answer); its log is
+    ``fake.log``, or named after ``name`` when there are several."""
+    argv = [_python(), "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(port)]
+    if latency_ms:
+        argv += ["--latency-ms", str(latency_ms)]
+    log_name = "fake" if name == "fake upstream" else name.replace(" ", "-")
     return start_server(
-        "fake upstream",
-        [_python(), "-m", "gateway.testing.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        name,
+        argv,
         base_url=f"http://127.0.0.1:{port}",
         ready_path="/health",
-        log_path=workdir / "fake.log",
+        log_path=workdir / f"{log_name}.log",
         core=core,
         timeout=30,
     )

@@ -33,8 +33,9 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway, start_fake_upstream
-from benchmarks.procs import Server
+from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway
+from benchmarks.procs import Server, free_port
+from benchmarks.servers import start_fake
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 MESSAGES = [
@@ -71,11 +72,11 @@ def copies(server: Server) -> dict[str, float]:
 
 
 def measure(workdir: Path, requests: int, blocks: int) -> dict[str, Any]:
-    primary = start_fake_upstream(workdir, "fake-primary")
+    primary = start_fake(workdir, port=free_port(), core=None, name="fake-primary")
     servers = [primary]
     try:
-        hanging = start_fake_upstream(workdir, "fake-hanging", latency_ms=600_000)
-        fast = start_fake_upstream(workdir, "fake-fast")
+        hanging = start_fake(workdir, port=free_port(), core=None, name="fake-hanging", latency_ms=600_000)
+        fast = start_fake(workdir, port=free_port(), core=None, name="fake-fast")
         servers += [hanging, fast]
         gateways: dict[str, tuple[Server, str]] = {}
         for name, shadow in (("off", None), ("hang", hanging.base_url), ("fast", fast.base_url)):

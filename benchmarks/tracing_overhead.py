@@ -35,8 +35,9 @@ from typing import Any
 import httpx
 import orjson
 
-from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway, start_fake_upstream
-from benchmarks.procs import Server
+from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway
+from benchmarks.procs import Server, free_port
+from benchmarks.servers import start_fake
 from gateway.testing.langfuse_receiver import LangfuseReceiver
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
@@ -48,7 +49,7 @@ MESSAGES = [
 
 
 def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict[str, Any]:
-    fake = start_fake_upstream(workdir)
+    fake = start_fake(workdir, port=free_port(), core=None)
     servers = [fake]
     with LangfuseReceiver() as receiver:
         try:
