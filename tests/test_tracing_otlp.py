@@ -44,7 +44,7 @@ def test_each_attribute_value_decodes_to_itself(value: otlp.AttributeValue) -> N
         trace_id=bytes(range(16)), span_id=bytes(range(8)), name="n", kind=otlp.SPAN_KIND_SERVER,
         start_ns=1, end_ns=2, attributes_bytes=otlp.attributes([("k", value)], otlp.SPAN_ATTRIBUTE_TAG),
     )
-    span = _decode(otlp.export_request([("service.name", "svc")], "scope", [encoded]))
+    span = _decode(otlp.Envelope([("service.name", "svc")], "scope").entry(encoded))
     decoded = _attributes(span.attributes)["k"]
     assert decoded == value and type(decoded) is type(value)
 
@@ -82,8 +82,9 @@ def test_a_span_with_every_field() -> None:
         for n in range(3)
     ]
     request = ExportTraceServiceRequest()
-    request.ParseFromString(otlp.export_request([("service.name", "svc")], "scope", encoded))
-    spans = request.resource_spans[0].scope_spans[0].spans
+    envelope = otlp.Envelope([("service.name", "svc")], "scope")
+    request.ParseFromString(b"".join(envelope.entry(span) for span in encoded))
+    spans = [span for resource in request.resource_spans for scope in resource.scope_spans for span in scope.spans]
     assert [span.name for span in spans] == ["span 0 ✓", "span 1 ✓", "span 2 ✓"]
     span = spans[2]
     assert span.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c" and span.span_id.hex() == "b7ad6b7169203331"

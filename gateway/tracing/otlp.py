@@ -153,12 +153,3 @@ class Envelope:
         """``span`` (encoded) as one ``resource_spans`` entry."""
         scope_spans = self._scope + _field(0x12, span)  # ScopeSpans.spans = 2
         return _field(0x0A, self._head + _field(0x12, scope_spans))  # ResourceSpans.scope_spans = 2
-
-
-def export_request(resource: Iterable[Attribute], scope_name: str, spans: Iterable[bytes]) -> bytes:
-    """An ``ExportTraceServiceRequest`` with one resource and one scope holding ``spans``."""
-    resource_bytes = attributes(resource, 0x0A)  # Resource.attributes = 1
-    scope = _field(0x0A, scope_name.encode())  # InstrumentationScope.name = 1
-    scope_spans = _field(0x0A, scope) + b"".join(_field(0x12, item) for item in spans)  # scope = 1, spans = 2
-    resource_spans = _field(0x0A, resource_bytes) + _field(0x12, scope_spans)  # resource = 1, scope_spans = 2
-    return _field(0x0A, resource_spans)  # ExportTraceServiceRequest.resource_spans = 1
