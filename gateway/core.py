@@ -94,6 +94,11 @@ class Core:
 
 def _failed(ctx: RequestContext, error: GatewayError) -> None:
     ctx.status = error.status
+    # The error outlives its raise on ``ctx``; its traceback (and those of the exceptions it
+    # was raised from) holds the frames that hold ``ctx``: a reference cycle per failed
+    # request, freed only by the garbage collector. A flood of refused keys then cost full
+    # collections of 20-35 ms. Once mapped here, nothing needs the traceback: drop it.
+    error.__traceback__ = error.__context__ = error.__cause__ = None
     ctx.error = error
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,6 +85,56 @@ async def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
     assert received[0] == b'data: {"choices":[]}\n\n'
     assert orjson.loads(received[1][6:])["error"]["message"] == "the upstream went away"
     assert ctx.status == 503 and ctx.error is not None
+
+
+def _contexts_left_for_the_collector(make: Any) -> list[RequestContext]:
+    """The RequestContexts that ``make()`` leaves behind in reference cycles: with the collector
+    off, everything else is freed by reference counting as soon as it is dropped."""
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(make())
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return [found for found in gc.garbage if isinstance(found, RequestContext)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_failed_request_leaves_no_reference_cycle_behind() -> None:
+    """The error kept on ``ctx`` does not keep its traceback: that held the frames holding
+    ``ctx``, a cycle per failed request, and a flood of refused keys cost full collections."""
+
+    async def refused() -> None:
+        ctx = caller()
+        try:
+            raise UpstreamUnavailable("down")
+        except UpstreamUnavailable as cause:
+            error = AuthenticationFailed("bad key")
+            error.__cause__ = cause  # raised from another error, as the providers do
+        await Core(failing(error)).handle(ctx)
+        assert ctx.error is error and ctx.status == 401
+        assert (error.__traceback__, error.__cause__, error.__context__) == (None, None, None)
+
+    async def failed_stream() -> None:
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: {}\n\n"
+            raise UpstreamUnavailable("the upstream went away")
+
+        ctx = caller(stream=True)
+        reply = await Core(answering(StreamReply(events()))).handle(ctx)
+        assert isinstance(reply, StreamReply)
+        assert len([chunk async for chunk in reply.events]) == 2 and ctx.status == 503
+
+    async def unexpected() -> None:
+        ctx = caller()
+        await Core(failing(KeyError("detail"))).handle(ctx)
+        assert ctx.status == 500
+
+    for make in (refused, failed_stream, unexpected):
+        assert _contexts_left_for_the_collector(make) == [], make.__name__
 
 
 async def test_run_reads_a_stream_to_its_end_and_finishes_once() -> None:
