@@ -41,6 +41,9 @@ class Scrubber:
         self._exact: re.Pattern[str] | None = None
         self._sources: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()  # log records are formatted on any thread
+        #: Goes up whenever the set of secrets changes: whoever keeps scrubbed text knows when
+        #: it may hold a secret that is now known (``gateway.tracing.redaction``'s cache).
+        self.generation = 0
 
     def use(self, source: str, secrets: Iterable[str]) -> None:
         """Set the secrets ``source`` (e.g. "settings", "catalog") holds, replacing its last set."""
@@ -49,6 +52,7 @@ class Scrubber:
             self._sources[source] = values
             every = sorted(set().union(*self._sources.values()), key=len, reverse=True)  # longest first
             self._exact = re.compile("|".join(map(re.escape, every))) if every else None
+            self.generation += 1
 
     def scrub(self, text: str) -> str:
         exact = self._exact

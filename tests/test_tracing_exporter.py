@@ -238,3 +238,20 @@ async def test_the_queue_depth_gauge_follows_the_backlog() -> None:
     await exporter.export_batch()
     assert registry.get_sample_value("depth") == 0.0
     await exporter.close()
+
+
+def test_an_input_past_the_field_limit_is_cut_and_still_masked() -> None:
+    from gateway.tracing.spans import MAX_FIELD_CHARS
+
+    exporter, _ = _exporter(content="mask")
+    small, large = _ctx(1), _ctx(2)
+    small.body = {"messages": [{"role": "user", "content": "card 4111 1111 1111 1111"}]}
+    large.body = {"messages": [{"role": "user", "content": "card 4111 1111 1111 1111 " + "x" * MAX_FIELD_CHARS}]}
+    inputs = []
+    for ctx in (small, large):
+        exporter.start(ctx)
+        span = exporter.builder.build(ctx, time.time_ns())
+        inputs.append(span.split(b"langfuse.observation.input")[1])
+    assert b'[{"role":"user","content":"card [card]"}]' in inputs[0]
+    assert b"card [card] xxx" in inputs[1] and b"4111" not in inputs[1]
+    assert inputs[1].count(b"x") <= MAX_FIELD_CHARS and "…[cut by the gateway]".encode() in inputs[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,6 +116,69 @@ def test_extra_maskers_load_by_import_path() -> None:
         maskers.load([], ["gateway.tracing.maskers:DEFAULT_ORDER"])
     custom = Redactor(chosen)
     assert custom.content("EMP-12345 ana@example.com", "mask") == "[employee] [email]"
+
+
+MESSAGES = [
+    {"role": "system", "content": "You help customers. Escalate to ops@example.com."},
+    {"role": "user", "content": "My card is 4111 1111 1111 1111, call +1 (415) 555-0134."},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+        "name": "refund", "arguments": '{"card": "5500-0000-0000-0004", "note": "sk-proj-abcdefghijklmnop1234"}'}}]},
+]
+
+
+def test_structures_are_redacted_string_by_string_as_their_json_text_would_be() -> None:
+    redactor = Redactor(list(MASKERS.values()), hash_key=b"k" * 32)
+    for policy in ("full", "mask", "hash"):
+        whole = REDACTOR.content(orjson.dumps(MESSAGES).decode(), policy)
+        assert orjson.dumps(redactor.structure(MESSAGES, policy)).decode() == whole, policy
+    assert redactor.structure(MESSAGES, "none") is None
+    # Keys and long integers too: a body of unknown shape is traced as it came.
+    odd = {"ana@example.com": [4111111111111111, 42, 3.5, True, None], "n": 4111111111111112}
+    assert redactor.structure(odd, "mask") == {"[email]": ["[card]", 42, 3.5, True, None], "n": 4111111111111112}
+
+
+def _counting_redactor() -> tuple[Redactor, list[str]]:
+    seen: list[str] = []
+
+    def valid(found: str) -> bool:
+        seen.append(found)
+        return True
+
+    return Redactor([Masker("word", re.compile(r"secretword\d"), valid)], hash_key=b"k" * 32), seen
+
+
+def test_a_text_seen_before_is_not_redacted_again() -> None:
+    redactor, seen = _counting_redactor()
+    first = redactor.structure(["a secretword1", "a secretword1"], "mask")
+    assert first == ["a [word]", "a [word]"] and seen == ["secretword1"]
+    assert redactor.structure({"content": "a secretword1"}, "hash") != {"content": "a [word]"}  # per policy
+    assert len(seen) == 2
+    assert redactor.structure(["a secretword1"], "mask") == ["a [word]"] and len(seen) == 2
+
+
+def test_a_secret_that_becomes_known_empties_the_cache() -> None:
+    redactor, _ = _counting_redactor()
+    text = "upstream said b7e2d4c9a1f3e5d8"  # no known shape: only its value says it is a key
+    assert redactor.structure([text], "full") == [text]
+    SECRETS.use("test-redaction-cache", ["b7e2d4c9a1f3e5d8"])
+    try:
+        assert redactor.structure([text], "full") == ["upstream said [redacted]"]
+    finally:
+        SECRETS.use("test-redaction-cache", [])
+
+
+def test_the_cache_is_bounded() -> None:
+    from gateway.tracing import redaction
+
+    redactor, seen = _counting_redactor()
+    for n in range(redaction.CACHE_MAX_ENTRIES + 10):
+        redactor.structure([f"text {n} secretword1"], "mask")
+    assert sum(len(cache) for cache in redactor._cache.values()) <= redaction.CACHE_MAX_ENTRIES
+    long = "x" * redaction.CACHE_MAX_TEXT + " secretword2"
+    before = len(seen)
+    assert redactor.structure([long, long], "mask") == [long[:-12] + " [word]"] * 2
+    assert len(seen) == before + 2  # too long to keep: redacted each time
+    assert redactor._cached_chars <= redaction.CACHE_MAX_CHARS + 2 * redaction.CACHE_MAX_TEXT
 
 
 def _ctx(team: str | None, alias: str) -> RequestContext:

@@ -51,11 +51,15 @@ MAX_FIELD_CHARS = 256 * 1024
 _CUT = "…[cut by the gateway]"
 
 
-def _json_text(value: Any) -> str:
+def _content(redactor: Redactor, value: Any, policy: Content) -> str | None:
+    """``value`` (an input or output) as JSON text, redacted as ``policy`` says: string by
+    string (the redactor remembers texts it saw before), or as one cut text past MAX_FIELD_CHARS."""
+    if policy == "none":
+        return None
     text = orjson.dumps(value).decode()
     if len(text) > MAX_FIELD_CHARS:
-        text = text[:MAX_FIELD_CHARS] + _CUT
-    return text
+        return redactor.content(text[:MAX_FIELD_CHARS] + _CUT, policy)
+    return orjson.dumps(redactor.structure(value, policy)).decode()
 
 
 def request_input(ctx: RequestContext) -> Any:
@@ -174,12 +178,12 @@ class SpanBuilder:
         self._prompt(ctx, add)
         given = request_input(ctx)
         if given is not None:
-            text = redactor.content(_json_text(given), content)
+            text = _content(redactor, given, content)
             if text is not None:
                 add(("langfuse.observation.input", text))
         output = request_output(ctx)
         if output is not None:
-            text = redactor.content(_json_text(output), content)
+            text = _content(redactor, output, content)
             if text is not None:
                 add(("langfuse.observation.output", text))
         answer = ctx.answer
