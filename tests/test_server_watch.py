@@ -107,3 +107,28 @@ def test_watchers_end_with_their_requests(served: tuple[str, _LoopSpy], fake: Fa
         fake.configure(latency_ms=0)
     assert spy.loop is not None
     assert _settled(spy.loop) == 0
+
+
+def test_start_up_freezes_its_heap_and_sets_the_young_threshold(served: tuple[str, _LoopSpy]) -> None:
+    """``server.gc_threshold`` (default 10,000) is the young generation's threshold once the app
+    has started, and start-up's heap is frozen out of the collector's walks."""
+    import gc
+
+    from gateway.config.settings import ServerSettings
+
+    assert gc.get_threshold()[0] == ServerSettings().gc_threshold == 10_000
+    assert gc.get_freeze_count() > 10_000
+
+
+def test_settle_heap_sets_only_the_young_threshold() -> None:
+    import gc
+
+    from gateway.server.app import settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap(1234)
+        assert gc.get_threshold() == (1234, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
