@@ -255,3 +255,34 @@ def test_an_input_past_the_field_limit_is_cut_and_still_masked() -> None:
     assert b'[{"role":"user","content":"card [card]"}]' in inputs[0]
     assert b"card [card] xxx" in inputs[1] and b"4111" not in inputs[1]
     assert inputs[1].count(b"x") <= MAX_FIELD_CHARS and "…[cut by the gateway]".encode() in inputs[1]
+
+
+def test_repeating_metadata_is_encoded_once_per_combination_and_decodes_the_same() -> None:
+    """The metadata that repeats (team, status, stream...) is kept encoded per combination of
+    values: each span still carries its own values, with their types (a bool is not an int)."""
+    exporter, _ = _exporter()
+    builder = exporter.builder
+    made = []
+    for n, (status, stream, attempts) in enumerate([(200, False, 1), (500, True, 1), (200, False, 1), (200, True, 2)]):
+        ctx = _ctx(n)
+        ctx.status, ctx.stream, ctx.attempts = status, stream, attempts
+        exporter.start(ctx)
+        made.append(_spans(exporter._envelope.entry(builder.build(ctx, time.time_ns())))[0])
+    assert len(builder._repeating) == 3  # the first and third requests share theirs
+
+    def metadata(span: object) -> dict[str, object]:
+        prefix = "langfuse.observation.metadata."
+        found: dict[str, object] = {}
+        for attribute in span.attributes:  # type: ignore[attr-defined]
+            if attribute.key.startswith(prefix):
+                value = attribute.value
+                found[attribute.key[len(prefix):]] = getattr(value, value.WhichOneof("value"))
+        return found
+
+    seen = [metadata(span) for span in made]
+    assert [(m["status"], m["stream"], m["attempts"]) for m in seen] == [
+        (200, False, 1), (500, True, 1), (200, False, 1), (200, True, 2)
+    ]
+    assert all(type(m["stream"]) is bool and type(m["status"]) is int for m in seen)
+    assert [m["request_id"] for m in seen] == ["r0", "r1", "r2", "r3"]
+    assert "latency_ms" in seen[0] and "origin" in seen[0] and "error_code" not in seen[0]
