@@ -94,8 +94,11 @@ def attribute(key: str, value: AttributeValue, tag: int) -> bytes:
     return encoded
 
 
-def attributes(items: Iterable[Attribute], tag: int) -> bytes:
-    """Repeated ``KeyValue`` fields under ``tag`` (already shifted: ``field << 3 | 2``)."""
+def attributes(items: Iterable[Attribute], tag: int, *, repeating: bool = True) -> bytes:
+    """Repeated ``KeyValue`` fields under ``tag`` (already shifted: ``field << 3 | 2``);
+    ``repeating=False`` for values new on every request (ids), which are not worth keeping."""
+    if not repeating:
+        return b"".join([_field(tag, key_value(key, value)) for key, value in items])
     return b"".join([attribute(key, value, tag) for key, value in items])
 
 

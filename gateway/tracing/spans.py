@@ -305,4 +305,4 @@ class SpanBuilder:
             varying.append((_PARENT_REQUEST_ID, ctx.parent_id))
         if ctx.saved_cost:
             varying.append((_SAVED_COST, ctx.saved_cost))
-        return encoded + otlp.attributes(varying, otlp.SPAN_ATTRIBUTE_TAG)
+        return encoded + otlp.attributes(varying, otlp.SPAN_ATTRIBUTE_TAG, repeating=False)
