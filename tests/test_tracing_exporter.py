@@ -268,7 +268,7 @@ def test_repeating_metadata_is_encoded_once_per_combination_and_decodes_the_same
         ctx.status, ctx.stream, ctx.attempts = status, stream, attempts
         exporter.start(ctx)
         made.append(_spans(exporter._envelope.entry(builder.build(ctx, time.time_ns())))[0])
-    assert len(builder._repeating) == 3  # the first and third requests share theirs
+    assert len(builder._repeating) == 1 + 3  # one head for all; the first and third share metadata
 
     def metadata(span: object) -> dict[str, object]:
         prefix = "langfuse.observation.metadata."
@@ -286,3 +286,27 @@ def test_repeating_metadata_is_encoded_once_per_combination_and_decodes_the_same
     assert all(type(m["stream"]) is bool and type(m["status"]) is int for m in seen)
     assert [m["request_id"] for m in seen] == ["r0", "r1", "r2", "r3"]
     assert "latency_ms" in seen[0] and "origin" in seen[0] and "error_code" not in seen[0]
+
+
+def test_the_repeating_head_keeps_each_spans_parameters_and_types() -> None:
+    """The head (model, parameters, trace name) is encoded once per combination: a temperature
+    of 1 and one of 1.0 stay an int and a double, and a fork names no trace."""
+    exporter, _ = _exporter()
+
+    def attributes(ctx: RequestContext) -> dict[str, object]:
+        exporter.start(ctx)
+        span = _spans(exporter._envelope.entry(exporter.builder.build(ctx, time.time_ns())))[0]
+        return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}  # type: ignore[attr-defined]
+
+    seen = []
+    cases = [(1, 64, None), (1.0, 64, None), (0.2, 8, "p"), (1, 64, None)]
+    for n, (temperature, max_tokens, parent) in enumerate(cases):
+        ctx = _ctx(n)
+        ctx.body = {"messages": [], "temperature": temperature, "max_tokens": max_tokens}
+        ctx.parent_id = parent
+        seen.append(attributes(ctx))
+    assert [(a["gen_ai.request.temperature"], type(a["gen_ai.request.temperature"])) for a in seen] == [
+        (1, int), (1.0, float), (0.2, float), (1, int)
+    ]
+    assert [a["gen_ai.request.max_tokens"] for a in seen] == [64, 64, 8, 64]
+    assert ["langfuse.trace.name" in a for a in seen] == [True, True, False, True]

@@ -100,8 +100,8 @@ _REPEATING_METADATA = tuple(_metadata_key(name) for name in (
     "cache_status", "budget_status", "fallback", "served_alias", "downgraded_from", "data_class", "attempts",
     "status", "stream", "origin", "error_code", "content_policy",
 ))
-#: Distinct combinations of those kept encoded (then the cache starts over).
-_REPEATING_METADATA_MAX = 1024
+#: Distinct combinations of repeating attributes kept encoded (then the cache starts over).
+_REPEATING_MAX = 1024
 _REQUEST_ID, _PARENT_REQUEST_ID, _LATENCY_MS, _OVERHEAD_MS, _SAVED_COST = (_metadata_key(name) for name in (
     "request_id", "parent_request_id", "latency_ms", "overhead_ms", "saved_cost",
 ))
@@ -148,7 +148,8 @@ class SpanBuilder:
         self.policies = policies
         # None: prompts are not mirrored, the gateway's version is the one to name.
         self.prompt_versions = prompt_versions
-        # The repeating metadata's values -> their attributes, encoded (``_metadata``).
+        # The values of a span's repeating head or metadata -> their attributes, encoded (a
+        # head's key and a metadata's key are tuples of different lengths: they never meet).
         self._repeating: dict[tuple[object, ...], bytes] = {}
 
     def build(self, ctx: RequestContext, end_ns: int) -> bytes:
@@ -161,32 +162,32 @@ class SpanBuilder:
         alias = ctx.alias.name if ctx.alias is not None else (ctx.requested_model or "unknown")
         deployment = ctx.deployment
         operation = "chat" if ctx.endpoint.value == "chat" else "embeddings"
-        attributes: list[otlp.Attribute] = [
-            ("langfuse.observation.type", "generation"),
-            ("langfuse.environment", self.environment),
-            ("gen_ai.operation.name", operation),
-            ("gen_ai.request.model", ctx.requested_model or alias),
-        ]
+        body = ctx.body
+        parameters = tuple(
+            (name, value, type(value)) for parameter, name in _REQUEST_PARAMETERS
+            if type(value := body.get(parameter)) is int or type(value) is float
+        ) if body else ()
+        # What repeats from request to request (the deployment, the parameters, the prompt) is
+        # encoded once per combination, as the metadata is (``_metadata``).
+        head_key = (
+            operation, ctx.requested_model or alias,
+            # A fork is an observation in its primary's trace: it names no trace.
+            None if ctx.parent_id is not None else ctx.prompt_name or alias,
+            deployment.model if deployment is not None else None,
+            deployment.provider if deployment is not None else None,
+            parameters, self._prompt(ctx),
+        )
+        head = self._repeating.get(head_key)
+        if head is None:
+            head = self._remember(head_key, otlp.attributes(self._head(head_key), otlp.SPAN_ATTRIBUTE_TAG))
+        attributes: list[otlp.Attribute] = []
         add = attributes.append
-        if ctx.parent_id is None:  # a fork is an observation in its primary's trace: it names no trace
-            add(("langfuse.trace.name", ctx.prompt_name or alias))
         if ctx.user:
             add(("user.id", redactor.identifier(ctx.user, content)))
         if ctx.session_id:
             session = redactor.identifier(ctx.session_id, content)
             add(("session.id", session))
             add(("gen_ai.conversation.id", session))
-        if deployment is not None:
-            add(("langfuse.observation.model.name", deployment.model))
-            add(("gen_ai.response.model", deployment.model))
-            add(("gen_ai.provider.name", deployment.provider))
-        body = ctx.body
-        if body:
-            for parameter, name in _REQUEST_PARAMETERS:
-                value = body.get(parameter)
-                if type(value) is int or type(value) is float:
-                    add((name, value))
-        self._prompt(ctx, add)
         given = request_input(ctx)
         if given is not None:
             text = _content(redactor, given, content)
@@ -242,21 +243,46 @@ class SpanBuilder:
             kind=otlp.SPAN_KIND_SERVER,
             start_ns=start_ns,
             end_ns=end_ns,
-            attributes_bytes=otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG) + metadata,
+            attributes_bytes=head + otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG) + metadata,
             status_code=status_code,
             status_message=message,
         )
 
-    def _prompt(self, ctx: RequestContext, add: Callable[[otlp.Attribute], None]) -> None:
+    def _head(self, key: tuple[Any, ...]) -> list[otlp.Attribute]:
+        """The attributes of a span's repeating head (``build``'s ``head_key``)."""
+        operation, requested, trace_name, model, provider, parameters, prompt = key
+        attributes: list[otlp.Attribute] = [
+            ("langfuse.observation.type", "generation"),
+            ("langfuse.environment", self.environment),
+            ("gen_ai.operation.name", operation),
+            ("gen_ai.request.model", requested),
+        ]
+        if trace_name is not None:
+            attributes.append(("langfuse.trace.name", trace_name))
+        if model is not None:
+            attributes += [("langfuse.observation.model.name", model), ("gen_ai.response.model", model),
+                           ("gen_ai.provider.name", provider)]
+        attributes += [(name, value) for name, value, _ in parameters]
+        if prompt is not None:
+            attributes += [("langfuse.observation.prompt.name", prompt[0]),
+                           ("langfuse.observation.prompt.version", prompt[1])]
+        return attributes
+
+    def _remember(self, key: tuple[Any, ...], encoded: bytes) -> bytes:
+        if len(self._repeating) >= _REPEATING_MAX:
+            self._repeating.clear()
+        self._repeating[key] = encoded
+        return encoded
+
+    def _prompt(self, ctx: RequestContext) -> tuple[str, int] | None:
+        """The prompt (name, version) the generation links to, if any."""
         name, version = ctx.prompt_name, ctx.prompt_version
         if name is None or version is None:
-            return
+            return None
         linked: int | None = version
         if self.prompt_versions is not None:
             linked = self.prompt_versions(name, version)
-        if linked is not None:
-            add(("langfuse.observation.prompt.name", name))
-            add(("langfuse.observation.prompt.version", linked))
+        return (name, linked) if linked is not None else None
 
     def _metadata(self, ctx: RequestContext, alias: str, content: Content, elapsed: float) -> bytes:
         """The metadata attributes, encoded: those that repeat from request to request (team,
@@ -290,12 +316,10 @@ class SpanBuilder:
         )
         encoded = self._repeating.get(repeating)
         if encoded is None:
-            if len(self._repeating) >= _REPEATING_METADATA_MAX:
-                self._repeating.clear()
-            encoded = self._repeating[repeating] = otlp.attributes(
+            encoded = self._remember(repeating, otlp.attributes(
                 [(key, value) for key, value in zip(_REPEATING_METADATA, repeating, strict=True) if value is not None],
                 otlp.SPAN_ATTRIBUTE_TAG,
-            )
+            ))
         varying: list[otlp.Attribute] = [
             (_REQUEST_ID, ctx.request_id),
             (_LATENCY_MS, round(elapsed * 1000, 3)),
