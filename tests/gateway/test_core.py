@@ -73,13 +73,15 @@ async def test_an_unexpected_exception_is_a_500_that_tells_nothing(caplog: pytes
     assert "unhandled error" in caplog.text
 
 
-async def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
-    async def events() -> AsyncIterator[bytes]:
-        yield b'data: {"choices":[]}\n\n'
-        raise UpstreamUnavailable("the upstream went away")
+async def failing_midway() -> AsyncIterator[bytes]:
+    """A stream whose upstream goes away after its first event."""
+    yield b'data: {"choices":[]}\n\n'
+    raise UpstreamUnavailable("the upstream went away")
 
+
+async def test_a_stream_that_fails_midway_ends_with_an_error_event() -> None:
     ctx = caller(stream=True)
-    reply = await Core(answering(StreamReply(events()))).handle(ctx)
+    reply = await Core(answering(StreamReply(failing_midway()))).handle(ctx)
     assert isinstance(reply, StreamReply) and ctx.status == 200
     received = [chunk async for chunk in reply.events]
     assert received[0] == b'data: {"choices":[]}\n\n'
@@ -119,12 +121,8 @@ def test_a_failed_request_leaves_no_reference_cycle_behind() -> None:
         assert (error.__traceback__, error.__cause__, error.__context__) == (None, None, None)
 
     async def failed_stream() -> None:
-        async def events() -> AsyncIterator[bytes]:
-            yield b"data: {}\n\n"
-            raise UpstreamUnavailable("the upstream went away")
-
         ctx = caller(stream=True)
-        reply = await Core(answering(StreamReply(events()))).handle(ctx)
+        reply = await Core(answering(StreamReply(failing_midway()))).handle(ctx)
         assert isinstance(reply, StreamReply)
         assert len([chunk async for chunk in reply.events]) == 2 and ctx.status == 503
 
