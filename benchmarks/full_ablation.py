@@ -4,7 +4,8 @@ The full profile's gateway (``benchmarks.servers``, ``--profile full``) is run o
 once with each feature left out (tracing, the response cache, the budget, the rollout), then
 with all four left out, in alternating rounds, so that a machine drifting between minutes
 (seen here: 0.3 ms at concurrency 1) shifts every variant alike. Each run warms up, then
-sends non-streaming requests for ``--seconds`` at ``--concurrency`` with wrk, and reads:
+sends requests (non-streaming, or streams with ``--stream``) for ``--seconds`` at
+``--concurrency`` with wrk, and reads:
 
 * the gateway process' CPU per request (``/proc``: user + system, all threads);
 * the client's p50 and p99 latency.
@@ -48,19 +49,19 @@ def variants() -> list[Variant]:
     return found
 
 
-def run_once(variant: Variant, workdir: Path, upstream: str, plain: Path, args: argparse.Namespace) -> None:
+def run_once(variant: Variant, workdir: Path, upstream: str, body: Path, args: argparse.Namespace) -> None:
     from gateway.testing.langfuse_receiver import LangfuseReceiver
 
-    with LangfuseReceiver(keep=False) as receiver:
+    with LangfuseReceiver(keep=False, cpus={LOAD_CORE}) as receiver:  # off the gateway's core, as Langfuse is
         full = FullProfile(
             redis_url=args.redis, langfuse_url=receiver.url, langfuse_public_key=receiver.public_key,
             langfuse_secret_key=receiver.secret_key, team="bench-" + uuid.uuid4().hex[:8], without=variant.without,
         )
         server, endpoint = start_gateway(workdir, upstream, port=free_port(), core=SERVER_CORE, full=full)
         try:
-            run_load(LoadSpec(endpoint, plain, args.concurrency, False, args.warmup, "wrk", core=LOAD_CORE))
+            run_load(LoadSpec(endpoint, body, args.concurrency, args.stream, args.warmup, "wrk", core=LOAD_CORE))
             result = measure(
-                LoadSpec(endpoint, plain, args.concurrency, False, args.seconds, "wrk", core=LOAD_CORE), [server]
+                LoadSpec(endpoint, body, args.concurrency, args.stream, args.seconds, "wrk", core=LOAD_CORE), [server]
             )
         finally:
             server.stop()
@@ -74,8 +75,8 @@ def run_once(variant: Variant, workdir: Path, upstream: str, plain: Path, args: 
 def report(found: list[Variant], args: argparse.Namespace) -> str:
     full = statistics.median(found[0].cpu_us)
     lines = [
-        f"Concurrency {args.concurrency}, {args.seconds:g} s per run, {args.rounds} rounds (medians; each round's "
-        "figures in brackets).",
+        f"{'Streams' if args.stream else 'Non-streaming'}, concurrency {args.concurrency}, {args.seconds:g} s per "
+        f"run, {args.rounds} rounds (medians; each round's figures in brackets).",
         "",
         "| variant | CPU µs/req | vs full | p50 ms | p99 ms |",
         "|---|--:|--:|--:|--:|",
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--stream", action="store_true", help="streamed requests instead of JSON answers")
     args = parser.parse_args(argv)
     if wrk_path() is None:
         print("wrk is needed (apt-get install wrk)", file=sys.stderr)
@@ -104,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     found = variants()
     with tempfile.TemporaryDirectory(prefix="gw-ablation-") as temporary:
         workdir = Path(temporary)
-        plain, _ = write_bodies(workdir, unique=True)
+        plain, stream = write_bodies(workdir, unique=True)
         fake = start_fake(workdir, port=free_port(), core=LOAD_CORE)
         try:
             for round_number in range(args.rounds):
                 for variant in found:
                     where = workdir / f"r{round_number}-{variant.name.replace(' ', '-')}"
-                    run_once(variant, where, fake.base_url, plain, args)
+                    run_once(variant, where, fake.base_url, stream if args.stream else plain, args)
                     print(f"round {round_number + 1}: {variant.name}: {variant.cpu_us[-1]:.0f} µs CPU/req, "
                           f"p50 {variant.p50_ms[-1]:.3f} ms", file=sys.stderr, flush=True)
         finally:

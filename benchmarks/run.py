@@ -353,14 +353,15 @@ def _package(frame: str) -> str:
 
 def bench_full(options: Options, fake: Server) -> tuple[ServerRun, str]:
     """The gateway with every stage on, tracing to a local Langfuse receiver in this process
-    (it only counts what it gets: nothing is kept)."""
+    (it only counts what it gets: nothing is kept), on the upstream's core: it stands for a
+    remote Langfuse, as the fake stands for a remote upstream."""
     import uuid
 
     from gateway.testing.langfuse_receiver import LangfuseReceiver
 
     log("gateway, full profile: key auth, prompt, cache miss + hard budget on Redis, rollout, tracing 100 %")
     bench = Bench(options, write_bodies(options.workdir, unique=True), fake)
-    with LangfuseReceiver(keep=False) as receiver:
+    with LangfuseReceiver(keep=False, cpus={UPSTREAM_CORE}) as receiver:
         full = FullProfile(redis_url=options.redis_url, langfuse_url=receiver.url,
                            langfuse_public_key=receiver.public_key, langfuse_secret_key=receiver.secret_key,
                            team="bench-" + uuid.uuid4().hex[:8])

@@ -267,5 +267,8 @@ def test_the_full_profile_ablation_leaves_out_what_it_names_and_reports_the_diff
         variant.cpu_us += [cpu, cpu + 10]
         variant.p50_ms += [1.0, 1.2]
         variant.p99_ms += [3.0, 3.5]
-    table = report(found, argparse.Namespace(concurrency=1, seconds=10.0, rounds=2))
+    table = report(found, argparse.Namespace(concurrency=1, seconds=10.0, rounds=2, stream=False))
     assert "| without budget | 755 [750, 760] | -250 | 1.100 | 3.250 |" in table
+    assert table.startswith("Non-streaming, concurrency 1")
+    streams = report(found, argparse.Namespace(concurrency=64, seconds=6.0, rounds=2, stream=True))
+    assert streams.startswith("Streams, concurrency 64, 6 s per run, 2 rounds")

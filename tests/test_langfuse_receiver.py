@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import httpx
 import pytest
@@ -27,6 +28,19 @@ def _payload(name: str) -> bytes:
 
 def _auth(receiver: LangfuseReceiver) -> httpx.BasicAuth:
     return httpx.BasicAuth(receiver.public_key, receiver.secret_key)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="thread affinity is Linux's")
+def test_a_benchmark_can_keep_it_off_the_measured_core() -> None:
+    core = max(os.sched_getaffinity(0))
+    with LangfuseReceiver(cpus={core}) as pinned:
+        thread = pinned._thread
+        assert thread is not None and thread.native_id is not None
+        assert os.sched_getaffinity(thread.native_id) == {core}
+        response = httpx.post(pinned.url + TRACES_PATH, content=_payload("pinned"), auth=_auth(pinned),
+                              headers={"Content-Type": "application/x-protobuf"})
+        assert response.status_code == 200 and pinned.span_count == 1
+    assert os.sched_getaffinity(0) != {core} or len(os.sched_getaffinity(0)) == 1  # the caller is not pinned
 
 
 def test_the_official_langfuse_sdk_reaches_it(receiver: LangfuseReceiver) -> None:

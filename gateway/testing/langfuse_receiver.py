@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import math
+import os
 import socket
 import threading
 import zlib
@@ -117,11 +119,17 @@ def _attributes(items: Any) -> dict[str, Any]:
 
 
 class LangfuseReceiver:
-    def __init__(self, *, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test", keep: bool = True) -> None:
+    def __init__(
+        self, *, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test", keep: bool = True,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.public_key = public_key
         self.secret_key = secret_key
         # False: decode and count spans, keep nothing (a benchmark's hours of traces in bounded memory).
         self.keep = keep
+        # The cores the receiver's thread may run on: a benchmark keeps it off the gateway's core,
+        # as Langfuse would be (decoding a batch of 256 spans holds a core for a millisecond or two).
+        self._cpus = cpus
         self._span_count = 0
         self.mode: Mode = "normal"
         self._store = _Store()
@@ -141,10 +149,16 @@ class LangfuseReceiver:
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> LangfuseReceiver:
-        self._thread = threading.Thread(target=self._loop.run_forever, name="langfuse-receiver", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="langfuse-receiver", daemon=True)
         self._thread.start()
         self._call(self._start())
         return self
+
+    def _serve(self) -> None:
+        if self._cpus is not None:
+            with contextlib.suppress(OSError, AttributeError):  # no such core, or not Linux: anywhere
+                os.sched_setaffinity(0, self._cpus)  # 0: this thread only
+        self._loop.run_forever()
 
     def stop(self) -> None:
         if self._thread is None:
