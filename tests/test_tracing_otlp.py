@@ -162,3 +162,12 @@ def test_a_fork_is_a_child_observation_of_its_primarys_span() -> None:
     assert second.parent_span_id == first.span_id != second.span_id
     assert "langfuse.trace.name" in _attributes(first.attributes)
     assert "langfuse.trace.name" not in _attributes(second.attributes)  # it does not rename the trace
+
+
+def test_the_completion_start_time_is_written_as_isoformat_writes_it() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.tracing.spans import _iso_json
+
+    for ns in (1796567089123456789, 1796567089000000000, 1796567089000001000, 0):
+        assert orjson.loads(_iso_json(ns)) == datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat()

@@ -128,8 +128,7 @@ def span_id_of(trace_id: str, request_id: str) -> bytes:
 
 def _iso_json(ns: int) -> str:
     """A time as Langfuse's SDK sends ``completion_start_time``: a JSON string, ISO 8601."""
-    moment = datetime.fromtimestamp(ns / 1e9, tz=UTC)
-    return orjson.dumps(moment.isoformat()).decode()
+    return orjson.dumps(datetime.fromtimestamp(ns / 1e9, tz=UTC)).decode()  # orjson writes isoformat()'s text
 
 
 class SpanBuilder:
