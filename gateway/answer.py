@@ -35,7 +35,8 @@ class Answer:
     """
 
     __slots__ = (
-        "_body", "_builder", "_data", "_parts", "_size", "compact_at", "complete", "first_at", "status", "streamed",
+        "_body", "_builder", "_data", "_parts", "_size", "_view_of_stream", "compact_at", "complete", "first_at",
+        "status", "streamed",
     )
 
     def __init__(self, *, streamed: bool, status: int = 200, compact_at: int = COMPACT_AT) -> None:
@@ -48,6 +49,9 @@ class Answer:
         self._parts: list[bytes] = []
         self._size = 0
         self._builder: CompletionBuilder | None = None
+        # A stream's answer as a completion so far, kept until the next event: tracing reads its
+        # text, tool calls and finish reasons, three readings of one view. Read-only for callers.
+        self._view_of_stream: dict[str, Any] | None = None
         # When a stream's first event was relayed (perf_counter): its time to first token.
         self.first_at: float | None = None
 
@@ -74,6 +78,7 @@ class Answer:
             self.first_at = time.perf_counter()
         self._parts.append(batch)
         self._size += len(batch)
+        self._view_of_stream = None
         if batch.endswith(DONE_EVENT):
             self.complete = True
         elif self._size >= self.compact_at:
@@ -122,7 +127,10 @@ class Answer:
         """The answer as a completion, as far as it went (tolerant: for reading, not storing)."""
         if not self.streamed or self._data is not None:
             return self.data() or {}
-        return self._fold().snapshot(None)
+        view = self._view_of_stream
+        if view is None:
+            view = self._view_of_stream = self._fold().snapshot(None)
+        return view
 
     @property
     def output_text(self) -> str:

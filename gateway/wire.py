@@ -11,7 +11,7 @@ Pure functions and one builder class; no I/O, no pipeline types beyond ``Usage``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Final
 
 import orjson
@@ -38,15 +38,12 @@ def error_event(error: GatewayError) -> bytes:
     return sse(error_body(error))
 
 
-def data_payloads(parts: Iterable[bytes]) -> Iterator[bytes]:
+def data_payloads(parts: Iterable[bytes]) -> list[bytes]:
     """The ``data:`` payloads of complete events, up to (not including) ``[DONE]``."""
-    for event in b"".join(parts).split(b"\n\n"):
-        if not event.startswith(b"data:"):
-            continue
-        payload = event[5:].strip()
-        if payload == b"[DONE]":
-            return
-        yield payload
+    payloads = [event[5:].strip() for event in b"".join(parts).split(b"\n\n") if event[:5] == b"data:"]
+    if b"[DONE]" in payloads:
+        del payloads[payloads.index(b"[DONE]"):]
+    return payloads
 
 
 # -- usage ---------------------------------------------------------------------------------------
@@ -168,10 +165,15 @@ class CompletionBuilder:
             state = self.choices.get(index)
             if state is None:
                 state = self.choices[index] = _Choice()
-            state.add(choice)
             delta = choice.get("delta")
-            if isinstance(delta, dict):
-                self.texts.extend(message_texts(delta))
+            if not isinstance(delta, dict):
+                delta = None
+            state.add(choice, delta)
+            if delta:
+                if len(delta) == 1 and type(content := delta.get("content")) is str:
+                    self.texts.append(content)  # the common delta: message_texts(delta) in short
+                else:
+                    self.texts.extend(message_texts(delta))
 
     @property
     def finished(self) -> bool:
@@ -230,9 +232,8 @@ class _Choice:
         self.logprobs: dict[str, Any] | None = None
         self.finish_reason: str | None = None
 
-    def add(self, choice: dict[str, Any]) -> None:
-        delta = choice.get("delta") or {}
-        for name, value in delta.items():
+    def add(self, choice: dict[str, Any], delta: dict[str, Any] | None) -> None:
+        for name, value in (delta or {}).items():
             if value is None:
                 continue
             if name == "tool_calls":
