@@ -512,3 +512,23 @@ async def test_the_wire_times_out_reconnects_and_reloads_scripts() -> None:
         await wire.close()
     finally:
         server.stop()
+
+
+async def test_a_stop_waits_for_the_settlements_already_sent(
+    redis_url: str, rclient: redis.Redis, db: Database
+) -> None:
+    """A graceful stop right after requests finish (a rolling deploy) still applies their spend:
+    the batch the settler has taken off the queue and is sending is waited for, not cancelled."""
+    team = budget(1.0)
+    backend = redis_backend(redis_url, db, team)
+    await backend.start()
+    held = [await reserve(backend, team, request_id=f"r{n}") for n in range(20)]
+    for reservation in held:
+        assert isinstance(reservation, Reservation)
+        backend.settle(reservation, to_nanos(0.004))
+    for _ in range(200):  # until the settler has taken the batch: the queue is empty, the send is not done
+        if not backend._queue:
+            break
+        await asyncio.sleep(0.001)
+    await backend.close()
+    assert counters(rclient, "t") == {"s:t": 20 * to_nanos(0.004), "r:t": 0}

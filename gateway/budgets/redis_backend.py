@@ -305,6 +305,7 @@ class RedisBackend:
         self._ttl_ms = int(settings.reservation_ttl_s * 1000)
         self._live: dict[str, Reservation] = {}
         self._queue: deque[_Settlement] = deque()
+        self._sending = 0  # settlements taken off the queue whose batch is not answered yet
         self._wake = asyncio.Event()
         self._builds: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -409,12 +410,15 @@ class RedisBackend:
             self._wake.clear()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), _BATCH * 8))]
+                self._sending = len(batch)
                 try:
                     failed = await self._send(batch)
                 except Exception:
                     # A bug must not stop every later settlement: drop this batch, loudly.
                     log.exception("budget settlements dropped", extra={"count": len(batch)})
                     continue
+                finally:
+                    self._sending = 0
                 if failed:
                     self._queue.extendleft(reversed(failed))
                     self._log_unavailable("budget settlements waiting for Redis", len(self._queue))
@@ -665,15 +669,18 @@ class RedisBackend:
         ]
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Send every queued settlement (retrying for up to ``timeout_s``), then stop."""
+        """Send every queued settlement (retrying for up to ``timeout_s``), then stop.
+
+        Waits for the batch being sent too: the settler takes it off the queue before its reply
+        comes, and cancelling it then lost the spend of a stop's last requests."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._queue and loop.time() < deadline:
+        while (self._queue or self._sending) and loop.time() < deadline:
             self._wake.set()
             await asyncio.sleep(0.01)
-        if self._queue:
+        if self._queue or self._sending:
             log.error("budget settlements unsent at shutdown; their reservations will be reconciled",
-                      extra={"count": len(self._queue)})
+                      extra={"count": len(self._queue) + self._sending})
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
