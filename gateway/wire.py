@@ -78,6 +78,8 @@ def usage_of_event(payload: bytes) -> Usage | None:
 
 def message_texts(message: dict[str, Any]) -> list[str]:
     """The billed text of one message (or one stream delta): content, refusal, reasoning, tools."""
+    if len(message) == 1 and type(content := message.get("content")) is str:
+        return [content]  # most stream deltas: the loops below would find just this
     texts = []
     for key in _BILLED_TEXT:
         value = message.get(key)
@@ -170,10 +172,7 @@ class CompletionBuilder:
                 delta = None
             state.add(choice, delta)
             if delta:
-                if len(delta) == 1 and type(content := delta.get("content")) is str:
-                    self.texts.append(content)  # the common delta: message_texts(delta) in short
-                else:
-                    self.texts.extend(message_texts(delta))
+                self.texts.extend(message_texts(delta))
 
     @property
     def finished(self) -> bool:
