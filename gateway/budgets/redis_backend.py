@@ -52,6 +52,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway import ids
 from gateway.budgets.alerts import Alerts, crossings
 from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation, ScopeState
 from gateway.budgets.ledger_io import RECONCILED_KIND, reconciled_row, spent_by_field
@@ -327,7 +328,7 @@ class RedisBackend:
         team = budget.team
         hkey = period_key(team, win)
         tag = team_tag(team)
-        rid = secrets.token_hex(8)
+        rid = ids.hex64()
         fields = [scope.field for scope in scopes]
         record = orjson.dumps(
             {"h": hkey, "a": str(amount), "f": fields, "q": request_id, "k": key_id, "al": alias, "l": win.label}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -19,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from gateway import ids
 from gateway.auth import bearer_token
 from gateway.context import Endpoint, JsonReply, RequestContext, StreamReply
 from gateway.core import CLIENT_CLOSED
@@ -288,7 +288,7 @@ class _Headers:
 def _request_id(given: bytes | None) -> bytes:
     if given is not None and _REQUEST_ID.match(given):
         return given
-    return os.urandom(16).hex().encode()  # uuid4's randomness without building a UUID object
+    return ids.hex128().encode()
 
 
 def _ms(seconds: float) -> bytes:

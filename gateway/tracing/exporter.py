@@ -40,7 +40,6 @@ import base64
 import collections
 import contextlib
 import logging
-import os
 import random
 import re
 import time
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from gateway import ids
 from gateway.tracing import maskers, otlp
 from gateway.tracing.policy import TracePolicies, TracePolicy
 from gateway.tracing.redaction import Redactor
@@ -188,7 +188,7 @@ class TraceExporter:
             if joined is not None:
                 ctx.trace_id, ctx.parent_span_id = joined
             else:
-                ctx.trace_id = os.urandom(16).hex()
+                ctx.trace_id = ids.hex128()
         ctx.extra_headers.append((TRACE_HEADER, ctx.trace_id.encode()))
 
     def record(self, ctx: RequestContext) -> None:
