@@ -76,6 +76,8 @@ class Options:
     workdir: Path
     full: bool = False  # --profile full
     redis_url: str = ""
+    interleave_rounds: int = 5  # --profile full: rounds against the passthrough (``interleave``)
+    interleave_s: float = 4.0
 
 
 
@@ -367,18 +369,55 @@ def bench_full(options: Options, fake: Server) -> tuple[ServerRun, str]:
                            team="bench-" + uuid.uuid4().hex[:8])
         server, endpoint = start_gateway(options.workdir, fake.base_url, port=free_port(), core=SERVER_CORE,
                                          access_log=options.access_log, full=full)
+        # A second passthrough, idle until the interleaved rounds (it shares the gateway's core).
+        (options.workdir / "interleaved").mkdir(exist_ok=True)
+        passthrough = start_passthrough(options.workdir / "interleaved", fake.base_url, port=free_port(),
+                                        core=SERVER_CORE)
         profile_text = ""
         try:
             check_full_path(endpoint, bench.plain)
             run = bench_proxy(bench, server, endpoint, soak=True)
+            interleave(bench, run, server, endpoint, Bench(options, write_bodies(options.workdir), fake), passthrough)
             if options.py_spy:
                 profile_text = profile(bench, server, endpoint, options.out_dir)
             served = sum(result.requests for result in run.phases.values())
         finally:
+            passthrough.stop()
             server.stop()
         time.sleep(1.0)
         run.notes.append(f"the receiver got {receiver.span_count:,} spans (measured phases alone: {served:,} requests)")
     return run, profile_text
+
+
+def interleave(bench: Bench, run: ServerRun, server: Server, endpoint: Endpoint,
+               baseline: Bench, passthrough: Server) -> None:
+    """The CPU ratio against the bare passthrough, measured in turns: ``--interleave-rounds``
+    rounds of short c=64 phases (non-streaming, then streams), the passthrough and the gateway one
+    after the other, the order swapped every round. The 10 s phases are minutes apart, and a VM's
+    speed drifts between minutes by more than a target's margin (seen here: the same full-profile
+    gateway at 461-591 µs a request in consecutive 10 s runs, the passthrough at 131-143 µs);
+    phases seconds apart see the same machine.
+    ``baseline`` sends the passthrough the core profile's body, as in its own phases.
+    """
+    options = bench.options
+    if options.interleave_rounds <= 0:
+        return
+    log(f"CPU against the passthrough, interleaved: {options.interleave_rounds} rounds of "
+        f"{options.interleave_s:g} s phases")
+    passthrough_endpoint = Endpoint("passthrough", passthrough.base_url + CHAT_PATH)
+    baseline.warm_up(passthrough_endpoint, [bench.upstream, passthrough], UPSTREAM_CORE)
+    sides = [(baseline, passthrough, passthrough_endpoint), (bench, server, endpoint)]
+    for number in range(options.interleave_rounds):
+        for key, stream in (("c64", False), ("c64-stream", True)):
+            spent: dict[str, float] = {}
+            for side, proc, where in sides if number % 2 == 0 else sides[::-1]:
+                result = side.phase(where, [bench.upstream, proc], concurrency=64, stream=stream,
+                                    duration_s=options.interleave_s, load_core=UPSTREAM_CORE)
+                cpu = result.cpu_us_per_request(proc.name)
+                if result.errors or cpu is None:
+                    raise RuntimeError(f"{proc.name}: {result.errors} errors in {result.requests} requests")
+                spent[proc.name] = cpu
+            run.interleaved.setdefault(key, []).append((spent[passthrough.name], spent[server.name]))
 
 
 def check_full_path(endpoint: Endpoint, body: Path) -> None:
@@ -516,6 +555,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/15", help="Redis for --profile full (cache and budget)"
     )
+    parser.add_argument("--interleave-rounds", type=int, default=5,
+                        help="--profile full: rounds of c=64 phases alternating with the passthrough (default 5)")
+    parser.add_argument("--interleave-s", type=float, default=4.0, help="seconds per interleaved phase (default 4)")
     parser.add_argument("--py-spy", action="store_true", help="also profile the gateway with py-spy under load")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="where latest.md/latest.json go")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, server logs)")
@@ -555,6 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=workdir,
         full=args.profile == "full",
         redis_url=args.redis,
+        interleave_rounds=args.interleave_rounds,
+        interleave_s=args.interleave_s,
     )
     log(f"work directory {workdir}; load generator {tool}; LiteLLM {'at ' + str(litellm) if litellm else 'off'}")
     ok = False

@@ -272,3 +272,26 @@ def test_the_full_profile_ablation_leaves_out_what_it_names_and_reports_the_diff
     assert table.startswith("Non-streaming, concurrency 1")
     streams = report(found, argparse.Namespace(concurrency=64, seconds=6.0, rounds=2, stream=True))
     assert streams.startswith("Streams, concurrency 64, 6 s per run, 2 rounds")
+
+
+def test_the_full_profiles_cpu_ratio_reads_the_interleaved_rounds() -> None:
+    direct, passthrough, _ = _runs(4000)
+    full = report.ServerRun(
+        "gateway-full", cpu_key="x",
+        phases={"c64": _result(1500, 30000, 60000, cpu=600), "c64-stream": _result(1000, 40000, 70000, cpu=700)},
+    )
+    sequential = {c.name: c for c in report.evaluate_full([direct, passthrough, full], soak=50_000)}
+    # Without rounds: the long phases' ratio (the passthrough's c64 takes 150 µs in _runs).
+    assert sequential["full: CPU/request vs bare passthrough, non-streaming"].measured == "4.00x (600 vs 150 µs)"
+
+    # Round by round: (passthrough µs, full µs); the verdict is the median ratio.
+    full.interleaved = {"c64": [(100, 330), (120, 480), (110, 352)], "c64-stream": [(200, 800), (190, 760)]}
+    checks = {c.name: c for c in report.evaluate_full([direct, passthrough, full], soak=50_000)}
+    plain = checks["full: CPU/request vs bare passthrough, non-streaming"]
+    assert plain.verdict == "PASS"  # ratios 3.20, 3.30, 4.00: median 3.30
+    assert plain.measured.startswith("3.30x (median of 3 interleaved rounds, 3.20-4.00x;")
+    assert plain.measured.endswith("minutes apart: 4.00x (600 vs 150 µs))")
+    assert checks["full: CPU/request vs bare passthrough, streaming"].verdict == "MISS"  # 4.00x
+    text = report.render([direct, passthrough, full], list(checks.values()), header="h")
+    assert "| gateway-full | c64 | 2 | 120 | 480 | 4.00x |" in text
+    assert full.to_json()["interleaved_cpu_us"]["c64-stream"][1] == {"baseline": 190, "server": 760}
