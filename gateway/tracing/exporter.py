@@ -19,7 +19,8 @@ Each span is written as a whole ``resource_spans`` entry of an OTLP ``ExportTrac
 (``otlp.Envelope``) and, with gzip, compressed as it is built, so that at export only the
 compressor's tail is left (compressing a whole batch at once held the loop for 2-4 ms). A batch
 leaves when full or ``flush_interval_ms`` after its first span, POSTed to each destination:
-Langfuse's OTLP endpoint, any OTLP/HTTP endpoint (``otlp_endpoint``, with its headers), or both.
+Langfuse's OTLP endpoint, any OTLP/HTTP endpoint (``otlp_endpoint``, with its headers), or both,
+from a sender thread per destination (``sender``), so the loop never holds a POST.
 One export is in flight at a time, bounded by ``timeout_s``. A batch a destination did not take
 (down, hanging, 5xx, 401) is dropped and counted for it, never retried into a growing backlog:
 tracing is fail-open, an outage costs traces, not requests.
@@ -47,12 +48,11 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from gateway import ids
 from gateway.tracing import maskers, otlp
 from gateway.tracing.policy import TracePolicies, TracePolicy
 from gateway.tracing.redaction import Redactor
+from gateway.tracing.sender import BatchSender
 from gateway.tracing.spans import PromptVersions, SpanBuilder, failed
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class TraceExporter:
         self._depth = depth
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._senders: dict[str, BatchSender] = {}  # by destination name, made at its first batch
         self._last_warning = 0.0
         self._lost_since_warning = 0
         self._unsent = 0  # lost to a stop (counted under reason "shutdown")
@@ -325,26 +325,15 @@ class TraceExporter:
         return delivered
 
     async def _post(self, destination: Destination, payload: bytes) -> str | None:
-        """POST one payload to one destination; None when it took it, else why not."""
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
-                connector=aiohttp.TCPConnector(limit=4),
-            )
+        """POST one payload to one destination from its sender thread; None when it took it,
+        else why not."""
+        sender = self._senders.get(destination.name)
+        if sender is None:
+            sender = self._senders[destination.name] = BatchSender(destination.name, timeout_s=self.settings.timeout_s)
         headers = {**destination.headers, "Content-Type": "application/x-protobuf"}
         if self.settings.compression == "gzip":
             headers["Content-Encoding"] = "gzip"
-        try:
-            async with session.post(destination.url, data=payload, headers=headers) as response:
-                await response.read()
-                if response.status >= 300:
-                    return f"HTTP {response.status}"
-                return None
-        except TimeoutError:
-            return f"no answer within {self.settings.timeout_s}s"
-        except aiohttp.ClientError as error:
-            return type(error).__name__
+        return await sender.post(destination.url, headers, payload)
 
     def _lost(self, count: int, reason: str = "the queue is full") -> None:
         """Log dropped traces at a bounded rate (the counter has the exact numbers)."""
@@ -388,5 +377,5 @@ class TraceExporter:
                 self._built, self._parts, self._gzip = 0, [], None
             if self._unsent:
                 log.warning("traces not sent at shutdown", extra={"dropped": self._unsent})
-            if self._session is not None:
-                await self._session.close()
+            for sender in self._senders.values():
+                sender.close()
