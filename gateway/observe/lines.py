@@ -99,15 +99,16 @@ class LineWriter:
                 chunks, self._chunks = self._chunks, []
             data = b"".join(chunk for chunk, _, _ in chunks)
             written = _write_lines(self._fd, data)
+            if not written:
+                # Counted before ``drain`` is let go: "written or dropped" includes the count.
+                for _, lines, on_drop in chunks:
+                    if on_drop is not None:
+                        on_drop(lines)
             with self._ready:
                 self._pending -= len(data)
                 if not written:
                     self._broken = True
                 self._ready.notify_all()
-            if not written:
-                for _, lines, on_drop in chunks:
-                    if on_drop is not None:
-                        on_drop(lines)
 
 
 def _write_lines(fd: int, data: bytes) -> bool:
