@@ -98,6 +98,10 @@ class GatewayApp:
                     create_admin_app(self.runtime), self.runtime.keys.authenticate,
                     max_body=self.settings.server.admin_max_body_bytes,
                 )
+                # What the admin app built lives as long as the process: out of the collector's
+                # generations, as start-up's heap is (``settle_heap``), so a later full
+                # collection does not walk it with the loop stopped.
+                gc.freeze()
         return self._admin
 
     async def stop(self) -> None:
