@@ -120,14 +120,14 @@ def test_start_up_freezes_its_heap_and_sets_the_young_threshold(served: tuple[st
     assert gc.get_freeze_count() > 10_000
 
 
-def test_settle_heap_sets_only_the_young_threshold() -> None:
+def test_settling_the_heap_sets_only_the_young_threshold() -> None:
     import gc
 
-    from gateway.server.app import settle_heap
+    from gateway.heap import settle
 
     before = gc.get_threshold()
     try:
-        settle_heap(1234)
+        settle(1234)
         assert gc.get_threshold() == (1234, *before[1:])
     finally:
         gc.set_threshold(*before)

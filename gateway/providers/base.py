@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.context import Reply, RequestContext
@@ -57,7 +56,6 @@ class ProviderRegistry:
             return MockProvider()
         from gateway.providers.litellm_provider import LiteLLMProvider
 
-        gc.freeze()  # litellm's ~380,000 long-lived objects, out of every later full collection
         return LiteLLMProvider()
 
     def warm_up(self, providers: set[str]) -> None:

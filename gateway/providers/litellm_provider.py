@@ -10,17 +10,10 @@ into the gateway's here and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-
-# litellm fetches a remote price map at import unless told otherwise; the gateway must start
-# offline, and it reads the bundled map itself (gateway.pricing).
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-import litellm
 
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.errors import (
@@ -30,12 +23,15 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.heap import import_litellm
 from gateway.providers.openai_fields import CHAT_FIELDS, EMBEDDING_FIELDS
 from gateway.redact import redact
 from gateway.wire import DONE_EVENT, usage_from
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
+
+litellm = import_litellm()  # offline, once, and frozen out of the collector's generations
 
 litellm.telemetry = False
 litellm.suppress_debug_info = True

@@ -8,13 +8,13 @@ background work (ledger, traces) before closing connections.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from gateway import heap
 from gateway.config.settings import Settings, load_settings
 from gateway.observe import configure_logging
 from gateway.runtime import Runtime, create_runtime
@@ -22,27 +22,6 @@ from gateway.server.guard import AdminGuard
 from gateway.server.openai_api import OpenAIApi, Receive, Scope, Send
 
 log = logging.getLogger("gateway.server")
-
-
-def settle_heap(young_threshold: int) -> None:
-    """Tune the garbage collector for serving, once start-up is done.
-
-    Everything built so far (modules, config, catalog, the pipeline) lives as long as the
-    process. Frozen, it is out of the collector's generations: a full collection under load
-    walks only what requests allocate, not the whole start-up heap (no pauses of tens of
-    milliseconds in the latency tail).
-
-    The young generation's threshold goes from Python's 700 (net allocations between two
-    collections) to ``young_threshold``. Requests leave no reference cycles (a failed one's
-    error drops its traceback, ``core._failed``), so under load a young collection finds
-    nothing to free, yet it walks every object of the requests in flight: at concurrency 64,
-    ~300 of them a second cost ~5 % of the CPU, ~45 µs a request (``gc.callbacks``, the full
-    benchmark profile). At 10,000 they are rare, each ~5 ms, and garbage that does come (from
-    libraries' error paths) is still collected young.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
 
 
 class GatewayApp:
@@ -80,7 +59,7 @@ class GatewayApp:
         runtime = await create_runtime(self.settings)
         self.runtime = runtime
         self._openai = OpenAIApi(runtime)
-        settle_heap(self.settings.server.gc_threshold)
+        heap.settle(self.settings.server.gc_threshold)
 
     async def _build_admin(self) -> Any:
         """The FastAPI admin app, built on the first admin request.
@@ -98,10 +77,7 @@ class GatewayApp:
                     create_admin_app(self.runtime), self.runtime.keys.authenticate,
                     max_body=self.settings.server.admin_max_body_bytes,
                 )
-                # What the admin app built lives as long as the process: out of the collector's
-                # generations, as start-up's heap is (``settle_heap``), so a later full
-                # collection does not walk it with the loop stopped.
-                gc.freeze()
+                heap.freeze_long_lived()  # the admin app lives as long as the process
         return self._admin
 
     async def stop(self) -> None:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
-import gc
 import hashlib
 import logging
 import os
@@ -58,6 +57,7 @@ import tiktoken
 from tiktoken.model import encoding_name_for_model
 
 from gateway.config.yamlfile import ConfigError
+from gateway.heap import import_litellm
 from gateway.pricing import litellm_package_dir
 from gateway.wire import CompletionBuilder, completion_text
 
@@ -173,18 +173,6 @@ def _give_back_memory() -> None:
         trim(0)
 
 
-def _litellm() -> Any:
-    """Import litellm (seconds; on a worker thread) without its network fetch of the price map."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-    import litellm.utils
-
-    # ~380,000 objects that live as long as the process: frozen, no full collection walks them
-    # (one took ~0.2 s, every request waiting), as start-up's heap is frozen.
-    gc.freeze()
-    return litellm
-
-
 class Tokenizer(Protocol):
     """Counts for one model."""
 
@@ -277,7 +265,7 @@ class LiteLLMTokenizer:
     __slots__ = ("_counter", "_fallback", "_model")
 
     def __init__(self, model: str, fallback: TiktokenTokenizer) -> None:
-        self._counter = _litellm().token_counter
+        self._counter = import_litellm().token_counter
         self._model = model
         self._fallback = fallback
 
@@ -556,7 +544,7 @@ class TokenCounter:
     def _downloads_tokenizer(self, model: str) -> bool:
         if self._litellm_kind is None:
             try:
-                self._litellm_kind = _litellm().utils.huggingface_tokenizer_kind
+                self._litellm_kind = import_litellm().utils.huggingface_tokenizer_kind
             except (ImportError, AttributeError):
                 return False
         try:
