@@ -162,18 +162,15 @@ def _writer(db: Database, **settings: Any) -> tuple[LedgerWriter, CollectorRegis
     return LedgerWriter(db, LedgerSettings(**settings), metrics=LedgerMetrics(registry)), registry
 
 
-def _spy_on_batches(writer: LedgerWriter, behind: list[bool] | None = None) -> list[int]:
-    """The size of every batch the writer hands to its appender, in order (and in ``behind``,
-    whether it said it was behind)."""
+def _spy_on_batches(writer: LedgerWriter) -> list[int]:
+    """The size of every batch the writer hands to its appender, in order."""
     sizes: list[int] = []
     appender = writer._appender
     original = appender.append
 
-    async def append(rows: Any, **options: Any) -> None:
+    async def append(rows: Any) -> None:
         sizes.append(len(rows))
-        if behind is not None:
-            behind.append(options.get("behind", False))
-        await original(rows, **options)
+        await original(rows)
 
     appender.append = append  # type: ignore[method-assign]
     return sizes
@@ -196,16 +193,13 @@ async def test_a_backlog_is_written_in_bigger_batches_until_it_is_caught_up(db: 
     """Under a saturated core the writer gets few turns: it takes half the backlog at a time
     (at most ten batches' worth), then returns to ``batch_size`` once caught up."""
     writer, _ = _writer(db, batch_size=100, flush_interval_ms=50)
-    behind: list[bool] = []
-    sizes = _spy_on_batches(writer, behind)
+    sizes = _spy_on_batches(writer)
     for i in range(3000):
         assert writer.submit(_row(i))
     writer.start()
     assert await _wait_for_rows(db, 3000) == 3000
     await writer.close()
     assert sizes == [1000, 1000, 500, 250, 125, 100, 25]
-    # While behind, batches are written at normal priority; once caught up, politely again.
-    assert behind == [True, True, True, True, True, False, False]
 
 
 async def test_a_lone_row_is_written_after_the_flush_interval(db: Database) -> None:

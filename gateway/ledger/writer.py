@@ -3,8 +3,8 @@
 The request path only appends a dict to a deque (``submit``). One task per process takes up
 to ``batch_size`` rows at a time, waiting at most ``flush_interval_ms`` for a batch to fill,
 and writes each batch with one executemany ``INSERT`` in one transaction
-(``gateway.storage.bulk``: on SQLite in a low-priority thread, so a batch does not hold up the
-requests being served; at normal priority when the writer is behind).
+(``gateway.storage.bulk``: on SQLite in a background thread, so a batch does not hold up the
+requests being served).
 
 Failure rules, in the order they matter to finance:
 
@@ -207,14 +207,12 @@ class LedgerWriter:
                 continue
             if len(pending) < self._batch_size and not self._closing and not self._flushers:
                 await self._sleep(self._interval_s)
-            # A backlog, a shutdown or a flush() caller: this batch must not yield the core.
-            behind = len(pending) >= 2 * self._batch_size or self._closing or self._flushers > 0
             count = self._batch_count(len(pending))
             batch = [pending.popleft() for _ in range(count)]
             self._in_hand = count
             self._metrics.queue_depth.set(len(pending) + count)
             try:
-                await self._write(batch, behind=behind)
+                await self._write(batch)
             except asyncio.CancelledError:
                 raise  # shutdown gave up: close() counts the batch in hand as lost
             except Exception:
@@ -235,11 +233,11 @@ class LedgerWriter:
         except TimeoutError:
             pass
 
-    async def _write(self, batch: list[dict[str, Any]], *, behind: bool) -> None:
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
         delay = _BACKOFF_START_S
         while True:
             try:
-                await self._appender.append(batch, behind=behind)
+                await self._appender.append(batch)
                 self._metrics.written.inc(len(batch))
                 return
             except RowsRefused:

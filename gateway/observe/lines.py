@@ -20,13 +20,8 @@ import select
 import threading
 from collections.abc import Callable
 
-from gateway.threads import lower_priority
+from gateway.threads import run_as_background
 
-#: The writer thread's ``nice``. Its writes are short (tens of µs every 100 ms), so they hardly
-#: show in request latency whatever its priority; what matters is that under a saturated core
-#: it still keeps up: at 10 it gets ~10 % of the core when contended, 25 times what the access
-#: lines of a core's worth of requests need (at 19 it would get ~1.5 %, too close).
-WRITER_NICE = 10
 #: Bytes a pipe writes in one piece (POSIX guarantees at least 512).
 ATOMIC_BYTES = getattr(select, "PIPE_BUF", 512)
 #: Bytes that may wait for a slow reader before lines are dropped.
@@ -89,7 +84,7 @@ class LineWriter:
             thread.join(timeout_s)
 
     def _run(self) -> None:
-        lower_priority(WRITER_NICE)
+        run_as_background()  # never preempts the loop, never starves holding the GIL
         while True:
             with self._ready:
                 while not self._chunks and not self._closed:

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from gateway.storage.database import Database, apply_sqlite_pragmas
-from gateway.threads import POLITE_NICE, lower_priority
+from gateway.threads import run_as_background
 
 Row = Mapping[str, Any]
 
@@ -49,11 +49,8 @@ class AppendFailed(Exception):
 
 
 class BulkAppender(Protocol):
-    async def append(self, rows: Sequence[Row], *, behind: bool = False) -> None:
-        """Write every row in one transaction, or none (raising ``RowsRefused``/``AppendFailed``).
-
-        ``behind``: the caller has a backlog, so this batch must not yield to request handling.
-        """
+    async def append(self, rows: Sequence[Row]) -> None:
+        """Write every row in one transaction, or none (raising ``RowsRefused``/``AppendFailed``)."""
 
     async def close(self) -> None:
         """Release the appender's connection or thread; it must not be used afterwards."""
@@ -106,12 +103,14 @@ class _SqliteLane:
     """One writer thread with its own connection; a connection that never moves between
     threads needs no locking of its own."""
 
-    def __init__(self, path: str, statement: _Statement, *, nice: int, name: str) -> None:
+    def __init__(self, path: str, statement: _Statement) -> None:
         self._path = path
         self._statement = statement
         self._conn: sqlite3.Connection | None = None
+        # A background thread (``gateway.threads``): it never preempts the event loop on waking,
+        # and keeps the loop's weight, so it neither starves under load nor holds the GIL starved.
         self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,)
+            max_workers=1, thread_name_prefix="sqlite-append", initializer=run_as_background
         )
 
     def append(self, rows: Sequence[Row]) -> None:
@@ -150,27 +149,18 @@ class _SqliteLane:
 
 
 class _SqliteThreadAppender:
-    """Batches go to a low-priority thread, or, when the caller is behind, a normal one.
-
-    The polite lane (``gateway.threads.POLITE_NICE``) keeps the ledger out of request latency.
-    But under a saturated core a nice-19 thread gets ~1.5 % of it, less than the ledger needs,
-    and the backlog (and memory) would grow without end; a caller that is behind says so and
-    gets the loop's own priority, as every batch had before. The two lanes are used one batch at a time, never together.
-    """
+    """Batches go to one background thread (``gateway.threads``) that owns the connection."""
 
     def __init__(self, path: str, statement: _Statement) -> None:
-        self._polite = _SqliteLane(path, statement, nice=POLITE_NICE, name="sqlite-append")
-        self._urgent = _SqliteLane(path, statement, nice=0, name="sqlite-append-urgent")
+        self._lane = _SqliteLane(path, statement)
 
-    async def append(self, rows: Sequence[Row], *, behind: bool = False) -> None:
-        lane = self._urgent if behind else self._polite
+    async def append(self, rows: Sequence[Row]) -> None:
+        lane = self._lane
         await asyncio.get_running_loop().run_in_executor(lane.executor, lane.append, rows)
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for lane in (self._polite, self._urgent):
-            await loop.run_in_executor(lane.executor, lane.reset)
-            lane.executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(self._lane.executor, self._lane.reset)
+        self._lane.executor.shutdown(wait=True)
 
 
 class _EngineAppender:
@@ -186,7 +176,7 @@ class _EngineAppender:
         self._statement = statement
         self._conn: AsyncConnection | None = None
 
-    async def append(self, rows: Sequence[Row], *, behind: bool = False) -> None:
+    async def append(self, rows: Sequence[Row]) -> None:
         parameters = self._statement.parameters(rows)
         try:
             if self._conn is None:

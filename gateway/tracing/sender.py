@@ -23,12 +23,7 @@ from dataclasses import dataclass
 
 import urllib3
 
-from gateway.threads import lower_priority
-
-#: The sender threads' ``nice``: like the log writer's (``gateway.observe.lines``), low enough
-#: that requests come first, high enough to keep up under a saturated core (a batch a few
-#: hundred milliseconds apart needs ~1 % of it).
-SENDER_NICE = 10
+from gateway.threads import run_as_background
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +69,7 @@ class BatchSender:
                 self._thread = None
 
     def _run(self) -> None:
-        lower_priority(SENDER_NICE)
+        run_as_background()  # never preempts the loop, never starves holding the GIL
         while True:
             post = self._posts.get()
             if post is None:
