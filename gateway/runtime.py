@@ -29,6 +29,7 @@ from gateway.ledger import LedgerWriter, build_ledger
 from gateway.observe import Metrics, Record
 from gateway.observe.access import AccessLog
 from gateway.observe.logs import count_dropped_lines
+from gateway.observe.loop import LoopWatch
 from gateway.parse import ParseRequest
 from gateway.pipeline import build_pipeline
 from gateway.pipeline_types import Handler, Stage
@@ -210,6 +211,9 @@ async def create_runtime(settings: Settings) -> Runtime:
         redis=redis,
         policy_version=in_force.version,
     )
+    loop_watch = LoopWatch(metrics.registry)  # the loop's lag and collections' pauses, from now on
+    loop_watch.start()
+    runtime.closers.append(loop_watch.close)
     # Closers run in reverse: the access log closes last, then Redis, after every feature.
     if access_log is not None:
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from typing import Any, Final
 
@@ -34,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Table
 
 from gateway.config.settings import LedgerSettings
+from gateway.observe.logs import ThrottledWarning
 from gateway.storage import Database
 from gateway.storage.bulk import AppendFailed, RowsRefused, bulk_appender
 from gateway.storage.schema import ledger
@@ -72,24 +72,6 @@ class LedgerMetrics:
         )
 
 
-class _Throttled:
-    """A warning at most every ``_LOG_EVERY_S``, saying how many events it stands for."""
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._last = float("-inf")
-        self._suppressed = 0
-
-    def warn(self, count: int = 1, **extra: Any) -> None:
-        self._suppressed += count
-        now = time.monotonic()
-        if now - self._last < _LOG_EVERY_S:
-            return
-        log.warning(self._message, extra={"count": self._suppressed, **extra})
-        self._last = now
-        self._suppressed = 0
-
-
 class LedgerWriter:
     """Queue plus writer task. ``start`` inside the running loop; ``close`` flushes.
 
@@ -120,8 +102,8 @@ class LedgerWriter:
         self._progress = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._drop_log = _Throttled("ledger queue full: rows dropped")
-        self._fail_log = _Throttled("ledger batch write failed; retrying")
+        self._drop_log = ThrottledWarning(log, "ledger queue full: rows dropped", every_s=_LOG_EVERY_S)
+        self._fail_log = ThrottledWarning(log, "ledger batch write failed; retrying", every_s=_LOG_EVERY_S)
 
     @property
     def depth(self) -> int:

@@ -21,6 +21,26 @@ from gateway.redact import redact
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
 
+class ThrottledWarning:
+    """A warning logged at most every ``every_s``, saying how many events it stands for."""
+
+    def __init__(self, logger: logging.Logger, message: str, *, every_s: float) -> None:
+        self._logger = logger
+        self._message = message
+        self._every_s = every_s
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def warn(self, count: int = 1, **extra: Any) -> None:
+        self._suppressed += count
+        now = time.monotonic()
+        if now - self._last < self._every_s:
+            return
+        self._logger.warning(self._message, extra={"count": self._suppressed, **extra})
+        self._last = now
+        self._suppressed = 0
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
