@@ -10,6 +10,7 @@ and cross-site sign-ins to the finance page. While each is handled, ``/health/li
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -81,18 +82,28 @@ def while_probed(gateway: GatewayProcess, key: str, action: Callable[[], httpx.R
     sending the same input again, up to ``ATTEMPTS`` times in all, and only one seen on every
     attempt fails the test. Every attempt's figures are in the failure message.
     """
-    seen: list[tuple[dict[str, float], dict[str, float]]] = []
+    seen: list[dict[str, Any]] = []
     for _ in range(ATTEMPTS):
+        before = gc_seconds(gateway)
         with Prober(gateway, key) as prober:
             started = time.perf_counter()
             response = action()
             took = time.perf_counter() - started
         assert took < within_s, f"the hostile request took {took:.2f} s"
         assert prober.count >= 3, "the probes ran alongside the hostile request"
-        seen.append((prober.worst, prober.baseline))
+        after = gc_seconds(gateway)
+        seen.append({"worst": prober.worst, "baseline": prober.baseline,
+                     "gc_seconds": {g: round(after[g] - before.get(g, 0.0), 3) for g in after}})
         if all(prober.worst[name] < STALL_BOUND_S + prober.baseline[name] for name in ("live", "v1")):
             return response
-    raise AssertionError(f"stalled on each of {ATTEMPTS} attempts (worst, baseline): {seen}")
+    raise AssertionError(f"stalled on each of {ATTEMPTS} attempts: {seen}")
+
+
+def gc_seconds(gateway: GatewayProcess) -> dict[str, float]:
+    """The gateway's time in garbage collection so far, by generation (for a failure's message)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    return {match[0]: float(match[1]) for match in re.findall(
+        r'^gateway_gc_pause_seconds_sum\{generation="(\d)"\} (\S+)$', text, re.MULTILINE)}
 
 
 @pytest.fixture(scope="module")
