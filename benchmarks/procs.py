@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,16 @@ def http_status(url: str, timeout: float = 0.5) -> int | None:
 def http_post_status(url: str, body: bytes, headers: Mapping[str, str], timeout: float = 120.0) -> int | None:
     """POST ``body`` to ``url`` with a fresh connection; the status, or None on a network error."""
     return _request_status("POST", url, body, headers, timeout)
+
+
+def http_get_text(url: str, timeout: float = 30.0) -> str:
+    """GET ``url``'s body as text ("" on a network error or a status other than 200)."""
+    with contextlib.suppress(OSError, http.client.HTTPException), urllib.request.urlopen(
+        url, timeout=timeout
+    ) as response:
+        if response.status == 200:
+            return str(response.read().decode())
+    return ""
 
 
 def _request_status(

@@ -61,6 +61,9 @@ class ServerRun:
     #: CPU µs per request in short phases alternating with a baseline server, round by round:
     #: scenario -> [(the baseline's µs, this server's µs), ...] (``benchmarks.run.interleave``).
     interleaved: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: The gateway's own account of its event loop over the run (``loop_summary``), read from
+    #: its /metrics at the end; empty for servers without those series.
+    loop: dict[str, float] = field(default_factory=dict)
 
     def interleaved_ratios(self, scenario: str) -> list[float]:
         """This server's CPU per request over the baseline's, one ratio per round, ascending."""
@@ -104,6 +107,7 @@ class ServerRun:
                 key: [{"baseline": base, "server": mine} for base, mine in rounds]
                 for key, rounds in self.interleaved.items()
             },
+            "event_loop": self.loop,
         }
 
 
@@ -342,6 +346,50 @@ def interleaved_table(runs: list[ServerRun]) -> str:
     return "\n".join(lines)
 
 
+#: Lag thresholds the loop table counts ticks past (bucket bounds of gateway_event_loop_lag_seconds).
+LAG_MARKS_S = (0.01, 0.05, 0.1)
+
+
+def loop_summary(metrics_text: str) -> dict[str, float]:
+    """From a gateway's /metrics: its loop-lag ticks in all and past each of ``LAG_MARKS_S``,
+    and per collector generation the collections and the seconds they took."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    summary: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "gateway_event_loop_lag_seconds_count":
+                summary["ticks"] = sample.value
+            elif sample.name == "gateway_event_loop_lag_seconds_bucket":
+                bound = float(sample.labels["le"])
+                if bound in LAG_MARKS_S:
+                    summary[f"ticks_within_{bound:g}s"] = sample.value
+            elif sample.name in ("gateway_gc_pause_seconds_count", "gateway_gc_pause_seconds_sum"):
+                kind = "collections" if sample.name.endswith("_count") else "seconds"
+                summary[f"gc{sample.labels['generation']}_{kind}"] = sample.value
+    return summary
+
+
+def loop_table(runs: list[ServerRun]) -> str:
+    """Per gateway: how many of its loop's 0.25 s ticks ran late past each mark, and what the
+    collector took by generation (count, total, mean)."""
+    marks = " | ".join(f"ticks late ≥ {mark * 1000:g} ms" for mark in LAG_MARKS_S)
+    lines = [f"| server | ticks | {marks} | collections gen 0 / 1 / 2 | seconds gen 0 / 1 / 2 | mean ms gen 2 |",
+             "|---|--:|" + "--:|" * len(LAG_MARKS_S) + "--:|--:|--:|"]
+    for run in runs:
+        loop = run.loop
+        if not loop.get("ticks"):
+            continue
+        ticks = loop["ticks"]
+        late = " | ".join(f"{ticks - loop.get(f'ticks_within_{mark:g}s', ticks):,.0f}" for mark in LAG_MARKS_S)
+        counts = " / ".join(f"{loop.get(f'gc{g}_collections', 0):,.0f}" for g in range(3))
+        seconds = " / ".join(f"{loop.get(f'gc{g}_seconds', 0):.3f}" for g in range(3))
+        full = loop.get("gc2_collections", 0)
+        mean = f"{loop.get('gc2_seconds', 0) / full * 1000:.1f}" if full else "-"
+        lines.append(f"| {run.name} | {ticks:,.0f} | {late} | {counts} | {seconds} | {mean} |")
+    return "\n".join(lines)
+
+
 def targets_table(checks: list[Check]) -> str:
     lines = ["| target | goal | measured | result |", "|---|---|---|---|"]
     lines += [f"| {c.name} | {c.goal} | {c.measured} | {c.verdict} |" for c in checks]
@@ -373,6 +421,8 @@ def render(runs: list[ServerRun], checks: list[Check], *, header: str) -> str:
         if run.name.startswith("gateway") and len(run.rss_marks) > 2:
             title = "Gateway memory over the run" if run.name == "gateway" else f"Memory over the run: {run.name}"
             parts += ["", f"### {title}", "", memory_table(run)]
+    if any(run.loop.get("ticks") for run in runs):
+        parts += ["", "### The gateway's event loop over the whole run (its own /metrics)", "", loop_table(runs)]
     if any(run.interleaved for run in runs):
         parts += ["", "### CPU per request, interleaved with the bare passthrough (c=64)", "", interleaved_table(runs)]
     if checks:

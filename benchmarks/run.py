@@ -42,7 +42,7 @@ import orjson
 
 from benchmarks import report
 from benchmarks.load import LoadResult, LoadSpec, Tool, measure
-from benchmarks.procs import Server, free_port, http_post_status, wait_idle
+from benchmarks.procs import Server, free_port, http_get_text, http_post_status, wait_idle
 from benchmarks.report import ServerRun
 from benchmarks.servers import (
     BENCH_DIR,
@@ -233,6 +233,8 @@ def bench_proxy(bench: Bench, server: Server, endpoint: Endpoint, *, soak: bool 
     served += bench.measure_all(run, endpoint, servers, UPSTREAM_CORE)
     run.rss_after = server.rss_bytes()
     run.rss_marks.append((served, run.rss_after))
+    if endpoint.name.startswith("gateway"):
+        run.loop = report.loop_summary(http_get_text(server.base_url + "/metrics"))
     return run
 
 

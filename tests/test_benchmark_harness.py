@@ -61,6 +61,7 @@ def test_harness_runs_end_to_end_and_prints_the_tables(tmp_path: Path) -> None:
         "### Latency and throughput",
         "### Start-up, memory and CPU",
         "### Gateway memory over the run",
+        "### The gateway's event loop over the whole run (its own /metrics)",
         "### Targets",
     ):
         assert heading in text
@@ -86,6 +87,9 @@ def test_harness_runs_end_to_end_and_prints_the_tables(tmp_path: Path) -> None:
             # Every c=64 request cost the server some CPU (ticks are 10 ms; the phase runs 1 s).
             assert server["cpu_us_per_request"]["c64"] > 0
     assert data["servers"]["gateway"]["phases"]["c1-stream"]["ttfb_us"]["p50"] > 0
+    loop = data["servers"]["gateway"]["event_loop"]
+    assert loop["ticks"] >= 4 and loop["gc0_collections"] >= 0 and "ticks_within_0.1s" in loop
+    assert data["servers"]["passthrough"]["event_loop"] == {}
     marks = [mark["requests"] for mark in data["servers"]["gateway"]["rss_marks"]]
     assert marks[0] == 0 and any(150 <= n < 300 for n in marks) and any(n >= 300 for n in marks)
     verdicts = {target["name"]: target["result"] for target in data["targets"]}
@@ -295,3 +299,28 @@ def test_the_full_profiles_cpu_ratio_reads_the_interleaved_rounds() -> None:
     text = report.render([direct, passthrough, full], list(checks.values()), header="h")
     assert "| gateway-full | c64 | 2 | 120 | 480 | 4.00x |" in text
     assert full.to_json()["interleaved_cpu_us"]["c64-stream"][1] == {"baseline": 190, "server": 760}
+
+
+def test_the_loop_table_reads_the_gateways_own_lag_and_collection_series() -> None:
+    from benchmarks.report import ServerRun, loop_summary, loop_table
+
+    metrics = "\n".join([
+        "# TYPE gateway_event_loop_lag_seconds histogram",
+        *(f'gateway_event_loop_lag_seconds_bucket{{le="{le}"}} {n}'
+          for le, n in (("0.001", 90), ("0.01", 96), ("0.05", 98), ("0.1", 99), ("+Inf", 100))),
+        "gateway_event_loop_lag_seconds_count 100", "gateway_event_loop_lag_seconds_sum 0.9",
+        "# TYPE gateway_gc_pause_seconds histogram",
+        *(f'gateway_gc_pause_seconds_{kind}{{generation="{g}"}} {value}'
+          for g, count, seconds in ((0, 40, 0.08), (1, 4, 0.02), (2, 2, 0.07))
+          for kind, value in (("count", count), ("sum", seconds))),
+        "",
+    ])
+    summary = loop_summary(metrics)
+    assert summary == {"ticks": 100, "ticks_within_0.01s": 96, "ticks_within_0.05s": 98, "ticks_within_0.1s": 99,
+                       "gc0_collections": 40, "gc0_seconds": 0.08, "gc1_collections": 4, "gc1_seconds": 0.02,
+                       "gc2_collections": 2, "gc2_seconds": 0.07}
+    table = loop_table([ServerRun("gateway-full", cpu_key="gateway-full", loop=summary),
+                        ServerRun("passthrough", cpu_key="passthrough")])
+    assert table.splitlines()[2] == "| gateway-full | 100 | 4 | 2 | 1 | 40 / 4 / 2 | 0.080 / 0.020 / 0.070 | 35.0 |"
+    assert "passthrough" not in table
+
