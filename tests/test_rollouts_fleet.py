@@ -145,11 +145,18 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
             proc.stop()
         receiver.stop()
 
-    # Rolled back within interval x failure_limit plus one interval (stored times: the start and the abort).
+    # Rolled back at the failure_limit-th failing window in a row, plus one interval of slack
+    # (stored times: the start and the abort). A window with fewer than min_requests canary
+    # requests is inconclusive and the verdict waits for the next one (a CI machine loaded by
+    # coverage and another worker once served 26 in the first 3 s): each such window adds one
+    # interval, and only lack of traffic may make one.
     took = datetime.fromisoformat(final["updated_at"]) - datetime.fromisoformat(final["started_at"])
     verdicts = [(e["at"], e["verdict"], e["variants"]["canary"]["requests"]) for e in final["history"]]
-    assert took.total_seconds() <= interval_s * failure_limit + interval_s, (final["started_at"], verdicts)
-    assert [e["verdict"] for e in final["history"]][-failure_limit:] == ["fail"] * failure_limit
+    assert [verdict for _, verdict, _ in verdicts][-failure_limit:] == ["fail"] * failure_limit
+    inconclusive = [requests for _, verdict, requests in verdicts if verdict == "inconclusive"]
+    assert all(requests < 30 for requests in inconclusive), verdicts
+    windows = failure_limit + len(inconclusive)
+    assert took.total_seconds() <= interval_s * windows + interval_s, (final["started_at"], verdicts)
     # Once every replica had polled, no request got the canary (nor its prompt version).
     late = [(variant, version) for at, variant, version, _ in seen if at > cutoff]
     assert late and set(late) == {(None, "1")}, Counter((v, p, s) for at, v, p, s in seen if at > cutoff)
