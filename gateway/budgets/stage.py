@@ -41,7 +41,6 @@ tokenizer.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -50,6 +49,7 @@ from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, R
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget
 from gateway.context import Endpoint, Reply, RequestContext
 from gateway.errors import RateLimited, ServiceUnavailable
+from gateway.observe.logs import ThrottledLog
 from gateway.pipeline_types import Handler
 from gateway.pricing import from_nanos, to_nanos
 
@@ -97,7 +97,7 @@ class Budget:
         self.book = book
         self._metrics = metrics
         self._default_max_out = default_max_output_tokens
-        self._unavailable_logged: dict[str, float] = {}
+        self._unavailable_logs: dict[str, ThrottledLog] = {}  # per team: one team's outage log hides no other's
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         principal = ctx.principal
@@ -225,13 +225,15 @@ class Budget:
         hard = any(scope.hard for scope in scopes)
         outcome = "refused" if hard else "admitted"
         self._metrics.unavailable.labels(budget.team, outcome).inc()
-        now = time.monotonic()
-        if now - self._unavailable_logged.get(budget.team, 0.0) >= _UNAVAILABLE_LOG_EVERY_S:
-            self._unavailable_logged[budget.team] = now
-            log.error(
-                "budget counters unavailable: hard budgets refuse, soft budgets admit",
-                extra={"team": budget.team, "outcome": outcome, "error": str(exc), "request_id": ctx.request_id},
+        team_log = self._unavailable_logs.get(budget.team)
+        if team_log is None:
+            team_log = self._unavailable_logs[budget.team] = ThrottledLog(
+                log, every_s=_UNAVAILABLE_LOG_EVERY_S, level=logging.ERROR
             )
+        team_log.log(
+            "budget counters unavailable: hard budgets refuse, soft budgets admit",
+            team=budget.team, outcome=outcome, error=str(exc), request_id=ctx.request_id,
+        )
         if hard:
             ctx.budget_status = "unavailable"
             raise ServiceUnavailable(

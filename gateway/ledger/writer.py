@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Table
 
 from gateway.config.settings import LedgerSettings
-from gateway.observe.logs import ThrottledWarning
+from gateway.observe.logs import ThrottledLog
 from gateway.storage import Database
 from gateway.storage.bulk import AppendFailed, RowsRefused, bulk_appender
 from gateway.storage.schema import ledger
@@ -102,8 +102,8 @@ class LedgerWriter:
         self._progress = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._drop_log = ThrottledWarning(log, "ledger queue full: rows dropped", every_s=_LOG_EVERY_S)
-        self._fail_log = ThrottledWarning(log, "ledger batch write failed; retrying", every_s=_LOG_EVERY_S)
+        self._drop_log = ThrottledLog(log, every_s=_LOG_EVERY_S)
+        self._fail_log = ThrottledLog(log, every_s=_LOG_EVERY_S)
 
     @property
     def depth(self) -> int:
@@ -119,7 +119,7 @@ class LedgerWriter:
         pending = self._pending
         if len(pending) >= self._queue_size:
             self._metrics.dropped.labels("queue_full").inc()
-            self._drop_log.warn()
+            self._drop_log.log("ledger queue full: rows dropped")
             return False
         pending.append(row)
         self._accepted += 1
@@ -227,7 +227,10 @@ class LedgerWriter:
                 return
             except AppendFailed as exc:
                 self._metrics.failed_batches.inc()
-                self._fail_log.warn(error=str(exc)[:200], rows=len(batch), queued=len(self._pending))
+                self._fail_log.log(
+                    "ledger batch write failed; retrying",
+                    error=str(exc)[:200], rows=len(batch), queued=len(self._pending),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from gateway.observe.logs import ThrottledWarning
+from gateway.observe.logs import ThrottledLog
 
 log = logging.getLogger("gateway.loop")
 
@@ -54,7 +54,7 @@ class LoopWatch:
         )
         self._pause_by_generation = [self.gc_pause.labels(str(generation)) for generation in range(3)]
         self._interval_s = interval_s
-        self._warning = ThrottledWarning(log, "the event loop ran late", every_s=_WARN_EVERY_S)
+        self._warning = ThrottledLog(log, every_s=_WARN_EVERY_S)
         self._noted: deque[tuple[int, float]] = deque(maxlen=_MAX_NOTED)
         self._gc_started = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -86,7 +86,10 @@ class LoopWatch:
         self.lag.observe(late)
         longest_gc = self._flush_pauses()
         if late >= WARN_LAG_S:
-            self._warning.warn(late_ms=round(late * 1000, 1), longest_gc_ms=round(longest_gc * 1000, 1))
+            self._warning.log(
+                "the event loop ran late",
+                late_ms=round(late * 1000, 1), longest_gc_ms=round(longest_gc * 1000, 1),
+            )
         self._schedule(now)
 
     def _flush_pauses(self) -> float:

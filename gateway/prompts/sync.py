@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
+from gateway.observe.logs import ThrottledLog
 from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire
 
 log = logging.getLogger("gateway.prompts")
@@ -50,7 +50,7 @@ class LabelSync:
         self._interval = poll_interval_s
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_warning = 0.0
+        self._warning = ThrottledLog(log, every_s=_WARN_EVERY_S)
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="prompt-labels-refresh"))
@@ -72,12 +72,6 @@ class LabelSync:
                             extra={"tasks": sorted(task.get_name() for task in stuck)})
         self._tasks.clear()
 
-    def _warn(self, message: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY_S:
-            self._last_warning = now
-            log.warning(message, extra={"error": f"{type(exc).__name__}: {exc}"})
-
     async def _refresh_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -87,7 +81,8 @@ class LabelSync:
                 await self._refresh()
             except Exception as exc:
                 # Storage hiccups must not kill the loop: keep serving the last snapshot.
-                self._warn("could not refresh prompt labels; serving the last known ones", exc)
+                self._warning.log("could not refresh prompt labels; serving the last known ones",
+                                  error=f"{type(exc).__name__}: {exc}")
 
     async def _subscribe_loop(self, redis: RedisWire) -> None:
         backoff = 0.5
@@ -105,7 +100,8 @@ class LabelSync:
                         raise RedisUnavailable("Redis closed the subscription")
                     await subscription.ping()
             except (RedisUnavailable, RedisReplyError) as exc:
-                self._warn("prompt label subscription lost; polling until Redis is back", exc)
+                self._warning.log("prompt label subscription lost; polling until Redis is back",
+                                  error=f"{type(exc).__name__}: {exc}")
             finally:
                 if subscription is not None:
                     subscription.close()

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
+from gateway.observe.logs import ThrottledLog
+
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
@@ -96,7 +98,7 @@ class ScoreSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._last_warning = 0.0
+        self._warning = ThrottledLog(log, every_s=_LOG_EVERY_S)
 
     def submit(self, score: LangfuseScore) -> None:
         if len(self._queue) >= self._max:
@@ -179,10 +181,7 @@ class ScoreSender:
             return type(error).__name__, True
 
     def _warn(self, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _LOG_EVERY_S:
-            self._last_warning = now
-            log.warning("scores not delivered to Langfuse: %s", reason, extra={"endpoint": self.endpoint})
+        self._warning.log("scores not delivered to Langfuse: %s", reason, endpoint=self.endpoint)
 
     async def close(self, deadline: float) -> None:
         """Stop the task, send what is queued until ``deadline`` (monotonic), count the rest."""

@@ -47,6 +47,7 @@ import orjson
 from sqlalchemy import and_, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from gateway.observe.logs import ThrottledLog
 from gateway.scoring.live import SCORE_NAME
 from gateway.scoring.quality import ANNOTATION
 from gateway.storage.schema import langfuse_scores, ledger, rollout_state
@@ -329,7 +330,7 @@ class ScorePuller:
         self._clock = clock
         self._asked: dict[str, float] = {}  # trace id -> monotonic time it was last asked
         self._task: asyncio.Task[None] | None = None
-        self._last_warning = -math.inf
+        self._warning = ThrottledLog(log, every_s=_LOG_EVERY_S)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="langfuse-score-puller")
@@ -403,10 +404,7 @@ class ScorePuller:
         return stored
 
     def _warn(self, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _LOG_EVERY_S:
-            self._last_warning = now
-            log.warning("scores not pulled from Langfuse: %s", reason, extra={"endpoint": self._client.endpoint})
+        self._warning.log("scores not pulled from Langfuse: %s", reason, endpoint=self._client.endpoint)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway import ids
+from gateway.observe.logs import ThrottledLog
 from gateway.tracing import maskers, otlp
 from gateway.tracing.policy import TracePolicies, TracePolicy
 from gateway.tracing.redaction import Redactor
@@ -171,8 +172,7 @@ class TraceExporter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._senders: dict[str, BatchSender] = {}  # by destination name, made at its first batch
-        self._last_warning = 0.0
-        self._lost_since_warning = 0
+        self._loss_log = ThrottledLog(log, every_s=LOG_EVERY_S)
         self._unsent = 0  # lost to a stop (counted under reason "shutdown")
         self._envelope = otlp.Envelope(
             [("service.name", service_name), ("deployment.environment", settings.environment)], "llm-gateway"
@@ -337,15 +337,7 @@ class TraceExporter:
 
     def _lost(self, count: int, reason: str = "the queue is full") -> None:
         """Log dropped traces at a bounded rate (the counter has the exact numbers)."""
-        self._lost_since_warning += count
-        now = time.monotonic()
-        if now - self._last_warning >= LOG_EVERY_S:
-            log.warning(
-                "traces dropped: %s", reason,
-                extra={"dropped": self._lost_since_warning, "endpoint": self.endpoint},
-            )
-            self._last_warning = now
-            self._lost_since_warning = 0
+        self._loss_log.log("traces dropped: %s", reason, count=count, endpoint=self.endpoint)
 
     async def close(self) -> None:
         """Stop the task, send what is queued within ``shutdown_timeout_s``, count the rest."""

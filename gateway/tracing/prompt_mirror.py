@@ -23,7 +23,6 @@ import base64
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ import orjson
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway.observe.logs import ThrottledLog
 from gateway.storage.schema import (
     langfuse_prompt_labels,
     langfuse_prompt_versions,
@@ -111,7 +111,7 @@ class PromptMirror:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        self._last_warning = 0.0
+        self._warning = ThrottledLog(log, every_s=LOG_EVERY_S)
 
     # -- read by the span builder (background) ---------------------------------------------------
 
@@ -131,7 +131,7 @@ class PromptMirror:
             try:
                 await self.sync()
             except Exception as error:  # storage or Langfuse trouble: try again next round
-                self._warn("prompt mirroring failed; retrying", error=type(error).__name__)
+                self._warning.log("prompt mirroring failed; retrying", error=type(error).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.mirror_interval_s)
             self._wake.clear()
@@ -240,7 +240,7 @@ class PromptMirror:
                 )
         if langfuse_version is None:
             self._mirrored.labels("version", "failed").inc()
-            self._warn(
+            self._warning.log(
                 "could not mirror a prompt version into Langfuse; will retry",
                 prompt=item.name,
                 version=item.version,
@@ -298,7 +298,7 @@ class PromptMirror:
                 )
             except Exception as problem:
                 self._mirrored.labels("label", "failed").inc()
-                self._warn(
+                self._warning.log(
                     "could not mirror a label move into Langfuse; will retry",
                     prompt=name,
                     label=label,
@@ -339,12 +339,6 @@ class PromptMirror:
             if response.status >= 300:
                 raise RuntimeError(f"HTTP {response.status}")
             return orjson.loads(text) if text else None
-
-    def _warn(self, message: str, **fields: object) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= LOG_EVERY_S:
-            self._last_warning = now
-            log.warning(message, extra=fields)
 
     async def close(self) -> None:
         if self._task is not None:
