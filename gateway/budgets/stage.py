@@ -49,9 +49,9 @@ from gateway.budgets.backend import BudgetBackend, BudgetUnavailable, Refusal, R
 from gateway.budgets.policy import BudgetBook, Scope, TeamBudget
 from gateway.context import Endpoint, Reply, RequestContext
 from gateway.errors import RateLimited, ServiceUnavailable
-from gateway.observe.logs import ThrottledLog
 from gateway.pipeline_types import Handler
 from gateway.pricing import from_nanos, to_nanos
+from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.budget")
 

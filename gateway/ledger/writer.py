@@ -33,10 +33,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Table
 
 from gateway.config.settings import LedgerSettings
-from gateway.observe.logs import ThrottledLog
 from gateway.storage import Database
 from gateway.storage.bulk import AppendFailed, RowsRefused, bulk_appender
 from gateway.storage.schema import ledger
+from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.ledger")
 

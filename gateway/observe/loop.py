@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from gateway.observe.logs import ThrottledLog
+from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.loop")
 

@@ -16,8 +16,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from gateway.observe.logs import ThrottledLog
 from gateway.redis.wire import RedisReplyError, RedisUnavailable, RedisWire
+from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.prompts")
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
-from gateway.observe.logs import ThrottledLog
+from gateway.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

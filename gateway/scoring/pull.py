@@ -47,10 +47,10 @@ import orjson
 from sqlalchemy import and_, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.observe.logs import ThrottledLog
 from gateway.scoring.live import SCORE_NAME
 from gateway.scoring.quality import ANNOTATION
 from gateway.storage.schema import langfuse_scores, ledger, rollout_state
+from gateway.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway import ids
-from gateway.observe.logs import ThrottledLog
+from gateway.throttled_log import ThrottledLog
 from gateway.tracing import maskers, otlp
 from gateway.tracing.policy import TracePolicies, TracePolicy
 from gateway.tracing.redaction import Redactor

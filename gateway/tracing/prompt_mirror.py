@@ -33,13 +33,13 @@ import orjson
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.observe.logs import ThrottledLog
 from gateway.storage.schema import (
     langfuse_prompt_labels,
     langfuse_prompt_versions,
     prompt_labels,
     prompt_versions,
 )
+from gateway.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from gateway.observe import logs
-from gateway.observe.logs import ThrottledLog
+from gateway import throttled_log
+from gateway.throttled_log import ThrottledLog
 
 
 class Clock:
@@ -21,7 +21,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(logs.time, "monotonic", fake)
+    monkeypatch.setattr(throttled_log.time, "monotonic", fake)
     return fake
 
 
