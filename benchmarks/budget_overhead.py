@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from benchmarks.loadgen import percentiles
 from benchmarks.servers import stage_catalog
 from gateway.auth import Principal
 from gateway.budgets.alerts import Alerts, BudgetMetrics
@@ -56,13 +56,10 @@ MESSAGES = [
 ]
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
-        "p99_us": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6, 1),
-        "mean_us": round(statistics.fmean(ordered) * 1e6, 1),
-    }
+def percentiles_us(samples: list[float]) -> dict[str, float]:
+    """p50, p99 and mean of ``samples`` (seconds) in µs."""
+    shares = percentiles(samples)
+    return {f"{share}_us": round(shares[share] * 1e6, 1) for share in ("p50", "p99", "mean")}
 
 
 async def timed(iterations: int, step: Callable[[], Awaitable[None]]) -> list[float]:
@@ -135,9 +132,9 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
     results["cpu_us_per_request_sequential"] = round(
         (time.process_time() - cpu_started) / (iterations + min(200, iterations // 10)) * 1e6, 1
     )
-    results["reserve"] = percentiles(reserve_samples[-iterations:])
-    results["settle"] = percentiles(settle_samples[-iterations:])
-    results["reserve+settle"] = percentiles(total)
+    results["reserve"] = percentiles_us(reserve_samples[-iterations:])
+    results["settle"] = percentiles_us(settle_samples[-iterations:])
+    results["reserve+settle"] = percentiles_us(total)
 
     # The stage as the gateway runs it, around an upstream that answers at once.
     await backend.start()
@@ -165,7 +162,7 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
         ctx.deployments = ctx.alias.deployments
         await stage(ctx, upstream)
 
-    results["stage"] = percentiles(await timed(iterations, through_stage))
+    results["stage"] = percentiles_us(await timed(iterations, through_stage))
     results["cpu_us_per_request_64_in_flight"] = {
         "reserve+settle": await cpu_per_request(iterations, 64, both),
         "stage": await cpu_per_request(iterations, 64, through_stage),
@@ -178,7 +175,7 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
         reservation = await memory.reserve(budget, scopes, amount, request_id="r", key_id="key_bench", alias="bench")
         memory.settle(reservation, cost)  # type: ignore[arg-type]
 
-    results["memory reserve+settle"] = percentiles(await timed(iterations, memory_both))
+    results["memory reserve+settle"] = percentiles_us(await timed(iterations, memory_both))
 
     client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
     sha = await client.script_load(RESERVE.source)
@@ -188,7 +185,7 @@ async def main(redis_url: str, iterations: int) -> dict[str, Any]:
     async def redis_py_reserve() -> None:
         await client.evalsha(sha, 3, period_key(team, budget.window()), f"{tag}:res", f"{tag}:resd", *args)
 
-    results["redis-py reserve (comparison)"] = percentiles(await timed(iterations, redis_py_reserve))
+    results["redis-py reserve (comparison)"] = percentiles_us(await timed(iterations, redis_py_reserve))
     wire = RedisWire(redis_url, timeout_s=1.0)
     await wire.call("PING")
 

@@ -44,6 +44,7 @@ import httpx
 import orjson
 import yaml
 
+from benchmarks.loadgen import percentiles
 from benchmarks.procs import Server, free_port, start_server
 from benchmarks.servers import stage_catalog, start_fake
 from gateway.auth import Principal
@@ -62,12 +63,8 @@ MESSAGES = [
 
 
 def percentiles_ms(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50": round(statistics.median(ordered), 3),
-        "p90": round(ordered[int(len(ordered) * 0.9)], 3),
-        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
-    }
+    shares = percentiles(samples)
+    return {share: round(shares[share], 3) for share in ("p50", "p90", "p99")}
 
 
 # -- 1. through the server ------------------------------------------------------------------
@@ -317,8 +314,8 @@ async def stage_alone(iterations: int, redis_url: str | None) -> dict[str, Any]:
 
 
 def _us(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {"p50": round(statistics.median(ordered), 1), "p99": round(ordered[int(len(ordered) * 0.99)], 1)}
+    shares = percentiles(samples)
+    return {share: round(shares[share], 1) for share in ("p50", "p99")}
 
 
 def run() -> None:

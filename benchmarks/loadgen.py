@@ -68,6 +68,12 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def median_p99_row(name: str, figures: Sequence[float]) -> str:
+    """A markdown table row: ``name``, then the p50 and p99 of ``figures``, to two decimals."""
+    shares = percentiles(figures)
+    return f"| {name} | {shares['p50']:.2f} | {shares['p99']:.2f} |"
+
+
 @dataclass
 class _Tally:
     """Shared by the workers; one event loop thread, so no locking."""

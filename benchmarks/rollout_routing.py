@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 
+from benchmarks.loadgen import median_p99_row
 from gateway.auth import Principal
 from gateway.catalog import Catalog, build_catalog
 from gateway.config.policies import ModelsFile, PolicyBundle, TeamsFile
@@ -93,26 +93,20 @@ def measure_counters(in_rollout: bool, requests: int) -> list[float]:
     return figures
 
 
-def summary(name: str, figures: list[float]) -> str:
-    ordered = sorted(figures)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"| {name} | {statistics.median(ordered):.2f} | {p99:.2f} |"
-
-
 async def main(requests: int) -> None:
     cat = catalog()
     rollout = RolloutStrategy(RolloutBook())
     await measure(rollout, cat, "chat", 20 * BATCH)  # warm-up
     print("| route stage | CPU µs/request, median of batches | p99 of batches |")
     print("|---|--:|--:|")
-    print(summary("rollout strategy, alias in a running rollout", await measure(rollout, cat, "chat", requests)))
-    print(summary("rollout strategy, alias without a rollout", await measure(rollout, cat, "plain", requests)))
-    print(summary("weighted strategy (before rollouts)", await measure(Weighted(), cat, "plain", requests)))
+    print(median_p99_row("rollout strategy, alias in a running rollout", await measure(rollout, cat, "chat", requests)))
+    print(median_p99_row("rollout strategy, alias without a rollout", await measure(rollout, cat, "plain", requests)))
+    print(median_p99_row("weighted strategy (before rollouts)", await measure(Weighted(), cat, "plain", requests)))
     print()
     print("| record stage: per-variant counters | CPU µs/request, median of batches | p99 of batches |")
     print("|---|--:|--:|")
-    print(summary("request in a rollout", measure_counters(True, requests)))
-    print(summary("request outside any rollout", measure_counters(False, requests)))
+    print(median_p99_row("request in a rollout", measure_counters(True, requests)))
+    print(median_p99_row("request outside any rollout", measure_counters(False, requests)))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.loadgen import median_p99_row
 from gateway.auth import Principal
 from gateway.budgets import BudgetBook, Downgrades
 from gateway.budgets.backend import ScopeState
@@ -122,12 +122,6 @@ def measure_sync(work: Callable[[RequestContext], object], cat: Catalog, request
     return figures
 
 
-def summary(name: str, figures: list[float]) -> str:
-    ordered = sorted(figures)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"| {name} | {statistics.median(ordered):.2f} | {p99:.2f} |"
-
-
 async def main(requests: int) -> None:
     plain = catalog(classes=False, fallbacks=False, downgrade=False)
     classed = catalog(classes=True, fallbacks=False, downgrade=False)
@@ -138,36 +132,36 @@ async def main(requests: int) -> None:
     print("| route stage (weighted strategy) | CPU µs/request, median of batches | p99 of batches |")
     print("|---|--:|--:|")
     print(
-        summary(
+        median_p99_row(
             "no data classes, no fallbacks, no downgrade (as before)", await measure(Route(Weighted()), plain, requests)
         )
     )
     print(
-        summary(
+        median_p99_row(
             "data classes (team default, x-data-class header)",
             await measure(Route(Weighted()), classed, requests, "confidential"),
         )
     )
     print(
-        summary(
+        median_p99_row(
             "data classes + two fallback aliases",
             await measure(Route(Weighted()), with_fallbacks, requests, "confidential"),
         )
     )
     print(
-        summary(
+        median_p99_row(
             "data classes + fallbacks + a downgrade rule for the alias",
             await measure(Route(Weighted(), downgrades=downgrades), everything, requests, "confidential"),
         )
     )
     print(
-        summary(
+        median_p99_row(
             "usage stage: context-window check, small request (not counted)",
             measure_sync(_window_may_matter, classed, requests),
         )
     )
     print(
-        summary(
+        median_p99_row(
             "upstream stage: data-class guard, one attempt",
             measure_sync(lambda ctx: ctx.deployments[0].admits(ctx.data_class), classed, requests),
         )
