@@ -248,11 +248,12 @@ def _prompt_files(path: Path) -> list[Path]:
 
 def _local_model_kinds(config: str | None) -> dict[str, str] | None:
     """The aliases of the local policy files, when a config is found (None: skip that check)."""
-    from gateway.config.applied import catalog_from_files, read_policy_files
     from gateway.config.settings import config_path
 
     if config is None and not config_path(None).exists():
         return None
+    from gateway.config.applied import catalog_from_files, read_policy_files  # storage's imports: only now
+
     settings = settings_or_exit(config)
     try:
         catalog = catalog_from_files(read_policy_files(settings.resolve_path(settings.policies_dir)))
