@@ -86,14 +86,19 @@ def test_no_prompt_files_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert (code, output.strip()) == (1, "error: no prompt files found in empty")
 
 
-def test_without_a_config_the_check_loads_no_storage_or_request_path_code(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["a folder without a config", "the repository, with its gateway.yaml"])
+def test_the_check_loads_no_storage_or_request_path_code(where: str, tmp_path: Path) -> None:
     """Every pull request of prompts runs it: in a fresh interpreter, it imports neither the
     database layer nor the eval runner (the whole request path), ~0.1 s of start-up each."""
     import os
     import subprocess
     import sys
 
-    shutil.copytree(REPO / "prompts", tmp_path / "prompts")
+    if where.startswith("a folder"):
+        shutil.copytree(REPO / "prompts", tmp_path / "prompts")
+        cwd = tmp_path
+    else:
+        cwd = REPO
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
     probe = (
         "import sys\n"
@@ -105,7 +110,7 @@ def test_without_a_config_the_check_loads_no_storage_or_request_path_code(tmp_pa
         "    loaded = sorted(m for m in heavy if m in sys.modules)\n"
         "    print('loaded:', loaded, 'exit:', exit.code)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe, "prompts", "check", "prompts"], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-c", probe, "prompts", "check", "prompts"], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=60)
     assert "4 prompt files valid." in result.stdout, result.stdout + result.stderr
     assert result.stdout.rstrip().endswith("loaded: [] exit: 0"), result.stdout + result.stderr

@@ -252,11 +252,12 @@ def _local_model_kinds(config: str | None) -> dict[str, str] | None:
 
     if config is None and not config_path(None).exists():
         return None
-    from gateway.config.applied import catalog_from_files, read_policy_files  # storage's imports: only now
+    from gateway.catalog import build_catalog
+    from gateway.config.policies import load_policies
 
     settings = settings_or_exit(config)
     try:
-        catalog = catalog_from_files(read_policy_files(settings.resolve_path(settings.policies_dir)))
+        catalog = build_catalog(load_policies(settings.resolve_path(settings.policies_dir)))
     except ConfigError as exc:
         fail_config(exc)
         raise  # unreachable: fail_config exits
