@@ -180,7 +180,7 @@ async def test_sqlite_batches_are_written_by_a_background_thread_at_the_loops_we
 
     try:
         await appender.append([_row("one")])
-        seen = appender._lane.executor.submit(scheduling).result()  # type: ignore[attr-defined]
+        seen = appender._executor.submit(scheduling).result()  # type: ignore[attr-defined]
     finally:
         await appender.close()
         await db.close()

@@ -99,9 +99,9 @@ class _Statement:
         return out
 
 
-class _SqliteLane:
-    """One writer thread with its own connection; a connection that never moves between
-    threads needs no locking of its own."""
+class _SqliteThreadAppender:
+    """Batches go to one background thread that owns its own connection; a connection that
+    never moves between threads needs no locking of its own."""
 
     def __init__(self, path: str, statement: _Statement) -> None:
         self._path = path
@@ -109,11 +109,20 @@ class _SqliteLane:
         self._conn: sqlite3.Connection | None = None
         # A background thread (``gateway.threads``): it never preempts the event loop on waking,
         # and keeps the loop's weight, so it neither starves under load nor holds the GIL starved.
-        self.executor = ThreadPoolExecutor(
+        self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sqlite-append", initializer=run_as_background
         )
 
-    def append(self, rows: Sequence[Row]) -> None:
+    async def append(self, rows: Sequence[Row]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._append_in_thread, rows)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._reset)
+        self._executor.shutdown(wait=True)
+
+    # -- on the writer thread ------------------------------------------------------------------
+
+    def _append_in_thread(self, rows: Sequence[Row]) -> None:
         parameters = self._statement.parameters(rows)
         try:
             conn = self._connection()
@@ -130,10 +139,10 @@ class _SqliteLane:
         except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
             raise RowsRefused(str(exc)) from exc
         except sqlite3.Error as exc:
-            self.reset()  # whatever went wrong, the next batch starts on a fresh connection
+            self._reset()  # whatever went wrong, the next batch starts on a fresh connection
             raise AppendFailed(f"{type(exc).__name__}: {exc}") from exc
 
-    def reset(self) -> None:
+    def _reset(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -146,21 +155,6 @@ class _SqliteLane:
             apply_sqlite_pragmas(conn.execute)
             self._conn = conn
         return self._conn
-
-
-class _SqliteThreadAppender:
-    """Batches go to one background thread (``gateway.threads``) that owns the connection."""
-
-    def __init__(self, path: str, statement: _Statement) -> None:
-        self._lane = _SqliteLane(path, statement)
-
-    async def append(self, rows: Sequence[Row]) -> None:
-        lane = self._lane
-        await asyncio.get_running_loop().run_in_executor(lane.executor, lane.append, rows)
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._lane.executor, self._lane.reset)
-        self._lane.executor.shutdown(wait=True)
 
 
 class _EngineAppender:
