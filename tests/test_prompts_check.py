@@ -6,7 +6,10 @@ adds the model alias check against the policy files.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,10 +93,6 @@ def test_no_prompt_files_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_the_check_loads_no_storage_or_request_path_code(where: str, tmp_path: Path) -> None:
     """Every pull request of prompts runs it: in a fresh interpreter, it imports neither the
     database layer nor the eval runner (the whole request path), ~0.1 s of start-up each."""
-    import os
-    import subprocess
-    import sys
-
     if where.startswith("a folder"):
         shutil.copytree(REPO / "prompts", tmp_path / "prompts")
         cwd = tmp_path

@@ -56,7 +56,7 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
     tmp_path: Path, fake_upstream: FakeHandle, fresh_pg_url: str, redis_url: str
 ) -> None:
     # Windows long enough for min_requests at 50 % even on a loaded machine.
-    interval_s, failure_limit = 3.0, 2
+    interval_s, failure_limit, min_requests = 3.0, 2, 30
     config: dict[str, Any] = {
         "models": fleet_models(fake_upstream.url),
         "teams": TEAMS,
@@ -87,7 +87,7 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
                         "target": {"prompt": "greet", "label": "beta", "canary": {"version": 2}},
                         "steps": [{"weight": w} for w in (50, 60, 70, 80, 100)],
                         "interval_s": interval_s,
-                        "min_requests": 30,
+                        "min_requests": min_requests,
                         "failure_limit": failure_limit,
                         "checks": [{"metric": "error_rate", "max_over_stable": 0.02}],
                         "webhook_url": receiver.url,
@@ -154,7 +154,7 @@ def test_two_replicas_roll_a_failing_prompt_canary_back_by_themselves(
     verdicts = [(e["at"], e["verdict"], e["variants"]["canary"]["requests"]) for e in final["history"]]
     assert [verdict for _, verdict, _ in verdicts][-failure_limit:] == ["fail"] * failure_limit
     inconclusive = [requests for _, verdict, requests in verdicts if verdict == "inconclusive"]
-    assert all(requests < 30 for requests in inconclusive), verdicts
+    assert all(requests < min_requests for requests in inconclusive), verdicts
     windows = failure_limit + len(inconclusive)
     assert took.total_seconds() <= interval_s * windows + interval_s, (final["started_at"], verdicts)
     # Once every replica had polled, no request got the canary (nor its prompt version).

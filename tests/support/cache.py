@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess
+from support.ledger import new_key
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -52,11 +53,7 @@ def start_gateway(
 
 
 def create_key(gateway_url: str, team: str, *roles: str) -> str:
-    response = httpx.post(
-        f"{gateway_url}/admin/keys", json={"team": team, "roles": list(roles) or ["app"]}, headers=ADMIN
-    )
-    response.raise_for_status()
-    return str(response.json()["key"])
+    return new_key(gateway_url, ADMIN_KEY, team, *roles)[1]
 
 
 def unique_question() -> str:

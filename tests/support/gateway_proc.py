@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import yaml
 
+from support.ledger import new_key
+
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "gw-test-admin-key-0123456789"
 PROVIDER_KEY = "sk-upstream-secret-provider-key-42"
@@ -134,12 +136,7 @@ class GatewayProcess:
         the CLI a fresh interpreter (~1 s of CPU under coverage), once per key.
         """
         if self.proc is not None and self.proc.poll() is None:
-            response = httpx.post(
-                f"{self.url}/admin/keys", json={"team": team, "roles": list(roles) or ["app"]},
-                headers={"authorization": f"Bearer {self.env['GATEWAY_ADMIN_KEY']}"}, timeout=30,
-            )
-            response.raise_for_status()
-            return str(response.json()["key"])
+            return new_key(self.url, self.env["GATEWAY_ADMIN_KEY"], team, *roles)[1]
         role_args = [arg for role in roles for arg in ("--role", role)]
         result = self.cli("keys", "create", "--team", team, *role_args)
         return result.stdout.strip().splitlines()[-1]

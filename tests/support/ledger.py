@@ -17,7 +17,7 @@ def new_key(base_url: str, admin_key: str, team: str, *roles: str) -> tuple[str,
     """(key id, key) through the admin API: much faster than a ``gateway keys create`` process."""
     response = httpx.post(
         f"{base_url}/admin/keys", json={"team": team, "roles": list(roles or ("app",))},
-        headers={"Authorization": f"Bearer {admin_key}"},
+        headers={"Authorization": f"Bearer {admin_key}"}, timeout=30,
     )
     response.raise_for_status()
     data = response.json()
