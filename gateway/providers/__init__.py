@@ -1,6 +1,6 @@
 """Upstream providers: one module per wire protocol, all behind the ``Provider`` interface.
 
-- ``openai_compat``: the fast path for any OpenAI-compatible server (aiohttp, one pooled session);
+- ``openai_compat``: the fast path for any OpenAI-compatible server (``http1``: pooled keep-alive connections);
 - ``mock``: the built-in offline model (quick start, evaluations, tests);
 - ``litellm_provider``: every other provider (Anthropic, ...), imported only when configured.
 """

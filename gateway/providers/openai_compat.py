@@ -1,9 +1,10 @@
-"""The fast path: any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, the fake), via aiohttp.
+"""The fast path: any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, the fake).
 
-One pooled ``ClientSession`` per process; per deployment the URL, headers and timeouts are
-built once. The request body is serialised once with orjson; a JSON answer is parsed once
-(to check it and read usage) and its original bytes are passed on untouched. aiohttp's
-exceptions are translated into the gateway's here and nowhere else.
+One client per process (``http1``: pooled keep-alive connections; why not aiohttp is said
+there); per deployment the URLs and the request's fixed head are built once. The request body
+is serialised once with orjson; a JSON answer is parsed once (to check it and read usage) and
+its original bytes are passed on untouched. The client's exceptions are translated into the
+gateway's here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from gateway.context import JsonReply, Reply, RequestContext, StreamReply
@@ -24,6 +24,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.providers import http1
 from gateway.providers.sse import relay_events
 from gateway.redact import redact
 from gateway.wire import usage_from
@@ -36,11 +37,10 @@ _JSON = b"application/json"
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    chat_url: str
-    embeddings_url: str
-    headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
-    stream_timeout: aiohttp.ClientTimeout
+    base_url: str
+    api_key: str | None
+    chat: http1.Target
+    embeddings: http1.Target
 
 
 def _upstream_message(status: int, body: bytes, deployment: Deployment) -> str:
@@ -64,50 +64,32 @@ def _upstream_message(status: int, body: bytes, deployment: Deployment) -> str:
 
 class OpenAICompatProvider:
     def __init__(self, *, pool_size: int = 1000) -> None:
-        self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
+        # pool_size: idle keep-alive connections kept, across upstreams.
+        self._client = http1.Http1Client(max_idle=pool_size)
         self._targets: dict[str, _Target] = {}
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created lazily inside the running loop (aiohttp binds a session to its loop).
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._pool_size,
-                limit_per_host=0,
-                ttl_dns_cache=300,
-                keepalive_timeout=60,
-                enable_cleanup_closed=True,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                skip_auto_headers=("User-Agent",),
-                auto_decompress=True,
-                timeout=aiohttp.ClientTimeout(total=None),
-            )
-        return self._session
 
     def _target(self, deployment: Deployment) -> _Target:
         target = self._targets.get(deployment.id)
-        if target is None or target.chat_url != f"{deployment.base_url}/chat/completions":
+        if target is None or target.base_url != deployment.base_url or target.api_key != deployment.api_key:
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
             if deployment.api_key:
                 headers["Authorization"] = f"Bearer {deployment.api_key}"
-            target = _Target(
-                chat_url=f"{deployment.base_url}/chat/completions",
-                embeddings_url=f"{deployment.base_url}/embeddings",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=deployment.timeout_s, sock_connect=deployment.connect_timeout_s),
-                # A stream may run for minutes: bound the wait for each read, not the whole.
-                stream_timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=deployment.connect_timeout_s, sock_read=deployment.timeout_s
-                ),
-            )
+            try:
+                target = _Target(
+                    base_url=deployment.base_url,
+                    api_key=deployment.api_key,
+                    chat=http1.Target.of(f"{deployment.base_url}/chat/completions", headers),
+                    embeddings=http1.Target.of(f"{deployment.base_url}/embeddings", headers),
+                )
+            except ValueError:
+                # Checked when the policy is loaded; a key or URL that still cannot make a request
+                # is the deployment's fault, and says nothing of the key.
+                raise UpstreamUnavailable(f"The upstream for {deployment.label} is not a usable http(s) URL.") from None
             self._targets[deployment.id] = target
         return target
 
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self._client.close()
 
     async def chat(self, deployment: Deployment, ctx: RequestContext) -> Reply:
         target = self._target(deployment)
@@ -119,34 +101,31 @@ class OpenAICompatProvider:
                 options = body.get("stream_options")
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             return await self._stream(deployment, target, body, ctx)
-        return await self._json(deployment, target.chat_url, target, body, ctx, "choices")
+        return await self._json(deployment, target.chat, body, ctx, "choices")
 
     async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply:
         target = self._target(deployment)
         body = dict(ctx.body)
         body["model"] = deployment.model
-        return await self._json(deployment, target.embeddings_url, target, body, ctx, "data")
+        return await self._json(deployment, target.embeddings, body, ctx, "data")
 
     async def _json(
         self,
         deployment: Deployment,
-        url: str,
-        target: _Target,
+        target: http1.Target,
         body: dict[str, Any],
         ctx: RequestContext,
         required: str,
     ) -> JsonReply:
         try:
-            async with self._client().post(
-                url, data=orjson.dumps(body), headers=target.headers, timeout=target.timeout
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                retry_after = response.headers.get("retry-after")
-        except UpstreamError:
-            raise
+            answer = await self._client.post(
+                target, orjson.dumps(body), timeout_s=deployment.timeout_s,
+                connect_timeout_s=deployment.connect_timeout_s,
+            )
         except Exception as exc:
             raise _translate(exc, deployment) from None
+        raw, status = answer.body, answer.status
+        retry_after = _header(answer.headers, b"retry-after")
         if status != 200:
             raise _rejected(status, raw, retry_after, deployment)
         try:
@@ -162,15 +141,17 @@ class OpenAICompatProvider:
         self, deployment: Deployment, target: _Target, body: dict[str, Any], ctx: RequestContext
     ) -> StreamReply:
         try:
-            response = await self._client().post(
-                target.chat_url, data=orjson.dumps(body), headers=target.headers, timeout=target.stream_timeout
+            # A stream may run for minutes: bound the wait for each read, not the whole.
+            response = await self._client.post_stream(
+                target.chat, orjson.dumps(body), read_timeout_s=deployment.timeout_s,
+                connect_timeout_s=deployment.connect_timeout_s,
             )
         except Exception as exc:
             raise _translate(exc, deployment) from None
         try:
             if response.status != 200:
                 raw = await response.read()
-                raise _rejected(response.status, raw, response.headers.get("retry-after"), deployment)
+                raise _rejected(response.status, raw, _header(response.headers, b"retry-after"), deployment)
             if not response.content_type.startswith("text/event-stream"):
                 raise UpstreamMalformed(
                     f"Upstream {deployment.label} answered a streaming request with {response.content_type!r}."
@@ -191,9 +172,9 @@ class OpenAICompatProvider:
         return StreamReply(_prepend(first, events, response))
 
 
-async def _pieces(response: aiohttp.ClientResponse, deployment: Deployment) -> AsyncIterator[bytes]:
+async def _pieces(response: http1.StreamAnswer, deployment: Deployment) -> AsyncIterator[bytes]:
     try:
-        async for piece in response.content.iter_any():
+        async for piece in response.pieces():
             yield piece
     except UpstreamError:
         raise
@@ -202,15 +183,15 @@ async def _pieces(response: aiohttp.ClientResponse, deployment: Deployment) -> A
 
 
 async def _prepend(
-    first: bytes, rest: AsyncIterator[bytes], response: aiohttp.ClientResponse
+    first: bytes, rest: AsyncIterator[bytes], response: http1.StreamAnswer
 ) -> AsyncIterator[bytes]:
     try:
         yield first
         async for events in rest:
             yield events
     finally:
-        # Closing (not releasing) drops the connection if the stream was cut short, which is
-        # what cancels the upstream's generation when the caller goes away.
+        # Closing drops the connection if the stream was cut short (else it goes back to the
+        # pool), which is what cancels the upstream's generation when the caller goes away.
         response.close()
 
 
@@ -219,15 +200,20 @@ def _rejected(status: int, raw: bytes, retry_after: str | None, deployment: Depl
     return UpstreamRejected(_upstream_message(status, raw, deployment), status=status, headers=headers)
 
 
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    value = headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
 def _translate(exc: BaseException, deployment: Deployment) -> UpstreamError:
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"Upstream {deployment.label} timed out.")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, http1.ConnectFailed):
         return UpstreamUnavailable(f"Cannot connect to the upstream for {deployment.label}.")
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if isinstance(exc, http1.Disconnected | ConnectionError):
         return UpstreamUnavailable(f"The upstream for {deployment.label} dropped the connection.")
-    if isinstance(exc, aiohttp.ClientError):
-        return UpstreamUnavailable(f"Upstream {deployment.label} failed: {type(exc).__name__}.")
+    if isinstance(exc, http1.ProtocolFailed):
+        return UpstreamMalformed(f"Upstream {deployment.label} sent an answer that is not valid HTTP: {exc}.")
     raise exc
