@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,10 +232,11 @@ def write_gateway_config(root: Path, upstream: str, *, access_log: bool, full: F
 
 def start_gateway(
     workdir: Path, upstream: str, *, port: int, core: int | None, access_log: bool = True,
-    full: FullProfile | None = None,
+    full: FullProfile | None = None, wrap: Sequence[str] = (), timeout: float = 60,
 ) -> tuple[Server, Endpoint]:
     """``gateway keys create`` (and, for the full profile, ``gateway prompts push``) then
-    ``gateway serve``, as an operator would."""
+    ``gateway serve``, as an operator would (``wrap``: a command ``gateway serve`` runs under,
+    such as valgrind; ``timeout``: for it to become ready)."""
     name = "gateway-full" if full is not None else "gateway"
     root = workdir / name
     config = write_gateway_config(root, upstream, access_log=access_log, full=full)
@@ -261,14 +263,14 @@ def start_gateway(
     key = created.stdout.strip().splitlines()[-1]
     server = start_server(
         name,
-        [*_gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+        [*wrap, *_gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", "1"],
         base_url=f"http://127.0.0.1:{port}",
         ready_path="/health/ready",
         log_path=root / "gateway.log",
         core=core,
         env=env,
         cwd=root,
-        timeout=60,
+        timeout=timeout,
     )
     if full is None:
         server.notes.append(f"access log {'on' if access_log else 'off'}, SQLite, no Redis")

@@ -324,3 +324,15 @@ def test_the_loop_table_reads_the_gateways_own_lag_and_collection_series() -> No
     assert table.splitlines()[2] == "| gateway-full | 100 | 4 | 2 | 1 | 40 / 4 / 2 | 0.080 / 0.020 / 0.070 | 35.0 |"
     assert "passthrough" not in table
 
+
+
+def test_the_upstream_client_benchmark_runs_both_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks.upstream_client`` at a tiny scale: both clients, both kinds of answer."""
+    from benchmarks.upstream_client import main
+
+    cores = os.sched_getaffinity(0)
+    assert main(["--requests", "40", "--concurrency", "4", "--rounds", "1"]) == 0
+    assert os.sched_getaffinity(0) == cores  # the test process is not left pinned to one core
+    table = capsys.readouterr().out
+    for row in ("| aiohttp | JSON |", "| http1 | JSON |", "| aiohttp | stream |", "| http1 | stream |"):
+        assert row in table
