@@ -396,3 +396,20 @@ async def test_bytes_after_an_answer_spoil_the_connection() -> None:
     await client.close()
     assert (first.body, second.body) == (b'{"n": 1}', b'{"n": 1}')
     assert upstream.connections == 2
+
+
+async def test_an_answer_head_without_end_is_refused() -> None:
+    async def endless_head(reader: Reader, writer: Writer, upstream: Upstream) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+        for _ in range(200):  # one header line that never ends, 1 KiB at a time
+            writer.write(b"a" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0)
+        await reader.read()
+
+    client = http1.Http1Client()
+    async with Upstream(endless_head) as upstream:
+        with pytest.raises(http1.ProtocolFailed, match="head exceeds"):
+            await client.post(target(upstream), b"{}", timeout_s=5, connect_timeout_s=5)
+    await client.close()

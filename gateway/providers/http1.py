@@ -51,7 +51,10 @@ __all__ = [
 #: A stream's unread pieces past this many bytes pause reading from the upstream until the
 #: caller catches up (a slow client must not make the gateway buffer a whole answer).
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+#: An answer's head (status line and headers) longer than this is refused: an upstream that sends
+#: headers without end must not grow the gateway's memory until the timeout (aiohttp's limit was
+#: 8 KiB a line).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class ConnectFailed(Exception):
@@ -123,6 +126,7 @@ class _Connection(asyncio.Protocol):
         self.received = False  # a byte of the answer arrived
         self._body: list[bytes] = []
         self._buffered = 0
+        self._head_bytes = 0
         self._paused = False
         self._head_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
@@ -149,6 +153,11 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolFailed("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolFailed(f"the upstream's answer is not valid HTTP/1.1 ({exc})"))
+            return
+        if not self.headers_done:  # counted only while the head is still coming
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(ProtocolFailed(f"the upstream's answer head exceeds {MAX_HEAD_BYTES // 1024} KiB"))
 
     def eof_received(self) -> bool | None:
         self._ended()
@@ -239,6 +248,7 @@ class _Connection(asyncio.Protocol):
         self.status, self.headers, self.headers_done, self.complete, self.received = 0, {}, False, False, False
         self.keep_alive = False
         self._body, self._buffered, self._streaming, self._failure = [], 0, streaming, None
+        self._head_bytes = 0
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if streaming:
             self._head_waiter = waiter
