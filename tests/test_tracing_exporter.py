@@ -192,6 +192,39 @@ async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
         await exporter.close()
 
 
+async def test_a_backlog_the_export_task_cannot_build_stops_growing() -> None:
+    """On a saturated loop the export task's slices fall behind; past a batch waiting, each
+    recorded request builds the oldest waiting span, so the queue holds steady instead of
+    filling up and dropping spans."""
+    import asyncio
+
+    exporter, registry = _exporter(batch_size=2, flush_interval_ms=10_000, queue_size=50)
+    sent = _capture_posts(exporter)
+
+    async def never_gets_a_turn() -> None:  # the export task of a saturated loop
+        await asyncio.Event().wait()
+
+    exporter._run = never_gets_a_turn  # type: ignore[method-assign]
+    exporter.start_task()
+    try:
+        for n in range(8):  # two fill the batch at once; six queue behind it
+            ctx = _ctx(n)
+            exporter.start(ctx)
+            exporter.record(ctx)
+        assert exporter._built == 2 and len(exporter._queue) == 6
+        assert await exporter.export_batch() and len(sent) == 1  # the batch leaves; six still wait
+        for n in range(8, 48):
+            ctx = _ctx(n)
+            exporter.start(ctx)
+            exporter.record(ctx)
+            if exporter._built == 2:
+                assert await exporter.export_batch()
+        assert len(exporter._queue) <= 7  # forty more recorded, the backlog as it was
+        assert _dropped(registry, "queue_full") == 0
+    finally:
+        await exporter.close()
+
+
 def test_a_batch_is_one_valid_request_whatever_the_compression() -> None:
     """Each span is its own resource_spans entry, compressed as it is built: the batch's bytes,
     joined (and the compressor's tail), decode as one ExportTraceServiceRequest."""
