@@ -370,6 +370,15 @@ def loop_summary(metrics_text: str) -> dict[str, float]:
     return summary
 
 
+def spans_dropped(metrics_text: str) -> float:
+    """From a gateway's /metrics: the trace spans it dropped (every reason and destination). A
+    dropped span is never built, so a run that drops them reads less CPU than tracing costs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(metrics_text)
+               for sample in family.samples if sample.name == "gateway_trace_spans_dropped_total")
+
+
 def loop_table(runs: list[ServerRun]) -> str:
     """Per gateway: how many of its loop's 0.25 s ticks ran late past each mark, and what the
     collector took by generation (count, total, mean)."""

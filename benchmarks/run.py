@@ -383,11 +383,13 @@ def bench_full(options: Options, fake: Server) -> tuple[ServerRun, str]:
             if options.py_spy:
                 profile_text = profile(bench, server, endpoint, options.out_dir)
             served = sum(result.requests for result in run.phases.values())
+            dropped = report.spans_dropped(http_get_text(server.base_url + "/metrics"))
         finally:
             passthrough.stop()
             server.stop()
         time.sleep(1.0)
-        run.notes.append(f"the receiver got {receiver.span_count:,} spans (measured phases alone: {served:,} requests)")
+        run.notes.append(f"the receiver got {receiver.span_count:,} spans (measured phases alone: "
+                         f"{served:,} requests); the gateway dropped {dropped:,.0f}")
     return run, profile_text
 
 

@@ -326,6 +326,20 @@ def test_the_loop_table_reads_the_gateways_own_lag_and_collection_series() -> No
 
 
 
+def test_the_full_profile_counts_the_spans_the_gateway_dropped() -> None:
+    from benchmarks.report import spans_dropped
+
+    metrics = "\n".join([
+        "# TYPE gateway_trace_spans_dropped_total counter",
+        'gateway_trace_spans_dropped_total{destination="langfuse",reason="queue_full"} 12.0',
+        'gateway_trace_spans_dropped_total{destination="langfuse",reason="export_failed"} 3.0',
+        'gateway_trace_spans_dropped_created{destination="langfuse",reason="queue_full"} 1.7e+09',
+        "",
+    ])
+    assert spans_dropped(metrics) == 15
+    assert spans_dropped("") == 0
+
+
 def test_the_upstream_client_benchmark_runs_both_clients(capsys: pytest.CaptureFixture[str]) -> None:
     """``benchmarks.upstream_client`` at a tiny scale: both clients, both kinds of answer."""
     from benchmarks.upstream_client import main
