@@ -11,6 +11,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from benchmarks.load import LoadResult
 
 MIB = 1024 * 1024
@@ -377,6 +379,23 @@ def spans_dropped(metrics_text: str) -> float:
 
     return sum(sample.value for family in text_string_to_metric_families(metrics_text)
                for sample in family.samples if sample.name == "gateway_trace_spans_dropped_total")
+
+
+def tokenizers_built(log_text: str) -> list[str]:
+    """From a gateway's log: the tokenizers it built, in order. A stream cut before its usage
+    event (``wrk`` ends each phase with requests in flight) is counted with its model's
+    tokenizer, and the first one builds it: o200k_base adds ~50 MiB of RSS from then on, so an
+    RSS reading means something different before and after."""
+    built = []
+    for line in log_text.splitlines():
+        if '"built tokenizer ' in line:
+            try:
+                message = orjson.loads(line).get("msg", "")
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, str) and message.startswith("built tokenizer "):
+                built.append(message.removeprefix("built tokenizer "))
+    return built
 
 
 def loop_table(runs: list[ServerRun]) -> str:

@@ -390,6 +390,10 @@ def bench_full(options: Options, fake: Server) -> tuple[ServerRun, str]:
         time.sleep(1.0)
         run.notes.append(f"the receiver got {receiver.span_count:,} spans (measured phases alone: "
                          f"{served:,} requests); the gateway dropped {dropped:,.0f}")
+        built = report.tokenizers_built(server.log_path.read_text(errors="replace"))
+        if built:
+            run.notes.append(f"tokenizers built during the run (a stream cut before its usage is counted with "
+                             f"one; o200k_base adds ~50 MiB of RSS from then on): {', '.join(built)}")
     return run, profile_text
 
 

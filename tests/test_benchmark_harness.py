@@ -340,6 +340,19 @@ def test_the_full_profile_counts_the_spans_the_gateway_dropped() -> None:
     assert spans_dropped("") == 0
 
 
+def test_the_full_profile_names_the_tokenizers_the_gateway_built() -> None:
+    from benchmarks.report import tokenizers_built
+
+    log = "\n".join([
+        '{"ts":"t","level":"info","logger":"gateway.access","msg":"request","status":499}',
+        '{"ts":"t","level":"info","logger":"gateway.usage.tokens","msg":"built tokenizer o200k_base"}',
+        'not json "built tokenizer x"',
+        '{"ts":"t","level":"info","logger":"gateway.usage.tokens","msg":"built tokenizer cl100k_base"}',
+    ])
+    assert tokenizers_built(log) == ["o200k_base", "cl100k_base"]
+    assert tokenizers_built("") == []
+
+
 def test_the_upstream_client_benchmark_runs_both_clients(capsys: pytest.CaptureFixture[str]) -> None:
     """``benchmarks.upstream_client`` at a tiny scale: both clients, both kinds of answer."""
     from benchmarks.upstream_client import main
