@@ -174,18 +174,18 @@ async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
     builds them GATHER_S later, a slice of loop time at a time, never on the request path."""
     import asyncio
 
-    exporter, _ = _exporter(batch_size=2, flush_interval_ms=200, queue_size=100)
+    exporter, _ = _exporter(batch_size=4, flush_interval_ms=200, queue_size=100)
     exporter._post = lambda destination, payload: asyncio.sleep(0.05)  # type: ignore[method-assign,assignment,return-value]
     exporter.start_task()
     try:
-        for n in range(6):  # two build at once and fill the batch; the rest queue behind it
+        for n in range(7):  # four build at once and fill the batch; three queue behind it
             ctx = _ctx(n)
             exporter.start(ctx)
             exporter.record(ctx)
-        assert exporter._built == 2 and len(exporter._queue) == 4
+        assert exporter._built == 4 and len(exporter._queue) == 3
         for _ in range(5):
             await asyncio.sleep(0)
-        assert len(exporter._queue) == 4  # gathering: at low rates several spans are built per wake-up
+        assert len(exporter._queue) == 3  # gathering: at low rates several spans are built per wake-up
         await asyncio.sleep(GATHER_S + 0.5)
         assert exporter.queued == 0
     finally:
@@ -194,9 +194,11 @@ async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
 
 async def test_a_backlog_the_export_task_cannot_build_stops_growing() -> None:
     """On a saturated loop the export task's slices fall behind; past a batch waiting, each
-    recorded request builds the oldest waiting span, so the queue holds steady instead of
-    filling up and dropping spans."""
+    recorded request builds the oldest waiting span (ahead of the export, up to BEHIND_BATCHES
+    batches, sent as one), so the queue holds steady instead of filling up and dropping spans."""
     import asyncio
+
+    from gateway.tracing.exporter import BEHIND_BATCHES
 
     exporter, registry = _exporter(batch_size=2, flush_interval_ms=10_000, queue_size=50)
     sent = _capture_posts(exporter)
@@ -207,20 +209,15 @@ async def test_a_backlog_the_export_task_cannot_build_stops_growing() -> None:
     exporter._run = never_gets_a_turn  # type: ignore[method-assign]
     exporter.start_task()
     try:
-        for n in range(8):  # two fill the batch at once; six queue behind it
+        for n in range(48):
             ctx = _ctx(n)
             exporter.start(ctx)
             exporter.record(ctx)
-        assert exporter._built == 2 and len(exporter._queue) == 6
-        assert await exporter.export_batch() and len(sent) == 1  # the batch leaves; six still wait
-        for n in range(8, 48):
-            ctx = _ctx(n)
-            exporter.start(ctx)
-            exporter.record(ctx)
-            if exporter._built == 2:
+            assert len(exporter._queue) <= 3  # never more than a batch and the newest request
+            if exporter._built == BEHIND_BATCHES * 2:  # what an export in flight let pile up
                 assert await exporter.export_batch()
-        assert len(exporter._queue) <= 7  # forty more recorded, the backlog as it was
         assert _dropped(registry, "queue_full") == 0
+        assert sent and all(len(_spans(payload)) == BEHIND_BATCHES * 2 for payload in sent)
     finally:
         await exporter.close()
 

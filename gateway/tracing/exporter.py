@@ -78,6 +78,9 @@ MAX_BUILD_SLICE_S = 0.004
 #: request (a wake-up per span cost ~100 µs of CPU per request at concurrency 1); a span still
 #: leaves within ``flush_interval_ms``.
 GATHER_S = 0.02
+#: Behind (more than a batch waiting), requests build spans ahead, up to this many batches in one
+#: export: a built span is a few hundred compressed bytes, a waiting one a whole finished request.
+BEHIND_BATCHES = 4
 #: At most one warning per this many seconds about traces being dropped.
 LOG_EVERY_S = 30.0
 #: ``version-traceid-parentid-flags`` (W3C Trace Context, version 00 and the future ones).
@@ -209,8 +212,8 @@ class TraceExporter:
             self._lost(1)
             return
         queue.append((ctx, time.time_ns()))
-        if self._built < self._batch and self._task is not None:
-            if len(queue) == 1:
+        if self._task is not None:
+            if len(queue) == 1 and self._built < self._batch:
                 # Nothing waits to be built: build this span now. Its answer has gone out (sinks
                 # run once the reply is delivered), and one span costs the next request at most
                 # its own build, where a slice of the background task cost it up to
@@ -218,11 +221,13 @@ class TraceExporter:
                 self._build_next()
                 if self._built < self._batch:
                     return  # the batch's flush timer sends it
-            elif len(queue) > self._batch:
+            elif len(queue) > self._batch and self._built < BEHIND_BATCHES * self._batch:
                 # More than a batch waits: the export task's slices are not keeping up (the loop
                 # is saturated). This request builds the oldest waiting span, so the backlog
                 # stops growing instead of filling the queue, holding up to queue_size finished
-                # requests in memory, and dropping spans.
+                # requests in memory, and dropping spans. While an export is in flight (its POST
+                # slows down on a saturated machine too), the spans built meanwhile, compressed,
+                # make the next export a larger one, up to BEHIND_BATCHES batches.
                 self._build_next()
         if not self._wake.is_set():
             self._wake.set()
