@@ -168,12 +168,6 @@ class _Connection(asyncio.Protocol):
         self._ended()
         self._client._forget(self)
 
-    def pause_writing(self) -> None:  # a request body is one write: nothing to hold back
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -249,11 +243,6 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self._body, self._buffered, self._streaming, self._failure = [], 0, streaming, None
         self._head_bytes = 0
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if streaming:
-            self._head_waiter = waiter
-        else:
-            self._body_waiter = waiter
         self.busy = True
         self.last_read = time.monotonic()
         transport = self.transport
@@ -264,6 +253,14 @@ class _Connection(asyncio.Protocol):
         except (OSError, RuntimeError):  # uvloop: a transport closed under us
             self.closed = True
             raise Disconnected("the connection closed before the request was sent") from None
+        # Set once the request is written: a waiter nobody awaits (a failed write) would be
+        # failed by the connection's end and reported as an exception never retrieved. No
+        # answer can arrive before this returns (callbacks run on later turns of the loop).
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if streaming:
+            self._head_waiter = waiter
+        else:
+            self._body_waiter = waiter
         return waiter
 
     def body(self) -> bytes:
@@ -299,10 +296,8 @@ class _Connection(asyncio.Protocol):
                 and b"content-length" not in self.headers
                 and b"chunked" not in self.headers.get(b"transfer-encoding", b"").lower()):
             self.on_message_complete()  # an answer delimited by the connection's end
-            self.closed = True
-            return
-        if not self.complete and (self._head_waiter is not None or self._body_waiter is not None
-                                  or self._in_exchange):
+        elif not self.complete and (self._head_waiter is not None or self._body_waiter is not None
+                                    or self._in_exchange):
             self._fail(Disconnected("the upstream closed the connection before its answer was complete"))
         self.closed = True
 
@@ -352,10 +347,7 @@ class StreamAnswer:
 
     async def read(self) -> bytes:
         """The whole rest of the answer (an error answer's body)."""
-        parts = []
-        async for piece in self.pieces():
-            parts.append(piece)
-        return b"".join(parts)
+        return b"".join([piece async for piece in self.pieces()])
 
     async def pieces(self) -> AsyncIterator[bytes]:
         connection = self._connection
