@@ -30,10 +30,10 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
 import orjson
 
 from benchmarks import servers
+from benchmarks.loadgen import run_load
 from benchmarks.procs import Server, free_port, start_server
 
 SERVER_CORE = 0
@@ -45,39 +45,24 @@ def _callgrind(out: Path) -> list[str]:
             "--dump-instr=no"]
 
 
-async def _send(url: str, authorization: str | None, requests: int, concurrency: int, stream: bool,
-                prompt: bool, first: int) -> int:
-    headers = {"Content-Type": "application/json"}
-    if authorization:
-        headers["Authorization"] = authorization
-    numbers = iter(range(first, first + requests))
-    failures = 0
-    async with aiohttp.ClientSession() as session:
-        async def worker() -> None:
-            nonlocal failures
-            for number in numbers:  # unique bodies: the full profile's cache misses every time
-                if prompt:
-                    body = {**servers.UNIQUE_BODY, "variables": {"topic": "overhead", "request": str(number)}}
-                else:
-                    body = {**servers.REQUEST, "metadata": {"n": str(number)}}
-                if stream:
-                    body["stream"] = True
-                async with session.post(url, data=orjson.dumps(body), headers=headers) as response:
-                    await response.read()
-                    failures += response.status != 200
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return failures
+def _send(url: str, authorization: str | None, requests: int, concurrency: int, stream: bool, prompt: bool) -> int:
+    """``requests`` requests, ``concurrency`` at a time (the project's load generator); the
+    number that failed. The full profile's bodies are numbered: its cache misses every time."""
+    body = servers.UNIQUE_BODY if prompt else servers.REQUEST
+    summary = asyncio.run(run_load(
+        url, orjson.dumps({**body, "stream": True} if stream else body), concurrency=concurrency,
+        requests=requests, duration_s=3600, authorization=authorization, stream=stream,
+    ))
+    return int(summary["errors"])
 
 
 def _count(server: Server, out: Path, url: str, authorization: str | None, args: argparse.Namespace,
            stream: bool, prompt: bool) -> float:
     pid = str(server.proc.pid)
-    first = time.time_ns() // 1000
-    asyncio.run(_send(url, authorization, args.warmup, args.concurrency, stream, prompt, first))
+    _send(url, authorization, args.warmup, args.concurrency, stream, prompt)
     subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
     subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_output=True)
-    failures = asyncio.run(_send(url, authorization, args.requests, args.concurrency, stream, prompt, first + 10**6))
+    failures = _send(url, authorization, args.requests, args.concurrency, stream, prompt)
     subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
     before = set(out.glob(f"callgrind.out.{pid}*"))
     subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
