@@ -35,6 +35,13 @@ def _ctx(n: int = 0) -> RequestContext:
                           catalog=CATALOG)
 
 
+def _finish(exporter: TraceExporter, ctx: RequestContext) -> None:
+    """What the record stage does with a request: its trace id as it starts, then, finished, to
+    the exporter."""
+    exporter.start(ctx)
+    exporter.record(ctx)
+
+
 def _spans(payload: bytes) -> list[object]:
     """The spans of one POSTed payload, decoded with the official definitions, as Langfuse would."""
     import gzip
@@ -101,8 +108,7 @@ def test_sampling_keeps_every_failure() -> None:
     ok, failed = _ctx(1), _ctx(2)
     failed.error, failed.status = InvalidRequest("no"), 400
     for ctx in (ok, failed):
-        exporter.start(ctx)
-        exporter.record(ctx)
+        _finish(exporter, ctx)
     assert exporter.queued == 1
 
 
@@ -111,9 +117,7 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
     exporter, registry = _exporter(queue_size=3)
     started = time.perf_counter()
     for n in range(10):
-        ctx = _ctx(n)
-        exporter.start(ctx)
-        exporter.record(ctx)
+        _finish(exporter, _ctx(n))
     assert time.perf_counter() - started < 0.05
     assert exporter.queued == 3 and _dropped(registry, "queue_full") == 7
 
@@ -121,9 +125,7 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
 async def test_an_unreachable_langfuse_loses_the_batch_and_the_stop_is_bounded() -> None:
     exporter, registry = _exporter(batch_size=2, shutdown_timeout_s=0.5)
     for n in range(5):
-        ctx = _ctx(n)
-        exporter.start(ctx)
-        exporter.record(ctx)
+        _finish(exporter, _ctx(n))
     assert await exporter.export_batch() is False  # nothing listens on that port
     assert _dropped(registry, "export_failed") == 2
     started = time.monotonic()
@@ -144,9 +146,7 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
     exporter.start_task()
     try:
         for n in range(3):
-            ctx = _ctx(n)
-            exporter.start(ctx)
-            exporter.record(ctx)
+            _finish(exporter, _ctx(n))
             assert not exporter._queue and exporter._built == n + 1  # built: no request held
         for _ in range(5):
             await asyncio.sleep(0)
@@ -157,9 +157,7 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
         assert [span.name for span in _spans(sent[0])] == ["chat unknown"] * 3  # type: ignore[attr-defined]
         # A full batch leaves at once.
         for n in range(4):
-            ctx = _ctx(10 + n)
-            exporter.start(ctx)
-            exporter.record(ctx)
+            _finish(exporter, _ctx(10 + n))
         for _ in range(20):
             await asyncio.sleep(0)
         assert len(sent) == 2 and exporter.queued == 0
@@ -179,9 +177,7 @@ async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
     exporter.start_task()
     try:
         for n in range(7):  # four build at once and fill the batch; three queue behind it
-            ctx = _ctx(n)
-            exporter.start(ctx)
-            exporter.record(ctx)
+            _finish(exporter, _ctx(n))
         assert exporter._built == 4 and len(exporter._queue) == 3
         for _ in range(5):
             await asyncio.sleep(0)
@@ -210,9 +206,7 @@ async def test_a_backlog_the_export_task_cannot_build_stops_growing() -> None:
     exporter.start_task()
     try:
         for n in range(48):
-            ctx = _ctx(n)
-            exporter.start(ctx)
-            exporter.record(ctx)
+            _finish(exporter, _ctx(n))
             assert len(exporter._queue) <= 3  # never more than a batch and the newest request
             if exporter._built == BEHIND_BATCHES * 2:  # what an export in flight let pile up
                 assert await exporter.export_batch()
@@ -232,9 +226,7 @@ def test_a_batch_is_one_valid_request_whatever_the_compression() -> None:
         sent = _capture_posts(exporter)
         exporter.start_task()
         for n in range(5):
-            ctx = _ctx(n)
-            exporter.start(ctx)
-            exporter.record(ctx)
+            _finish(exporter, _ctx(n))
         await exporter.export_batch()
         await exporter.close()
         return sent[0]
@@ -259,9 +251,7 @@ async def test_the_queue_depth_gauge_follows_the_backlog() -> None:
         depth=Gauge("depth", "q", registry=registry),
     )
     for n in range(300):
-        ctx = _ctx(n)
-        exporter.start(ctx)
-        exporter.record(ctx)
+        _finish(exporter, _ctx(n))
     assert registry.get_sample_value("depth") == 0.0  # recording costs no gauge update
     await exporter.export_batch()  # one batch of 256 taken (and refused: nothing listens)
     assert registry.get_sample_value("depth") == 44.0
