@@ -187,6 +187,33 @@ async def test_sqlite_batches_are_written_by_a_background_thread_at_the_loops_we
     assert seen == (os.SCHED_BATCH, os.getpriority(os.PRIO_PROCESS, 0))
 
 
+async def test_a_sqlite_batch_gives_the_core_back_every_few_rows_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer thread yields between slices of YIELD_EVERY_ROWS rows, so an event loop woken
+    # on the same core runs before the rest of the batch (gateway.storage.bulk); the slices
+    # stay one transaction: a row refused in the last slice leaves none of the batch in.
+    from gateway.storage import bulk
+
+    yields: list[int] = []
+    monkeypatch.setattr(bulk, "_yield_core", lambda: yields.append(threading.get_native_id()))
+    db = await open_database(f"sqlite:///{tmp_path / 'slices.db'}")
+    appender = bulk_appender(db, ledger)
+    size = bulk.YIELD_EVERY_ROWS * 2 + 3
+    try:
+        with pytest.raises(RowsRefused):
+            await appender.append([_row(f"r{i}", team=None if i == size - 1 else "alpha") for i in range(size)])
+        assert await _rows(db) == {}
+        yields.clear()
+        await appender.append([_row(f"w{i}") for i in range(size)])
+        assert len(await _rows(db)) == size
+    finally:
+        await appender.close()
+        await db.close()
+    assert len(yields) == 3  # after each slice of the 19 rows: 8, 8, 3
+    assert threading.get_native_id() not in yields  # on the writer thread, never the loop's
+
+
 async def test_a_postgres_connection_killed_between_batches_is_replaced(fresh_pg_url: str) -> None:
     # The appender holds its connection across batches: when PostgreSQL ends it (a restart, a
     # failover, an idle timeout), that batch fails as retryable and the next one reconnects.
