@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.config.policies import DeploymentSpec, MockBehaviour, PolicyBundle, TeamSpec
+from gateway.config.policies import DEFAULT_MAX_ANSWER_BYTES, DeploymentSpec, MockBehaviour, PolicyBundle, TeamSpec
 from gateway.config.yamlfile import ConfigError
 from gateway.pricing import FREE, Price, context_window, lookup, price_map
 from gateway.rollouts.model import RolloutIndex, build_rollouts
@@ -39,6 +39,7 @@ class Deployment:
     data_classes: frozenset[str] = frozenset()
     tags: Mapping[str, str] = field(default_factory=dict)
     max_input_tokens: int | None = None  # context window for the prompt (None: not checked)
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES  # the largest answer read (openai provider)
 
     @property
     def label(self) -> str:
@@ -221,6 +222,7 @@ def build_catalog(bundle: PolicyBundle) -> Catalog:
                     data_classes=receivable(classes, max_class, spec.tags),
                     tags=dict(spec.tags),
                     max_input_tokens=_window_for(spec),
+                    max_answer_bytes=spec.max_answer_bytes,
                 )
             )
         aliases[name] = ModelAlias(name, alias_spec.kind, alias_spec.description, tuple(deployments),

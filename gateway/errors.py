@@ -156,6 +156,16 @@ class UpstreamStreamError(UpstreamError):
     retryable = True
 
 
+class UpstreamTooLarge(UpstreamError):
+    """The upstream's answer passed its deployment's ``max_answer_bytes``: cut off there.
+
+    Not retried: the answer was generated (and billed) in full or in part, and what a request
+    asks for (a long answer, a large batch of embeddings) is likely as large anywhere else.
+    """
+
+    code = "upstream_answer_too_large"
+
+
 class UpstreamUnavailable(UpstreamError):
     status = 503
     code = "upstream_unavailable"

@@ -413,3 +413,67 @@ async def test_an_answer_head_without_end_is_refused() -> None:
         with pytest.raises(http1.ProtocolFailed, match="head exceeds"):
             await client.post(target(upstream), b"{}", timeout_s=5, connect_timeout_s=5)
     await client.close()
+
+
+async def test_an_answer_past_its_size_limit_is_refused_however_it_comes() -> None:
+    big = b'{"choices": ["' + b"x" * 5000 + b'"]}'
+    bomb = gzip.compress(b" " * 1_000_000)  # ~1 KiB on the wire, 1 MB unfolded
+
+    async def answers(reader: Reader, writer: Writer, upstream: Upstream) -> None:
+        await upstream.read_request(reader)
+        writer.write(answer(big))  # announced by its Content-Length
+        await writer.drain()
+        await reader.read()
+
+    async def chunked(reader: Reader, writer: Writer, upstream: Upstream) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(1000):  # no length up front, and no end: only the limit stops it
+            writer.write(b"400\r\n" + b"y" * 1024 + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0)
+        await reader.read()
+
+    async def compressed(reader: Reader, writer: Writer, upstream: Upstream) -> None:
+        await upstream.read_request(reader)
+        writer.write(answer(bomb, b"Content-Encoding: gzip"))
+        await writer.drain()
+        await reader.read()
+
+    client = http1.Http1Client()
+    for handler in (answers, chunked, compressed):
+        async with Upstream(handler) as upstream:
+            with pytest.raises(http1.AnswerTooLarge):
+                await client.post(target(upstream), b"{}", timeout_s=5, connect_timeout_s=5, max_body_bytes=4096)
+            await asyncio.wait_for(upstream.disconnected.wait(), 2)  # the connection is dropped, not drained
+        assert client.idle == 0
+    async with Upstream(answers) as upstream:  # within the limit: read as ever
+        within = await client.post(target(upstream), b"{}", timeout_s=5, connect_timeout_s=5, max_body_bytes=len(big))
+        assert within.body == big
+    await client.close()
+
+
+async def test_a_stream_past_its_size_limit_ends_with_the_error_after_what_came_within_it() -> None:
+    async def endless(reader: Reader, writer: Writer, upstream: Upstream) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        number = 0
+        while True:  # an upstream that never ends its stream
+            event = b'data: {"n": %d}\n\n' % number
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0)
+            number += 1
+
+    client = http1.Http1Client()
+    async with Upstream(endless) as upstream:
+        stream = await client.post_stream(target(upstream), b"{}", read_timeout_s=5, connect_timeout_s=5,
+                                          max_body_bytes=10_000)
+        received = 0
+        with pytest.raises(http1.AnswerTooLarge):
+            async for piece in stream.pieces():
+                received += len(piece)
+        stream.close()
+        await asyncio.wait_for(upstream.disconnected.wait(), 2)
+    await client.close()
+    assert 0 < received <= 10_000

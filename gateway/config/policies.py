@@ -35,6 +35,12 @@ class MockBehaviour(_Strict):
     stream_chunks: int = Field(8, ge=1, le=4096, description="Content chunks in a streamed answer.")
 
 
+#: A bound, not a budget: a 100,000-token stream is ~20 MB of SSE, 2,048 embeddings of 3,072
+#: floats as JSON ~65 MB. It stops an upstream that answers without end from taking the
+#: gateway's memory (and every other team's requests with it).
+DEFAULT_MAX_ANSWER_BYTES = 128 * 1024 * 1024
+
+
 class DeploymentSpec(_Strict):
     provider: str = Field(
         ...,
@@ -46,6 +52,12 @@ class DeploymentSpec(_Strict):
     api_key: SecretStr = Field(SecretStr(""), description="Upstream key; use ${ENV_VAR}, never a literal.")
     timeout_s: float = Field(60.0, gt=0, description="Whole-request timeout (time to first byte when streaming).")
     connect_timeout_s: float = Field(5.0, gt=0)
+    max_answer_bytes: int = Field(
+        DEFAULT_MAX_ANSWER_BYTES, ge=1024,
+        description="Largest answer read from this upstream (a JSON body, or a stream's bytes in all; decompressed). "
+        "Past it the call fails with 502 upstream_answer_too_large, or the stream ends with that error event. "
+        "OpenAI-compatible deployments only (litellm providers read answers themselves).",
+    )
     retries: int = Field(1, ge=0, le=10, description="Retries on this deployment before falling back.")
     weight: float = Field(1.0, ge=0, description="Share of traffic among this alias' deployments.")
     input_cost_per_token: float | None = Field(None, ge=0, description="USD; default from litellm's price map.")

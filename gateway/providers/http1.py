@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import httptools
 
 __all__ = [
+    "AnswerTooLarge",
     "ConnectFailed",
     "Disconnected",
     "Http1Client",
@@ -55,6 +56,10 @@ HIGH_WATER = 256 * 1024
 #: headers without end must not grow the gateway's memory until the timeout (aiohttp's limit was
 #: 8 KiB a line).
 MAX_HEAD_BYTES = 64 * 1024
+
+
+class AnswerTooLarge(Exception):
+    """The answer's body (decompressed; a stream's in all) passed the caller's ``max_body_bytes``."""
 
 
 class ConnectFailed(Exception):
@@ -126,6 +131,8 @@ class _Connection(asyncio.Protocol):
         self.received = False  # a byte of the answer arrived
         self._body: list[bytes] = []
         self._buffered = 0
+        self._body_bytes = 0  # all of this answer's body so far, decompressed
+        self._max_body: int | None = None
         self._head_bytes = 0
         self._paused = False
         self._head_waiter: asyncio.Future[None] | None = None
@@ -186,6 +193,10 @@ class _Connection(asyncio.Protocol):
             self.headers = {}
             return
         self.headers_done = True
+        declared = self.headers.get(b"content-length", b"")
+        if self._max_body is not None and declared.isdigit() and int(declared) > self._max_body:
+            self._fail(AnswerTooLarge(f"the upstream announced {int(declared)} bytes"))
+            return
         encoding = self.headers.get(b"content-encoding", b"identity").strip().lower()
         if encoding in (b"gzip", b"x-gzip", b"deflate"):
             self._decoder = zlib.decompressobj(47)  # 32 + 15: a gzip or zlib header, found out
@@ -206,6 +217,11 @@ class _Connection(asyncio.Protocol):
                 return
             if not body:
                 return
+        self._body_bytes += len(body)
+        if self._max_body is not None and self._body_bytes > self._max_body:
+            # Counted after decompression: a small compressed answer cannot unfold past it either.
+            self._fail(AnswerTooLarge(f"the upstream's answer passed {self._max_body} bytes"))
+            return
         self._body.append(body)
         if self._streaming:
             self._buffered += len(body)
@@ -216,8 +232,8 @@ class _Connection(asyncio.Protocol):
             self._body_waiter = None
 
     def on_message_complete(self) -> None:
-        if (100 <= self.status < 200 and not self.headers_done) or self.complete:
-            return
+        if (100 <= self.status < 200 and not self.headers_done) or self.complete or self._failure is not None:
+            return  # (a failed answer's end, parsed from the same read, does not make it whole)
         if self._decoder is not None:
             tail = self._decoder.flush()
             self._decoder = None
@@ -236,12 +252,13 @@ class _Connection(asyncio.Protocol):
     def _in_exchange(self) -> bool:
         return self.headers_done and not self.complete
 
-    def start(self, request: bytes, *, streaming: bool) -> asyncio.Future[None]:
+    def start(self, request: bytes, *, streaming: bool, max_body: int | None = None) -> asyncio.Future[None]:
         """Write one request; the future resolves once the answer's head (streaming) or the
-        whole answer arrived."""
+        whole answer arrived (``max_body``: fail with ``AnswerTooLarge`` past that many bytes)."""
         self.status, self.headers, self.headers_done, self.complete, self.received = 0, {}, False, False, False
         self.keep_alive = False
         self._body, self._buffered, self._streaming, self._failure = [], 0, streaming, None
+        self._body_bytes, self._max_body = 0, max_body
         self._head_bytes = 0
         self.busy = True
         self.last_read = time.monotonic()
@@ -408,28 +425,32 @@ class Http1Client:
         return self._idle_count
 
     async def post(
-        self, target: Target, body: bytes, *, timeout_s: float | None, connect_timeout_s: float | None
+        self, target: Target, body: bytes, *, timeout_s: float | None, connect_timeout_s: float | None,
+        max_body_bytes: int | None = None,
     ) -> JsonAnswer:
-        """POST ``body`` and read the whole answer within ``timeout_s`` (connecting included)."""
+        """POST ``body`` and read the whole answer within ``timeout_s`` (connecting included),
+        and within ``max_body_bytes`` (else ``AnswerTooLarge``)."""
         deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s is not None else None
-        connection = await self._exchange(target, body, False, connect_timeout_s, deadline, deadline)
+        connection = await self._exchange(target, body, False, connect_timeout_s, deadline, deadline, max_body_bytes)
         answer = JsonAnswer(connection.status, connection.headers, connection.body())
         self._release(connection)
         return answer
 
     async def post_stream(
-        self, target: Target, body: bytes, *, read_timeout_s: float | None, connect_timeout_s: float | None
+        self, target: Target, body: bytes, *, read_timeout_s: float | None, connect_timeout_s: float | None,
+        max_body_bytes: int | None = None,
     ) -> StreamAnswer:
         """POST ``body`` and return once the answer's head arrived (each wait bounded by
-        ``read_timeout_s``); the caller reads its pieces and closes it."""
+        ``read_timeout_s``); the caller reads its pieces and closes it. A read past
+        ``max_body_bytes`` of the whole stream raises ``AnswerTooLarge``."""
         loop = asyncio.get_running_loop()
         head_by = loop.time() + read_timeout_s if read_timeout_s is not None else None
-        connection = await self._exchange(target, body, True, connect_timeout_s, None, head_by)
+        connection = await self._exchange(target, body, True, connect_timeout_s, None, head_by, max_body_bytes)
         return StreamAnswer(self, connection, read_timeout_s)
 
     async def _exchange(
         self, target: Target, body: bytes, streaming: bool, connect_timeout_s: float | None,
-        deadline: float | None, wait_until: float | None,
+        deadline: float | None, wait_until: float | None, max_body: int | None,
     ) -> _Connection:
         """Send the request; return its connection once the answer (or a stream's head) is in.
         ``deadline`` bounds connecting too, ``wait_until`` the wait for the answer."""
@@ -439,7 +460,7 @@ class Http1Client:
             connection = await self._connection(target.origin, connect_timeout_s, deadline)
             timer = loop.call_at(wait_until, connection.fail_timeout) if wait_until is not None else None
             try:
-                await connection.start(request, streaming=streaming)
+                await connection.start(request, streaming=streaming, max_body=max_body)
             except Disconnected:
                 connection.abort()
                 if attempt == 0 and connection.reused and not connection.received:

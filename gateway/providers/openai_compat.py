@@ -22,6 +22,7 @@ from gateway.errors import (
     UpstreamMalformed,
     UpstreamRejected,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnavailable,
 )
 from gateway.providers import http1
@@ -120,7 +121,7 @@ class OpenAICompatProvider:
         try:
             answer = await self._client.post(
                 target, orjson.dumps(body), timeout_s=deployment.timeout_s,
-                connect_timeout_s=deployment.connect_timeout_s,
+                connect_timeout_s=deployment.connect_timeout_s, max_body_bytes=deployment.max_answer_bytes,
             )
         except Exception as exc:
             raise _translate(exc, deployment) from None
@@ -144,7 +145,7 @@ class OpenAICompatProvider:
             # A stream may run for minutes: bound the wait for each read, not the whole.
             response = await self._client.post_stream(
                 target.chat, orjson.dumps(body), read_timeout_s=deployment.timeout_s,
-                connect_timeout_s=deployment.connect_timeout_s,
+                connect_timeout_s=deployment.connect_timeout_s, max_body_bytes=deployment.max_answer_bytes,
             )
         except Exception as exc:
             raise _translate(exc, deployment) from None
@@ -214,6 +215,11 @@ def _translate(exc: BaseException, deployment: Deployment) -> UpstreamError:
         return UpstreamUnavailable(f"Cannot connect to the upstream for {deployment.label}.")
     if isinstance(exc, http1.Disconnected | ConnectionError):
         return UpstreamUnavailable(f"The upstream for {deployment.label} dropped the connection.")
+    if isinstance(exc, http1.AnswerTooLarge):
+        return UpstreamTooLarge(
+            f"The answer of upstream {deployment.label} is larger than the {deployment.max_answer_bytes} bytes "
+            "this deployment reads (max_answer_bytes); ask for less (max_tokens, fewer inputs)."
+        )
     if isinstance(exc, http1.ProtocolFailed):
         return UpstreamMalformed(f"Upstream {deployment.label} sent an answer that is not valid HTTP: {exc}.")
     raise exc
