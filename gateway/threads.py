@@ -1,7 +1,8 @@
 """Background threads that must neither take the CPU from the event loop nor hold it up.
 
-The gateway's own background threads (the ledger's SQLite writer, the log writer, the trace
-senders) run as ``SCHED_BATCH`` on Linux, at the process's own ``nice``.
+The gateway's own background threads (the ledger's SQLite writer, the log writer) run as
+``SCHED_BATCH`` on Linux, at the process's own ``nice``. (Trace batches were POSTed from such a
+thread until December 2026; they now leave from the loop, see ``gateway.tracing.sender``.)
 
 * **Why not at normal scheduling.** The scheduler favours a thread that slept over a running
   one: the background thread, woken for a batch, preempted the event loop a request had just
