@@ -30,6 +30,10 @@ def anthropic_gateway(tmp_path_factory: pytest.TempPathFactory, fake_upstream: F
             }
         ]
     }
+    # The same, reading at most 512 bytes of an answer (max_answer_bytes).
+    models["aliases"]["claude-small"] = {
+        "deployments": [{**models["aliases"]["claude"]["deployments"][0], "max_answer_bytes": 512}]
+    }
     proc = GatewayProcess(
         GatewayConfig(root=root, upstream=fake_upstream.url, database_url=f"sqlite:///{root / 'g.db'}",
                       models=models)
@@ -82,3 +86,21 @@ def test_anthropic_errors_are_translated(client: openai.OpenAI, fake: FakeHandle
     with pytest.raises(openai.APIStatusError) as overloaded:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], max_tokens=5)
     assert overloaded.value.status_code == 502
+
+
+def test_anthropic_answers_past_max_answer_bytes_are_refused(client: openai.OpenAI, fake: FakeHandle) -> None:
+    question = [{"role": "user", "content": "word " * 40}]
+    whole = client.chat.completions.with_raw_response.create(model="claude", messages=question, max_tokens=200)
+    assert len(whole.http_response.content) > 512  # what the small alias may not pass on
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="claude-small", messages=question, max_tokens=200)
+    assert refused.value.status_code == 502
+    assert refused.value.body["code"] == "upstream_answer_too_large"  # type: ignore[index]
+
+    fake.configure(stream_chunks=64)
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="max_answer_bytes"):
+        for chunk in client.chat.completions.create(model="claude-small", messages=question, max_tokens=200,
+                                                    stream=True):
+            received.extend(choice.delta.content or "" for choice in chunk.choices)
+    assert "".join(received).startswith("Mock answer")  # what came within the bound was relayed

@@ -84,4 +84,4 @@ def test_the_limit_is_checked_when_the_policy_is_loaded() -> None:
     from gateway.config.policies import DeploymentSpec
 
     with pytest.raises(ValueError, match="max_answer_bytes"):
-        DeploymentSpec(provider="openai", model="m", base_url="http://x/v1", max_answer_bytes=10)
+        DeploymentSpec(provider="openai", model="m", base_url="http://x/v1", max_answer_bytes=0)

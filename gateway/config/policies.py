@@ -53,10 +53,11 @@ class DeploymentSpec(_Strict):
     timeout_s: float = Field(60.0, gt=0, description="Whole-request timeout (time to first byte when streaming).")
     connect_timeout_s: float = Field(5.0, gt=0)
     max_answer_bytes: int = Field(
-        DEFAULT_MAX_ANSWER_BYTES, ge=1024,
+        DEFAULT_MAX_ANSWER_BYTES, gt=0,
         description="Largest answer read from this upstream (a JSON body, or a stream's bytes in all; decompressed). "
         "Past it the call fails with 502 upstream_answer_too_large, or the stream ends with that error event. "
-        "OpenAI-compatible deployments only (litellm providers read answers themselves).",
+        "litellm providers read answers themselves: their streams are bounded by what litellm hands over, and a "
+        "JSON answer is checked once litellm has read it.",
     )
     retries: int = Field(1, ge=0, le=10, description="Retries on this deployment before falling back.")
     weight: float = Field(1.0, ge=0, description="Share of traffic among this alias' deployments.")

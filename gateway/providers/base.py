@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.context import Reply, RequestContext
+from gateway.errors import UpstreamTooLarge
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
@@ -23,6 +24,14 @@ class Provider(Protocol):
     async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply: ...
 
     async def close(self) -> None: ...
+
+
+def answer_too_large(deployment: Deployment) -> UpstreamTooLarge:
+    """The error for an answer past the deployment's ``max_answer_bytes`` (every provider's)."""
+    return UpstreamTooLarge(
+        f"The answer of upstream {deployment.label} is larger than the {deployment.max_answer_bytes} bytes "
+        "this deployment reads (max_answer_bytes); ask for less (max_tokens, fewer inputs)."
+    )
 
 
 class ProviderRegistry:

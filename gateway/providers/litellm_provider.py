@@ -24,6 +24,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.heap import import_litellm
+from gateway.providers.base import answer_too_large
 from gateway.providers.openai_fields import CHAT_FIELDS, EMBEDDING_FIELDS
 from gateway.redact import redact
 from gateway.wire import DONE_EVENT, usage_from
@@ -104,7 +105,7 @@ class LiteLLMProvider:
         if not isinstance(data.get("choices"), list):
             raise UpstreamMalformed(f"Upstream {deployment.label} returned no choices.")
         ctx.usage = usage_from(data)
-        return JsonReply(200, orjson.dumps(data), data)
+        return JsonReply(200, _bounded(orjson.dumps(data), deployment), data)
 
     async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply:
         params = self._params(deployment, ctx)
@@ -116,12 +117,13 @@ class LiteLLMProvider:
         data = _dump(response)
         usage = data.get("usage") or {}
         ctx.usage = Usage(int(usage.get("prompt_tokens") or 0), 0)
-        return JsonReply(200, orjson.dumps(data), data)
+        return JsonReply(200, _bounded(orjson.dumps(data), deployment), data)
 
     async def _events(
         self, first: Any, rest: AsyncIterator[Any], ctx: RequestContext, deployment: Deployment
     ) -> AsyncIterator[bytes]:
         chunk: Any = first
+        relayed = 0
         try:
             while True:
                 data = _dump(chunk, chunk=True)
@@ -131,7 +133,12 @@ class LiteLLMProvider:
                 if data.get("choices"):
                     if ctx.include_usage:
                         data["usage"] = None
-                    yield b"data: " + orjson.dumps(data) + b"\n\n"
+                    event = b"data: " + orjson.dumps(data) + b"\n\n"
+                    relayed += len(event)
+                    if relayed > deployment.max_answer_bytes:
+                        # litellm reads the upstream itself: the bound is on what it hands over.
+                        raise answer_too_large(deployment)
+                    yield event
                 try:
                     chunk = await anext(rest)
                 except StopAsyncIteration:
@@ -158,6 +165,14 @@ class LiteLLMProvider:
 
     async def close(self) -> None:
         return None
+
+
+def _bounded(body: bytes, deployment: Deployment) -> bytes:
+    """``body`` unless it passes ``max_answer_bytes``. litellm has read the whole answer by then
+    (the memory is spent): the bound keeps what a caller may get the same on every provider."""
+    if len(body) > deployment.max_answer_bytes:
+        raise answer_too_large(deployment)
+    return body
 
 
 def _translate(exc: BaseException, deployment: Deployment) -> UpstreamError:

@@ -22,10 +22,10 @@ from gateway.errors import (
     UpstreamMalformed,
     UpstreamRejected,
     UpstreamTimeout,
-    UpstreamTooLarge,
     UpstreamUnavailable,
 )
 from gateway.providers import http1
+from gateway.providers.base import answer_too_large
 from gateway.providers.sse import relay_events
 from gateway.redact import redact
 from gateway.wire import usage_from
@@ -216,10 +216,7 @@ def _translate(exc: BaseException, deployment: Deployment) -> UpstreamError:
     if isinstance(exc, http1.Disconnected | ConnectionError):
         return UpstreamUnavailable(f"The upstream for {deployment.label} dropped the connection.")
     if isinstance(exc, http1.AnswerTooLarge):
-        return UpstreamTooLarge(
-            f"The answer of upstream {deployment.label} is larger than the {deployment.max_answer_bytes} bytes "
-            "this deployment reads (max_answer_bytes); ask for less (max_tokens, fewer inputs)."
-        )
+        return answer_too_large(deployment)
     if isinstance(exc, http1.ProtocolFailed):
         return UpstreamMalformed(f"Upstream {deployment.label} sent an answer that is not valid HTTP: {exc}.")
     raise exc
