@@ -39,7 +39,7 @@ class Deployment:
     data_classes: frozenset[str] = frozenset()
     tags: Mapping[str, str] = field(default_factory=dict)
     max_input_tokens: int | None = None  # context window for the prompt (None: not checked)
-    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES  # the largest answer read (openai provider)
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES  # the largest answer passed on (every provider)
 
     @property
     def label(self) -> str:

@@ -55,7 +55,8 @@ YIELD_EVERY_ROWS = 8
 
 def _yield_core() -> None:
     """Let a runnable thread of the same core (the event loop, woken) run first."""
-    os.sched_yield()
+    if hasattr(os, "sched_yield"):  # POSIX; elsewhere the slices alone remain
+        os.sched_yield()
 
 
 class RowsRefused(Exception):
