@@ -177,13 +177,14 @@ async def test_an_answer_cut_short_is_a_disconnection() -> None:
     await client.close()
 
 
-async def test_a_server_that_never_answers_times_out_and_loses_the_connection() -> None:
-    async def silent(reader: Reader, writer: Writer, upstream: Upstream) -> None:
-        await upstream.read_request(reader)
-        await reader.read()  # until the client gives up
+async def never_answers(reader: Reader, writer: Writer, upstream: Upstream) -> None:
+    await upstream.read_request(reader)
+    await reader.read()  # until the client gives up
 
+
+async def test_a_server_that_never_answers_times_out_and_loses_the_connection() -> None:
     client = http1.Http1Client()
-    async with Upstream(silent) as upstream:
+    async with Upstream(never_answers) as upstream:
         started = asyncio.get_running_loop().time()
         with pytest.raises(TimeoutError):
             await client.post(target(upstream), b"{}", timeout_s=0.2, connect_timeout_s=5)
@@ -216,12 +217,8 @@ async def test_refused_garbage_and_unknown_encodings_are_errors() -> None:
 
 
 async def test_cancelling_a_request_drops_its_connection() -> None:
-    async def slow(reader: Reader, writer: Writer, upstream: Upstream) -> None:
-        await upstream.read_request(reader)
-        await reader.read()
-
     client = http1.Http1Client()
-    async with Upstream(slow) as upstream:
+    async with Upstream(never_answers) as upstream:
         task = asyncio.create_task(client.post(target(upstream), b"{}", timeout_s=5, connect_timeout_s=5))
         await asyncio.sleep(0.1)
         task.cancel()
