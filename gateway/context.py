@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -112,6 +112,13 @@ class Deferred:
     now: Callable[[], None]
 
 
+class HeadStart(Protocol):
+    """A later stage's first step, begun before an earlier stage knows whether the request will
+    get there (``RequestContext.head_start``). ``release`` undoes it when it never does."""
+
+    def release(self) -> None: ...
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
@@ -162,6 +169,10 @@ class RequestContext:
     # Prompt tokens per deployment id, when the budget stage counted them for its reservation
     # (the usage stage reuses the count instead of tokenizing the prompt twice).
     prompt_tokens: dict[str, int] | None = None
+    # Work a later stage began early, beside an earlier stage's wait (the budget's reservation,
+    # sent with the cache lookup: ``gateway.pipeline`` explains). The later stage takes it; if
+    # the request never gets there (a cache hit, an error), the stage that began it releases it.
+    head_start: HeadStart | None = None
     # Filled by the upstream call and the stream relay.
     deployment: Deployment | None = None
     upstream_seconds: float = 0.0  # time spent waiting on the upstream (to first byte when streaming)

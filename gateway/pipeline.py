@@ -10,7 +10,9 @@ no other stage's package. Nobody calls the assembled pipeline directly: the core
 Every stage has the same shape, ``async (ctx, call_next) -> Reply``; a stage may answer
 without calling the next (a cache hit, a rejection) or wrap it (spend is reserved before
 and committed after). Optional stages are left out when their feature is off, which costs
-nothing per request.
+nothing per request. A later stage's first step may be begun by an earlier one while it waits
+(``ctx.head_start``: the budget's reservation, sent beside the cache lookup when both wait
+on Redis; ``Runtime.build`` wires it, and the earlier stage releases what nobody took).
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ Only a complete, successful answer is stored: a 200 JSON answer, or a stream tha
 ``[DONE]`` without an error (stored when the stream is over, assembled by the answer tap,
 ``ctx.answer``: the cache keeps no copy of its own). A hit sets the request's
 usage to the stored usage, its cost to zero, and ``saved_cost`` to what the upstream would
-have charged; the budget stage comes after this one, so a hit never touches a budget.
+have charged; the budget stage comes after this one, so a hit is never charged nor refused
+(when both live in Redis, the budget's reservation is sent beside the lookup and a hit
+releases it unused: ``begin_reservation``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import orjson
@@ -46,7 +48,7 @@ from gateway.cache.keys import (
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.policy import NO_DIRECTIVE, CacheRule, CacheRules, parse_cache_control, scopes_of
 from gateway.catalog import Catalog, Deployment
-from gateway.context import JsonReply, Reply, RequestContext, StreamReply, Usage
+from gateway.context import HeadStart, JsonReply, Reply, RequestContext, StreamReply, Usage
 from gateway.pipeline_types import Handler
 from gateway.wire import replay
 
@@ -72,6 +74,9 @@ class Cache:
         self._flights: dict[str, Flight] = {}
         self._token_prefix = secrets.token_hex(8) + "."
         self._tokens = itertools.count()
+        #: The budget stage's ``begin``, set when both live in Redis (``Runtime.build``): the
+        #: reservation leaves with the lookup instead of after its answer.
+        self.begin_reservation: Callable[[RequestContext], HeadStart | None] | None = None
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         alias = ctx.alias
@@ -131,7 +136,23 @@ class Cache:
     async def _lead(
         self, ctx: RequestContext, call_next: Handler, key: str, rule: CacheRule, max_age: float | None
     ) -> Reply:
-        """Look the key up as the process's first asker; same-key requests wait on ``flight``."""
+        """Look the key up as the process's first asker, with the budget's reservation sent
+        beside the lookup when there is one to send (``begin_reservation``)."""
+        head = self.begin_reservation(ctx) if self.begin_reservation is not None else None
+        if head is None:
+            return await self._look_up(ctx, call_next, key, rule, max_age)
+        ctx.head_start = head
+        try:
+            return await self._look_up(ctx, call_next, key, rule, max_age)
+        finally:
+            if ctx.head_start is head:  # the budget stage never took it: a hit, or an error before
+                ctx.head_start = None
+                head.release()
+
+    async def _look_up(
+        self, ctx: RequestContext, call_next: Handler, key: str, rule: CacheRule, max_age: float | None
+    ) -> Reply:
+        """Look the key up; same-key requests of this process wait on ``flight``."""
         flight: Flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         token = f"{self._token_prefix}{next(self._tokens)}" if self.store.shared else ""
