@@ -28,7 +28,8 @@ from gateway.budgets.backend import BudgetUnavailable, Refusal, Reservation
 from gateway.budgets.memory_backend import MemoryBackend
 from gateway.budgets.policy import BudgetBook
 from gateway.budgets.stage import Budget
-from gateway.cache.base import Lookup
+from gateway.cache.base import LockState, Lookup
+from gateway.cache.entry import Entry
 from gateway.cache.memory import MemoryStore
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.stage import Cache
@@ -257,6 +258,43 @@ async def test_a_request_refused_before_the_budget_stage_gives_the_reservation_b
     assert team is not None
     state = await inner.snapshot(team, team.window())
     assert state is not None and (state["t"].spent, state["t"].reserved) == (0, 0)
+
+
+class AnotherReplicaLeads(HeldStore):
+    """A store whose lookups find the key locked by another replica, which never answers
+    before the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+        self.answered = asyncio.Event()
+
+    async def lookup(self, key: str, lock_token: str, lock_ms: int) -> Lookup:
+        await super().lookup(key, lock_token, lock_ms)
+        return Lookup(None, LockState.HELD_ELSEWHERE)
+
+    async def wait_for(self, key: str, timeout_s: float) -> Entry | None:
+        self.waiting.set()
+        await self.answered.wait()
+        return None  # the other replica gave up
+
+
+async def test_waiting_for_another_replica_holds_no_reservation(db: Database) -> None:
+    store, upstream = AnotherReplicaLeads(), Upstream()
+    store.gate.set()
+    inner = MemoryBackend(db, Alerts(BudgetMetrics(None), webhook_timeout_s=1))
+    backend = Recorded(inner)
+    ctx = request(catalog())
+    asked = asyncio.ensure_future(pipeline(store, backend, upstream)(ctx))
+    await store.waiting.wait()
+    await settled(backend, 1)
+    assert [cost for _, cost in backend.settled] == [0]  # given back while the wait lasts
+    store.answered.set()
+    reply = await asked
+    ctx.finish()
+    assert isinstance(reply, JsonReply) and upstream.calls == 1 and ctx.budget_status == "admitted"
+    assert len(backend.reserved) == 2  # reserved again, as usual, once the wait was over
+    assert [cost for _, cost in backend.settled] == [0, to_nanos(40 * 1e-4)]
 
 
 # -- through a real gateway: the cache and the budget in Redis ---------------------------------

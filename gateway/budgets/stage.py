@@ -150,6 +150,8 @@ class Budget:
         self._metrics = metrics
         self._default_max_out = default_max_output_tokens
         self._unavailable_logs: dict[str, ThrottledLog] = {}  # per team: one team's outage log hides no other's
+        # Reservations begun early, until done: the loop keeps only weak references to tasks.
+        self._early: set[asyncio.Task[Reservation | Refusal | BudgetUnavailable]] = set()
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> Reply:
         head = ctx.head_start
@@ -196,6 +198,8 @@ class Budget:
         if plan is None or plan.worst <= 0 or not (plan.exact or _bound_is_small(plan.worst, plan.scopes)):
             return None
         task = asyncio.get_running_loop().create_task(self._reserve_or_unavailable(ctx, plan))
+        self._early.add(task)
+        task.add_done_callback(self._early.discard)
         return ReservationAhead(plan, task, self.backend)
 
     def _plan(self, ctx: RequestContext) -> _Plan | None:

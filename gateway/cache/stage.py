@@ -146,8 +146,7 @@ class Cache:
             return await self._look_up(ctx, call_next, key, rule, max_age)
         finally:
             if ctx.head_start is head:  # the budget stage never took it: a hit, or an error before
-                ctx.head_start = None
-                head.release()
+                _release_head_start(ctx)
 
     async def _look_up(
         self, ctx: RequestContext, call_next: Handler, key: str, rule: CacheRule, max_age: float | None
@@ -167,6 +166,9 @@ class Cache:
                 # Older than this caller accepts: refresh it (waiters get the fresh answer).
             elif found.lock is LockState.HELD_ELSEWHERE:
                 token = ""
+                # Another replica's answer may take seconds: hold no reservation meanwhile (if it
+                # never comes, the budget stage reserves as usual).
+                _release_head_start(ctx)
                 entry = await self.store.wait_for(key, self._wait_s)
                 if entry is not None:
                     self._land(key, flight, entry)
@@ -307,6 +309,13 @@ class _KeyBuilder:
             if len(self._prefixes) < _MAX_PREFIXES:
                 self._prefixes[memo] = prefixes
         return prefixes[0] + body_digest(prefixes[1], ctx.body)
+
+
+def _release_head_start(ctx: RequestContext) -> None:
+    head = ctx.head_start
+    if head is not None:
+        ctx.head_start = None
+        head.release()
 
 
 def _fresh(entry: Entry, max_age: float | None) -> bool:
