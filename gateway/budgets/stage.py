@@ -98,6 +98,12 @@ class _Plan:
     exact: bool
     worst: int
 
+    @property
+    def counts_first(self) -> bool:
+        """Whether the prompt must be counted exactly before reserving: a bound that is not
+        small against the limits (``BOUND_SHARE``)."""
+        return not self.exact and not _bound_is_small(self.worst, self.scopes)
+
 
 class ReservationAhead:
     """A reservation sent beside the cache lookup (``Budget.begin``): the budget stage takes it
@@ -164,7 +170,7 @@ class Budget:
             if found is None:
                 return await call_next(ctx)
             plan = found
-            if not plan.exact and not _bound_is_small(plan.worst, plan.scopes):
+            if plan.counts_first:
                 plan = await self._counted(ctx, plan)
             if plan.worst <= 0:
                 # Free deployments: nothing to hold, nothing to charge.
@@ -195,7 +201,7 @@ class Budget:
         the common case starts early: a bounded reservation small against the team's limits
         (a request that needs an exact count, or nothing to hold, goes the usual way, here)."""
         plan = self._plan(ctx)
-        if plan is None or plan.worst <= 0 or not (plan.exact or _bound_is_small(plan.worst, plan.scopes)):
+        if plan is None or plan.worst <= 0 or plan.counts_first:
             return None
         task = asyncio.get_running_loop().create_task(self._reserve_or_unavailable(ctx, plan))
         self._early.add(task)

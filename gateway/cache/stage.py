@@ -139,13 +139,11 @@ class Cache:
         """Look the key up as the process's first asker, with the budget's reservation sent
         beside the lookup when there is one to send (``begin_reservation``)."""
         head = self.begin_reservation(ctx) if self.begin_reservation is not None else None
-        if head is None:
-            return await self._look_up(ctx, call_next, key, rule, max_age)
         ctx.head_start = head
         try:
             return await self._look_up(ctx, call_next, key, rule, max_age)
         finally:
-            if ctx.head_start is head:  # the budget stage never took it: a hit, or an error before
+            if head is not None and ctx.head_start is head:  # never taken: a hit, or an error before
                 _release_head_start(ctx)
 
     async def _look_up(
