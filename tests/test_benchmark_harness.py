@@ -345,11 +345,11 @@ def test_the_full_profile_names_the_tokenizers_the_gateway_built() -> None:
 
     log = "\n".join([
         '{"ts":"t","level":"info","logger":"gateway.access","msg":"request","status":499}',
-        '{"ts":"t","level":"info","logger":"gateway.usage.tokens","msg":"built tokenizer o200k_base"}',
+        '{"ts":"t","level":"info","logger":"gateway.usage.tokens","msg":"built tokenizer o200k_base (compact)"}',
         'not json "built tokenizer x"',
-        '{"ts":"t","level":"info","logger":"gateway.usage.tokens","msg":"built tokenizer cl100k_base"}',
+        '{"ts":"t","level":"info","logger":"gateway.usage.tokens","msg":"built tokenizer o200k_base (tiktoken)"}',
     ])
-    assert tokenizers_built(log) == ["o200k_base", "cl100k_base"]
+    assert tokenizers_built(log) == ["o200k_base (compact)", "o200k_base (tiktoken)"]
     assert tokenizers_built("") == []
 
 

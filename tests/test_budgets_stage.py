@@ -272,17 +272,18 @@ async def test_hard_budgets_fail_closed_and_soft_budgets_fail_open(tokens: Token
 
 
 def gated(tokens: TokenCounter, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
-    """Make ``tokens`` build slowly: each load waits for the returned gate, and is listed."""
+    """Make ``tokens`` build slowly: each load (of the compact encoding, the one a serving
+    gateway builds first) waits for the returned gate, and is listed."""
     gate = threading.Event()
     loads: list[str] = []
-    load = tokens._load
+    load = tokens._load_compact
 
     def slow_load(name: str) -> Any:
         loads.append(name)
         gate.wait(10)
         return load(name)
 
-    monkeypatch.setattr(tokens, "_load", slow_load)
+    monkeypatch.setattr(tokens, "_load_compact", slow_load)
     return gate, loads
 
 
@@ -310,7 +311,7 @@ async def test_far_from_its_limit_a_team_reserves_the_bound_and_builds_no_tokeni
     contexts = [context(catalog, "priced-pair", {"messages": HI, "max_tokens": 10}) for _ in range(5)]
     replies = await asyncio.wait_for(asyncio.gather(*(budget(ctx, upstream) for ctx in contexts)), 5)
     assert all(isinstance(reply, JsonReply) for reply in replies)
-    assert loads == [] and tokens.encodings == set() and tokens.building == set()
+    assert loads == [] and tokens.encodings == tokens.compact_encodings == set() and tokens.building == set()
     # Each held the bound (one token per byte, plus framing) at gpt-4's price, the dearer fallback.
     bound = ByteBound().count_messages(HI)
     assert bound == 3 + 3 + len("user") + len("Hi there") and budget.usage.prompt_bound(contexts[0]) == bound
@@ -344,7 +345,7 @@ async def test_a_request_dear_against_its_limit_is_counted_exactly_one_build_for
     calls = [asyncio.ensure_future(budget(ctx, answered(Usage(9, 10)))) for ctx in contexts]
     await asyncio.sleep(0.1)
     assert not any(call.done() for call in calls)  # waiting for the count
-    assert tokens.building == {"o200k_base", "cl100k_base"} and tokens.encodings == set()
+    assert tokens.building == {"o200k_base", "cl100k_base"} and tokens.compact_encodings == set()
     gate.set()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert sorted(loads) == ["cl100k_base", "o200k_base"]  # one build each, shared by three requests
@@ -402,7 +403,7 @@ async def test_a_long_prompt_dear_against_its_limit_is_counted_before_it_reserve
 
     call = asyncio.ensure_future(budget(ctx, upstream))
     await asyncio.sleep(0.1)
-    assert not call.done() and tokens.building == {"o200k_base", "cl100k_base"} and not tokens.encodings
+    assert not call.done() and tokens.building == {"o200k_base", "cl100k_base"} and not tokens.compact_encodings
     gate.set()
     assert isinstance(await call, JsonReply)
     assert sorted(loads) == ["cl100k_base", "o200k_base"]

@@ -73,15 +73,17 @@ class Rows:
 
 
 def gated(tokens: TokenCounter, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Hold every build of ``tokens`` until the returned gate opens."""
+    """Hold every build of ``tokens`` (the compact encoding's, and tiktoken's) until the returned
+    gate opens."""
     gate = threading.Event()
-    load = tokens._load
+    for attribute in ("_load", "_load_compact"):
+        load = getattr(tokens, attribute)
 
-    def slow_load(name: str) -> Any:
-        gate.wait(10)
-        return load(name)
+        def slow_load(name: str, load: Any = load) -> Any:
+            gate.wait(10)
+            return load(name)
 
-    monkeypatch.setattr(tokens, "_load", slow_load)
+        monkeypatch.setattr(tokens, attribute, slow_load)
     return gate
 
 
@@ -123,8 +125,9 @@ def pipeline(tokens: TokenCounter, backend: Any, terminal: Handler, *, max_waiti
     return build_pipeline([record, MeterUsage(tokens), budget], tapped(terminal)), record, rows, metrics
 
 
-def context(catalog: Catalog, team: str, *, stream: bool = True) -> RequestContext:
-    body: dict[str, Any] = {"messages": HI, "max_tokens": 100, "stream": stream}
+def context(catalog: Catalog, team: str, *, stream: bool = True, messages: list[dict[str, Any]] = HI
+            ) -> RequestContext:
+    body: dict[str, Any] = {"messages": messages, "max_tokens": 100, "stream": stream}
     ctx = RequestContext(request_id=f"req-{team}", endpoint=Endpoint.CHAT, raw_body=orjson.dumps(body),
                          authorization=None, catalog=catalog)
     ctx.principal = Principal("key_1", team, frozenset({"app"}))
@@ -219,7 +222,9 @@ async def test_past_the_cap_the_count_is_done_at_once(o200k: TiktokenTokenizer) 
     await relay(ctx, await handler(ctx))
     assert record.waiting == 0 and len(rows.rows) == 1  # counted synchronously, recorded at once
     prompt, completion, cost = expected(o200k)
-    assert (rows.rows[0]["prompt_tokens"], rows.rows[0]["completion_tokens"]) == (prompt, completion)
+    assert (rows.rows[0]["prompt_tokens"], rows.rows[0]["completion_tokens"], rows.rows[0]["cost_nanos"]) == (
+        prompt, completion, cost
+    )
     assert rows.rows[0]["cost_nanos"] == cost
 
 
@@ -257,4 +262,51 @@ async def test_a_json_answer_whose_caller_left_during_the_build_is_still_counted
     row = rows.rows[0]
     assert (row["kind"], row["prompt_tokens"], row["completion_tokens"], row["cost_nanos"]) == (
         "cancelled", prompt, completion, cost
+    )
+
+
+#: A prompt over the large-text threshold (40 KiB): too much to count on the event loop.
+LARGE = [{"role": "user", "content": "count me on a thread please " * 1500}]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+async def test_a_large_prompt_without_usage_is_counted_by_tiktoken_off_the_loop(
+    o200k: TiktokenTokenizer, stream: bool
+) -> None:
+    """The compact counter holds the GIL while it counts (~20 ms for 32 KiB): a large prompt is
+    counted on a worker thread by tiktoken's encoder, built for it. Same count either way."""
+    tokens = TokenCounter()
+    handler, record, rows, _ = pipeline(tokens, None, crashing if stream else usageless)
+    ctx = context(catalog(), "free-for-all", stream=stream, messages=LARGE)
+    reply = await handler(ctx)
+    if stream:
+        await relay(ctx, reply)
+        assert record.waiting == 1  # deferred even though nothing else was missing
+    else:
+        ctx.finish()
+    await record.drain()
+    assert tokens.encodings == {"o200k_base"}
+    row = rows.rows[0]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        o200k.count_messages(LARGE), o200k.count_text("".join(SENT))
+    )
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+async def test_a_small_answer_without_usage_builds_only_the_compact_encoding(
+    o200k: TiktokenTokenizer, stream: bool
+) -> None:
+    tokens = TokenCounter()
+    handler, record, rows, _ = pipeline(tokens, None, crashing if stream else usageless)
+    ctx = context(catalog(), "free-for-all", stream=stream)
+    reply = await handler(ctx)
+    if stream:
+        await relay(ctx, reply)
+    else:
+        ctx.finish()
+    await record.drain()
+    assert tokens.compact_encodings == {"o200k_base"} and tokens.encodings == set()
+    prompt, completion, cost = expected(o200k)
+    assert (rows.rows[0]["prompt_tokens"], rows.rows[0]["completion_tokens"], rows.rows[0]["cost_nanos"]) == (
+        prompt, completion, cost
     )

@@ -219,11 +219,16 @@ async def test_nothing_is_built_until_a_count_needs_it() -> None:
     mini, gpt4 = catalog.aliases["priced-pair"].deployments
     assert counter.built(mini) is None
     tokenizer = await counter.tokenizer(mini)
-    assert counter.encodings == {"o200k_base"}  # not even the fallback
+    # The compact encoding only (not even the fallback's), not tiktoken's 40-50 MiB.
+    assert counter.compact_encodings == {"o200k_base"} and counter.encodings == set()
     assert counter.built(mini) is tokenizer and counter.built(gpt4) is None
+    assert isinstance(tokenizer, TiktokenTokenizer) and not tokenizer.fast
     assert tokenizer.count_messages(COOKBOOK) == 124
+    # A large text to count: tiktoken's encoder is built for it, and takes over the same tokenizer.
+    assert await counter.tokenizer(mini, fast=True) is tokenizer and tokenizer.fast
+    assert counter.encodings == {"o200k_base"} and tokenizer.count_messages(COOKBOOK) == 124
     # The Python copy of the ranks is gone; tiktoken's Rust core, which counts, has its own.
-    assert isinstance(tokenizer, TiktokenTokenizer) and tokenizer.encoding._mergeable_ranks is None
+    assert tokenizer.encoding is not None and tokenizer.encoding._mergeable_ranks is None
     assert tokenizer.encoding.decode(tokenizer.encoding.encode_ordinary("hello world")) == "hello world"
     gpt4o = catalog_of({"aliases": {"big": {"deployments": [{**priced_models()["aliases"]["priced"]["deployments"][0],
                                                               "model": "gpt-4o"}]}}}, {"teams": {}})

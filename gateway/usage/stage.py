@@ -36,15 +36,23 @@ import orjson
 from gateway.context import Endpoint, JsonReply, Reply, RequestContext, Usage
 from gateway.errors import ContextLengthExceeded
 from gateway.pipeline_types import Handler
-from gateway.usage.tokens import BYTE_BOUND, ByteBound, TokenCounter, Tokenizer, count_output
+from gateway.usage.tokens import (
+    BYTE_BOUND,
+    LARGE_TEXT_CHARACTERS,
+    ByteBound,
+    TokenCounter,
+    Tokenizer,
+    count_output,
+)
 
 if TYPE_CHECKING:
     from gateway.catalog import Deployment
 
 log = logging.getLogger("gateway.usage")
 
-# Prompts larger than this are counted on a worker thread so the event loop keeps serving.
-_THREAD_COUNT_BYTES = 32 * 1024
+# Texts larger than this are counted on a worker thread, by tiktoken's encoder (which lets go of
+# the GIL), so the event loop keeps serving.
+_THREAD_COUNT_BYTES = LARGE_TEXT_CHARACTERS
 
 
 def price_usage(ctx: RequestContext) -> None:
@@ -79,9 +87,10 @@ class MeterUsage:
         that needs the same one): a reservation must not be guessed.
         """
         deployments = ctx.deployments
+        large = len(ctx.raw_body) > _THREAD_COUNT_BYTES
         found = [self.tokens.built(deployment) for deployment in deployments]
-        if any(tokenizer is None for tokenizer in found):
-            found = list(await asyncio.gather(*(self.tokens.tokenizer(d) for d in deployments)))
+        if large or any(tokenizer is None for tokenizer in found):
+            found = list(await asyncio.gather(*(self.tokens.tokenizer(d, fast=large) for d in deployments)))
         tokenizers: list[Tokenizer] = [tokenizer for tokenizer in found if tokenizer is not None]
         endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
 
@@ -95,7 +104,7 @@ class MeterUsage:
                 prompt[deployment.id] = tokens
             return prompt
 
-        if len(ctx.raw_body) > _THREAD_COUNT_BYTES:
+        if large:
             return await asyncio.to_thread(count)
         return count()
 
@@ -103,7 +112,7 @@ class MeterUsage:
         """An upper bound of the prompt's tokens on any deployment, without a tokenizer.
 
         One token per UTF-8 byte of what the exact count reads (see ``ByteBound``): microseconds,
-        and no tokenizer to build (25-45 MiB each). The budget stage reserves with it and asks
+        and no tokenizer to build (3-6 MiB and ~0.3 s each). The budget stage reserves with it and asks
         for the exact count only when the bound is refused.
         """
         endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
@@ -143,16 +152,21 @@ class MeterUsage:
             return
         answer = ctx.answer
         text = answer.output_text if ctx.endpoint is Endpoint.CHAT and answer is not None else ""
+        large = _large_count(ctx, deployment, text)
         tokenizer = self.tokens.built(deployment)
-        if tokenizer is None:
+        if tokenizer is None or large:
             try:
-                tokenizer = await self.tokens.tokenizer(deployment)  # the build itself is not cancelled
+                # The build itself is not cancelled.
+                tokenizer = await self.tokens.tokenizer(deployment, fast=large)
             except asyncio.CancelledError:
                 self._count_later(ctx, deployment, text)
                 raise
             except Exception:
                 tokenizer = self._no_tokenizer(ctx, deployment)
-        self._count_with(ctx, tokenizer, text)
+        if large:
+            await asyncio.to_thread(self._count_with, ctx, tokenizer, text)
+        else:
+            self._count_with(ctx, tokenizer, text)
 
     def _meter_stream(self, ctx: RequestContext) -> None:
         """Meter of a stream: price its usage, or count it if none was reported.
@@ -170,7 +184,7 @@ class MeterUsage:
         text = answer.output_text
         tokenizer = self.tokens.built(deployment)
         prompt = ctx.prompt_tokens
-        if tokenizer is not None:
+        if tokenizer is not None and not _large_count(ctx, deployment, text):
             self._count_with(ctx, tokenizer, text)
         elif not text and prompt is not None and deployment.id in prompt:
             _set_usage(ctx, prompt[deployment.id], 0)  # no output, and the prompt is known
@@ -187,14 +201,18 @@ class MeterUsage:
 
         async def wait() -> None:
             tokenizer: Tokenizer
+            large = _large_count(ctx, deployment, text)
             try:
-                tokenizer = await self.tokens.tokenizer(deployment)
+                tokenizer = await self.tokens.tokenizer(deployment, fast=large)
             except asyncio.CancelledError:
                 now()
                 raise
             except Exception:
                 tokenizer = self._no_tokenizer(ctx, deployment)
-            self._count_with(ctx, tokenizer, text)
+            if large:
+                await asyncio.to_thread(self._count_with, ctx, tokenizer, text)
+            else:
+                self._count_with(ctx, tokenizer, text)
 
         ctx.defer(wait, now)
         try:
@@ -221,6 +239,16 @@ class MeterUsage:
             endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
             prompt_tokens = self.tokens.count_prompt(tokenizer, endpoint, ctx.body)
         _set_usage(ctx, prompt_tokens, count_output(tokenizer, text))
+
+
+def _large_count(ctx: RequestContext, deployment: Deployment, text: str) -> bool:
+    """Whether counting this answer (and its prompt, if not counted yet) is too much for the
+    event loop: then it is counted on a worker thread, by tiktoken's encoder (which lets go of
+    the GIL while it counts), built for it if need be."""
+    if len(text) > _THREAD_COUNT_BYTES:
+        return True
+    prompt = ctx.prompt_tokens
+    return (prompt is None or deployment.id not in prompt) and len(ctx.raw_body) > _THREAD_COUNT_BYTES
 
 
 def _window_may_matter(ctx: RequestContext) -> bool:

@@ -14,12 +14,16 @@ encoding a configured model needs is *verified* (its file hashed, milliseconds),
 one stops start-up with a message naming the encoding, the model and the directory: failing
 later would mean counting wrong.
 
-Building an encoding is another matter: ~0.3-0.6 s of CPU and 25-45 MiB that stay for the
-life of the process, per encoding. Most gateways never need one (upstreams report usage, and
-only teams with a budget need a count before the call), so nothing is built eagerly:
+Building a tiktoken encoding is another matter: ~0.3-0.6 s of CPU and 40-50 MiB that stay for
+the life of the process, per encoding. Most gateways count rarely (upstreams report usage, and
+a budget reserves with a byte bound first), so an encoding is first built as a
+:class:`~gateway.usage.bpe.CompactEncoding`: the same counts in 3-6 MiB, at ~1-4 µs a token.
+tiktoken's own encoder is built only when counting gets frequent or large (see
+:class:`TiktokenTokenizer`), and then takes over. Nothing is built eagerly:
 
 * :meth:`TokenCounter.tokenizer` (async) builds a deployment's tokenizer on a worker thread,
-  once however many requests ask at the same time (one build per encoding in flight);
+  once however many requests ask at the same time (one build per encoding in flight); with
+  ``fast=True`` (a large text to count) it also waits for tiktoken's encoder;
 * :meth:`TokenCounter.built` (sync) returns it only if it already exists, for code that cannot
   wait (a finisher);
 * :meth:`TokenCounter.prepare` starts builds in the background, for the deployments the budget
@@ -41,13 +45,14 @@ for a ``name``, 3 to prime the reply. Images are estimated at :data:`IMAGE_TOKEN
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -59,6 +64,7 @@ from tiktoken.model import encoding_name_for_model
 from gateway.config.yamlfile import ConfigError
 from gateway.heap import import_litellm
 from gateway.pricing import litellm_package_dir
+from gateway.usage.bpe import CompactEncoding
 from gateway.wire import CompletionBuilder, completion_text
 
 if TYPE_CHECKING:
@@ -73,6 +79,12 @@ _TOKENS_PER_MESSAGE: Final = 3
 _TOKENS_PER_NAME: Final = 1
 _REPLY_PRIMER: Final = 3
 _TOOL_CALL_OVERHEAD: Final = 3
+#: Characters the compact counter counts before tiktoken is built for its encoding: at its extra
+#: ~0.5 µs a character, about the ~0.5 s of CPU building tiktoken costs.
+COMPACT_CHARACTERS: Final = 1_000_000
+#: One text longer than this (~20 ms for the compact counter, holding the GIL) asks for tiktoken;
+#: a prompt this large is counted by tiktoken on a worker thread (see ``TokenCounter.tokenizer``).
+LARGE_TEXT_CHARACTERS: Final = 32 * 1024
 
 _BLOB_URL: Final = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 # Encoding name → (file it is built from, that file's published sha256). Checking the hash
@@ -238,25 +250,70 @@ class _FramedCount:
 
 
 class TiktokenTokenizer(_FramedCount):
-    """An OpenAI encoding; messages counted with OpenAI's per-message framing."""
+    """An OpenAI encoding's exact count (tiktoken's ``encode_ordinary``), with OpenAI's framing.
 
-    __slots__ = ("_encode", "_short", "encoding")
+    It counts with the encoding's :class:`CompactEncoding` (6 MiB, ~1-4 µs a token) until
+    tiktoken's own encoder is given to it (:meth:`speed_up`: 40-50 MiB, ~0.3 µs a token). Both
+    give the same counts (``tests/test_usage_bpe.py``), so the switch changes only speed. It
+    asks for tiktoken (``on_busy``, once) when counting stops being occasional: the compact
+    counter has counted :data:`COMPACT_CHARACTERS` characters (about the CPU building tiktoken
+    costs: renting until the rent equals the price), or one text longer than
+    :data:`LARGE_TEXT_CHARACTERS` (it holds the GIL while it counts, tiktoken does not).
+    """
 
-    def __init__(self, encoding: tiktoken.Encoding) -> None:
+    __slots__ = ("_compact", "_encode", "_on_busy", "_short", "_spent", "encoding", "name")
+
+    def __init__(
+        self,
+        encoding: tiktoken.Encoding | None = None,
+        *,
+        compact: CompactEncoding | None = None,
+        on_busy: Callable[[str], None] | None = None,
+    ) -> None:
+        if encoding is None and compact is None:
+            raise ValueError("a tokenizer needs tiktoken's encoding or the compact one")
         self.encoding = encoding
-        self._encode = encoding.encode_ordinary  # user text is never read as special tokens
+        self._encode = encoding.encode_ordinary if encoding is not None else None  # user text is never special
+        self._compact = compact
+        self.name = encoding.name if encoding is not None else compact.name  # type: ignore[union-attr]
+        self._on_busy = on_busy
+        self._spent = 0
         # Roles and names repeat on every request; their counts are remembered (bounded).
         self._short: dict[str, int] = {}
+
+    @property
+    def fast(self) -> bool:
+        """Whether tiktoken's encoder counts (rather than the compact counter)."""
+        return self._encode is not None
+
+    def speed_up(self, encoding: tiktoken.Encoding) -> None:
+        """Count with tiktoken from now on (same counts, faster)."""
+        self.encoding = encoding
+        self._encode = encoding.encode_ordinary
+        self._on_busy = None
 
     def count_text(self, text: str) -> int:
         if len(text) <= 24:
             found = self._short.get(text)
             if found is None:
-                found = len(self._encode(text))
+                found = self._count(text)
                 if len(self._short) < 4096:
                     self._short[text] = found
             return found
-        return len(self._encode(text))
+        return self._count(text)
+
+    def _count(self, text: str) -> int:
+        encode = self._encode
+        if encode is not None:
+            return len(encode(text))
+        compact = self._compact
+        assert compact is not None
+        self._spent += len(text)  # racy across threads: a count off by a few is harmless
+        on_busy = self._on_busy
+        if on_busy is not None and (self._spent > COMPACT_CHARACTERS or len(text) > LARGE_TEXT_CHARACTERS):
+            self._on_busy = None
+            on_busy(self.name)
+        return compact.count(text)
 
 
 class LiteLLMTokenizer:
@@ -325,6 +382,7 @@ class TokenCounter:
     def __init__(self, encodings_dir: Path | None = None) -> None:
         self.directory = encodings_dir if encodings_dir is not None else default_encodings_dir()
         self._encodings: dict[str, tiktoken.Encoding] = {}
+        self._compact: dict[str, CompactEncoding] = {}
         self._checked: set[str] = set()
         # One TiktokenTokenizer per encoding (gpt-4o and gpt-4o-mini share one), one
         # tokenizer per (provider, model) once resolved.
@@ -332,25 +390,34 @@ class TokenCounter:
         self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         # Builds in flight on worker threads, by what they build (an encoding's name, or
         # "litellm:provider:model"): concurrent callers wait for the same one.
-        self._flights: dict[str, asyncio.Future[Tokenizer]] = {}
+        self._flights: dict[str, asyncio.Future[Any]] = {}
         self._litellm_kind: Any = None
 
     # -- state ---------------------------------------------------------------------------
 
     @property
     def encodings(self) -> frozenset[str]:
-        """The encodings built so far (each costs 25-45 MiB for the life of the process)."""
+        """The tiktoken encodings built so far (each costs 40-50 MiB for the life of the process)."""
         return frozenset(self._encodings)
 
     @property
+    def compact_encodings(self) -> frozenset[str]:
+        """The compact encodings built so far (3-6 MiB each)."""
+        return frozenset(self._compact)
+
+    @property
     def building(self) -> frozenset[str]:
-        """What is being built on a worker thread right now (encoding names, or litellm keys)."""
+        """What is being built on a worker thread right now: encoding names (the compact
+        counter), "tiktoken:" and a name (tiktoken's encoder), or litellm keys."""
         return frozenset(self._flights)
 
     # -- loading -------------------------------------------------------------------------
 
     def encoding(self, name: str) -> tiktoken.Encoding:
-        """Build one encoding (blocking, ~0.3-0.6 s), or raise :class:`EncodingMissing`."""
+        """Build one tiktoken encoding (blocking, ~0.3-0.6 s), or raise :class:`EncodingMissing`.
+
+        The encoding's tokenizer, if it exists, counts with it from then on.
+        """
         found = self._encodings.get(name)
         if found is not None:
             return found
@@ -362,15 +429,37 @@ class TokenCounter:
             encoding = self._load(name)
             _drop_python_ranks(encoding)
             self._encodings[name] = encoding
+            tokenizer = self._by_encoding.get(name)
+            if tokenizer is not None:
+                tokenizer.speed_up(encoding)
         _give_back_memory()
-        log.info("built tokenizer %s", name)
+        log.info("built tokenizer %s (tiktoken)", name)
         return encoding
+
+    def compact(self, name: str) -> CompactEncoding:
+        """Build one compact encoding (blocking, ~0.2-0.4 s), or raise :class:`EncodingMissing`."""
+        found = self._compact.get(name)
+        if found is not None:
+            return found
+        with _BUILD_LOCK:  # builds run in turn (see _BUILD_LOCK); this one reads no environment
+            found = self._compact.get(name)
+            if found is not None:
+                return found
+            self._check(name)
+            found = self._load_compact(name)
+            self._compact[name] = found
+        log.info("built tokenizer %s (compact)", name)
+        return found
 
     def _load(self, name: str) -> tiktoken.Encoding:
         """tiktoken's build of a checked encoding (its registry keeps it, shared process-wide)."""
         assert self.directory is not None
         with _tiktoken_cache(self.directory):
             return tiktoken.get_encoding(name)
+
+    def _load_compact(self, name: str) -> CompactEncoding:
+        assert self.directory is not None
+        return CompactEncoding.load(name, encoding_file(self.directory, name))
 
     def _check(self, name: str) -> None:
         """The encoding's file is present and intact (without building the encoding).
@@ -432,7 +521,7 @@ class TokenCounter:
         """Verify, then build every tokenizer the catalog's deployments need (blocking, seconds:
         for tools and benchmarks; a serving gateway builds with :meth:`tokenizer`)."""
         self.verify(catalog)
-        self.encoding(FALLBACK_ENCODING)
+        self.compact(FALLBACK_ENCODING)
         for alias in catalog.aliases.values():
             for deployment in alias.deployments:
                 self.for_deployment(deployment, strict=True)
@@ -449,30 +538,32 @@ class TokenCounter:
         name = encoding_for(deployment.provider, deployment.model)
         if name is None:
             return None  # litellm's counter: made by a build, with litellm's import
-        encoding = self._encodings.get(name)
-        if encoding is None:
+        if name not in self._by_encoding and name not in self._compact and name not in self._encodings:
             return None
-        tokenizer = self._tiktoken(name, encoding)
+        tokenizer = self._tiktoken(name)
         self._tokenizers[key] = tokenizer
         return tokenizer
 
-    async def tokenizer(self, deployment: Deployment) -> Tokenizer:
+    async def tokenizer(self, deployment: Deployment, *, fast: bool = False) -> Tokenizer:
         """The deployment's tokenizer, built on a worker thread if it does not exist yet.
 
         Requests arriving while it is built wait for that one build (one per encoding), and a
         caller that goes away does not cancel it. A missing encoding gives :class:`ByteBound`
-        (logged), as :meth:`for_deployment` does after start-up.
+        (logged), as :meth:`for_deployment` does after start-up. ``fast``: for a large text,
+        also wait until tiktoken's own encoder counts (built once, on a worker thread).
         """
         found = self.built(deployment)
-        if found is not None:
-            return found
-        await asyncio.shield(self._flight(deployment))
-        found = self.built(deployment)
-        if found is not None:
-            return found
-        # The flight was another model's (same encoding) and ended without one, e.g. the
-        # encoding is missing: this model's ByteBound, without a thread (nothing to build).
-        return await asyncio.to_thread(self.for_deployment, deployment)
+        if found is None:
+            await asyncio.shield(self._flight(deployment))
+            found = self.built(deployment)
+            if found is None:
+                # The flight was another model's (same encoding) and ended without one, e.g. the
+                # encoding is missing: this model's ByteBound, without a thread (nothing to build).
+                found = await asyncio.to_thread(self.for_deployment, deployment)
+        if fast and isinstance(found, TiktokenTokenizer) and not found.fast:
+            with contextlib.suppress(Exception):  # logged by _landed; the compact counter still counts
+                await asyncio.shield(self._speed_up_flight(found.name))
+        return found
 
     def prepare(self, deployments: Iterable[Deployment]) -> None:
         """Start building these deployments' tokenizers in the background (those not built yet)."""
@@ -480,17 +571,43 @@ class TokenCounter:
             if self.built(deployment) is None:
                 self._flight(deployment)
 
-    def _flight(self, deployment: Deployment) -> asyncio.Future[Tokenizer]:
+    def _flight(self, deployment: Deployment) -> asyncio.Future[Any]:
         name = encoding_for(deployment.provider, deployment.model)
         key = name if name is not None else f"litellm:{deployment.provider}:{deployment.model}"
+        return self._fly(key, self.for_deployment, deployment)
+
+    def _speed_up_flight(self, name: str) -> asyncio.Future[Any]:
+        return self._fly(f"tiktoken:{name}", self._speed_up, name)
+
+    def _fly(self, key: str, build: Callable[[Any], Any], argument: Any) -> asyncio.Future[Any]:
+        """The build in flight under ``key``, or a new one on a worker thread (one per key)."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.ensure_future(asyncio.to_thread(self.for_deployment, deployment))
+            flight = asyncio.ensure_future(asyncio.to_thread(build, argument))
             self._flights[key] = flight
             flight.add_done_callback(functools.partial(self._landed, key))
         return flight
 
-    def _landed(self, key: str, flight: asyncio.Future[Tokenizer]) -> None:
+    def _speed_up(self, name: str) -> None:
+        self._tiktoken(name).speed_up(self.encoding(name))
+
+    def _speed_up_soon(self, name: str) -> None:
+        """A tokenizer became busy (see ``TiktokenTokenizer``): build tiktoken's encoder for it,
+        in the background, from whatever thread counted."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            threading.Thread(target=self._speed_up_logged, args=(name,), name=f"tiktoken-{name}", daemon=True).start()
+        else:
+            self._speed_up_flight(name)
+
+    def _speed_up_logged(self, name: str) -> None:
+        try:
+            self._speed_up(name)
+        except Exception:
+            log.exception("building tiktoken's encoder %s failed; the compact counter goes on counting", name)
+
+    def _landed(self, key: str, flight: asyncio.Future[Any]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if not flight.cancelled() and flight.exception() is not None:
@@ -520,19 +637,29 @@ class TokenCounter:
             tokenizer = ByteBound()
         return self._tokenizers.setdefault(key, tokenizer)
 
-    def _tiktoken(self, name: str, encoding: tiktoken.Encoding) -> TiktokenTokenizer:
+    def _tiktoken(self, name: str) -> TiktokenTokenizer:
+        """The encoding's one tokenizer (gpt-4o and gpt-4o-mini share it): its compact
+        encoding or tiktoken's, whichever is built, must be."""
         found = self._by_encoding.get(name)
         if found is None:
-            found = self._by_encoding.setdefault(name, TiktokenTokenizer(encoding))
+            tokenizer = TiktokenTokenizer(
+                self._encodings.get(name), compact=self._compact.get(name), on_busy=self._speed_up_soon
+            )
+            found = self._by_encoding.setdefault(name, tokenizer)
+            encoding = self._encodings.get(name)  # built by another thread meanwhile
+            if encoding is not None and not found.fast:
+                found.speed_up(encoding)
         return found
 
     def _build(self, provider: str, model: str) -> Tokenizer:
         name = encoding_for(provider, model)
         if name is not None:
-            return self._tiktoken(name, self.encoding(name))
+            self.compact(name)
+            return self._tiktoken(name)
         # litellm's import sets TIKTOKEN_CACHE_DIR for good: not while another build has it set.
         with _BUILD_LOCK:
-            fallback = self._tiktoken(FALLBACK_ENCODING, self.encoding(FALLBACK_ENCODING))
+            self.compact(FALLBACK_ENCODING)
+            fallback = self._tiktoken(FALLBACK_ENCODING)
             if self._downloads_tokenizer(model):
                 return fallback
             try:
