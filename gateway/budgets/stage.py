@@ -32,8 +32,9 @@ the life of the process and ~0.3 s to build (tiktoken's 40-50 MiB, once counting
 A reservation of the bound is never too small. The stage counts exactly (building the tokenizer
 once, on a worker thread) only when the bound is refused, so a request that fits exactly is
 never refused because of the bound, or when the bounded reservation is over
-``BOUND_SHARE`` (1 %) of a hard limit it counts against, so what a bound overstates is never a meaningful share of
-a budget (a request as dear as a hundredth of its team's budget is counted before it reserves).
+``BOUND_SHARE`` (1 %) of a hard limit it counts against, so what a bound overstates is never a
+meaningful share of a budget (a request as dear as a hundredth of its team's budget is counted
+before it reserves).
 Settlement charges the real cost either way. A team sending requests that are small against its
 limit never needs a tokenizer.
 
