@@ -19,6 +19,11 @@ reports none, or a prompt whose exact size matters to a budget or a context wind
   is merged the way tiktoken merges: the adjacent pair with the lowest rank first, the leftmost
   on ties. A heap makes it O(n log n) in the piece's length, where tiktoken's loop is quadratic.
 
+One difference is known: the ``regex`` package's Unicode tables are newer than those of
+tiktoken's Rust regex, so a code point assigned in between (U+3D000, a letter to one and
+unassigned to the other) may be split into other pieces: such characters, absent from any text
+written before their assignment, may be counted a token or two apart.
+
 It costs more CPU than tiktoken (~1-4 µs a token in Python, measured in ``benchmarks/README.md``)
 and holds the GIL while it counts, so ``gateway.usage.tokens`` uses it only until counting is
 frequent or large enough to pay for tiktoken, and then builds tiktoken (see ``BpeTokenizer``).

@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.usage")
 
-# Texts larger than this are counted on a worker thread, by tiktoken's encoder (which lets go of
-# the GIL), so the event loop keeps serving.
+# Texts larger than this (8 KiB) are counted on a worker thread, by tiktoken's encoder (which
+# lets go of the GIL), so the event loop keeps serving.
 _THREAD_COUNT_BYTES = LARGE_TEXT_CHARACTERS
 
 

@@ -82,9 +82,9 @@ _TOOL_CALL_OVERHEAD: Final = 3
 #: Characters the compact counter counts before tiktoken is built for its encoding: at its extra
 #: ~0.5 µs a character, about the ~0.5 s of CPU building tiktoken costs.
 COMPACT_CHARACTERS: Final = 1_000_000
-#: One text longer than this (~20 ms for the compact counter, holding the GIL) asks for tiktoken;
-#: a prompt this large is counted by tiktoken on a worker thread (see ``TokenCounter.tokenizer``).
-LARGE_TEXT_CHARACTERS: Final = 32 * 1024
+#: One text longer than this (~5 ms of prose for the compact counter, holding the GIL) asks for
+#: tiktoken, and the usage stage counts one this large with tiktoken, on a worker thread.
+LARGE_TEXT_CHARACTERS: Final = 8 * 1024
 
 _BLOB_URL: Final = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 # Encoding name → (file it is built from, that file's published sha256). Checking the hash
@@ -254,7 +254,8 @@ class TiktokenTokenizer(_FramedCount):
 
     It counts with the encoding's :class:`CompactEncoding` (6 MiB, ~1-4 µs a token) until
     tiktoken's own encoder is given to it (:meth:`speed_up`: 40-50 MiB, ~0.3 µs a token). Both
-    give the same counts (``tests/test_usage_bpe.py``), so the switch changes only speed. It
+    give the same counts (``tests/test_usage_bpe.py``; but for characters assigned in a Unicode
+    version newer than tiktoken's, see ``gateway.usage.bpe``), so the switch changes only speed. It
     asks for tiktoken (``on_busy``, once) when counting stops being occasional: the compact
     counter has counted :data:`COMPACT_CHARACTERS` characters (about the CPU building tiktoken
     costs: renting until the rent equals the price), or one text longer than
