@@ -271,12 +271,15 @@ class TiktokenTokenizer(_FramedCount):
         compact: CompactEncoding | None = None,
         on_busy: Callable[[str], None] | None = None,
     ) -> None:
-        if encoding is None and compact is None:
+        if encoding is not None:
+            self.name = encoding.name
+        elif compact is not None:
+            self.name = compact.name
+        else:
             raise ValueError("a tokenizer needs tiktoken's encoding or the compact one")
         self.encoding = encoding
         self._encode = encoding.encode_ordinary if encoding is not None else None  # user text is never special
         self._compact = compact
-        self.name = encoding.name if encoding is not None else compact.name  # type: ignore[union-attr]
         self._on_busy = on_busy
         self._spent = 0
         # Roles and names repeat on every request; their counts are remembered (bounded).
