@@ -163,9 +163,10 @@ def test_the_tokenizer_asks_for_tiktoken_once_counting_is_frequent() -> None:
 def test_one_large_text_asks_for_tiktoken_at_once() -> None:
     recorder = _Recorder()
     tokenizer = TiktokenTokenizer(compact=_compact("cl100k_base"), on_busy=recorder)
-    tokenizer.count_text("x" * LARGE_TEXT_CHARACTERS)
+    words = "word " * LARGE_TEXT_CHARACTERS
+    tokenizer.count_text(words[:LARGE_TEXT_CHARACTERS])
     assert recorder.calls == []
-    tokenizer.count_text("x" * (LARGE_TEXT_CHARACTERS + 1))
+    tokenizer.count_text(words[: LARGE_TEXT_CHARACTERS + 1])
     assert recorder.calls == ["cl100k_base"]
 
 
@@ -213,3 +214,14 @@ def test_a_failed_tiktoken_build_leaves_the_compact_count(monkeypatch: pytest.Mo
     assert not tokenizer.fast and tokenizer.count_text("still counted") == 2
     assert "building tiktoken's encoder cl100k_base failed" in caplog.text
     assert tokens_module.log.name == "gateway.usage.tokens"
+
+
+def test_a_piece_slow_to_merge_asks_for_tiktoken_at_once() -> None:
+    """A long run of one letter is one piece, merged at ~8 µs a byte (30 times tiktoken): text
+    made to be slow hands the counting to tiktoken at its first such piece."""
+    recorder = _Recorder()
+    tokenizer = TiktokenTokenizer(compact=_compact("cl100k_base"), on_busy=recorder)
+    tokenizer.count_text("a" * 200 + " and some ordinary words after it")
+    assert recorder.calls == []  # long, but not long enough to matter
+    tokenizer.count_text("z" * 300)
+    assert recorder.calls == ["cl100k_base"]

@@ -258,8 +258,10 @@ class TiktokenTokenizer(_FramedCount):
     version newer than tiktoken's, see ``gateway.usage.bpe``), so the switch changes only speed. It
     asks for tiktoken (``on_busy``, once) when counting stops being occasional: the compact
     counter has counted :data:`COMPACT_CHARACTERS` characters (about the CPU building tiktoken
-    costs: renting until the rent equals the price), or one text longer than
-    :data:`LARGE_TEXT_CHARACTERS` (it holds the GIL while it counts, tiktoken does not).
+    costs: renting until the rent equals the price), one text longer than
+    :data:`LARGE_TEXT_CHARACTERS` (it holds the GIL while it counts, tiktoken does not), or one
+    piece of text slow to merge (``LONG_PIECE_BYTES``: such text is rare, unless made to be slow,
+    and each costs ~30 times tiktoken's time until tiktoken counts).
     """
 
     __slots__ = ("_compact", "_encode", "_on_busy", "_short", "_spent", "encoding", "name")
@@ -313,11 +315,17 @@ class TiktokenTokenizer(_FramedCount):
         compact = self._compact
         assert compact is not None
         self._spent += len(text)  # racy across threads: a count off by a few is harmless
+        long_merges = compact.long_merges
+        tokens = compact.count(text)
         on_busy = self._on_busy
-        if on_busy is not None and (self._spent > COMPACT_CHARACTERS or len(text) > LARGE_TEXT_CHARACTERS):
+        if on_busy is not None and (
+            self._spent > COMPACT_CHARACTERS
+            or len(text) > LARGE_TEXT_CHARACTERS
+            or compact.long_merges != long_merges  # a piece that is slow to merge: text made to be
+        ):
             self._on_busy = None
             on_busy(self.name)
-        return compact.count(text)
+        return tokens
 
 
 class LiteLLMTokenizer:
