@@ -292,6 +292,24 @@ async def test_a_large_prompt_without_usage_is_counted_by_tiktoken_off_the_loop(
     )
 
 
+async def test_a_large_rendered_prompt_sent_as_a_small_body_is_counted_off_the_loop(o200k: TiktokenTokenizer) -> None:
+    """A prompt from the repository renders a template: what is counted is the rendered body,
+    however small the body sent (``model: prompt:NAME`` and a few variables)."""
+    tokens = TokenCounter()
+    handler, record, rows, _ = pipeline(tokens, None, crashing)
+    ctx = context(catalog(), "free-for-all", messages=LARGE)
+    ctx.raw_body = b'{"model": "prompt:big", "variables": {}, "stream": true}'
+    ctx.prompt_name = "big"
+    await relay(ctx, await handler(ctx))
+    assert record.waiting == 1
+    await record.drain()
+    assert tokens.encodings == {"o200k_base"}
+    row = rows.rows[0]
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        o200k.count_messages(LARGE), o200k.count_text("".join(SENT))
+    )
+
+
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
 async def test_a_small_answer_without_usage_builds_only_the_compact_encoding(
     o200k: TiktokenTokenizer, stream: bool

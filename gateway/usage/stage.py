@@ -87,7 +87,7 @@ class MeterUsage:
         that needs the same one): a reservation must not be guessed.
         """
         deployments = ctx.deployments
-        large = len(ctx.raw_body) > _THREAD_COUNT_BYTES
+        large = _prompt_bytes(ctx) > _THREAD_COUNT_BYTES
         found = [self.tokens.built(deployment) for deployment in deployments]
         if large or any(tokenizer is None for tokenizer in found):
             found = list(await asyncio.gather(*(self.tokens.tokenizer(d, fast=large) for d in deployments)))
@@ -112,8 +112,8 @@ class MeterUsage:
         """An upper bound of the prompt's tokens on any deployment, without a tokenizer.
 
         One token per UTF-8 byte of what the exact count reads (see ``ByteBound``): microseconds,
-        and no tokenizer to build (3-6 MiB and ~0.3 s each). The budget stage reserves with it and asks
-        for the exact count only when the bound is refused.
+        and no tokenizer to build (3-6 MiB and ~0.3 s each). The budget stage reserves with it
+        and asks for the exact count only when the bound is refused.
         """
         endpoint = "embeddings" if ctx.endpoint is Endpoint.EMBEDDINGS else "chat"
         return TokenCounter.count_prompt(BYTE_BOUND, endpoint, ctx.body)
@@ -248,7 +248,15 @@ def _large_count(ctx: RequestContext, deployment: Deployment, text: str) -> bool
     if len(text) > _THREAD_COUNT_BYTES:
         return True
     prompt = ctx.prompt_tokens
-    return (prompt is None or deployment.id not in prompt) and len(ctx.raw_body) > _THREAD_COUNT_BYTES
+    return (prompt is None or deployment.id not in prompt) and _prompt_bytes(ctx) > _THREAD_COUNT_BYTES
+
+
+def _prompt_bytes(ctx: RequestContext) -> int:
+    """The size of what a prompt count reads: the body sent, or, for a prompt from the
+    repository, the rendered body (a template can be far larger than what was sent)."""
+    if ctx.prompt_name is not None:
+        return len(orjson.dumps(ctx.body))
+    return len(ctx.raw_body)
 
 
 def _window_may_matter(ctx: RequestContext) -> bool:
@@ -265,10 +273,7 @@ def _window_may_matter(ctx: RequestContext) -> bool:
             smallest = limit
     if not smallest:
         return False
-    size = len(ctx.raw_body)
-    if ctx.prompt_name is not None:
-        size = len(orjson.dumps(ctx.body))  # a rendered prompt can be far larger than what was sent
-    return 2 * size + 16 > smallest
+    return 2 * _prompt_bytes(ctx) + 16 > smallest
 
 
 def _set_usage(ctx: RequestContext, prompt_tokens: int, completion_tokens: int) -> None:
