@@ -150,13 +150,12 @@ class CompactEncoding:
     def count(self, text: str) -> int:
         """The number of tokens tiktoken's ``encode_ordinary(text)`` returns."""
         try:
-            data = text.encode()
+            return self._count(text)
         except UnicodeEncodeError:
             # What tiktoken does with lone surrogates: each becomes U+FFFD.
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        else:
-            if text.isascii() and len(data) == 1:
-                return 1  # every byte is a token
+            return self._count(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+
+    def _count(self, text: str) -> int:
         total = 0
         rank = self.rank
         memo = self._memo

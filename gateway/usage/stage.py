@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -154,19 +154,12 @@ class MeterUsage:
         text = answer.output_text if ctx.endpoint is Endpoint.CHAT and answer is not None else ""
         large = _large_count(ctx, deployment, text)
         tokenizer = self.tokens.built(deployment)
-        if tokenizer is None or large:
-            try:
-                # The build itself is not cancelled.
-                tokenizer = await self.tokens.tokenizer(deployment, fast=large)
-            except asyncio.CancelledError:
-                self._count_later(ctx, deployment, text)
-                raise
-            except Exception:
-                tokenizer = self._no_tokenizer(ctx, deployment)
-        if large:
-            await asyncio.to_thread(self._count_with, ctx, tokenizer, text)
-        else:
+        if tokenizer is not None and not large:
             self._count_with(ctx, tokenizer, text)
+            return
+        await self._count_when_ready(
+            ctx, deployment, text, large, on_cancel=lambda: self._count_later(ctx, deployment, text, large)
+        )
 
     def _meter_stream(self, ctx: RequestContext) -> None:
         """Meter of a stream: price its usage, or count it if none was reported.
@@ -184,14 +177,15 @@ class MeterUsage:
         text = answer.output_text
         tokenizer = self.tokens.built(deployment)
         prompt = ctx.prompt_tokens
-        if tokenizer is not None and not _large_count(ctx, deployment, text):
+        large = _large_count(ctx, deployment, text)
+        if tokenizer is not None and not large:
             self._count_with(ctx, tokenizer, text)
         elif not text and prompt is not None and deployment.id in prompt:
             _set_usage(ctx, prompt[deployment.id], 0)  # no output, and the prompt is known
         else:
-            self._count_later(ctx, deployment, text)
+            self._count_later(ctx, deployment, text, large)
 
-    def _count_later(self, ctx: RequestContext, deployment: Deployment, text: str) -> None:
+    def _count_later(self, ctx: RequestContext, deployment: Deployment, text: str, large: bool) -> None:
         """Defer the count until the deployment's tokenizer is built (see ``RequestContext.defer``)."""
 
         def now() -> None:
@@ -200,19 +194,7 @@ class MeterUsage:
             self._count_with(ctx, self.tokens.for_deployment(deployment), text)
 
         async def wait() -> None:
-            tokenizer: Tokenizer
-            large = _large_count(ctx, deployment, text)
-            try:
-                tokenizer = await self.tokens.tokenizer(deployment, fast=large)
-            except asyncio.CancelledError:
-                now()
-                raise
-            except Exception:
-                tokenizer = self._no_tokenizer(ctx, deployment)
-            if large:
-                await asyncio.to_thread(self._count_with, ctx, tokenizer, text)
-            else:
-                self._count_with(ctx, tokenizer, text)
+            await self._count_when_ready(ctx, deployment, text, large, on_cancel=now)
 
         ctx.defer(wait, now)
         try:
@@ -220,6 +202,25 @@ class MeterUsage:
         except RuntimeError:
             return  # no loop to build on: whoever takes the work calls `now`
         self.tokens.prepare((deployment,))  # start the build now, not when the record's task runs
+
+    async def _count_when_ready(
+        self, ctx: RequestContext, deployment: Deployment, text: str, large: bool, *, on_cancel: Callable[[], None]
+    ) -> None:
+        """Count once the deployment's tokenizer is built (with tiktoken's encoder, on a worker
+        thread, when ``large``: see ``_large_count``). The build itself is not cancelled; a
+        cancelled wait calls ``on_cancel`` so that the spend is still counted."""
+        tokenizer: Tokenizer
+        try:
+            tokenizer = await self.tokens.tokenizer(deployment, fast=large)
+        except asyncio.CancelledError:
+            on_cancel()
+            raise
+        except Exception:
+            tokenizer = self._no_tokenizer(ctx, deployment)
+        if large:
+            await asyncio.to_thread(self._count_with, ctx, tokenizer, text)
+        else:
+            self._count_with(ctx, tokenizer, text)
 
     @staticmethod
     def _no_tokenizer(ctx: RequestContext, deployment: Deployment) -> Tokenizer:

@@ -590,7 +590,8 @@ class TokenCounter:
         return self._fly(key, self.for_deployment, deployment)
 
     def _speed_up_flight(self, name: str) -> asyncio.Future[Any]:
-        return self._fly(f"tiktoken:{name}", self._speed_up, name)
+        # Building the encoding hands it to the encoding's tokenizer (see ``encoding``).
+        return self._fly(f"tiktoken:{name}", self.encoding, name)
 
     def _fly(self, key: str, build: Callable[[Any], Any], argument: Any) -> asyncio.Future[Any]:
         """The build in flight under ``key``, or a new one on a worker thread (one per key)."""
@@ -600,9 +601,6 @@ class TokenCounter:
             self._flights[key] = flight
             flight.add_done_callback(functools.partial(self._landed, key))
         return flight
-
-    def _speed_up(self, name: str) -> None:
-        self._tiktoken(name).speed_up(self.encoding(name))
 
     def _speed_up_soon(self, name: str) -> None:
         """A tokenizer became busy (see ``TiktokenTokenizer``): build tiktoken's encoder for it,
@@ -616,7 +614,7 @@ class TokenCounter:
 
     def _speed_up_logged(self, name: str) -> None:
         try:
-            self._speed_up(name)
+            self.encoding(name)
         except Exception:
             log.exception("building tiktoken's encoder %s failed; the compact counter goes on counting", name)
 
