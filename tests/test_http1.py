@@ -474,3 +474,38 @@ async def test_a_stream_past_its_size_limit_ends_with_the_error_after_what_came_
         await asyncio.wait_for(upstream.disconnected.wait(), 2)
     await client.close()
     assert 0 < received <= 10_000
+
+
+async def test_spare_time_work_runs_once_the_request_is_written_and_before_its_answer() -> None:
+    """While the upstream works on a request, the loop would be idle: ``spare_time`` jobs run
+    then (the trace exporter builds the previous request's span there), once per exchange, JSON
+    or stream, and a job that raises does not fail the request."""
+    from gateway import spare_time
+
+    seen: list[tuple[int, bool]] = []
+
+    def job() -> None:
+        # The request has been written (a connection is busy) and its answer has not been read.
+        busy = [connection for connection in client._open if connection.busy]
+        seen.append((len(busy), any(connection.complete for connection in busy)))
+
+    def broken() -> None:
+        raise RuntimeError("a job that fails")
+
+    client = http1.Http1Client()
+    spare_time.add(job)
+    spare_time.add(broken)
+    try:
+        async with Upstream(keep_alive) as upstream:
+            answer_ = await client.post(target(upstream), b'{"a": 1}', timeout_s=5, connect_timeout_s=5)
+        async with Upstream(stream_events) as upstream:
+            stream = await client.post_stream(target(upstream), b"{}", read_timeout_s=5, connect_timeout_s=5)
+            pieces = [piece async for piece in stream.pieces()]
+    finally:
+        spare_time.remove(job)
+        spare_time.remove(broken)
+        await client.close()
+    assert answer_.status == 200 and pieces
+    assert seen == [(1, False), (1, False)]
+    spare_time.run()  # removed: no longer called
+    assert len(seen) == 2

@@ -167,6 +167,71 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
         await exporter.close()
 
 
+async def test_while_requests_reach_upstreams_a_span_is_built_in_the_next_calls_spare_time() -> None:
+    """Once upstream calls are running (``spare_time`` jobs ran since the last request), a
+    finished request's span is not built as it is recorded: the next upstream call builds it
+    while that upstream works. A span no upstream call comes for is built by the export task
+    after GATHER_S; a request that reached no upstream (a cache hit) builds its own at once."""
+    import asyncio
+
+    from gateway import spare_time
+
+    exporter, _ = _exporter(batch_size=100, flush_interval_ms=5000, queue_size=100)
+    sent = _capture_posts(exporter)
+    exporter.start_task()
+    try:
+        _finish(exporter, _ctx(0))
+        assert exporter._built == 1 and not exporter._queue  # no upstream call seen yet: built at once
+        spare_time.run()  # request 1's upstream call: nothing waits to be built
+        _finish(exporter, _ctx(1))
+        assert exporter._built == 1 and len(exporter._queue) == 1  # left for spare time
+        spare_time.run()  # request 2's upstream call builds request 1's span
+        assert exporter._built == 2 and not exporter._queue
+        _finish(exporter, _ctx(2))
+        assert len(exporter._queue) == 1
+        # No upstream call comes: the export task builds it, after GATHER_S, not at once.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(exporter._queue) == 1
+        for _ in range(1000):
+            if not exporter._queue:
+                break
+            await asyncio.sleep(0.005)
+        assert exporter._built == 3 and not exporter._queue
+        # Request 4 was a cache hit (no upstream call since request 3): built as recorded.
+        _finish(exporter, _ctx(3))
+        assert exporter._built == 4 and not exporter._queue
+    finally:
+        await exporter.close()
+    assert exporter.in_spare_time not in spare_time._jobs
+    assert len(_spans(b"".join(sent))) == 4  # all four sent at the stop
+
+
+async def test_spare_time_keeps_a_backlog_from_growing() -> None:
+    """Each upstream call builds one waiting span, however many wait; a full batch it completes
+    wakes the export task to send it."""
+    import asyncio
+
+    from gateway import spare_time
+
+    exporter, _ = _exporter(batch_size=4, flush_interval_ms=5000, queue_size=100)
+    sent = _capture_posts(exporter)
+    exporter.start_task()
+    try:
+        spare_time.run()
+        for n in range(4):
+            _finish(exporter, _ctx(n))
+        assert exporter._built == 0 and len(exporter._queue) == 4
+        for built in range(1, 5):
+            spare_time.run()
+            assert exporter._built == built
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(sent) == 1 and len(_spans(sent[0])) == 4 and exporter.queued == 0
+    finally:
+        await exporter.close()
+
+
 async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
     """While spans wait (a batch being sent, a burst), recorded requests queue; the export task
     builds them GATHER_S later, a slice of loop time at a time, never on the request path."""

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway import spare_time
+
 __all__ = [
     "AnswerTooLarge",
     "ConnectFailed",
@@ -460,7 +462,10 @@ class Http1Client:
             connection = await self._connection(target.origin, connect_timeout_s, deadline)
             timer = loop.call_at(wait_until, connection.fail_timeout) if wait_until is not None else None
             try:
-                await connection.start(request, streaming=streaming, max_body=max_body)
+                answered = connection.start(request, streaming=streaming, max_body=max_body)
+                # The upstream works on the request now: the loop's spare time (see spare_time).
+                spare_time.run()
+                await answered
             except Disconnected:
                 connection.abort()
                 if attempt == 0 and connection.reused and not connection.received:
