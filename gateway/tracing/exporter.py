@@ -10,7 +10,7 @@ When nothing waits to be built, the span is built in the loop's spare time: the 
 upstream call builds it while that upstream works (``gateway.spare_time``), so a caller that
 sends its next request at once does not wait for it. (Built when recorded, as until December
 2026, the span's ~0.1 ms, with masking, landed on the next request's latency at concurrency 1:
-wrk's p50 0.75-0.94 ms against 0.64-0.79 ms built in spare time, four interleaved runs.) When
+wrk's p50 0.83-0.98 ms against 0.67-0.84 ms built in spare time, four interleaved runs.) When
 requests are not reaching upstreams (cache hits), ``record`` builds the span at once; a span no
 upstream call has built within ``GATHER_S`` is built by the export task.
 
