@@ -264,7 +264,7 @@ class TraceExporter:
 
     def in_spare_time(self) -> None:
         """Build the oldest waiting span, if any (a ``spare_time`` job: an upstream is working)."""
-        if self._task is None:
+        if self._task is None or self._task.done():  # not started, or stopped without close()
             return
         self._spare_seen = True
         if self._queue and self._built < self._batch:
