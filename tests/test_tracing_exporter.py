@@ -207,6 +207,36 @@ async def test_while_requests_reach_upstreams_a_span_is_built_in_the_next_calls_
     assert len(_spans(b"".join(sent))) == 4  # all four sent at the stop
 
 
+async def test_a_span_left_for_spare_time_is_built_even_if_the_wall_clock_steps_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fallback watches the queue's oldest entry, not its wall-clock time: a clock stepped
+    back an hour after a request was recorded (its end time now in the future) does not keep
+    its span waiting."""
+    import asyncio
+
+    from gateway import spare_time
+    from gateway.tracing import exporter as exporter_module
+
+    exporter, _ = _exporter(batch_size=100, flush_interval_ms=5000, queue_size=100)
+    _capture_posts(exporter)
+    exporter.start_task()
+    try:
+        spare_time.run()  # upstream calls are happening
+        real = time.time_ns
+        monkeypatch.setattr(exporter_module.time, "time_ns", lambda: real() + 3600 * 10**9)
+        _finish(exporter, _ctx(0))
+        monkeypatch.setattr(exporter_module.time, "time_ns", real)  # the clock steps back
+        assert len(exporter._queue) == 1
+        for _ in range(1000):
+            if not exporter._queue:
+                break
+            await asyncio.sleep(0.005)
+        assert exporter._built == 1 and not exporter._queue
+    finally:
+        await exporter.close()
+
+
 async def test_spare_time_keeps_a_backlog_from_growing() -> None:
     """Each upstream call builds one waiting span, however many wait; a full batch it completes
     wakes the export task to send it."""

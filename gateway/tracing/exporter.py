@@ -179,6 +179,7 @@ class TraceExporter:
         # recorded request, and the check that no deferred span waits longer than GATHER_S.
         self._spare_seen = False
         self._spare_check: asyncio.TimerHandle | None = None
+        self._spare_watched: tuple[RequestContext, int] | None = None  # the oldest at the last check
         self._max = settings.queue_size
         self._batch = settings.batch_size
         names = [destination.name for destination in self.destinations]
@@ -229,6 +230,7 @@ class TraceExporter:
                 # call builds this span while that upstream works (``in_spare_time``).
                 self._spare_seen = False
                 if self._spare_check is None:
+                    self._spare_watched = queue[0]
                     self._spare_check = asyncio.get_running_loop().call_later(GATHER_S, self._check_spare)
                 return
             if len(queue) == 1 and self._built < self._batch:
@@ -273,16 +275,22 @@ class TraceExporter:
                 self._wake.set()  # a full batch: the export task sends it
 
     def _check_spare(self) -> None:
-        """A span left for spare time and waiting ``GATHER_S`` (no upstream call came): the
-        export task builds it. Re-armed while fresh spans wait, so a steady stream of requests
-        costs a timer per ``GATHER_S``, not a wake-up of the task."""
+        """A span left for spare time that is still the oldest waiting a whole ``GATHER_S`` later
+        (no upstream call came): the export task builds it. Re-armed while newer spans wait, so
+        a steady stream of requests costs a timer per ``GATHER_S``, not a wake-up of the task.
+        (The entry itself is compared, not its time: the queue holds wall-clock times, which
+        may step.)"""
         self._spare_check = None
         if not self._queue or self._task is None:
+            self._spare_watched = None
             return
-        if time.time_ns() - self._queue[0][1] >= GATHER_S * 1e9:
+        oldest = self._queue[0]
+        if oldest is self._spare_watched:
+            self._spare_watched = None
             if not self._wake.is_set():
                 self._wake.set()
         else:
+            self._spare_watched = oldest
             self._spare_check = asyncio.get_running_loop().call_later(GATHER_S, self._check_spare)
 
     async def _run(self) -> None:
@@ -403,6 +411,7 @@ class TraceExporter:
         if self._spare_check is not None:
             self._spare_check.cancel()
             self._spare_check = None
+        self._spare_watched = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
