@@ -65,6 +65,16 @@ def _capture_posts(exporter: TraceExporter) -> list[bytes]:
     return sent
 
 
+async def _until_built(exporter: TraceExporter, seconds: float = 5.0) -> None:
+    """Wait (at most ``seconds``) until no recorded request waits for its span to be built."""
+    import asyncio
+
+    for _ in range(int(seconds / 0.005)):
+        if not exporter._queue:
+            return
+        await asyncio.sleep(0.005)
+
+
 def _dropped(registry: CollectorRegistry, reason: str) -> float:
     return registry.get_sample_value("dropped_total", {"reason": reason, "destination": "langfuse"}) or 0.0
 
@@ -193,10 +203,7 @@ async def test_while_requests_reach_upstreams_a_span_is_built_in_the_next_calls_
         for _ in range(5):
             await asyncio.sleep(0)
         assert len(exporter._queue) == 1
-        for _ in range(1000):
-            if not exporter._queue:
-                break
-            await asyncio.sleep(0.005)
+        await _until_built(exporter)
         assert exporter._built == 3 and not exporter._queue
         # Request 4 was a cache hit (no upstream call since request 3): built as recorded.
         _finish(exporter, _ctx(3))
@@ -213,7 +220,6 @@ async def test_a_span_left_for_spare_time_is_built_even_if_the_wall_clock_steps_
     """The fallback watches the queue's oldest entry, not its wall-clock time: a clock stepped
     back an hour after a request was recorded (its end time now in the future) does not keep
     its span waiting."""
-    import asyncio
 
     from gateway import spare_time
     from gateway.tracing import exporter as exporter_module
@@ -228,10 +234,7 @@ async def test_a_span_left_for_spare_time_is_built_even_if_the_wall_clock_steps_
         _finish(exporter, _ctx(0))
         monkeypatch.setattr(exporter_module.time, "time_ns", real)  # the clock steps back
         assert len(exporter._queue) == 1
-        for _ in range(1000):
-            if not exporter._queue:
-                break
-            await asyncio.sleep(0.005)
+        await _until_built(exporter)
         assert exporter._built == 1 and not exporter._queue
     finally:
         await exporter.close()
