@@ -225,19 +225,20 @@ class TraceExporter:
             return
         queue.append((ctx, time.time_ns()))
         if self._task is not None:
-            if len(queue) == 1 and self._built < self._batch and self._spare_seen:
-                # Nothing else waits, and requests are reaching upstreams: the next one's upstream
-                # call builds this span while that upstream works (``in_spare_time``).
-                self._spare_seen = False
-                if self._spare_check is None:
-                    self._spare_watched = queue[0]
-                    self._spare_check = asyncio.get_running_loop().call_later(GATHER_S, self._check_spare)
-                return
             if len(queue) == 1 and self._built < self._batch:
-                # Nothing waits to be built: build this span now. Its answer has gone out (sinks
-                # run once the reply is delivered), and one span costs the next request at most
-                # its own build, where a slice of the background task cost it up to
-                # BUILD_SLICE_S at each of its turns of the loop.
+                if self._spare_seen:
+                    # Nothing else waits, and requests are reaching upstreams: the next one's
+                    # upstream call builds this span while that upstream works (``in_spare_time``).
+                    self._spare_seen = False
+                    if self._spare_check is None:
+                        self._spare_watched = queue[0]
+                        self._spare_check = asyncio.get_running_loop().call_later(GATHER_S, self._check_spare)
+                    return
+                # Nothing waits to be built, and no upstream call since the last request (cache
+                # hits): build this span now. Its answer has gone out (sinks run once the reply
+                # is delivered), and one span costs the next request at most its own build, where
+                # a slice of the background task cost it up to BUILD_SLICE_S at each of its turns
+                # of the loop.
                 self._build_next()
                 if self._built < self._batch:
                     return  # the batch's flush timer sends it
