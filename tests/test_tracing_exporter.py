@@ -177,74 +177,41 @@ async def test_spans_are_built_as_requests_finish_and_sent_when_due() -> None:
         await exporter.close()
 
 
-async def test_while_requests_reach_upstreams_spans_are_built_a_group_at_a_time_in_spare_time(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_while_requests_reach_upstreams_a_span_is_built_in_the_next_calls_spare_time() -> None:
     """Once upstream calls are running (``spare_time`` jobs ran since the last request), a
-    finished request's span is not built as it is recorded: the upstream call that finds a group
-    (SPARE_GROUP) waiting builds the group while that upstream works. Spans no upstream call
-    comes for are built by the export task after GATHER_S; a request that reached no upstream (a
-    cache hit) builds the oldest waiting span at once."""
+    finished request's span is not built as it is recorded: the next upstream call builds it
+    while that upstream works. A span no upstream call comes for is built by the export task
+    after GATHER_S; a request that reached no upstream (a cache hit) builds its own at once."""
     import asyncio
 
     from gateway import spare_time
-    from gateway.tracing import exporter as exporter_module
 
-    monkeypatch.setattr(exporter_module, "SPARE_GROUP", 3)
     exporter, _ = _exporter(batch_size=100, flush_interval_ms=5000, queue_size=100)
     sent = _capture_posts(exporter)
     exporter.start_task()
     try:
         _finish(exporter, _ctx(0))
         assert exporter._built == 1 and not exporter._queue  # no upstream call seen yet: built at once
-        for n in range(1, 4):
-            spare_time.run()  # request n's upstream call: less than a group waits
-            assert exporter._built == 1
-            _finish(exporter, _ctx(n))
-            assert len(exporter._queue) == n  # left for spare time
-        spare_time.run()  # request 4's upstream call finds a group: builds all three
-        assert exporter._built == 4 and not exporter._queue
-        _finish(exporter, _ctx(4))
+        spare_time.run()  # request 1's upstream call: nothing waits to be built
+        _finish(exporter, _ctx(1))
+        assert exporter._built == 1 and len(exporter._queue) == 1  # left for spare time
+        spare_time.run()  # request 2's upstream call builds request 1's span
+        assert exporter._built == 2 and not exporter._queue
+        _finish(exporter, _ctx(2))
         assert len(exporter._queue) == 1
         # No upstream call comes: the export task builds it, after GATHER_S, not at once.
         for _ in range(5):
             await asyncio.sleep(0)
         assert len(exporter._queue) == 1
         await _until_built(exporter)
-        assert exporter._built == 5 and not exporter._queue
-        # Request 6 was a cache hit (no upstream call since request 5): built as recorded.
-        _finish(exporter, _ctx(5))
-        assert exporter._built == 6 and not exporter._queue
+        assert exporter._built == 3 and not exporter._queue
+        # Request 4 was a cache hit (no upstream call since request 3): built as recorded.
+        _finish(exporter, _ctx(3))
+        assert exporter._built == 4 and not exporter._queue
     finally:
         await exporter.close()
     assert exporter.in_spare_time not in spare_time._jobs
-    assert len(_spans(b"".join(sent))) == 6  # all six sent at the stop
-
-
-async def test_a_group_in_spare_time_stops_after_its_slice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An upstream call's spare time builds spans for at most SPARE_SLICE_S: an upstream that
-    answers at once waits no longer than that for the group."""
-    from gateway import spare_time
-    from gateway.tracing import exporter as exporter_module
-
-    monkeypatch.setattr(exporter_module, "SPARE_GROUP", 4)
-    exporter, _ = _exporter(batch_size=100, flush_interval_ms=5000, queue_size=100)
-    _capture_posts(exporter)
-    exporter.start_task()
-    clock = iter(float(n) for n in range(100))  # each reading one second later
-    try:
-        spare_time.run()
-        for n in range(4):
-            _finish(exporter, _ctx(n))
-            if n < 3:
-                spare_time.run()  # the next request's upstream call: less than a group waits
-        assert len(exporter._queue) == 4
-        monkeypatch.setattr(exporter_module.time, "perf_counter", lambda: next(clock))
-        spare_time.run()  # the slice is over after the first span
-        assert exporter._built == 1 and len(exporter._queue) == 3
-    finally:
-        monkeypatch.undo()
-        await exporter.close()
+    assert len(_spans(b"".join(sent))) == 4  # all four sent at the stop
 
 
 async def test_a_span_left_for_spare_time_is_built_even_if_the_wall_clock_steps_back(
@@ -273,30 +240,27 @@ async def test_a_span_left_for_spare_time_is_built_even_if_the_wall_clock_steps_
         await exporter.close()
 
 
-async def test_spare_time_keeps_a_backlog_from_growing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each upstream call builds a group of waiting spans, however many wait; a full batch it
-    completes wakes the export task to send it."""
+async def test_spare_time_keeps_a_backlog_from_growing() -> None:
+    """Each upstream call builds one waiting span, however many wait; a full batch it completes
+    wakes the export task to send it."""
     import asyncio
 
     from gateway import spare_time
-    from gateway.tracing import exporter as exporter_module
 
-    monkeypatch.setattr(exporter_module, "SPARE_GROUP", 3)
-    exporter, _ = _exporter(batch_size=6, flush_interval_ms=5000, queue_size=100)
+    exporter, _ = _exporter(batch_size=4, flush_interval_ms=5000, queue_size=100)
     sent = _capture_posts(exporter)
     exporter.start_task()
     try:
-        for n in range(6):
-            spare_time.run()  # each request's upstream call; from the fourth, a group waits
-            if n < 3:
-                assert exporter._built == 0
-            _finish(exporter, _ctx(n))
-        assert exporter._built == 3 and len(exporter._queue) == 3  # the fourth call built a group
         spare_time.run()
-        assert exporter._built == 6 and not exporter._queue
+        for n in range(4):
+            _finish(exporter, _ctx(n))
+        assert exporter._built == 0 and len(exporter._queue) == 4
+        for built in range(1, 5):
+            spare_time.run()
+            assert exporter._built == built
         for _ in range(20):
             await asyncio.sleep(0)
-        assert len(sent) == 1 and len(_spans(sent[0])) == 6 and exporter.queued == 0
+        assert len(sent) == 1 and len(_spans(sent[0])) == 4 and exporter.queued == 0
     finally:
         await exporter.close()
 

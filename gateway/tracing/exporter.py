@@ -6,15 +6,13 @@ or drops and counts it when the bounded queue is full. ``record`` runs once the 
 delivered (a sink of the record stage), so nothing is built, serialised or sent before an
 answer goes out.
 
-Spans are built in the loop's spare time, a group (``SPARE_GROUP``) at a time: the upstream
-call that finds a group waiting builds it while that upstream works (``gateway.spare_time``),
-so a caller that sends its next request at once does not wait for it. (Built when recorded, as
-until December 2026, the span's ~0.1 ms, with masking, landed on the next request's latency at
-concurrency 1: wrk's p50 0.83-0.98 ms against 0.67-0.84 ms built in spare time, four
-interleaved runs.) A group, not one span per call: spans built in a row cost about half what
-they cost one at a time between the rest of each request's work. When requests are not
-reaching upstreams (cache hits), ``record`` builds the oldest waiting span at once; spans no
-upstream call has built within ``GATHER_S`` are built by the export task.
+When nothing waits to be built, the span is built in the loop's spare time: the next request's
+upstream call builds it while that upstream works (``gateway.spare_time``), so a caller that
+sends its next request at once does not wait for it. (Built when recorded, as until December
+2026, the span's ~0.1 ms, with masking, landed on the next request's latency at concurrency 1:
+wrk's p50 0.83-0.98 ms against 0.67-0.84 ms built in spare time, four interleaved runs.) When
+requests are not reaching upstreams (cache hits), ``record`` builds the span at once; a span no
+upstream call has built within ``GATHER_S`` is built by the export task.
 
 When spans are waiting (a burst, a batch being sent), requests queue, and the export task
 builds them ``GATHER_S`` later, in slices of ``BUILD_SLICE_S`` of loop time (longer while a
@@ -87,15 +85,6 @@ MAX_BUILD_SLICE_S = 0.004
 #: request (a wake-up per span cost ~100 µs of CPU per request at concurrency 1); a span still
 #: leaves within ``flush_interval_ms``.
 GATHER_S = 0.02
-#: Spans built together in an upstream call's spare time, once that many wait. Built one at a
-#: time between the rest of each request's work, a span cost the gateway 2-3 times what it costs
-#: built in a row (the same instructions, counted by valgrind; its code and data no longer in the
-#: CPU's caches): ``benchmarks.tracing_overhead`` read +120 to +237 µs a request one at a time,
-#: +82 to +132 µs sixteen at a time, against ~50-60 µs in process, all on one VM.
-SPARE_GROUP = 16
-#: The most loop time one upstream call's spare time spends building a group: an upstream that
-#: answers faster than the group takes (only a local fake does) waits at most this long.
-SPARE_SLICE_S = 0.001
 #: Behind (more than a batch waiting), requests build spans ahead, up to this many batches in one
 #: export: a built span is a few hundred compressed bytes, a waiting one a whole finished request.
 BEHIND_BATCHES = 4
@@ -193,7 +182,6 @@ class TraceExporter:
         self._spare_watched: tuple[RequestContext, int] | None = None  # the oldest at the last check
         self._max = settings.queue_size
         self._batch = settings.batch_size
-        self._group = min(SPARE_GROUP, self._batch)
         names = [destination.name for destination in self.destinations]
         self._dropped_full = [dropped.labels("queue_full", name) for name in names]
         self._dropped_export = {name: dropped.labels("export_failed", name) for name in names}
@@ -237,18 +225,17 @@ class TraceExporter:
             return
         queue.append((ctx, time.time_ns()))
         if self._task is not None:
-            if len(queue) <= self._group and self._built < self._batch:
+            if len(queue) == 1 and self._built < self._batch:
                 if self._spare_seen:
-                    # Less than a group waits, and requests are reaching upstreams: the upstream
-                    # call that finds a group waiting builds it while its upstream works
-                    # (``in_spare_time``).
+                    # Nothing else waits, and requests are reaching upstreams: the next one's
+                    # upstream call builds this span while that upstream works (``in_spare_time``).
                     self._spare_seen = False
                     if self._spare_check is None:
                         self._spare_watched = queue[0]
                         self._spare_check = asyncio.get_running_loop().call_later(GATHER_S, self._check_spare)
                     return
-                # No upstream call since the last request (cache hits): build the oldest waiting
-                # span now, normally this one. Its answer has gone out (sinks run once the reply
+                # Nothing waits to be built, and no upstream call since the last request (cache
+                # hits): build this span now. Its answer has gone out (sinks run once the reply
                 # is delivered), and one span costs the next request at most its own build, where
                 # a slice of the background task cost it up to BUILD_SLICE_S at each of its turns
                 # of the loop.
@@ -279,20 +266,14 @@ class TraceExporter:
         spare_time.add(self.in_spare_time)
 
     def in_spare_time(self) -> None:
-        """Build a group of waiting spans, once a group waits (a ``spare_time`` job: an upstream
-        is working), for at most SPARE_SLICE_S."""
+        """Build the oldest waiting span, if any (a ``spare_time`` job: an upstream is working)."""
         if self._task is None or self._task.done():  # not started, or stopped without close()
             return
         self._spare_seen = True
-        if len(self._queue) < self._group or self._built >= self._batch:
-            return
-        until = time.perf_counter() + SPARE_SLICE_S
-        for _ in range(self._group):
+        if self._queue and self._built < self._batch:
             self._build_next()
-            if not self._queue or self._built >= self._batch or time.perf_counter() >= until:
-                break
-        if self._built >= self._batch and not self._wake.is_set():
-            self._wake.set()  # a full batch: the export task sends it
+            if self._built >= self._batch and not self._wake.is_set():
+                self._wake.set()  # a full batch: the export task sends it
 
     def _check_spare(self) -> None:
         """A span left for spare time that is still the oldest waiting a whole ``GATHER_S`` later
