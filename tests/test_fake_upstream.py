@@ -220,6 +220,33 @@ def test_tool_call_arguments_follow_the_schema() -> None:
     assert call["function"] == {"name": "noop", "arguments": "{}"}
 
 
+def test_schema_instances_are_built_up_to_the_answers_budget_and_refused_past_it() -> None:
+    """One answer builds at most MAX_SCHEMA_CHARS characters and MAX_SCHEMA_VALUES values from
+    JSON schemas, over all its choices; past either, ValueError before anything is built."""
+
+    def structured(schema: dict[str, object], n: int = 1) -> dict[str, object]:
+        return {"model": "m", "messages": HELLO, "n": n,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+
+    at_most = {"type": "string", "minLength": mock.MAX_SCHEMA_CHARS}
+    assert len(json.loads(mock.chat_completion(structured(at_most))["choices"][0]["message"]["content"])) == (
+        mock.MAX_SCHEMA_CHARS
+    )
+    with pytest.raises(ValueError, match="minLength or minItems"):
+        mock.chat_completion(structured({"type": "string", "minLength": mock.MAX_SCHEMA_CHARS + 1}))
+    with pytest.raises(ValueError, match="minLength or minItems"):  # the budget is the answer's, not a choice's
+        mock.chat_completion(structured({"type": "string", "minLength": mock.MAX_SCHEMA_CHARS // 2 + 1}, n=2))
+    values = {"type": "array", "minItems": mock.MAX_SCHEMA_VALUES, "items": {"type": "integer"}}
+    assert len(json.loads(mock.chat_completion(structured(values))["choices"][0]["message"]["content"])) == (
+        mock.MAX_SCHEMA_VALUES
+    )
+    with pytest.raises(ValueError, match="minLength or minItems"):
+        mock.chat_completion(structured({**values, "minItems": mock.MAX_SCHEMA_VALUES + 1}))
+    # maxLength and maxItems still cut what minLength and minItems ask for, and cost only that.
+    capped = {"type": "string", "minLength": 10**12, "maxLength": 3}
+    assert json.loads(mock.chat_completion(structured(capped))["choices"][0]["message"]["content"]) == "Moc"
+
+
 @pytest.mark.parametrize(
     "extra",
     [

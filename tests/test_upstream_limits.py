@@ -1,5 +1,7 @@
 """An upstream's answer past its deployment's ``max_answer_bytes``: a 502 before the first byte,
-the stream's closing error event after it; the ledger keeps the row and the gateway serves on."""
+the stream's closing error event after it; the ledger keeps the row and the gateway serves on.
+The ``mock`` provider, whose answers are built in the gateway's own process, is bounded alike,
+and refuses what it would have to build past any bound (a JSON schema's ``minLength``)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def small(tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle) -
     """A gateway whose ``fake-chat`` reads at most LIMIT bytes of an answer."""
     root = tmp_path_factory.mktemp("limits")
     models = default_models(fake_upstream.url)
-    models["aliases"]["fake-chat"]["deployments"][0]["max_answer_bytes"] = LIMIT
+    for alias in ("fake-chat", "mock", "mock-embed"):
+        models["aliases"][alias]["deployments"][0]["max_answer_bytes"] = LIMIT
     proc = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}", models=models).start()
     yield proc
     proc.stop()
@@ -78,6 +81,64 @@ def test_answers_past_the_limit_fail_as_too_large_and_smaller_ones_pass(
     # Recorded as failed (a stream's row says 502 though its 200 went out), in whichever order.
     too_large = "502 upstream_answer_too_large"
     assert sorted(_ledger_codes(small, 4)) == ["200 -", "200 -", too_large, too_large]
+
+
+def test_the_mock_providers_answers_are_bounded_like_an_upstreams(small: GatewayProcess) -> None:
+    client = _client(small)
+    short = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
+    assert short.choices[0].message.content == "Mock answer: hi"
+    many = {"model": "mock", "messages": [{"role": "user", "content": "word " * 40}], "n": 30}
+    response = httpx.post(f"{small.url}/v1/chat/completions", json=many, timeout=10,
+                          headers={"Authorization": f"Bearer {client.api_key}"})
+    assert response.status_code == 502, response.text
+    validate_response("ErrorResponse", response.json())
+    assert response.json()["error"]["code"] == "upstream_answer_too_large"
+
+    stream = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "word " * 40}],
+                                            n=30, stream=True)
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="max_answer_bytes"):
+        for chunk in stream:
+            received.extend(choice.delta.content or "" for choice in chunk.choices)
+    assert "".join(received).startswith("Mock answer")
+
+    assert len(client.embeddings.create(model="mock-embed", input=["a", "b"]).data) == 2
+    started = time.monotonic()
+    # 2,048 vectors of 65,536 dimensions: gigabytes, refused before a vector is built.
+    huge = {"model": "mock-embed", "input": ["a"] * 2048, "dimensions": 65_536}
+    response = httpx.post(f"{small.url}/v1/embeddings", json=huge, timeout=10,
+                          headers={"Authorization": f"Bearer {client.api_key}"})
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_answer_too_large"
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": {"type": "string", "minLength": 10**12}}, "required": ["a"]},
+        # Each level multiplies the one below it: 1,000 ** 4 values.
+        {"type": "array", "minItems": 1000, "items": {"type": "array", "minItems": 1000, "items": {
+            "type": "array", "minItems": 1000, "items": {"type": "array", "minItems": 1000, "items": {}}}}},
+    ],
+)
+def test_a_schema_the_mock_would_build_gigabytes_for_is_a_400_at_once(
+    small: GatewayProcess, schema: dict[str, object]
+) -> None:
+    client = _client(small)
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError, match="minLength or minItems"):
+        client.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+        )
+    with pytest.raises(openai.BadRequestError, match="minLength or minItems"):
+        client.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "hi"}], tool_choice="required",
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "object", "properties": {"x": schema}, "required": ["x"]}}}],
+        )
+    assert time.monotonic() - started < 2
+    assert client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}]).choices
 
 
 def test_the_limit_is_checked_when_the_policy_is_loaded() -> None:

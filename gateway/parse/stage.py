@@ -92,6 +92,8 @@ def _check_chat(body: dict[str, Any], ctx: RequestContext) -> None:
 #: Embedding sizes a request may ask for: OpenAI's spec says at least 1; no model has more than a
 #: few thousand, and the bound keeps a caller from having a vector of absurd size built for it.
 _MAX_DIMENSIONS = 65_536
+#: Inputs one embeddings request may hold (each of OpenAI's array forms: ``maxItems`` 2048).
+MAX_EMBEDDING_INPUTS = 2048
 
 
 def _check_embeddings(body: dict[str, Any]) -> None:
@@ -113,6 +115,8 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     _require(encoding is None or encoding in ("float", "base64"),
              "'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     if isinstance(value, list):
+        _require(len(value) <= MAX_EMBEDDING_INPUTS, f"'input' may hold at most {MAX_EMBEDDING_INPUTS} items.",
+                 "input")
         # OpenAI's four forms: strings, token ids, or arrays of token ids (one form a request).
         # Like OpenAI, no string may be empty.
         first = value[0]

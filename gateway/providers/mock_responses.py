@@ -47,6 +47,13 @@ ECHO_CHARS: Final = 200
 _TOKEN_RE: Final = re.compile(r"\w+|[^\w\s]")
 _PIECE_RE: Final = re.compile(r"\s*(?:\w+|[^\w\s])|\s+")
 _MAX_SCHEMA_DEPTH: Final = 12
+#: The most one answer builds from JSON schemas (tool arguments, structured output), over all its
+#: choices: characters of strings, and values (properties and array items). A schema asking for
+#: more (``"minLength": 10**12``, nested ``minItems`` multiplying past it) is refused as an
+#: upstream refuses a request it cannot serve (ValueError here, a 400 from the ``mock``
+#: provider), instead of building gigabytes in the gateway's own process.
+MAX_SCHEMA_CHARS: Final = 1 << 20
+MAX_SCHEMA_VALUES: Final = 100_000
 
 JSON = dict[str, Any]
 
@@ -198,7 +205,24 @@ def _resolve_ref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
     return node if isinstance(node, dict) else {}
 
 
-def _string_value(schema: Mapping[str, Any], filler: str) -> str:
+class SchemaBudget:
+    """What is left of an answer's MAX_SCHEMA_CHARS and MAX_SCHEMA_VALUES; spent before building."""
+
+    def __init__(self) -> None:
+        self.chars = MAX_SCHEMA_CHARS
+        self.values = MAX_SCHEMA_VALUES
+
+    def spend(self, *, chars: int = 0, values: int = 0) -> None:
+        self.chars -= chars
+        self.values -= values
+        if self.chars < 0 or self.values < 0:
+            raise ValueError(
+                f"The JSON schema asks for more than the mock model writes in one answer ({MAX_SCHEMA_CHARS:,} "
+                f"characters, {MAX_SCHEMA_VALUES:,} values): lower its minLength or minItems."
+            )
+
+
+def _string_value(schema: Mapping[str, Any], filler: str, budget: SchemaBudget) -> str:
     fmt = schema.get("format")
     by_format = {
         "date-time": "2024-01-01T00:00:00Z",
@@ -213,11 +237,13 @@ def _string_value(schema: Mapping[str, Any], filler: str) -> str:
     value = by_format.get(fmt, filler) if isinstance(fmt, str) else filler
     min_len = schema.get("minLength")
     max_len = schema.get("maxLength")
-    if isinstance(min_len, int) and len(value) < min_len:
-        value = value + "x" * (min_len - len(value))
-    if isinstance(max_len, int) and len(value) > max_len:
-        value = value[:max_len]
-    return value
+    length = max(len(value), min_len) if isinstance(min_len, int) else len(value)
+    if isinstance(max_len, int):
+        length = max(min(length, max_len), 0)
+    budget.spend(chars=length)
+    if length > len(value):
+        value = value + "x" * (length - len(value))
+    return value[:length]
 
 
 def _bound(schema: Mapping[str, Any], key: str) -> float | None:
@@ -253,7 +279,9 @@ def _number_value(schema: Mapping[str, Any], *, integer: bool) -> int | float:
     return number
 
 
-def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: int = 0) -> Any:
+def _schema_instance(
+    schema: Any, root: Mapping[str, Any], filler: str, budget: SchemaBudget, depth: int = 0
+) -> Any:
     """Build a value valid for a simple JSON Schema.
 
     Covers what tool definitions and ``json_schema`` response formats use in practice (objects,
@@ -262,7 +290,7 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
     if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
         return filler if depth <= _MAX_SCHEMA_DEPTH else None
     if "$ref" in schema and isinstance(schema["$ref"], str):
-        return _schema_instance(_resolve_ref(schema["$ref"], root), root, filler, depth + 1)
+        return _schema_instance(_resolve_ref(schema["$ref"], root), root, filler, budget, depth + 1)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
@@ -272,7 +300,7 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
         options = schema.get(key)
         if isinstance(options, list | tuple) and options:
             non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return _schema_instance((non_null or list(options))[0], root, filler, depth + 1)
+            return _schema_instance((non_null or list(options))[0], root, filler, budget, depth + 1)
     all_of = schema.get("allOf")
     if isinstance(all_of, list | tuple) and all_of:
         merged: dict[str, Any] = {}
@@ -286,7 +314,7 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
                         merged.setdefault("required", []).extend(v)
                     else:
                         merged.setdefault(k, v)
-        return _schema_instance(merged, root, filler, depth + 1)
+        return _schema_instance(merged, root, filler, budget, depth + 1)
 
     kind = schema.get("type")
     if isinstance(kind, list | tuple):
@@ -305,7 +333,8 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
         properties = properties if isinstance(properties, dict) else {}
         required = schema.get("required")
         names = [n for n in required if n in properties] if isinstance(required, list | tuple) else list(properties)
-        return {name: _schema_instance(properties[name], root, filler, depth + 1) for name in names}
+        budget.spend(values=len(names))
+        return {name: _schema_instance(properties[name], root, filler, budget, depth + 1) for name in names}
     if kind == "array":
         min_items = schema.get("minItems")
         max_items = schema.get("maxItems")
@@ -314,8 +343,10 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
             count = min(count, max_items)
         items = schema.get("items")
         if isinstance(items, list | tuple):  # tuple form
-            return [_schema_instance(item, root, filler, depth + 1) for item in items]
-        return [_schema_instance(items or {}, root, filler, depth + 1) for _ in range(count)]
+            budget.spend(values=len(items))
+            return [_schema_instance(item, root, filler, budget, depth + 1) for item in items]
+        budget.spend(values=max(count, 0))
+        return [_schema_instance(items or {}, root, filler, budget, depth + 1) for _ in range(count)]
     if kind == "integer":
         return _number_value(schema, integer=True)
     if kind == "number":
@@ -324,7 +355,7 @@ def _schema_instance(schema: Any, root: Mapping[str, Any], filler: str, depth: i
         return True
     if kind == "null":
         return None
-    return _string_value(schema, filler)
+    return _string_value(schema, filler, budget)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,14 +385,15 @@ def _selected_tool(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return functions[0]
 
 
-def tool_arguments(parameters: Any, filler: str) -> dict[str, Any]:
+def tool_arguments(parameters: Any, filler: str, budget: SchemaBudget | None = None) -> dict[str, Any]:
+    """Arguments valid for a tool's ``parameters`` schema; ValueError past the ``budget``."""
     if not isinstance(parameters, dict):
         return {}
-    value = _schema_instance(parameters, parameters, filler)
+    value = _schema_instance(parameters, parameters, filler, budget or SchemaBudget())
     return value if isinstance(value, dict) else {}
 
 
-def _structured_content(response_format: Any, answer: str) -> str | None:
+def _structured_content(response_format: Any, answer: str, budget: SchemaBudget) -> str | None:
     """JSON content for ``response_format``; None means plain text.
 
     Structured content is never cut by ``max_tokens``/``stop``: tests of the gateway's schema
@@ -377,7 +409,7 @@ def _structured_content(response_format: Any, answer: str) -> str | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             return dumps_str({"answer": answer})
-        return dumps_str(_schema_instance(schema, schema, answer))
+        return dumps_str(_schema_instance(schema, schema, answer, budget))
     return None
 
 
@@ -404,14 +436,16 @@ def _logprobs(pieces: list[str], body: Mapping[str, Any]) -> JSON | None:
     return {"content": [_logprob_entry(p, top) for p in pieces], "refusal": None}
 
 
-def _build_choice(body: Mapping[str, Any], index: int, completion_id: str) -> tuple[JSON, int]:
+def _build_choice(
+    body: Mapping[str, Any], index: int, completion_id: str, budget: SchemaBudget
+) -> tuple[JSON, int]:
     """One choice and its completion token count."""
     messages = body.get("messages")
     function = _selected_tool(body)
     if function is not None:
         name = str(function.get("name") or "tool")
         filler = last_user_text(messages).strip()[:100] or "mock"
-        arguments = dumps_str(tool_arguments(function.get("parameters"), filler))
+        arguments = dumps_str(tool_arguments(function.get("parameters"), filler, budget))
         call_id = f"call_{hashlib.blake2b(f'{completion_id}:{index}'.encode(), digest_size=12).hexdigest()}"
         message: JSON = {
             "role": "assistant",
@@ -425,7 +459,7 @@ def _build_choice(body: Mapping[str, Any], index: int, completion_id: str) -> tu
 
     answer = answer_text(messages, index)
     finish = "stop"
-    content = _structured_content(body.get("response_format"), answer)
+    content = _structured_content(body.get("response_format"), answer, budget)
     if content is None:
         content, _ = apply_stop(answer, stop_sequences(body.get("stop")))
         limit = body.get("max_completion_tokens")
@@ -450,12 +484,14 @@ def _choice_count(body: Mapping[str, Any]) -> int:
 
 
 def chat_completion(body: Mapping[str, Any], *, model: str | None = None, created: int | None = None) -> JSON:
-    """A complete ``CreateChatCompletionResponse`` for an OpenAI chat request body."""
+    """A complete ``CreateChatCompletionResponse`` for an OpenAI chat request body; ValueError
+    for a JSON schema asking for more than one answer writes (``SchemaBudget``)."""
     completion_id = "chatcmpl-" + digest(request_identity(body))
     choices: list[JSON] = []
     completion_tokens = 0
+    budget = SchemaBudget()
     for index in range(_choice_count(body)):
-        choice, tokens = _build_choice(body, index, completion_id)
+        choice, tokens = _build_choice(body, index, completion_id, budget)
         choices.append(choice)
         completion_tokens += tokens
     prompt = prompt_tokens(body)
@@ -651,6 +687,19 @@ def _unit_vector(item: str | list[int], dimensions: int) -> tuple[list[float], b
     norm = sum(v * v for v in values) ** 0.5 or 1.0
     packed = struct.pack(f"<{dimensions}f", *(v / norm for v in values))
     return list(struct.unpack(f"<{dimensions}f", packed)), packed
+
+
+def embeddings_size_at_least(body: Mapping[str, Any]) -> int:
+    """A lower bound on the bytes of ``embeddings(body)``'s answer, from the body alone: what a
+    caller asks for (2,048 inputs of 65,536 dimensions is ~2.7 GB of JSON) can be refused before
+    any vector is built. Each value takes at least 4 bytes (``0.0,``) as JSON, 5 in base64."""
+    raw = body.get("input")
+    # An array of strings or of token arrays: a vector each; a string or one token array: one.
+    items = len(raw) if isinstance(raw, list | tuple) and raw and not isinstance(raw[0], int) else 1
+    dimensions = body.get("dimensions")
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+        dimensions = DEFAULT_EMBEDDING_DIMENSIONS
+    return items * dimensions * (5 if body.get("encoding_format") == "base64" else 4)
 
 
 def embeddings(body: Mapping[str, Any], *, model: str | None = None) -> JSON:

@@ -356,6 +356,15 @@ def test_embeddings_accept_the_four_openai_input_forms(value: Any) -> None:
     assert ctx.requested_model == "e"
 
 
+@pytest.mark.parametrize("form", ["a", 7, [7]])
+def test_embeddings_take_at_most_2048_inputs_in_each_array_form(form: Any) -> None:
+    """OpenAI's ``maxItems``: a mock model would otherwise build a vector per item (up to 65,536
+    dimensions each) in the gateway's own process."""
+    assert accept(embed([form] * 2048), Endpoint.EMBEDDINGS).body["input"] == [form] * 2048
+    expected = invalid_value("input", "'input' may hold at most 2048 items.")
+    assert reject(embed([form] * 2049), Endpoint.EMBEDDINGS) == expected
+
+
 @pytest.mark.parametrize(
     "value",
     [
