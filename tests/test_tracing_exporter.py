@@ -222,17 +222,15 @@ async def test_a_span_left_for_spare_time_is_built_even_if_the_wall_clock_steps_
     its span waiting."""
 
     from gateway import spare_time
-    from gateway.tracing import exporter as exporter_module
-
     exporter, _ = _exporter(batch_size=100, flush_interval_ms=5000, queue_size=100)
     _capture_posts(exporter)
     exporter.start_task()
     try:
         spare_time.run()  # upstream calls are happening
         real = time.time_ns
-        monkeypatch.setattr(exporter_module.time, "time_ns", lambda: real() + 3600 * 10**9)
+        monkeypatch.setattr(time, "time_ns", lambda: real() + 3600 * 10**9)  # the exporter's clock
         _finish(exporter, _ctx(0))
-        monkeypatch.setattr(exporter_module.time, "time_ns", real)  # the clock steps back
+        monkeypatch.setattr(time, "time_ns", real)  # the clock steps back
         assert len(exporter._queue) == 1
         await _until_built(exporter)
         assert exporter._built == 1 and not exporter._queue
@@ -271,7 +269,7 @@ async def test_a_backlog_is_built_in_slices_after_the_gather() -> None:
     import asyncio
 
     exporter, _ = _exporter(batch_size=4, flush_interval_ms=200, queue_size=100)
-    exporter._post = lambda destination, payload: asyncio.sleep(0.05)  # type: ignore[method-assign,assignment,return-value]
+    exporter._post = lambda destination, payload: asyncio.sleep(0.05)  # type: ignore[method-assign]
     exporter.start_task()
     try:
         for n in range(7):  # four build at once and fill the batch; three queue behind it

@@ -56,7 +56,7 @@ def counters(client: redis.Redis, team: str, period: str = "daily", *, shadow: b
     """The period's spent (``s:FIELD``) and reserved (``r:FIELD``) counters; the team's default to 0.
 
     The shadow scope's (``s:sh``, ``r:sh``) are left out unless ``shadow``."""
-    raw = client.hgetall(period_key(team, period))
+    raw: dict[bytes, bytes] = client.hgetall(period_key(team, period))  # type: ignore[assignment]  # bytes: no decode_responses
     found = {k.decode(): int(v) for k, v in raw.items() if k.decode().startswith(("s:", "r:"))}
     if not shadow:
         found = {name: value for name, value in found.items() if name[2:] != "sh"}
