@@ -58,9 +58,9 @@ class MockProvider:
 
     async def embeddings(self, deployment: Deployment, ctx: RequestContext) -> Reply:
         await self._behave(deployment)
-        if mock_responses.embeddings_size_at_least(ctx.body) > deployment.max_answer_bytes:
-            raise answer_too_large(deployment)  # before building vectors that would not be sent
         try:
+            if mock_responses.embeddings_size_at_least(ctx.body) > deployment.max_answer_bytes:
+                raise answer_too_large(deployment)  # before building vectors that would not be sent
             data = mock_responses.embeddings(ctx.body, model=deployment.model)
         except ValueError as exc:
             raise _rejected(exc) from None

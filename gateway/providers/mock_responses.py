@@ -689,27 +689,30 @@ def _unit_vector(item: str | list[int], dimensions: int) -> tuple[list[float], b
     return list(struct.unpack(f"<{dimensions}f", packed)), packed
 
 
+def _dimensions(body: Mapping[str, Any]) -> int:
+    dimensions = body.get("dimensions")
+    if dimensions is None:
+        return DEFAULT_EMBEDDING_DIMENSIONS
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+        raise ValueError("'dimensions' must be a positive integer")
+    return dimensions
+
+
 def embeddings_size_at_least(body: Mapping[str, Any]) -> int:
     """A lower bound on the bytes of ``embeddings(body)``'s answer, from the body alone: what a
     caller asks for (2,048 inputs of 65,536 dimensions is ~2.7 GB of JSON) can be refused before
-    any vector is built. Each value takes at least 4 bytes (``0.0,``) as JSON, 5 in base64."""
+    any vector is built. Each value takes at least 4 bytes (``0.0,``) as JSON, 5 in base64.
+    ValueError for dimensions the real API would reject, as ``embeddings``."""
     raw = body.get("input")
     # An array of strings or of token arrays: a vector each; a string or one token array: one.
     items = len(raw) if isinstance(raw, list | tuple) and raw and not isinstance(raw[0], int) else 1
-    dimensions = body.get("dimensions")
-    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
-        dimensions = DEFAULT_EMBEDDING_DIMENSIONS
-    return items * dimensions * (5 if body.get("encoding_format") == "base64" else 4)
+    return items * _dimensions(body) * (5 if body.get("encoding_format") == "base64" else 4)
 
 
 def embeddings(body: Mapping[str, Any], *, model: str | None = None) -> JSON:
     """A ``CreateEmbeddingResponse``; raises ValueError for inputs the real API would reject."""
     items = _embedding_inputs(body.get("input"))
-    dimensions = body.get("dimensions")
-    if dimensions is None:
-        dimensions = DEFAULT_EMBEDDING_DIMENSIONS
-    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
-        raise ValueError("'dimensions' must be a positive integer")
+    dimensions = _dimensions(body)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise ValueError("'encoding_format' must be 'float' or 'base64'")
