@@ -154,6 +154,21 @@ class Answer:
         """
         return usage_from(self._view())
 
+    def reading(self) -> tuple[str, list[dict[str, Any]], tuple[str, ...]]:
+        """``text``, ``tool_calls`` and the finish reasons given, read in one pass (a trace's)."""
+        view = self._view()
+        calls: list[dict[str, Any]] = []
+        reasons: list[str] = []
+        for choice in view.get("choices") or ():
+            if isinstance(choice, dict):
+                reason = choice.get("finish_reason")
+                if reason:
+                    reasons.append(reason)
+                message = choice.get("message")
+                if isinstance(message, dict):
+                    calls.extend(call for call in message.get("tool_calls") or () if isinstance(call, dict))
+        return first_answer(view), calls, tuple(reasons)
+
     @property
     def finish_reasons(self) -> list[str | None]:
         return [choice.get("finish_reason") for choice in self._view().get("choices") or () if isinstance(choice, dict)]

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
+import orjson
+
 REDACTED: Final = "[redacted]"
 MIN_SECRET_CHARS: Final = 8
 
@@ -33,12 +35,18 @@ _SECRET_PATTERNS = re.compile(
     r"Bearer\s+[A-Za-z0-9_\-\.=]{8,}|pk-lf-[A-Za-z0-9\-]{6,}|sk-lf-[A-Za-z0-9\-]{6,})"
 )
 
+#: Every match of ``_SECRET_PATTERNS`` holds one of these.
+_PATTERN_HINTS = ("gw-", "sk-", "Bearer", "pk-lf-")
+
 
 class Scrubber:
     """Replaces known secret values and secret-shaped text with ``[redacted]``."""
 
     def __init__(self) -> None:
         self._exact: re.Pattern[str] | None = None
+        # The same values as JSON writes them inside a string (quotes, backslashes and control
+        # characters escaped): what ``in_json`` looks for.
+        self._exact_in_json: re.Pattern[str] | None = None
         self._sources: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()  # log records are formatted on any thread
         #: Goes up whenever the set of secrets changes: whoever keeps scrubbed text knows when
@@ -52,6 +60,8 @@ class Scrubber:
             self._sources[source] = values
             every = sorted(set().union(*self._sources.values()), key=len, reverse=True)  # longest first
             self._exact = re.compile("|".join(map(re.escape, every))) if every else None
+            escaped = sorted({orjson.dumps(value).decode()[1:-1] for value in every}, key=len, reverse=True)
+            self._exact_in_json = re.compile("|".join(map(re.escape, escaped))) if escaped else None
             self.generation += 1
 
     def scrub(self, text: str) -> str:
@@ -59,6 +69,18 @@ class Scrubber:
         if exact is not None:
             text = exact.sub(REDACTED, text)
         return _SECRET_PATTERNS.sub(REDACTED, text)
+
+    def may_change_json(self, document: str) -> bool:
+        """Whether ``scrub`` might change any string of ``document`` (JSON as orjson writes it),
+        judged on the whole document at once. JSON escapes a string character by character, so
+        a known secret inside a string shows in the document as its own escaped form, and every
+        pattern's match holds one of ``_PATTERN_HINTS``, which JSON never escapes: with neither
+        in the document, scrubbing each string would leave it as it is."""
+        for hint in _PATTERN_HINTS:
+            if hint in document:
+                return True
+        exact = self._exact_in_json
+        return exact is not None and exact.search(document) is not None
 
     def scrub_bytes(self, data: bytes) -> bytes:
         return self.scrub(data.decode("utf-8", "replace")).encode()

@@ -54,3 +54,20 @@ def test_a_delta_that_is_not_an_object_is_skipped_not_fatal() -> None:
                                           "finish_reason": "stop"}]})
     assert builder.texts == ["ok", "no"]  # the billed texts of a delta with several, in their order
     assert builder.completion(None)["choices"][0]["message"]["content"] == "ok"
+
+
+def test_reading_is_text_tool_calls_and_the_finish_reasons_given_in_one_pass() -> None:
+    call = {"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    body = {"choices": [
+        {"index": 0, "finish_reason": "tool_calls",
+         "message": {"role": "assistant", "content": None, "tool_calls": [call]}},
+        {"index": 1, "finish_reason": None, "message": {"role": "assistant", "content": "two"}},
+        "not a choice",
+    ]}
+    answer = Answer.of_json(200, orjson.dumps(body), None)
+    assert answer.reading() == ('{"x": 1}', [call], ("tool_calls",))
+    assert answer.reading() == (answer.text, answer.tool_calls, tuple(r for r in answer.finish_reasons if r))
+    streamed = Answer(streamed=True)
+    streamed.relayed(_chunk("Hi") + _chunk(finish="stop"))
+    assert streamed.reading() == ("Hi", [], ("stop",))
+    assert Answer.of_json(200, b"not json", None).reading() == ("", [], ())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,6 +34,41 @@ def _exporter(**settings: object) -> tuple[TraceExporter, CollectorRegistry]:
 def _ctx(n: int = 0) -> RequestContext:
     return RequestContext(request_id=f"r{n}", endpoint=Endpoint.CHAT, raw_body=b"{}", authorization=None,
                           catalog=CATALOG)
+
+
+def _answered_ctx(n: int) -> RequestContext:
+    """A finished chat request with a body, an answer and usage: what a real one holds."""
+    from gateway.answer import Answer
+    from gateway.context import Usage
+
+    ctx = _ctx(n)
+    ctx.body = {"model": "m", "messages": [{"role": "user", "content": f"question {n}"}], "temperature": 0.2}
+    answer = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "yes"}}]}
+    ctx.answer = Answer.of_json(200, orjson.dumps(answer), None)
+    ctx.usage = Usage(3, 1)
+    return ctx
+
+
+def _assert_holds_no_request(held: object, ctx: RequestContext) -> None:
+    """Nothing reachable from ``held`` is ``ctx``, its body or its answer: a request waiting for
+    its span is freed as soon as it is recorded (its messages excepted, which the span sends)."""
+    import gc
+    import types
+
+    from gateway.answer import Answer
+    from gateway.tracing.spans import Finished
+
+    assert isinstance(held, Finished)
+    seen: set[int] = set()
+    pending: list[object] = [held]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        assert item is not ctx and item is not ctx.body and not isinstance(item, RequestContext | Answer), item
+        if not isinstance(item, type | types.ModuleType | types.FunctionType):  # code, not data
+            pending.extend(gc.get_referents(item))
 
 
 def _finish(exporter: TraceExporter, ctx: RequestContext) -> None:
@@ -193,8 +229,10 @@ async def test_while_requests_reach_upstreams_a_span_is_built_in_the_next_calls_
         _finish(exporter, _ctx(0))
         assert exporter._built == 1 and not exporter._queue  # no upstream call seen yet: built at once
         spare_time.run()  # request 1's upstream call: nothing waits to be built
-        _finish(exporter, _ctx(1))
+        waiting = _answered_ctx(1)
+        _finish(exporter, waiting)
         assert exporter._built == 1 and len(exporter._queue) == 1  # left for spare time
+        _assert_holds_no_request(exporter._queue[0], waiting)
         spare_time.run()  # request 2's upstream call builds request 1's span
         assert exporter._built == 2 and not exporter._queue
         _finish(exporter, _ctx(2))

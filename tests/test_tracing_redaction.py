@@ -95,7 +95,7 @@ def test_configured_secrets_are_scrubbed_by_value_under_every_policy() -> None:
     SECRETS.use("test-redaction", ["a3f9c2e81b7d4f6a"])  # a provider key of no known shape
     try:
         for policy in ("full", "mask", "hash"):
-            assert "a3f9c2e81b7d4f6a" not in (REDACTOR.content("upstream said a3f9c2e81b7d4f6a", policy) or "")  # type: ignore[arg-type]
+            assert "a3f9c2e81b7d4f6a" not in (REDACTOR.content("upstream said a3f9c2e81b7d4f6a", policy) or "")
     finally:
         SECRETS.use("test-redaction", [])
 
@@ -300,3 +300,66 @@ def test_fast_masker_patterns_find_what_their_plain_forms_find(text: str) -> Non
 @pytest.mark.parametrize("text", ["10.0.0.1", "fe80::1", "::1", "2001:db8::2:1", "a 192.168.1.20.", "x ::ffff:1"])
 def test_the_ip_prefilter_passes_every_address(text: str) -> None:
     assert MASKERS["ip"].sub(text, lambda kind, _value: f"[{kind}]") != text
+
+
+#: Configured secrets JSON writes differently inside a string: a quote, a backslash, a newline,
+#: a tab and a non-ASCII letter (a database password may hold any of them).
+ODD_SECRETS = ['pa"ss\\word\n42', "tab\tsecret-99", "clé-secrète-7"]
+
+
+def _full_both_ways(value: object) -> tuple[str | None, str]:
+    """The input as a span carries it under ``full`` (the whole-text check first), and as
+    redacting it string by string gives it."""
+    from gateway.tracing.spans import _content
+
+    redactor = Redactor(list(MASKERS.values()), hash_key=b"k" * 32)
+    return _content(redactor, value, "full"), orjson.dumps(redactor.structure(value, "full")).decode()
+
+
+@pytest.mark.parametrize("value", [
+    [{"role": "user", "content": "plain question 12"}],
+    [{"role": "user", "content": f"the password is {ODD_SECRETS[0]}!"}],
+    {"tab\tsecret-99": ["clé-secrète-7", 1]},
+    [{"role": "user", "content": "Authorization: Bearer\nabcdefghijkl"}],
+    [{"role": "user", "content": "key sk-proj-abcdefghijklmnop1234"}],
+    [{"role": "tool", "content": "gw-abcdefghijkl"}, 12345678901234],
+    {"n": 123456789012},
+])
+def test_under_full_a_text_is_sent_whole_only_when_scrubbing_its_strings_would_change_nothing(value: object) -> None:
+    SECRETS.use("test-redaction-json", [*ODD_SECRETS, "123456789"])
+    try:
+        fast, slow = _full_both_ways(value)
+    finally:
+        SECRETS.use("test-redaction-json", [])
+    assert fast == slow
+    for secret in [*ODD_SECRETS, "123456789", "abcdefghijkl", "sk-proj-abcdefghijklmnop1234"]:
+        assert orjson.dumps(secret).decode()[1:-1] not in fast  # not even as JSON escapes it
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.text(alphabet=st.sampled_from(list('ab sk-gw_Bearer"\\\n\tcé0123456789')), max_size=30)
+    | st.integers(min_value=-(10**13), max_value=10**13),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+))
+def test_the_whole_text_check_agrees_with_string_by_string_scrubbing(value: object) -> None:
+    SECRETS.use("test-redaction-json", ['s"k\\9\nab', "cé0123"])
+    try:
+        fast, slow = _full_both_ways(value)
+    finally:
+        SECRETS.use("test-redaction-json", [])
+    assert fast == slow
+
+
+def test_identifiers_are_remembered_until_a_secret_becomes_known() -> None:
+    redactor = Redactor(list(MASKERS.values()), hash_key=b"k" * 32)
+    user = "ana@example.com c4d8e2f6a9b1"
+    first = redactor.identifier(user, "mask")
+    assert "ana@example.com" not in first
+    assert redactor.identifier(user, "hash") == first  # hashed alike under mask and hash
+    SECRETS.use("test-redaction-ids", ["c4d8e2f6a9b1"])
+    try:
+        assert redactor.identifier(user, "mask") == first.replace("c4d8e2f6a9b1", "[redacted]")
+    finally:
+        SECRETS.use("test-redaction-ids", [])

@@ -4,7 +4,9 @@ On the request path tracing does two things, both cheap: ``start`` gives the req
 id (and the ``x-gateway-trace-id`` response header), and ``record`` takes the finished request,
 or drops and counts it when the bounded queue is full. ``record`` runs once the reply has been
 delivered (a sink of the record stage), so nothing is built, serialised or sent before an
-answer goes out.
+answer goes out. What is queued is what the span is made of (``spans.Finished``: strings and
+numbers, read off the request with its data still in the CPU's caches), not the request: the
+request is freed at once, not held for the collector to walk until its span is built.
 
 When nothing waits to be built, the span is built in the loop's spare time: the next request's
 upstream call builds it while that upstream works (``gateway.spare_time``), so a caller that
@@ -65,7 +67,7 @@ from gateway.tracing import maskers, otlp
 from gateway.tracing.policy import TracePolicies, TracePolicy
 from gateway.tracing.redaction import Redactor
 from gateway.tracing.sender import BatchSender
-from gateway.tracing.spans import PromptVersions, SpanBuilder, failed
+from gateway.tracing.spans import Finished, PromptVersions, SpanBuilder, failed
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge
@@ -168,7 +170,8 @@ class TraceExporter:
         self.policies = policies
         self.destinations = destinations(settings)
         self.endpoint = ", ".join(destination.url for destination in self.destinations)
-        self._queue: collections.deque[tuple[RequestContext, int]] = collections.deque()
+        # Recorded requests, as what their spans are made of (not the requests themselves).
+        self._queue: collections.deque[Finished] = collections.deque()
         # The batch being built: how many spans, and its payload so far (the spans' envelope
         # entries, or what the compressor has given back of them).
         self._built = 0
@@ -179,7 +182,7 @@ class TraceExporter:
         # recorded request, and the check that no deferred span waits longer than GATHER_S.
         self._spare_seen = False
         self._spare_check: asyncio.TimerHandle | None = None
-        self._spare_watched: tuple[RequestContext, int] | None = None  # the oldest at the last check
+        self._spare_watched: Finished | None = None  # the oldest at the last check
         self._max = settings.queue_size
         self._batch = settings.batch_size
         names = [destination.name for destination in self.destinations]
@@ -214,7 +217,8 @@ class TraceExporter:
         """Queue the finished request (a request sink: never blocks, never raises on a full queue)."""
         if ctx.trace_id is None:
             return
-        rate = self.policies.of(ctx).sample_rate
+        policy = self.policies.of(ctx)
+        rate = policy.sample_rate
         if rate < 1.0 and not failed(ctx) and random.random() >= rate:
             return
         queue = self._queue
@@ -223,7 +227,14 @@ class TraceExporter:
                 counter.inc()
             self._lost(1)
             return
-        queue.append((ctx, time.time_ns()))
+        try:
+            finished = self.builder.take(ctx, time.time_ns(), policy.content)
+        except Exception:
+            log.exception("could not read a request for its trace span; dropped", extra={"request_id": ctx.request_id})
+            for counter in self._dropped_export.values():
+                counter.inc()
+            return
+        queue.append(finished)
         if self._task is not None:
             if len(queue) == 1 and self._built < self._batch:
                 if self._spare_seen:
@@ -325,11 +336,11 @@ class TraceExporter:
 
     def _build_next(self) -> None:
         """Build the oldest queued request's span (a failure is logged and counted as dropped)."""
-        ctx, end_ns = self._queue.popleft()
+        finished = self._queue.popleft()
         try:
-            entry = self._envelope.entry(self.builder.build(ctx, end_ns))
+            entry = self._envelope.entry(self.builder.encode(finished))
         except Exception:
-            log.exception("could not build a trace span; dropped", extra={"request_id": ctx.request_id})
+            log.exception("could not build a trace span; dropped", extra={"request_id": finished.request_id})
             for counter in self._dropped_export.values():
                 counter.inc()
             return

@@ -30,6 +30,8 @@ def varint(value: int) -> bytes:
         value += 1 << 64  # int64 as two's complement: ten bytes
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # the length of an input or output: two bytes, without a loop
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -43,7 +45,7 @@ def _field(tag: int, payload: bytes) -> bytes:
     size = len(payload)
     if size < 0x80:
         return bytes((tag, size)) + payload
-    return bytes((tag,)) + varint(size) + payload
+    return b"".join((bytes((tag,)), varint(size), payload))
 
 
 def _key(key: str) -> bytes:
@@ -60,7 +62,9 @@ def key_value(key: str, value: AttributeValue) -> bytes:
         size = len(data)
         if size < 126:  # both lengths fit one byte: the common case, in one concatenation
             return _key(key) + bytes((0x12, size + 2, 0x0A, size)) + data
-        any_value = _field(0x0A, data)  # string_value = 1
+        # string_value = 1 inside value = 2, without building the AnyValue on its own
+        length = varint(size)
+        return b"".join((_key(key), b"\x12", varint(1 + len(length) + size), b"\x0a", length, data))
     elif isinstance(value, bool):
         any_value = b"\x10\x01" if value else b"\x10\x00"  # bool_value = 2
     elif isinstance(value, int):
@@ -96,10 +100,26 @@ def attribute(key: str, value: AttributeValue, tag: int) -> bytes:
 
 def attributes(items: Iterable[Attribute], tag: int, *, repeating: bool = True) -> bytes:
     """Repeated ``KeyValue`` fields under ``tag`` (already shifted: ``field << 3 | 2``);
-    ``repeating=False`` for values new on every request (ids), which are not worth keeping."""
-    if not repeating:
-        return b"".join([_field(tag, key_value(key, value)) for key, value in items])
-    return b"".join([attribute(key, value, tag) for key, value in items])
+    ``repeating=False`` for values new on every request (ids), which are not worth keeping.
+
+    ``attribute``'s work written out in the loop: a span's dozen attributes cost a call each,
+    not four (the calls were a third of a span's encoding)."""
+    parts: list[bytes] = []
+    add = parts.append
+    for key, value in items:
+        kind = type(value)
+        if repeating and kind is not float and not (kind is str and len(value) > _REPEATING_MAX_CHARS):  # type: ignore[arg-type]
+            index = (tag, key, kind, tuple(value) if kind is list else value)  # type: ignore[arg-type]
+            encoded = _repeating.get(index)
+            if encoded is None:
+                encoded = attribute(key, value, tag)
+            add(encoded)
+            continue
+        pair = key_value(key, value)
+        size = len(pair)
+        add(bytes((tag, size)) if size < 0x80 else bytes((tag,)) + varint(size))
+        add(pair)
+    return b"".join(parts)
 
 
 def span(

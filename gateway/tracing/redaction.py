@@ -18,7 +18,10 @@ Inputs and outputs are redacted string by string (``structure``), each string of
 messages on its own: a system prompt or a template's fixed text comes back on every request,
 and is redacted once, then found in a bounded cache of texts seen before (``CACHE_*``; a
 change to the known secrets empties it). Six masker passes over a whole input cost ~30 µs a
-request; a repeated text costs one dictionary lookup.
+request; a repeated text costs one dictionary lookup. Identifiers are remembered alike (the
+same user sends many requests). Under ``full`` only keys are scrubbed, and the whole JSON text
+is checked at once first (``untouched``): with no known secret and no key-shaped hint in it,
+it is sent as it is, without a walk through its strings (~6 µs less a span).
 
 This runs in the exporter's background task, never on the request path.
 """
@@ -59,7 +62,8 @@ class Redactor:
         self._secret = MASKERS["secret"]
         self._maskers = [masker for masker in maskers if masker is not self._secret]
         self._key = hash_key or os.urandom(32)
-        self._cache: dict[Content, dict[str, str]] = {"full": {}, "mask": {}, "hash": {}}
+        # Texts redacted before, by policy, and identifiers (hashed alike under mask and hash).
+        self._cache: dict[str, dict[str, str]] = {"full": {}, "mask": {}, "hash": {}, "identifier": {}}
         self._cached_chars = 0
         self._generation = SECRETS.generation
 
@@ -83,6 +87,18 @@ class Redactor:
             text = masker.sub(text, replace)
         return text
 
+    def untouched(self, document: str, policy: Content) -> bool:
+        """Whether ``structure`` would leave the value that ``document`` (orjson's JSON of it)
+        encodes as it is, judged on the whole document at once: under ``full``, when neither a
+        known secret nor a key-shaped one's hint is in it (most requests), instead of string by
+        string. Other policies run maskers with no such hint: False."""
+        if policy != "full":
+            return False
+        for hint in self._secret.hints:
+            if hint in document:
+                return False
+        return not SECRETS.may_change_json(document)
+
     def structure(self, value: Any, policy: Content) -> Any:
         """A JSON-like ``value`` (the messages, an answer) with each string, dictionary key and
         long integer redacted as ``policy`` says (``None`` for ``none``)."""
@@ -98,14 +114,26 @@ class Redactor:
         if kind is str:
             return self._text(value, policy)
         if kind is dict:
-            return {self._text(key, policy) if type(key) is str else key: self._walk(item, policy)
-                    for key, item in value.items()}
+            # A message is a dictionary of strings, most of them seen before: looked up here,
+            # without a call per string.
+            cache = self._cache[policy]
+            redacted: dict[Any, Any] = {}
+            for key, item in value.items():
+                if type(key) is str:
+                    done = cache.get(key)
+                    key = done if done is not None else self._text(key, policy)
+                if type(item) is str:
+                    done = cache.get(item)
+                    redacted[key] = done if done is not None else self._text(item, policy)
+                else:
+                    redacted[key] = self._walk(item, policy)
+            return redacted
         if kind is list or kind is tuple:
             return [self._walk(item, policy) for item in value]
         if kind is int and not -_LONG_INT < value < _LONG_INT:
             digits = str(value)
-            redacted = self._text(digits, policy)
-            return value if redacted == digits else redacted
+            redacted_digits = self._text(digits, policy)
+            return value if redacted_digits == digits else redacted_digits
         return value
 
     def _text(self, text: str, policy: Content) -> str:
@@ -114,13 +142,16 @@ class Redactor:
         if done is None:
             done = self.content(text, policy)
             assert done is not None  # only "none" gives None, and it never comes here
-            size = len(text)
-            if size <= CACHE_MAX_TEXT:
-                if len(cache) >= CACHE_MAX_ENTRIES or self._cached_chars > CACHE_MAX_CHARS:
-                    self._empty_cache()
-                cache[text] = done
-                self._cached_chars += size + len(done)
+            self._remember(cache, text, done)
         return done
+
+    def _remember(self, cache: dict[str, str], text: str, done: str) -> None:
+        size = len(text)
+        if size <= CACHE_MAX_TEXT:
+            if len(cache) >= CACHE_MAX_ENTRIES or self._cached_chars > CACHE_MAX_CHARS:
+                self._empty_cache()
+            cache[text] = done
+            self._cached_chars += size + len(done)
 
     def _empty_cache(self) -> None:
         for cache in self._cache.values():
@@ -132,7 +163,14 @@ class Redactor:
         maskers find hashed."""
         if policy == "full":
             return SECRETS.scrub(value)
-        value = self.keys_out(value)
-        for masker in self._maskers:
-            value = masker.sub(value, self._hashed)
-        return value
+        if self._generation != SECRETS.generation:
+            self._empty_cache()
+            self._generation = SECRETS.generation
+        cache = self._cache["identifier"]  # the same user sends many requests
+        done = cache.get(value)
+        if done is None:
+            done = self.keys_out(value)
+            for masker in self._maskers:
+                done = masker.sub(done, self._hashed)
+            self._remember(cache, value, done)
+        return done

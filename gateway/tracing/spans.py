@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +54,16 @@ _CUT = "…[cut by the gateway]"
 
 def _content(redactor: Redactor, value: Any, policy: Content) -> str | None:
     """``value`` (an input or output) as JSON text, redacted as ``policy`` says: string by
-    string (the redactor remembers texts it saw before), or as one cut text past MAX_FIELD_CHARS."""
+    string (the redactor remembers texts it saw before), or as one cut text past MAX_FIELD_CHARS.
+    Under ``full``, a text in which there is nothing to scrub is sent as it is (``untouched``):
+    no walk through its strings, no second serialisation."""
     if policy == "none":
         return None
     text = orjson.dumps(value).decode()
     if len(text) > MAX_FIELD_CHARS:
         return redactor.content(text[:MAX_FIELD_CHARS] + _CUT, policy)
+    if redactor.untouched(text, policy):
+        return text
     return orjson.dumps(redactor.structure(value, policy)).decode()
 
 
@@ -74,20 +79,6 @@ def request_input(ctx: RequestContext) -> Any:
     if ctx.raw_body:  # rejected before parsing: what the caller sent, as text
         return ctx.raw_body[:MAX_FIELD_CHARS].decode("utf-8", "replace")
     return None
-
-
-def request_output(ctx: RequestContext) -> Any:
-    """What was answered: the first choice as an assistant message (chat), or nothing (an error
-    answer says its error in the status message)."""
-    answer = ctx.answer
-    if answer is None or answer.empty or answer.status >= 400 or ctx.endpoint.value != "chat":
-        return None
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
-    tool_calls = answer.tool_calls
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-        message["content"] = None
-    return message
 
 
 def _metadata_key(name: str) -> str:
@@ -118,6 +109,7 @@ _REQUEST_PARAMETERS = (
     ("seed", "gen_ai.request.seed"), ("frequency_penalty", "gen_ai.request.frequency_penalty"),
     ("presence_penalty", "gen_ai.request.presence_penalty"),
 )
+_PARAMETER_NAMES = frozenset(parameter for parameter, _ in _REQUEST_PARAMETERS)
 
 
 def span_id_of(trace_id: str, request_id: str) -> bytes:
@@ -129,6 +121,42 @@ def span_id_of(trace_id: str, request_id: str) -> bytes:
 def _iso_json(ns: int) -> str:
     """A time as Langfuse's SDK sends ``completion_start_time``: a JSON string, ISO 8601."""
     return orjson.dumps(datetime.fromtimestamp(ns / 1e9, tz=UTC)).decode()  # orjson writes isoformat()'s text
+
+
+@dataclass(slots=True)
+class Finished:
+    """What a request's span is made of, read off the request as it is recorded.
+
+    The exporter holds this, not the request, until the span is built (in the next upstream
+    call's spare time, or the export task's): a finished request is a few dozen objects that the
+    collector's young collections would walk and promote meanwhile (groups of spans that held
+    sixteen requests cost more CPU in collections than they saved, ``benchmarks/README.md``).
+    Everything here is a string, a number or a tuple of them, but the input (the messages as
+    sent upstream) and the answer's tool calls, which the span sends.
+    """
+
+    head: tuple[Any, ...]  # the repeating head: ``SpanBuilder._head``'s key
+    repeating: tuple[Any, ...]  # the repeating metadata: ``_REPEATING_METADATA``'s values
+    trace_id: str
+    request_id: str
+    parent_span_id: bytes
+    name: str
+    start_ns: int
+    end_ns: int
+    content: Content
+    user: str | None
+    session_id: str | None
+    given: Any  # request_input()
+    output: tuple[str, list[dict[str, Any]]] | None  # (text, tool calls) of a chat answer
+    completion_start_ns: int | None  # a stream's first event
+    finish_reasons: tuple[str, ...]
+    usage: tuple[int, int, int] | None  # prompt, completion, total tokens
+    cost: float
+    failure: tuple[str, str, str | None] | None  # (message, level, error type) of a failed request
+    latency_ms: float
+    overhead_ms: float
+    parent_request_id: str | None
+    saved_cost: float
 
 
 class SpanBuilder:
@@ -152,23 +180,29 @@ class SpanBuilder:
         self._repeating: dict[tuple[object, ...], bytes] = {}
 
     def build(self, ctx: RequestContext, end_ns: int) -> bytes:
-        """The request's span, encoded (an OTLP ``Span``). ``ctx.trace_id`` is set (by the start hook)."""
+        """The request's span, encoded (an OTLP ``Span``): ``encode(take(...))``."""
+        return self.encode(self.take(ctx, end_ns))
+
+    def take(self, ctx: RequestContext, end_ns: int, content: Content | None = None) -> Finished:
+        """What ``ctx``'s span needs, read off it now (``content``: its policy's, if known).
+        ``ctx.trace_id`` is set (by the start hook). Reads only: no redaction, no encoding."""
         assert ctx.trace_id is not None
-        content: Content = self.policies.of(ctx).content
-        redactor = self.redactor
+        if content is None:
+            content = self.policies.of(ctx).content
         elapsed = ctx.elapsed_seconds if ctx.elapsed_seconds is not None else 0.0
         start_ns = max(end_ns - int(elapsed * 1e9), 0)
         alias = ctx.alias.name if ctx.alias is not None else (ctx.requested_model or "unknown")
         deployment = ctx.deployment
-        operation = "chat" if ctx.endpoint.value == "chat" else "embeddings"
+        chat = ctx.endpoint == "chat"
+        operation = "chat" if chat else "embeddings"
         body = ctx.body
         parameters = tuple(
             (name, value, type(value)) for parameter, name in _REQUEST_PARAMETERS
             if type(value := body.get(parameter)) is int or type(value) is float
-        ) if body else ()
+        ) if body and not _PARAMETER_NAMES.isdisjoint(body) else ()
         # What repeats from request to request (the deployment, the parameters, the prompt) is
         # encoded once per combination, as the metadata is (``_metadata``).
-        head_key = (
+        head = (
             operation, ctx.requested_model or alias,
             # A fork is an observation in its primary's trace: it names no trace.
             None if ctx.parent_id is not None else ctx.prompt_name or alias,
@@ -176,75 +210,121 @@ class SpanBuilder:
             deployment.provider if deployment is not None else None,
             parameters, self._prompt(ctx),
         )
-        head = self._repeating.get(head_key)
-        if head is None:
-            head = self._remember(head_key, otlp.attributes(self._head(head_key), otlp.SPAN_ATTRIBUTE_TAG))
-        attributes: list[otlp.Attribute] = []
-        add = attributes.append
-        if ctx.user:
-            add(("user.id", redactor.identifier(ctx.user, content)))
-        if ctx.session_id:
-            session = redactor.identifier(ctx.session_id, content)
-            add(("session.id", session))
-            add(("gen_ai.conversation.id", session))
-        given = request_input(ctx)
-        if given is not None:
-            text = _content(redactor, given, content)
-            if text is not None:
-                add(("langfuse.observation.input", text))
-        output = request_output(ctx)
-        if output is not None:
-            text = _content(redactor, output, content)
-            if text is not None:
-                add(("langfuse.observation.output", text))
         answer = ctx.answer
+        output: tuple[str, list[dict[str, Any]]] | None = None
+        completion_start_ns: int | None = None
+        finish_reasons: tuple[str, ...] = ()
         if answer is not None:
             first_at = answer.first_at
             if first_at is not None:  # a stream's first event: the time to first token
-                add(("langfuse.observation.completion_start_time",
-                     _iso_json(start_ns + int(max(first_at - ctx.started, 0.0) * 1e9))))
-            if not answer.empty and answer.status < 400 and ctx.endpoint.value == "chat":
-                reasons = [reason for reason in answer.finish_reasons if reason]
-                if reasons:
-                    add(("gen_ai.response.finish_reasons", reasons))
+                completion_start_ns = start_ns + int(max(first_at - ctx.started, 0.0) * 1e9)
+            if chat and not answer.empty and answer.status < 400:
+                text, tool_calls, finish_reasons = answer.reading()
+                if content != "none":
+                    output = (text, tool_calls)
         usage = ctx.usage
-        if usage is not None:
-            add(("langfuse.observation.usage_details", orjson.dumps(
-                {"input": usage.prompt_tokens, "output": usage.completion_tokens, "total": usage.total_tokens}
-            ).decode()))
-            add(("gen_ai.usage.input_tokens", usage.prompt_tokens))
-            add(("gen_ai.usage.output_tokens", usage.completion_tokens))
-        # The ledger's number, as is: a Langfuse cost equal to the ledger row's to the nano-dollar.
-        add(("langfuse.observation.cost_details", orjson.dumps({"total": ctx.cost}).decode()))
-        status_code, message = 0, ""
-        if failed(ctx):
-            raw = str(ctx.error) if ctx.error is not None else f"HTTP {ctx.status}"
-            message = redactor.content(raw, "mask" if content == "none" else content) or ""
-            add(("langfuse.observation.level", "ERROR" if ctx.status != 499 else "WARNING"))
-            add(("langfuse.observation.status_message", message))
-            status_code = otlp.STATUS_ERROR
-            if ctx.error is not None and ctx.error.code:
-                add(("error.type", ctx.error.code))
-            elif ctx.status == 499:
-                add(("error.type", "cancelled"))
-        metadata = self._metadata(ctx, alias, content, elapsed)
+        failure: tuple[str, str, str | None] | None = None
+        error = ctx.error
+        if error is not None or ctx.status >= 400:
+            failure = (
+                str(error) if error is not None else f"HTTP {ctx.status}",
+                "ERROR" if ctx.status != 499 else "WARNING",
+                error.code if error is not None and error.code else "cancelled" if ctx.status == 499 else None,
+            )
         if ctx.parent_span_id:  # the caller's span (traceparent)
             parent = bytes.fromhex(ctx.parent_span_id)
         elif ctx.parent_id is not None:  # a fork: its primary's span
             parent = span_id_of(ctx.trace_id, ctx.parent_id)
         else:
             parent = b""
-        return otlp.span(
-            trace_id=bytes.fromhex(ctx.trace_id),
-            span_id=span_id_of(ctx.trace_id, ctx.request_id),
+        return Finished(
+            head=head,
+            repeating=self._repeating_metadata(ctx, alias, content),
+            trace_id=ctx.trace_id,
+            request_id=ctx.request_id,
             parent_span_id=parent,
             name=f"{operation} {alias}",
-            kind=otlp.SPAN_KIND_SERVER,
             start_ns=start_ns,
             end_ns=end_ns,
-            attributes_bytes=head + otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG) + metadata,
+            content=content,
+            user=ctx.user,
+            session_id=ctx.session_id,
+            given=request_input(ctx) if content != "none" else None,
+            output=output,
+            completion_start_ns=completion_start_ns,
+            finish_reasons=finish_reasons,
+            usage=(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage is not None else None,
+            cost=ctx.cost,
+            failure=failure,
+            latency_ms=elapsed * 1000,
+            overhead_ms=ctx.overhead_seconds * 1000,
+            parent_request_id=ctx.parent_id,
+            saved_cost=ctx.saved_cost,
+        )
+
+    def encode(self, finished: Finished) -> bytes:
+        """``finished``'s span, redacted and encoded (an OTLP ``Span``)."""
+        content = finished.content
+        redactor = self.redactor
+        head_key = finished.head
+        head = self._repeating.get(head_key)
+        if head is None:
+            head = self._remember(head_key, otlp.attributes(self._head(head_key), otlp.SPAN_ATTRIBUTE_TAG))
+        attributes: list[otlp.Attribute] = []
+        add = attributes.append
+        if finished.user:
+            add(("user.id", redactor.identifier(finished.user, content)))
+        if finished.session_id:
+            session = redactor.identifier(finished.session_id, content)
+            add(("session.id", session))
+            add(("gen_ai.conversation.id", session))
+        given = finished.given
+        if given is not None:
+            text = _content(redactor, given, content)
+            if text is not None:
+                add(("langfuse.observation.input", text))
+        if finished.output is not None:
+            answer_text, tool_calls = finished.output
+            message: dict[str, Any] = {"role": "assistant", "content": answer_text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+                message["content"] = None
+            text = _content(redactor, message, content)
+            if text is not None:
+                add(("langfuse.observation.output", text))
+        if finished.completion_start_ns is not None:
+            add(("langfuse.observation.completion_start_time", _iso_json(finished.completion_start_ns)))
+        if finished.finish_reasons:
+            add(("gen_ai.response.finish_reasons", list(finished.finish_reasons)))
+        usage = finished.usage
+        if usage is not None:
+            add(("langfuse.observation.usage_details", orjson.dumps(
+                {"input": usage[0], "output": usage[1], "total": usage[2]}
+            ).decode()))
+            add(("gen_ai.usage.input_tokens", usage[0]))
+            add(("gen_ai.usage.output_tokens", usage[1]))
+        # The ledger's number, as is: a Langfuse cost equal to the ledger row's to the nano-dollar.
+        add(("langfuse.observation.cost_details", orjson.dumps({"total": finished.cost}).decode()))
+        status_code, message_text = 0, ""
+        if finished.failure is not None:
+            raw, level, error_type = finished.failure
+            message_text = redactor.content(raw, "mask" if content == "none" else content) or ""
+            add(("langfuse.observation.level", level))
+            add(("langfuse.observation.status_message", message_text))
+            status_code = otlp.STATUS_ERROR
+            if error_type is not None:
+                add(("error.type", error_type))
+        return otlp.span(
+            trace_id=bytes.fromhex(finished.trace_id),
+            span_id=span_id_of(finished.trace_id, finished.request_id),
+            parent_span_id=finished.parent_span_id,
+            name=finished.name,
+            kind=otlp.SPAN_KIND_SERVER,
+            start_ns=finished.start_ns,
+            end_ns=finished.end_ns,
+            attributes_bytes=head + otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG) + self._metadata(finished),
             status_code=status_code,
-            status_message=message,
+            status_message=message_text,
         )
 
     def _head(self, key: tuple[Any, ...]) -> list[otlp.Attribute]:
@@ -283,12 +363,10 @@ class SpanBuilder:
             linked = self.prompt_versions(name, version)
         return (name, linked) if linked is not None else None
 
-    def _metadata(self, ctx: RequestContext, alias: str, content: Content, elapsed: float) -> bytes:
-        """The metadata attributes, encoded: those that repeat from request to request (team,
-        alias, deployment, status...) encoded once per combination, the rest each time (one
-        lookup instead of ~20 attributes to encode: a quarter of a span's cost)."""
+    def _repeating_metadata(self, ctx: RequestContext, alias: str, content: Content) -> tuple[Any, ...]:
+        """The metadata's values that repeat from request to request (``_REPEATING_METADATA``)."""
         deployment = ctx.deployment
-        repeating = (
+        return (
             ctx.team,
             ctx.principal.key_id if ctx.principal is not None else None,
             alias,
@@ -309,10 +387,16 @@ class SpanBuilder:
             ctx.attempts,
             ctx.status,
             ctx.stream,
-            ctx.origin.value,
+            ctx.origin,  # a StrEnum: encoded as its value
             ctx.error.code if ctx.error is not None else None,
             content if content != "full" else None,
         )
+
+    def _metadata(self, finished: Finished) -> bytes:
+        """The metadata attributes, encoded: those that repeat from request to request (team,
+        alias, deployment, status...) encoded once per combination, the rest each time (one
+        lookup instead of ~20 attributes to encode: a quarter of a span's cost)."""
+        repeating = finished.repeating
         encoded = self._repeating.get(repeating)
         if encoded is None:
             encoded = self._remember(repeating, otlp.attributes(
@@ -320,12 +404,12 @@ class SpanBuilder:
                 otlp.SPAN_ATTRIBUTE_TAG,
             ))
         varying: list[otlp.Attribute] = [
-            (_REQUEST_ID, ctx.request_id),
-            (_LATENCY_MS, round(elapsed * 1000, 3)),
-            (_OVERHEAD_MS, round(ctx.overhead_seconds * 1000, 3)),
+            (_REQUEST_ID, finished.request_id),
+            (_LATENCY_MS, round(finished.latency_ms, 3)),
+            (_OVERHEAD_MS, round(finished.overhead_ms, 3)),
         ]
-        if ctx.parent_id is not None:
-            varying.append((_PARENT_REQUEST_ID, ctx.parent_id))
-        if ctx.saved_cost:
-            varying.append((_SAVED_COST, ctx.saved_cost))
+        if finished.parent_request_id is not None:
+            varying.append((_PARENT_REQUEST_ID, finished.parent_request_id))
+        if finished.saved_cost:
+            varying.append((_SAVED_COST, finished.saved_cost))
         return encoded + otlp.attributes(varying, otlp.SPAN_ATTRIBUTE_TAG, repeating=False)
