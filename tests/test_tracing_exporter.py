@@ -464,3 +464,17 @@ def test_the_repeating_head_keeps_each_spans_parameters_and_types() -> None:
     ]
     assert [a["gen_ai.request.max_tokens"] for a in seen] == [64, 64, 8, 64]
     assert ["langfuse.trace.name" in a for a in seen] == [True, True, False, True]
+
+
+def test_the_gzip_stream_is_isal_where_its_wheel_is_and_decodes_as_gzip() -> None:
+    import gzip
+    import platform
+
+    from gateway.tracing.exporter import gzip_compressor
+
+    compressor = gzip_compressor()
+    if platform.machine() in ("x86_64", "aarch64"):
+        assert type(compressor).__module__.startswith("isal"), type(compressor)
+    chunks = [f"span {n} ".encode() * 50 for n in range(20)]
+    payload = b"".join(compressor.compress(chunk) for chunk in chunks) + compressor.flush()
+    assert gzip.decompress(payload) == b"".join(chunks) and len(payload) < sum(map(len, chunks)) // 5
