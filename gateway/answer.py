@@ -157,17 +157,11 @@ class Answer:
     def reading(self) -> tuple[str, list[dict[str, Any]], tuple[str, ...]]:
         """``text``, ``tool_calls`` and the finish reasons given, read in one pass (a trace's)."""
         view = self._view()
-        calls: list[dict[str, Any]] = []
-        reasons: list[str] = []
-        for choice in view.get("choices") or ():
-            if isinstance(choice, dict):
-                reason = choice.get("finish_reason")
-                if reason:
-                    reasons.append(reason)
-                message = choice.get("message")
-                if isinstance(message, dict):
-                    calls.extend(call for call in message.get("tool_calls") or () if isinstance(call, dict))
-        return first_answer(view), calls, tuple(reasons)
+        reasons = tuple(
+            reason for choice in view.get("choices") or () if isinstance(choice, dict)
+            if (reason := choice.get("finish_reason"))
+        )
+        return first_answer(view), _tool_calls(view), reasons
 
     @property
     def finish_reasons(self) -> list[str | None]:
@@ -176,12 +170,16 @@ class Answer:
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
         """The tool calls of every choice, in order."""
-        calls: list[dict[str, Any]] = []
-        for choice in self._view().get("choices") or ():
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if isinstance(message, dict):
-                calls.extend(call for call in message.get("tool_calls") or () if isinstance(call, dict))
-        return calls
+        return _tool_calls(self._view())
+
+
+def _tool_calls(view: dict[str, Any]) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    for choice in view.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            calls.extend(call for call in message.get("tool_calls") or () if isinstance(call, dict))
+    return calls
 
 
 def tap_reply(ctx: RequestContext, reply: Reply) -> None:

@@ -45,7 +45,7 @@ class Scrubber:
     def __init__(self) -> None:
         self._exact: re.Pattern[str] | None = None
         # The same values as JSON writes them inside a string (quotes, backslashes and control
-        # characters escaped): what ``in_json`` looks for.
+        # characters escaped): what ``may_change_json`` looks for.
         self._exact_in_json: re.Pattern[str] | None = None
         self._sources: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()  # log records are formatted on any thread

@@ -104,9 +104,7 @@ class Redactor:
         long integer redacted as ``policy`` says (``None`` for ``none``)."""
         if policy == "none":
             return None
-        if self._generation != SECRETS.generation:  # a secret became known: cached text may hold it
-            self._empty_cache()
-            self._generation = SECRETS.generation
+        self._forget_if_secrets_changed()
         return self._walk(value, policy)
 
     def _walk(self, value: Any, policy: Content) -> Any:
@@ -153,6 +151,11 @@ class Redactor:
             cache[text] = done
             self._cached_chars += size + len(done)
 
+    def _forget_if_secrets_changed(self) -> None:
+        if self._generation != SECRETS.generation:  # a secret became known: cached text may hold it
+            self._empty_cache()
+            self._generation = SECRETS.generation
+
     def _empty_cache(self) -> None:
         for cache in self._cache.values():
             cache.clear()
@@ -163,9 +166,7 @@ class Redactor:
         maskers find hashed."""
         if policy == "full":
             return SECRETS.scrub(value)
-        if self._generation != SECRETS.generation:
-            self._empty_cache()
-            self._generation = SECRETS.generation
+        self._forget_if_secrets_changed()
         cache = self._cache["identifier"]  # the same user sends many requests
         done = cache.get(value)
         if done is None:

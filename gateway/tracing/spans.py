@@ -225,7 +225,7 @@ class SpanBuilder:
         usage = ctx.usage
         failure: tuple[str, str, str | None] | None = None
         error = ctx.error
-        if error is not None or ctx.status >= 400:
+        if failed(ctx):
             failure = (
                 str(error) if error is not None else f"HTTP {ctx.status}",
                 "ERROR" if ctx.status != 499 else "WARNING",
