@@ -570,9 +570,9 @@ def test_fault_disconnect_after_chunks(client: openai.OpenAI, base_url: str, htt
 
 def test_fault_delay_and_path_filter(client: openai.OpenAI, base_url: str, http: httpx.Client) -> None:
     queue_faults(http, base_url, {"delay_ms": 300, "path": "/v1/embeddings"})
-    started = time.perf_counter()
     client.chat.completions.create(model="m", messages=HELLO)  # type: ignore[arg-type]
-    assert time.perf_counter() - started < 0.25  # the fault is only for embeddings
+    # The fault is only for embeddings: the chat call left it queued. (Counted, not timed: a
+    # wall-clock bound on the chat call fails on a loaded CI machine for no fault of the fake.)
     assert len(stats(http, base_url)["pending_faults"]) == 1
     started = time.perf_counter()
     client.embeddings.create(model="e", input="x")
