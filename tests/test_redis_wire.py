@@ -260,7 +260,7 @@ async def test_a_silent_server_times_out_and_every_waiting_call_fails() -> None:
     results = await asyncio.gather(*(wire.call("PING") for _ in range(20)), return_exceptions=True)
     elapsed = loop.time() - started
     assert all(isinstance(r, RedisUnavailable) and r.maybe_applied for r in results)
-    # One deadline for all of them, not one after another (20 × 0.1 s): generous above, for a
+    # One deadline for all of them, not one after another (20 of 0.1 s): generous above, for a
     # loaded CI machine, and still far from the 2 s of deadlines in a row.
     assert 0.09 <= elapsed < 1.0
     assert accepted == 1
