@@ -478,3 +478,27 @@ def test_the_gzip_stream_is_isal_where_its_wheel_is_and_decodes_as_gzip() -> Non
     chunks = [f"span {n} ".encode() * 50 for n in range(20)]
     payload = b"".join(compressor.compress(chunk) for chunk in chunks) + compressor.flush()
     assert gzip.decompress(payload) == b"".join(chunks) and len(payload) < sum(map(len, chunks)) // 5
+
+
+def test_values_new_on_every_request_are_not_kept_among_the_repeating_encodings() -> None:
+    """A stream's completion start time, a request id, a latency: encoded each time, never added to
+    the cache of encodings that repeat (it would fill with one entry per request, grow the heap
+    until it starts over, and evict what does repeat)."""
+    from gateway.context import Usage
+    from gateway.tracing import otlp
+
+    exporter, _ = _exporter()
+    contexts = []
+    for n in range(50):
+        ctx = _answered_ctx(n)
+        ctx.stream, ctx.usage, ctx.elapsed_seconds = True, Usage(3, 1), 0.004 + n / 1000
+        assert ctx.answer is not None
+        ctx.answer.first_at = ctx.started + 0.001 + n / 1000  # a time to first token, new each time
+        exporter.start(ctx)
+        contexts.append(ctx)
+    builder = exporter.builder
+    spans = [builder.build(ctx, time.time_ns()) for ctx in contexts[:10]]
+    held = len(otlp._repeating)
+    spans += [builder.build(ctx, time.time_ns()) for ctx in contexts[10:]]
+    assert len(otlp._repeating) == held
+    assert all(b"langfuse.observation.completion_start_time" in span for span in spans)

@@ -98,6 +98,9 @@ _REQUEST_ID, _PARENT_REQUEST_ID, _LATENCY_MS, _OVERHEAD_MS, _SAVED_COST = (_meta
 ))
 
 
+_COMPLETION_START = "langfuse.observation.completion_start_time"
+
+
 def failed(ctx: RequestContext) -> bool:
     return ctx.error is not None or ctx.status >= 400
 
@@ -270,8 +273,12 @@ class SpanBuilder:
         head = self._repeating.get(head_key)
         if head is None:
             head = self._remember(head_key, otlp.attributes(self._head(head_key), otlp.SPAN_ATTRIBUTE_TAG))
-        attributes: list[otlp.Attribute] = []
+        attributes: list[otlp.Attribute] = []  # values that repeat: encoded once per value
         add = attributes.append
+        # Values new on every request (the input and output, a stream's start): encoded each time
+        # and never kept among the repeating encodings, which would fill with one entry per
+        # request until they start over, evicting what does repeat.
+        unique: list[otlp.Attribute] = []
         if finished.user:
             add(("user.id", redactor.identifier(finished.user, content)))
         if finished.session_id:
@@ -282,7 +289,7 @@ class SpanBuilder:
         if given is not None:
             text = _content(redactor, given, content)
             if text is not None:
-                add(("langfuse.observation.input", text))
+                unique.append(("langfuse.observation.input", text))
         if finished.output is not None:
             answer_text, tool_calls = finished.output
             message: dict[str, Any] = {"role": "assistant", "content": answer_text}
@@ -291,9 +298,9 @@ class SpanBuilder:
                 message["content"] = None
             text = _content(redactor, message, content)
             if text is not None:
-                add(("langfuse.observation.output", text))
+                unique.append(("langfuse.observation.output", text))
         if finished.completion_start_ns is not None:
-            add(("langfuse.observation.completion_start_time", _iso_json(finished.completion_start_ns)))
+            unique.append((_COMPLETION_START, _iso_json(finished.completion_start_ns)))
         if finished.finish_reasons:
             add(("gen_ai.response.finish_reasons", list(finished.finish_reasons)))
         usage = finished.usage
@@ -322,7 +329,9 @@ class SpanBuilder:
             kind=otlp.SPAN_KIND_SERVER,
             start_ns=finished.start_ns,
             end_ns=finished.end_ns,
-            attributes_bytes=head + otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG) + self._metadata(finished),
+            attributes_bytes=(
+                head + otlp.attributes(attributes, otlp.SPAN_ATTRIBUTE_TAG) + self._metadata(finished, unique)
+            ),
             status_code=status_code,
             status_message=message_text,
         )
@@ -392,10 +401,11 @@ class SpanBuilder:
             content if content != "full" else None,
         )
 
-    def _metadata(self, finished: Finished) -> bytes:
+    def _metadata(self, finished: Finished, unique: list[otlp.Attribute]) -> bytes:
         """The metadata attributes, encoded: those that repeat from request to request (team,
         alias, deployment, status...) encoded once per combination, the rest each time (one
-        lookup instead of ~20 attributes to encode: a quarter of a span's cost)."""
+        lookup instead of ~20 attributes to encode: a quarter of a span's cost), the rest each
+        time, with ``unique`` (the span's other values new on every request) in the same call."""
         repeating = finished.repeating
         encoded = self._repeating.get(repeating)
         if encoded is None:
@@ -403,7 +413,8 @@ class SpanBuilder:
                 [(key, value) for key, value in zip(_REPEATING_METADATA, repeating, strict=True) if value is not None],
                 otlp.SPAN_ATTRIBUTE_TAG,
             ))
-        varying: list[otlp.Attribute] = [
+        varying = unique
+        varying += [
             (_REQUEST_ID, finished.request_id),
             (_LATENCY_MS, round(finished.latency_ms, 3)),
             (_OVERHEAD_MS, round(finished.overhead_ms, 3)),
