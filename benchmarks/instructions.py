@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--without", action="append", default=[], choices=servers.FULL_FEATURES,
+        help="also count the full profile without this feature (repeatable): what it costs, by difference",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is needed (apt-get install valgrind)", file=sys.stderr)
@@ -110,22 +114,25 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 passthrough.stop()
             with LangfuseReceiver(keep=False, cpus={OTHER_CORE}) as receiver:
-                full = servers.FullProfile(
-                    redis_url=args.redis, langfuse_url=receiver.url, langfuse_public_key=receiver.public_key,
-                    langfuse_secret_key=receiver.secret_key, team="bench-" + uuid.uuid4().hex[:8],
-                )
-                gateway, endpoint = servers.start_gateway(
-                    workdir, fake.base_url, port=free_port(), core=SERVER_CORE, full=full,
-                    wrap=_callgrind(workdir), timeout=600,
-                )
-                try:
-                    key = endpoint.authorization
-                    counts["gateway-full"] = {
-                        kind: _count(gateway, workdir, endpoint.url, key, args, kind == "stream", True)
-                        for kind in ("JSON", "stream")
-                    }
-                finally:
-                    gateway.stop()
+                for without in ["", *args.without]:
+                    name = f"gateway-full without {without}" if without else "gateway-full"
+                    full = servers.FullProfile(
+                        redis_url=args.redis, langfuse_url=receiver.url, langfuse_public_key=receiver.public_key,
+                        langfuse_secret_key=receiver.secret_key, team="bench-" + uuid.uuid4().hex[:8],
+                        without=frozenset({without} - {""}),
+                    )
+                    gateway, endpoint = servers.start_gateway(
+                        workdir / name.replace(" ", "-"), fake.base_url, port=free_port(), core=SERVER_CORE,
+                        full=full, wrap=_callgrind(workdir), timeout=600,
+                    )
+                    try:
+                        key = endpoint.authorization
+                        counts[name] = {
+                            kind: _count(gateway, workdir, endpoint.url, key, args, kind == "stream", True)
+                            for kind in ("JSON", "stream")
+                        }
+                    finally:
+                        gateway.stop()
         finally:
             fake.stop()
     print(f"Instructions per request (callgrind, user space only), {args.requests} requests, "
@@ -135,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {figures['JSON']:,.0f} | {figures['stream']:,.0f} |")
     ratio = {kind: counts["gateway-full"][kind] / counts["passthrough"][kind] for kind in ("JSON", "stream")}
     print(f"| ratio | {ratio['JSON']:.2f}x | {ratio['stream']:.2f}x |")
+    for without in args.without:
+        less = counts[f"gateway-full without {without}"]
+        print(f"| {without}: the difference | {counts['gateway-full']['JSON'] - less['JSON']:+,.0f} "
+              f"| {counts['gateway-full']['stream'] - less['stream']:+,.0f} |")
     return 0
 
 
