@@ -355,21 +355,28 @@ def test_a_batch_is_one_valid_request_whatever_the_compression() -> None:
     joined (and the compressor's tail), decode as one ExportTraceServiceRequest."""
     import asyncio
 
-    async def batch(compression: str) -> bytes:
-        exporter, _ = _exporter(batch_size=10, compression=compression)
+    async def batch(compression: str, spans: int) -> bytes:
+        exporter, _ = _exporter(batch_size=spans + 5, compression=compression)
         sent = _capture_posts(exporter)
         exporter.start_task()
-        for n in range(5):
-            _finish(exporter, _ctx(n))
+        for n in range(spans):
+            ctx = _answered_ctx(n)
+            ctx.body = {"model": "m", "messages": [{"role": "user", "content": f"question {n} " + "x" * 600}]}
+            _finish(exporter, ctx)
         await exporter.export_batch()
         await exporter.close()
         return sent[0]
 
-    for compression in ("gzip", "none"):
-        payload = asyncio.run(batch(compression))
+    # 5 spans: less than a compression chunk, all given to the compressor at export; 80 spans
+    # of ~0.8 KB: several chunks compressed as built, then the last.
+    for compression, spans in (("gzip", 5), ("gzip", 80), ("none", 5)):
+        payload = asyncio.run(batch(compression, spans))
         assert payload[:2] == b"\x1f\x8b" if compression == "gzip" else payload[:1] == b"\x0a"
-        spans = _spans(payload)
-        assert len(spans) == 5 and len({span.trace_id for span in spans}) == 5  # type: ignore[attr-defined]
+        decoded = _spans(payload)
+        assert len(decoded) == spans and len({span.trace_id for span in decoded}) == spans  # type: ignore[attr-defined]
+        request_ids = [attribute.value.string_value for span in decoded for attribute in span.attributes  # type: ignore[attr-defined]
+                       if attribute.key == "langfuse.observation.metadata.request_id"]
+        assert sorted(request_ids) == sorted(f"r{n}" for n in range(spans))
 
 
 async def test_the_queue_depth_gauge_follows_the_backlog() -> None:
