@@ -36,7 +36,7 @@ _SECRET_PATTERNS = re.compile(
 )
 
 #: Every match of ``_SECRET_PATTERNS`` holds one of these.
-_PATTERN_HINTS = ("gw-", "sk-", "Bearer", "pk-lf-")
+PATTERN_HINTS: Final = ("gw-", "sk-", "Bearer", "pk-lf-")
 
 
 class Scrubber:
@@ -74,11 +74,16 @@ class Scrubber:
         """Whether ``scrub`` might change any string of ``document`` (JSON as orjson writes it),
         judged on the whole document at once. JSON escapes a string character by character, so
         a known secret inside a string shows in the document as its own escaped form, and every
-        pattern's match holds one of ``_PATTERN_HINTS``, which JSON never escapes: with neither
+        pattern's match holds one of ``PATTERN_HINTS``, which JSON never escapes: with neither
         in the document, scrubbing each string would leave it as it is."""
-        for hint in _PATTERN_HINTS:
+        for hint in PATTERN_HINTS:
             if hint in document:
                 return True
+        return self.known_in_json(document)
+
+    def known_in_json(self, document: str) -> bool:
+        """Whether a known secret, as JSON escapes it inside a string, is in ``document`` (the
+        half of ``may_change_json`` that the patterns' hints do not cover)."""
         exact = self._exact_in_json
         return exact is not None and exact.search(document) is not None
 

@@ -33,7 +33,7 @@ import hmac
 import os
 from typing import Any, Literal
 
-from gateway.redact import SECRETS
+from gateway.redact import PATTERN_HINTS, SECRETS
 from gateway.tracing.maskers import MASKERS, Masker
 
 Content = Literal["full", "mask", "hash", "none"]
@@ -60,6 +60,12 @@ class Redactor:
 
     def __init__(self, maskers: list[Masker], *, hash_key: bytes = b"") -> None:
         self._secret = MASKERS["secret"]
+        # Under ``full``: the secret masker's hints and the scrubber's patterns' (``untouched``),
+        # each text looked for once, and none that holds another (where "Bearer " is, "Bearer" is).
+        hints = set(self._secret.hints) | set(PATTERN_HINTS)
+        self._full_hints = tuple(sorted(
+            hint for hint in hints if not any(other != hint and other in hint for other in hints)
+        ))
         self._maskers = [masker for masker in maskers if masker is not self._secret]
         self._key = hash_key or os.urandom(32)
         # Texts redacted before, by policy, and identifiers (hashed alike under mask and hash).
@@ -94,10 +100,10 @@ class Redactor:
         string. Other policies run maskers with no such hint: False."""
         if policy != "full":
             return False
-        for hint in self._secret.hints:
+        for hint in self._full_hints:
             if hint in document:
                 return False
-        return not SECRETS.may_change_json(document)
+        return not SECRETS.known_in_json(document)
 
     def structure(self, value: Any, policy: Content) -> Any:
         """A JSON-like ``value`` (the messages, an answer) with each string, dictionary key and
