@@ -403,9 +403,9 @@ class SpanBuilder:
 
     def _metadata(self, finished: Finished, unique: list[otlp.Attribute]) -> bytes:
         """The metadata attributes, encoded: those that repeat from request to request (team,
-        alias, deployment, status...) encoded once per combination, the rest each time (one
-        lookup instead of ~20 attributes to encode: a quarter of a span's cost), the rest each
-        time, with ``unique`` (the span's other values new on every request) in the same call."""
+        alias, deployment, status...) encoded once per combination (one lookup instead of ~20
+        attributes to encode: a quarter of a span's cost), the rest each time, in one call with
+        ``unique`` (the span's other values new on every request)."""
         repeating = finished.repeating
         encoded = self._repeating.get(repeating)
         if encoded is None:
