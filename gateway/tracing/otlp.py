@@ -155,10 +155,11 @@ class Envelope:
     """Each span as a whole ``ResourceSpans`` entry (``ExportTraceServiceRequest.resource_spans``,
     field 1) with the same resource and scope: entries concatenate into a valid request.
 
-    So a batch's bytes are final as each span is built, and can be compressed span by span
-    instead of all at once at export (a whole batch, 2-4 ms of loop time, was one of the stalls
-    in the latency tail). The repeated resource and scope cost ~60 bytes a span before
-    compression and next to nothing after.
+    So a batch's bytes are final as each span is built, and can be compressed as spans are
+    built (the exporter gives them to gzip 16 KiB at a time) instead of all at once at export
+    (a whole batch, 2-4 ms of loop time, was one of the stalls in the latency tail). The
+    repeated resource and scope cost ~60 bytes a span before compression and next to nothing
+    after.
     """
 
     __slots__ = ("_head", "_scope")
