@@ -21,9 +21,10 @@ from openai import NotFoundError, OpenAI
 
 from gateway.pricing import to_nanos
 from gateway.storage.schema import ledger
-from gateway.testing.langfuse_receiver import LangfuseReceiver, ReceivedSpan
+from gateway.testing.langfuse_receiver import LangfuseReceiver
 from support.gateway_proc import ADMIN_KEY, PROVIDER_KEY, GatewayProcess
 from support.ledger import new_key, wait_for_rows
+from support.tracing import one_span
 
 MESSAGES = [{"role": "user", "content": "Say something about traces."}]
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -72,19 +73,6 @@ def _client(proc: GatewayProcess, key: str) -> OpenAI:
     return OpenAI(base_url=f"{proc.url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
-def _span(receiver: LangfuseReceiver, trace_id: str, timeout: float = 5.0) -> ReceivedSpan:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [span for span in receiver.spans() if span.trace_id == trace_id]
-        if found:
-            time.sleep(0.05)  # a duplicate would arrive with the same batch or the next
-            found = [span for span in receiver.spans() if span.trace_id == trace_id]
-            assert len(found) == 1, f"one span per trace, got {len(found)}"
-            return found[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no span for trace {trace_id}")
-
-
 def _metric(proc: GatewayProcess, name: str, **labels: str) -> float:
     text = httpx.get(f"{proc.url}/metrics").text
     wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
@@ -107,7 +95,7 @@ async def test_a_request_is_one_generation_with_its_fields_and_the_ledgers_cost(
     trace_id = raw.headers["x-gateway-trace-id"]
     assert TRACE_ID.match(trace_id)
 
-    span = _span(receiver, trace_id)
+    span = one_span(receiver, trace_id)
     a = span.attributes
     assert a["langfuse.observation.type"] == "generation"
     assert (a["user.id"], a["session.id"], a["langfuse.environment"]) == ("ana", "session-7", "test")
@@ -159,7 +147,7 @@ def test_streams_embeddings_and_fallbacks_are_traced(
             chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
         )
         streamed = response.headers["x-gateway-trace-id"]
-    span = _span(receiver, streamed)
+    span = one_span(receiver, streamed)
     assert span.json("langfuse.observation.output") == {"role": "assistant", "content": text}
     assert span.attributes["langfuse.observation.metadata.stream"] is True
     assert span.attributes["gen_ai.response.finish_reasons"] == ["stop"]
@@ -168,13 +156,13 @@ def test_streams_embeddings_and_fallbacks_are_traced(
     assert span.start_ns <= first.timestamp() * 1e9 <= span.end_ns + 1_000
 
     embedded = client.embeddings.with_raw_response.create(model="fake-embed", input="a trace")
-    span = _span(receiver, embedded.headers["x-gateway-trace-id"])
+    span = one_span(receiver, embedded.headers["x-gateway-trace-id"])
     assert span.json("langfuse.observation.input") == "a trace"
     assert "langfuse.observation.output" not in span.attributes
     assert span.attributes["gen_ai.operation.name"] == "embeddings"
 
     fallback = client.chat.completions.with_raw_response.create(model="fallback-chat", messages=MESSAGES)  # type: ignore[arg-type]
-    span = _span(receiver, fallback.headers["x-gateway-trace-id"])
+    span = one_span(receiver, fallback.headers["x-gateway-trace-id"])
     assert span.attributes["langfuse.observation.metadata.fallback"] is True
     assert span.attributes["langfuse.observation.model.name"] == "gpt-4o"
 
@@ -185,7 +173,7 @@ def test_failed_and_rejected_requests_are_traced_as_errors(
     dead = httpx.post(f"{traced.url}/v1/chat/completions", json={"model": "dead-chat", "messages": MESSAGES},
                       headers={"Authorization": f"Bearer {key[1]}"}, timeout=20)
     assert dead.status_code >= 500
-    span = _span(receiver, dead.headers["x-gateway-trace-id"])
+    span = one_span(receiver, dead.headers["x-gateway-trace-id"])
     assert span.status_code == 2 and span.attributes["langfuse.observation.level"] == "ERROR"
     assert span.attributes["langfuse.observation.metadata.status"] == dead.status_code
     assert span.attributes["langfuse.observation.status_message"] == span.status_message != ""
@@ -193,7 +181,7 @@ def test_failed_and_rejected_requests_are_traced_as_errors(
     refused = httpx.post(f"{traced.url}/v1/chat/completions", json={"model": "fake-chat", "messages": MESSAGES},
                          headers={"Authorization": "Bearer gw-not-a-key-at-all-0000"})
     assert refused.status_code == 401
-    span = _span(receiver, refused.headers["x-gateway-trace-id"])
+    span = one_span(receiver, refused.headers["x-gateway-trace-id"])
     assert span.attributes["langfuse.observation.metadata.team"] == "anonymous"
     assert span.attributes["error.type"] == refused.json()["error"]["code"]
 
@@ -232,7 +220,7 @@ def test_a_failing_langfuse_fails_no_request_and_the_loss_is_counted(
     assert dropped >= 12
     receiver.set_mode("normal")
     fresh = client.chat.completions.with_raw_response.create(model="mock", messages=MESSAGES)  # type: ignore[arg-type]
-    _span(receiver, fresh.headers["x-gateway-trace-id"])  # back to normal once Langfuse is
+    one_span(receiver, fresh.headers["x-gateway-trace-id"])  # back to normal once Langfuse is
 
 
 def test_a_graceful_stop_with_a_hanging_langfuse_ends_within_its_bound(
@@ -294,7 +282,7 @@ def test_a_prompts_generation_names_its_mirrored_version(
     assert mirrored["config"]["gateway_version"] == 1 and mirrored["commitMessage"].startswith("gateway v1")
     client = _client(traced, key[1])
     raw = _ask_prompt(client, "Traces join.")
-    span = _span(receiver, raw.headers["x-gateway-trace-id"])
+    span = one_span(receiver, raw.headers["x-gateway-trace-id"])
     assert span.attributes["langfuse.observation.prompt.name"] == "summarise" == raw.headers["x-prompt-name"]
     assert span.attributes["langfuse.observation.prompt.version"] == int(raw.headers["x-prompt-version"]) \
         == mirrored["version"]
@@ -336,7 +324,7 @@ def test_a_langfuse_outage_never_blocks_a_push_and_the_mirror_catches_up(
             assert [v["version"] for v in langfuse.prompts("summarise")] == [1, 2]
             raw = _ask_prompt(_client(proc, secret), "Outage.")
             assert raw.headers["x-prompt-version"] == "1"
-            span = _span(langfuse, raw.headers["x-gateway-trace-id"])
+            span = one_span(langfuse, raw.headers["x-gateway-trace-id"])
             assert span.attributes["langfuse.observation.prompt.version"] == 2
             assert span.attributes["langfuse.observation.metadata.prompt_version"] == 1
             assert _metric(proc, "gateway_prompt_mirror_total", kind="version", outcome="mirrored") == 1

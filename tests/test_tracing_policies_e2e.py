@@ -14,9 +14,10 @@ import pytest
 from conftest import FakeHandle, make_gateway
 from openai import OpenAI
 
-from gateway.testing.langfuse_receiver import TRACES_PATH, LangfuseReceiver, ReceivedSpan
+from gateway.testing.langfuse_receiver import TRACES_PATH, LangfuseReceiver
 from support.gateway_proc import ADMIN_KEY, PROVIDER_KEY, GatewayProcess, default_models
 from support.ledger import new_key
+from support.tracing import one_span
 
 EMAIL, PHONE, CARD = "ana.lopez@example.com", "+1 (415) 555-0134", "4111 1111 1111 1111"
 IBAN = "DE89 3704 0044 0532 0130 00"
@@ -104,17 +105,6 @@ def _client(proc: GatewayProcess, key: str) -> OpenAI:
     return OpenAI(base_url=f"{proc.url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
-def _span(receiver: LangfuseReceiver, trace_id: str, timeout: float = 5.0) -> ReceivedSpan:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [span for span in receiver.spans() if span.trace_id == trace_id]
-        if found:
-            assert len(found) == 1
-            return found[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no span for trace {trace_id}")
-
-
 def _post(proc: GatewayProcess, key: str, body: dict[str, Any], **headers: str) -> httpx.Response:
     return httpx.post(
         f"{proc.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}", **headers}, timeout=20
@@ -156,7 +146,7 @@ def test_a_masking_teams_personal_data_and_every_key_are_absent_from_every_byte_
     traces.append(embedded.headers["x-gateway-trace-id"])
 
     for receiver in (langfuse, collector):  # both destinations got every trace
-        spans = [_span(receiver, trace_id) for trace_id in traces]
+        spans = [one_span(receiver, trace_id) for trace_id in traces]
         first = spans[0]
         assert first.attributes["langfuse.observation.metadata.content_policy"] == "mask"
         sent_input = first.json("langfuse.observation.input")
@@ -186,8 +176,8 @@ def test_sampling_per_team_and_alias_keeps_every_error(
     sampled = _post(gateway, key, {"model": "fake-chat", "messages": messages})  # alias override: 100 %
     failed = _post(gateway, key, {"model": "dead-chat", "messages": messages})  # rate 0, but an error
     assert failed.status_code >= 500
-    _span(langfuse, sampled.headers["x-gateway-trace-id"])
-    _span(langfuse, failed.headers["x-gateway-trace-id"])
+    one_span(langfuse, sampled.headers["x-gateway-trace-id"])
+    one_span(langfuse, failed.headers["x-gateway-trace-id"])
     time.sleep(0.3)
     seen = {span.trace_id for span in langfuse.spans()}
     assert not seen & {response.headers["x-gateway-trace-id"] for response in unsampled}
@@ -198,7 +188,7 @@ def test_a_budget_rejected_request_is_traced(
 ) -> None:
     rejected = _post(gateway, keys["broke"], {"model": "mock", "messages": [{"role": "user", "content": "hi"}]})
     assert rejected.status_code == 429 and rejected.json()["error"]["code"] == "budget_exceeded"
-    span = _span(langfuse, rejected.headers["x-gateway-trace-id"])
+    span = one_span(langfuse, rejected.headers["x-gateway-trace-id"])
     a = span.attributes
     assert span.status_code == 2 and a["langfuse.observation.level"] == "ERROR"
     assert a["error.type"] == "budget_exceeded" and a["langfuse.observation.metadata.budget_status"] == "rejected"
@@ -218,7 +208,7 @@ def test_a_cancelled_stream_is_traced(
     ) as response:
         trace_id = response.headers["x-gateway-trace-id"]
         next(response.iter_bytes())  # the first event, then the caller leaves
-    span = _span(langfuse, trace_id)
+    span = one_span(langfuse, trace_id)
     a = span.attributes
     assert a["langfuse.observation.metadata.status"] == 499 and a["langfuse.observation.level"] == "WARNING"
     assert a["error.type"] == "cancelled" and span.status_code == 2
@@ -233,7 +223,7 @@ def test_a_callers_traceparent_is_joined(
         gateway, keys["plain"], {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}, traceparent=parent
     )
     assert joined.headers["x-gateway-trace-id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
-    span = _span(langfuse, "4bf92f3577b34da6a3ce929d0e0e4736")
+    span = one_span(langfuse, "4bf92f3577b34da6a3ce929d0e0e4736")
     assert span.parent_span_id == "00f067aa0ba902b7" and span.span_id != "00f067aa0ba902b7"
     bad = _post(
         gateway,
@@ -241,5 +231,5 @@ def test_a_callers_traceparent_is_joined(
         {"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
         traceparent="00-00000000000000000000000000000000-00f067aa0ba902b7-01",
     )
-    fresh = _span(langfuse, bad.headers["x-gateway-trace-id"])
+    fresh = one_span(langfuse, bad.headers["x-gateway-trace-id"])
     assert fresh.trace_id != "0" * 32 and fresh.parent_span_id == ""
