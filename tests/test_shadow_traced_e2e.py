@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import FakeHandle, make_gateway
+from conftest import FakeHandle
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.langfuse_receiver import LangfuseReceiver, ReceivedSpan
 from support.gateway_proc import GatewayProcess
+from support.tracing import traced_gateway
 
 META = "langfuse.observation.metadata."
 
@@ -33,12 +34,7 @@ def traced(
     tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle, receiver: LangfuseReceiver
 ) -> Iterator[GatewayProcess]:
     root: Path = tmp_path_factory.mktemp("shadow-traced")
-    tracing = {
-        "host": receiver.url, "public_key": receiver.public_key, "secret_key": "${TEST_LANGFUSE_SECRET}",
-        "environment": "test", "flush_interval_ms": 20, "timeout_s": 0.5, "shutdown_timeout_s": 1.0,
-    }
-    proc = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}", extra={"tracing": tracing})
-    proc.env["TEST_LANGFUSE_SECRET"] = receiver.secret_key
+    proc = traced_gateway(root, fake_upstream.url, receiver)
     shadows = {"shadows": {"mirror": {"target": "mock", "sample_rate": 1.0, "traffic": {"alias": "fake-chat"}}}}
     (proc.config.root / "policies" / "shadows.yaml").write_text(yaml.safe_dump(shadows))
     proc.start()

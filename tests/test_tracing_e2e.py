@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeHandle, make_gateway
+from conftest import FakeHandle
 from openai import NotFoundError, OpenAI
 
 from gateway.pricing import to_nanos
@@ -24,7 +24,7 @@ from gateway.storage.schema import ledger
 from gateway.testing.langfuse_receiver import LangfuseReceiver
 from support.gateway_proc import ADMIN_KEY, PROVIDER_KEY, GatewayProcess
 from support.ledger import new_key, wait_for_rows
-from support.tracing import one_span
+from support.tracing import one_span, traced_gateway
 
 MESSAGES = [{"role": "user", "content": "Say something about traces."}]
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -36,15 +36,8 @@ def receiver() -> Iterator[LangfuseReceiver]:
         yield running
 
 
-def _traced_gateway(root: Path, upstream: str, receiver: LangfuseReceiver, **tracing: object) -> GatewayProcess:
-    settings = {
-        "host": receiver.url, "public_key": receiver.public_key, "secret_key": "${TEST_LANGFUSE_SECRET}",
-        "environment": "test", "flush_interval_ms": 20, "timeout_s": 0.5, "shutdown_timeout_s": 1.0,
-        "mirror_interval_s": 0.2, **tracing,
-    }
-    proc = make_gateway(root, upstream, f"sqlite:///{root / 'gateway.db'}", extra={"tracing": settings})
-    proc.env["TEST_LANGFUSE_SECRET"] = receiver.secret_key
-    return proc
+def _traced_gateway(root: Path, upstream: str, receiver: LangfuseReceiver, **tracing: Any) -> GatewayProcess:
+    return traced_gateway(root, upstream, receiver, mirror_interval_s=0.2, **tracing)
 
 
 @pytest.fixture(scope="module")

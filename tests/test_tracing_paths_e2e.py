@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import FakeHandle, make_gateway
+from conftest import FakeHandle
 from openai import OpenAI
 
 from gateway.pricing import to_nanos
@@ -23,7 +23,7 @@ from gateway.storage.schema import ledger
 from gateway.testing.langfuse_receiver import LangfuseReceiver
 from support.gateway_proc import GatewayProcess
 from support.ledger import wait_for_rows
-from support.tracing import one_span
+from support.tracing import one_span, traced_gateway
 
 PRICE = {"input_cost_per_token": 2e-6, "output_cost_per_token": 8e-6}
 PROVIDERS = ("mock", "compat", "litellm")
@@ -55,16 +55,10 @@ def gateway(
         "litellm": {"deployments": [{"provider": "anthropic", "model": "claude-haiku-4-5",
                                      "base_url": fake_upstream.url, **upstream}]},
     }}
-    tracing = {
-        "host": receiver.url, "public_key": receiver.public_key, "secret_key": "${TEST_LANGFUSE_SECRET}",
-        "environment": "test", "flush_interval_ms": 20, "mirror_prompts": False,
-    }
-    proc = make_gateway(root, fake_upstream.url, f"sqlite:///{root / 'gateway.db'}", models=models,
-                        teams={"teams": {
+    proc = traced_gateway(root, fake_upstream.url, receiver, models=models, mirror_prompts=False, teams={"teams": {
         "paths": {"models": ["*"]},
         "cached": {"models": ["*"], "cache": {"enabled": True, "ttl_s": 60}},
-    }}, extra={"tracing": tracing})
-    proc.env["TEST_LANGFUSE_SECRET"] = receiver.secret_key
+    }})
     proc.start()
     yield proc
     proc.stop()
