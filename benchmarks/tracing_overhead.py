@@ -12,8 +12,15 @@ connection.
   the spans. "added" is the difference of the medians over the blocks.
 - **Overhead p50**: the ``x-gateway-overhead-ms`` header (the gateway's time until the answer
   went out, upstream excluded), to show that export happens off the request path.
+- **Latency p50**: what the client measured, request to answer (the issue's bar for an outage:
+  tracing on within 0.2 ms of tracing off).
 
 At the end it checks that the receiver got one span per traced request.
+
+``--receiver error|hang|stopped`` measures the same with Langfuse failing for the measured
+blocks (the warm-up runs against a working one): answering 500, accepting connections and never
+answering, or refusing them. Every request must still succeed; the spans are lost and counted
+(``gateway_trace_spans_dropped_total``, read off the traced gateway's ``/metrics`` at the end).
 
 ``--in-process`` measures instead, in this process, the CPU (``time.thread_time``) of one
 request's tracing as the gateway does it (the start hook, the sink, building and encoding the
@@ -39,7 +46,7 @@ import orjson
 from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway
 from benchmarks.procs import Server, free_port
 from benchmarks.servers import start_fake
-from gateway.testing.langfuse_receiver import LangfuseReceiver
+from gateway.testing.langfuse_receiver import LangfuseReceiver, Mode
 
 ADMIN_KEY = "bench-admin-" + secrets.token_hex(8)
 MESSAGES = [
@@ -49,7 +56,16 @@ MESSAGES = [
 
 
 
-def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict[str, Any]:
+def _dropped(base_url: str) -> float:
+    """Spans the gateway counted as dropped, any reason, any destination (its ``/metrics``)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("gateway_trace_spans_dropped_total{"))
+
+
+def measure(
+    workdir: Path, requests: int, blocks: int, compression: str, receiver_mode: Mode = "normal"
+) -> dict[str, Any]:
     fake = start_fake(workdir, port=free_port(), core=None)
     servers = [fake]
     with LangfuseReceiver() as receiver:
@@ -63,44 +79,59 @@ def measure(workdir: Path, requests: int, blocks: int, compression: str) -> dict
                 servers.append(gateways[name][0])
             with httpx.Client(timeout=30) as client:
 
-                def ask(name: str, n: int) -> float:
+                def ask(name: str, n: int) -> tuple[float, float]:
+                    """(the gateway's overhead header, the latency the client saw), in ms."""
                     server, key = gateways[name]
                     body = {"model": "gpt-4o-mini", "user": f"user-{n % 7}",
                             "messages": [*MESSAGES, {"role": "user", "content": f"Question {n}"}]}
+                    started = time.perf_counter()
                     response = client.post(f"{server.base_url}/v1/chat/completions", content=orjson.dumps(body),
                                            headers={"Authorization": f"Bearer {key}",
                                                     "content-type": "application/json"})
+                    latency_ms = (time.perf_counter() - started) * 1000
                     response.raise_for_status()
-                    return float(response.headers["x-gateway-overhead-ms"])
+                    return float(response.headers["x-gateway-overhead-ms"]), latency_ms
 
                 for n in range(300):  # warm up: connections, imports, the exporter's session
                     for name in gateways:
                         ask(name, n)
                 time.sleep(1.0)
+                receiver.set_mode(receiver_mode)
+                dropped_before = _dropped(gateways["on"][0].base_url)
                 measured = alternating_blocks(
                     {name: server for name, (server, _) in gateways.items()}, ask, blocks=blocks, requests=requests,
                     # let the exporter's last batch go out inside the block
                     after_block=lambda _name: time.sleep(0.6),
                 )
             sent = 300 + blocks * requests
+            expected = sent if receiver_mode == "normal" else 300  # the warm-up's
             deadline = time.monotonic() + 10
-            while len(receiver.spans()) < sent and time.monotonic() < deadline:
+            while len(receiver.spans()) < expected and time.monotonic() < deadline:
                 time.sleep(0.1)
             received = len(receiver.spans())
+            dropped = _dropped(gateways["on"][0].base_url) - dropped_before
         finally:
             for server in reversed(servers):
                 server.stop()
     cpu_off, cpu_on = statistics.median(measured.cpu_us["off"]), statistics.median(measured.cpu_us["on"])
+
+    def p50(name: str, which: int) -> float:
+        return round(statistics.median([answer[which] for block in measured.answers[name] for answer in block]), 3)
+
+    latency = {name: p50(name, 1) for name in measured.answers}
     return {
+        "receiver": receiver_mode,
         "requests_per_block": requests,
         "blocks": blocks,
         "compression": compression,
         "cpu_us_per_request": {"off": round(cpu_off, 1), "on": round(cpu_on, 1)},
         "cpu_us_added_by_tracing": round(cpu_on - cpu_off, 1),
-        "overhead_p50_ms": {name: round(statistics.median([x for block in answers for x in block]), 3)
-                            for name, answers in measured.answers.items()},
+        "overhead_p50_ms": {name: p50(name, 0) for name in measured.answers},
+        "latency_p50_ms": latency,
+        "latency_p50_on_minus_off_ms": round(latency["on"] - latency["off"], 3),
         "spans_received": received,
         "traced_requests": sent,
+        "spans_dropped_while_measured": dropped,
     }
 
 
@@ -197,6 +228,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="Requests per block.")
     parser.add_argument("--blocks", type=int, default=8, help="Blocks per gateway (alternating).")
     parser.add_argument("--compression", choices=["gzip", "none"], default="gzip")
+    parser.add_argument("--receiver", choices=["normal", "error", "hang", "stopped"], default="normal",
+                        help="Langfuse during the measured blocks: working, answering 500, never answering, down.")
     parser.add_argument("--in-process", action="store_true", help="Per-request CPU in process, vs the Langfuse SDK.")
     parser.add_argument("--content", choices=["full", "mask", "hash", "none"], default="full",
                         help="The redaction policy (--in-process): mask and hash run every masker.")
@@ -205,7 +238,7 @@ def main() -> None:
         print(orjson.dumps(in_process(args.requests, args.content), option=orjson.OPT_INDENT_2).decode())
         return
     with tempfile.TemporaryDirectory(prefix="tracing-bench-") as workdir:
-        result = measure(Path(workdir), args.requests, args.blocks, args.compression)
+        result = measure(Path(workdir), args.requests, args.blocks, args.compression, args.receiver)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
