@@ -187,6 +187,18 @@ async def test_sqlite_batches_are_written_by_a_background_thread_at_the_loops_we
     assert seen == (os.SCHED_BATCH, os.getpriority(os.PRIO_PROCESS, 0))
 
 
+def _traced_inserts(appender: Any) -> list[str]:
+    """The INSERT statements the SQLite appender's thread runs from now on (its connection made)."""
+    inserts: list[str] = []
+
+    def note(sql: str) -> None:
+        if sql.startswith("INSERT"):
+            inserts.append(sql)
+
+    appender._executor.submit(lambda: appender._connection().set_trace_callback(note)).result()
+    return inserts
+
+
 async def test_a_sqlite_batch_gives_the_core_back_every_few_rows_in_one_transaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,16 +207,20 @@ async def test_a_sqlite_batch_gives_the_core_back_every_few_rows_in_one_transact
     # stay one transaction: a row refused in the last slice leaves none of the batch in.
     from gateway.storage import bulk
 
+    # Each slice is one INSERT statement (one step, so the thread takes the GIL back once a
+    # slice, not once a row as with executemany): SQLite's trace callback sees each statement run.
     yields: list[int] = []
     monkeypatch.setattr(bulk, "_yield_core", lambda: yields.append(threading.get_native_id()))
     db = await open_database(f"sqlite:///{tmp_path / 'slices.db'}")
     appender = bulk_appender(db, ledger)
     size = bulk.YIELD_EVERY_ROWS * 2 + 3
+    inserts: list[str] = []
     try:
         with pytest.raises(RowsRefused):
             await appender.append([_row(f"r{i}", team=None if i == size - 1 else "alpha") for i in range(size)])
         assert await _rows(db) == {}
         yields.clear()
+        inserts = _traced_inserts(appender)
         await appender.append([_row(f"w{i}") for i in range(size)])
         assert len(await _rows(db)) == size
     finally:
@@ -212,6 +228,7 @@ async def test_a_sqlite_batch_gives_the_core_back_every_few_rows_in_one_transact
         await db.close()
     assert len(yields) == 3  # after each slice of the 19 rows: 8, 8, 3
     assert threading.get_native_id() not in yields  # on the writer thread, never the loop's
+    assert [sql.count("), (") + 1 for sql in inserts] == [8, 8, 3]
 
 
 async def test_a_postgres_connection_killed_between_batches_is_replaced(fresh_pg_url: str) -> None:
@@ -233,3 +250,35 @@ async def test_a_postgres_connection_killed_between_batches_is_replaced(fresh_pg
         await appender.close()
     assert sorted(await _rows(db)) == ["after", "before"]
     await db.close()
+
+
+async def test_a_sqlite_backlog_is_written_in_few_large_slices_within_sqlites_parameter_limit(tmp_path: Path) -> None:
+    # A catch-up batch (the writer behind a saturated loop) goes in SLICES_WHEN_BEHIND statements,
+    # not one per 8 rows: each slice costs the thread a wait for the GIL (gateway.storage.bulk).
+    # A slice never holds more parameters than the connection allows.
+    import sqlite3
+
+    from gateway.storage import bulk
+
+    db = await open_database(f"sqlite:///{tmp_path / 'backlog.db'}")
+    appender = bulk_appender(db, ledger)
+    try:
+        await appender.append([_row("first")])
+        conn = appender._connection()  # type: ignore[attr-defined]
+        inserts = _traced_inserts(appender)
+        await appender.append([_row(f"b{i}") for i in range(1000)])
+        assert len(inserts) == bulk.SLICES_WHEN_BEHIND
+        assert sum(sql.count("), (") + 1 for sql in inserts) == 1000
+
+        columns = len(ledger.columns) - 1  # the autoincrement key is the database's
+        appender._executor.submit(  # type: ignore[attr-defined]
+            conn.setlimit, sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, columns * 3
+        ).result()
+        appender._max_parameters = columns * 3  # type: ignore[attr-defined]
+        inserts.clear()
+        await appender.append([_row(f"c{i}") for i in range(1000)])
+        assert {sql.count("), (") + 1 for sql in inserts} == {3, 1}  # 333 slices of 3, then 1
+        assert len(await _rows(db)) == 2001
+    finally:
+        await appender.close()
+        await db.close()

@@ -8,7 +8,8 @@ goes through the same type processor SQLAlchemy would apply (so the stored text 
 is identical and reads back the same through the ORM), and then:
 
 * **SQLite** (a file): the batch goes to one dedicated thread that owns its own ``sqlite3``
-  connection; one hand-off per batch, one transaction, ``executemany``. ``sqlite3`` releases the
+  connection; one hand-off per batch, one transaction, one multi-row ``INSERT`` per
+  ``YIELD_EVERY_ROWS`` rows. ``sqlite3`` releases the
   GIL while SQLite works, so the loop keeps serving. ~0.5 ms a 100-row batch, about a third.
   The thread gives its core back every ``YIELD_EVERY_ROWS`` rows: where it shares one with the
   loop, a request the loop was woken for no longer waits out the whole batch.
@@ -51,6 +52,12 @@ Row = Mapping[str, Any]
 #: overlapped a request slower than 1.2 ms, the p99 was 2.2 ms and grew with the batch
 #: (10.5 ms at 1,000 rows). Eight rows are ~0.2 ms of work; a yield costs ~1 µs.
 YIELD_EVERY_ROWS = 8
+#: A batch larger than ``YIELD_EVERY_ROWS * SLICES_WHEN_BEHIND`` rows (the ledger writer catching
+#: up on a backlog: the loop is saturated, and requests queue anyway) goes in this many slices.
+#: Each slice costs the thread a wait for the GIL that a busy loop holds (up to its 5 ms switch
+#: interval): in slices of 8 rows the writer managed ~1,500 rows/s at c=64 on a fast VM, behind
+#: ~3,000 requests/s, and its queue (and RSS, ~1 KiB a row) grew until rows would be dropped.
+SLICES_WHEN_BEHIND = 16
 
 
 def _yield_core() -> None:
@@ -96,6 +103,7 @@ class _Statement:
         columns = [column for column in table.columns if column is not auto]
         self.names = tuple(column.name for column in columns)
         self.sql = str(insert(table).compile(dialect=dialect, column_keys=list(self.names)))
+        self._rows_sql: dict[int, str] = {1: self.sql}
         self._defaults = tuple(
             column.default.arg if isinstance(column.default, ScalarElementColumnDefault) else None
             for column in columns
@@ -105,6 +113,15 @@ class _Statement:
             for index, column in enumerate(columns)
             if (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         )
+
+    def rows_sql(self, count: int) -> str:
+        """The ``INSERT`` of ``count`` rows in one statement (``VALUES (...), (...)``, with
+        ``sql``'s qmark placeholders), for ``count * len(names)`` flat parameters."""
+        sql = self._rows_sql.get(count)
+        if sql is None:
+            head, _, one_row = self.sql.rpartition(" VALUES ")
+            sql = self._rows_sql[count] = f"{head} VALUES {', '.join([one_row] * count)}"
+        return sql
 
     def parameters(self, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
         names, defaults, processors = self.names, self._defaults, self._processors
@@ -126,6 +143,7 @@ class _SqliteThreadAppender:
         self._path = path
         self._statement = statement
         self._conn: sqlite3.Connection | None = None
+        self._max_parameters = 999  # SQLite's limit before 3.32; read off the connection
         # A background thread (``gateway.threads``): it never preempts the event loop on waking,
         # and keeps the loop's weight, so it neither starves under load nor holds the GIL starved.
         self._executor = ThreadPoolExecutor(
@@ -150,8 +168,14 @@ class _SqliteThreadAppender:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # A few rows at a time, giving the core back in between: see YIELD_EVERY_ROWS.
-                for start in range(0, len(rows), YIELD_EVERY_ROWS):
-                    conn.executemany(statement.sql, statement.parameters(rows[start:start + YIELD_EVERY_ROWS]))
+                # Each slice is one statement (rows_sql), not executemany: sqlite3 lets go of
+                # the GIL around every step, once a row with executemany, and each time the
+                # thread waits to get it back from a busy loop (SLICES_WHEN_BEHIND).
+                step = max(YIELD_EVERY_ROWS, -(-len(rows) // SLICES_WHEN_BEHIND))
+                step = max(1, min(step, self._max_parameters // len(statement.names)))
+                for start in range(0, len(rows), step):
+                    chunk = statement.parameters(rows[start:start + step])
+                    conn.execute(statement.rows_sql(len(chunk)), [value for row in chunk for value in row])
                     _yield_core()
                 conn.execute("COMMIT")
             except BaseException:
@@ -175,6 +199,7 @@ class _SqliteThreadAppender:
             # isolation_level=None: transactions are begun and ended here, explicitly.
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             apply_sqlite_pragmas(conn.execute)
+            self._max_parameters = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._conn = conn
         return self._conn
 
