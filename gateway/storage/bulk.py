@@ -119,6 +119,8 @@ class _Statement:
         ``sql``'s qmark placeholders), for ``count * len(names)`` flat parameters."""
         sql = self._rows_sql.get(count)
         if sql is None:
+            if len(self._rows_sql) >= 64:  # slices come in a few sizes; a large batch_size, more
+                self._rows_sql.clear()
             head, _, one_row = self.sql.rpartition(" VALUES ")
             sql = self._rows_sql[count] = f"{head} VALUES {', '.join([one_row] * count)}"
         return sql
