@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from gateway.testing.fake_upstream import FakeUpstream
+from gateway.testing.langfuse_receiver import LangfuseReceiver
 from support.gateway_proc import ADMIN_KEY, GatewayConfig, GatewayProcess
 from support.servers import start_uvicorn_in_thread
 
@@ -98,6 +99,14 @@ class FakeHandle:
         response = httpx.get(f"{self.url}/_fake/stats")
         response.raise_for_status()
         return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[LangfuseReceiver]:
+    """A local Langfuse receiver for the module's traced gateways (a test module that needs a
+    fresh one per test defines its own ``receiver``)."""
+    with LangfuseReceiver() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

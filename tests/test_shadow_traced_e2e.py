@@ -24,12 +24,6 @@ META = "langfuse.observation.metadata."
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[LangfuseReceiver]:
-    with LangfuseReceiver() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def traced(
     tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeHandle, receiver: LangfuseReceiver
 ) -> Iterator[GatewayProcess]:

@@ -31,16 +31,6 @@ MODES = ("json", "stream", "stream-usage")
 MESSAGES: Any = [{"role": "user", "content": "Name three things a trace should hold."}]
 
 
-def _metadata(span: Any) -> dict[str, Any]:
-    prefix = "langfuse.observation.metadata."
-    return {key[len(prefix):]: value for key, value in span.attributes.items() if key.startswith(prefix)}
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[LangfuseReceiver]:
-    with LangfuseReceiver() as running:
-        yield running
-
 
 @pytest.fixture(scope="module")
 def gateway(
@@ -131,7 +121,7 @@ async def test_a_cache_hit_is_traced_as_a_hit_that_cost_nothing_and_saved_the_le
                                      if chunk.choices))
     assert texts[0] == texts[1] and texts[0]
     miss, hit = (one_span(receiver, trace_id) for trace_id in traces)
-    assert (_metadata(miss)["cache_status"], _metadata(hit)["cache_status"]) == ("MISS", "HIT")
+    assert (miss.metadata["cache_status"], hit.metadata["cache_status"]) == ("MISS", "HIT")
     assert hit.json("langfuse.observation.output") == {"role": "assistant", "content": texts[1]}
 
     rows = await wait_for_rows(gateway.config.database_url, ledger.c.trace_id.in_(traces),
@@ -140,4 +130,4 @@ async def test_a_cache_hit_is_traced_as_a_hit_that_cost_nothing_and_saved_the_le
     miss_row, hit_row = by_trace[traces[0]], by_trace[traces[1]]
     assert (hit_row["kind"], hit_row["cost_nanos"]) == ("cache_hit", 0)
     assert to_nanos(hit.json("langfuse.observation.cost_details")["total"]) == 0
-    assert to_nanos(_metadata(hit)["saved_cost"]) == hit_row["saved_nanos"] == miss_row["cost_nanos"] > 0
+    assert to_nanos(hit.metadata["saved_cost"]) == hit_row["saved_nanos"] == miss_row["cost_nanos"] > 0

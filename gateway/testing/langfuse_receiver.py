@@ -79,6 +79,12 @@ class ReceivedSpan:
         value = self.attributes.get(key)
         return None if value is None else orjson.loads(value)
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The observation's metadata (``langfuse.observation.metadata.*``), by its own names."""
+        prefix = "langfuse.observation.metadata."
+        return {key[len(prefix):]: value for key, value in self.attributes.items() if key.startswith(prefix)}
+
 
 @dataclass
 class Call:
