@@ -44,7 +44,8 @@ import httpx
 import orjson
 
 from benchmarks.blocks import alternating_blocks, one_alias, start_bench_gateway
-from benchmarks.procs import Server, free_port
+from benchmarks.procs import Server, free_port, http_get_text
+from benchmarks.report import spans_dropped
 from benchmarks.servers import start_fake
 from gateway.testing.langfuse_receiver import LangfuseReceiver, Mode
 
@@ -58,9 +59,7 @@ MESSAGES = [
 
 def _dropped(base_url: str) -> float:
     """Spans the gateway counted as dropped, any reason, any destination (its ``/metrics``)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("gateway_trace_spans_dropped_total{"))
+    return spans_dropped(http_get_text(f"{base_url}/metrics"))
 
 
 def measure(
